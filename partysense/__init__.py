@@ -1,0 +1,1 @@
+"""partysense-live: the realtime service of PartySense."""

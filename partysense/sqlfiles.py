@@ -1,0 +1,41 @@
+"""The SQL scripts shipped in ``sql/`` and how to run them."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import psycopg2
+
+INSTALL_SCRIPT = "install.sql"
+DEMO_SCHEMA_SCRIPT = "demo_schema.sql"
+
+
+def read_sql(name: str) -> str:
+    """The text of one script, from the installed package or from a checkout."""
+    try:
+        return resources.files("partysense.sql").joinpath(name).read_text("utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        # An editable (compat) install or a bare checkout: sql/ is beside us.
+        checkout = Path(__file__).resolve().parent.parent / "sql" / name
+        return checkout.read_text("utf-8")
+
+
+def install(dsn: str, demo_schema: bool = False) -> list[str]:
+    """Run the install script (and first the stand-in schema) in one transaction.
+
+    Returns the names of the scripts that ran. Both are idempotent, so
+    running this again is harmless; it is how upgrades are installed too.
+    """
+    scripts = ([DEMO_SCHEMA_SCRIPT] if demo_schema else []) + [INSTALL_SCRIPT]
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            # Two installs at once (say, two daemons starting on one embedded
+            # database) would race on CREATE OR REPLACE; take turns.
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('partysense install'))")
+            for script in scripts:
+                cursor.execute(read_sql(script))
+    finally:
+        connection.close()
+    return scripts

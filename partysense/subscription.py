@@ -1,0 +1,65 @@
+"""Reading a client's subscription request, strictly.
+
+The channel name is built here and only here, from a validated integer:
+the seed service's ``"LISTEN " + channel`` with a client's string was an SQL
+injection.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from partysense.errors import INVALID_PAYLOAD, POLICY_VIOLATION, ClientError
+from partysense.listener import FIREHOSE, event_channel
+
+MAX_EVENT_ID = 2**31 - 1  # event_event.id is a PostgreSQL integer
+ALL_EVENTS = "ALL"
+
+
+def parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ClientError("not_json", INVALID_PAYLOAD, "message is not valid JSON") from None
+
+
+def parse_event_id(value: Any) -> int | None:
+    """The event id in ``value``, or None for "ALL" (the firehose)."""
+    if value == ALL_EVENTS:
+        return None
+    if type(value) is int:
+        event_id = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        event_id = int(value)
+    else:
+        raise ClientError(
+            "bad_event_id", POLICY_VIOLATION,
+            f'"event" must be a positive integer or "ALL", not {_short(value)}',
+        )
+    if not 1 <= event_id <= MAX_EVENT_ID:
+        raise ClientError(
+            "bad_event_id", POLICY_VIOLATION,
+            f'"event" must be between 1 and {MAX_EVENT_ID}, not {event_id}',
+        )
+    return event_id
+
+
+def parse_seed_request(text: str) -> int | None:
+    """A seed client's {"event": <id>} or {"event": "ALL"}: the event id or None."""
+    message = parse_json(text)
+    if not isinstance(message, dict) or "event" not in message:
+        raise ClientError(
+            "wrong_shape", POLICY_VIOLATION,
+            'expected {"event": <event id>} or {"event": "ALL"}',
+        )
+    return parse_event_id(message["event"])
+
+
+def channel_for(event_id: int | None) -> str:
+    return FIREHOSE if event_id is None else event_channel(event_id)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,114 @@
+"""``twistd partysense-live``: its options and the tree of services it runs.
+
+    MultiService
+    ├── EmbeddedPostgresService   only when no database is named
+    ├── ListenerService           the one LISTEN connection, reconnecting
+    ├── StreamServerEndpointService  the web port: WebSocket, page, health
+    └── DemoPartyService          with --demo (the default on the embedded DB)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.python import usage
+
+from partysense import dsn as dsnlib
+from partysense.demo import DemoPartyService
+from partysense.embedded import EmbeddedPostgresService, default_data_dir
+from partysense.events import EventDirectory
+from partysense.hub import Hub
+from partysense.listener import ListenerService
+from partysense.protocol import ClientsService, LiveFactory
+from partysense.web import make_site
+
+log = Logger()
+
+
+def endpoint_description(port: str) -> str:
+    """A bare port number becomes ``tcp:PORT``; anything else is an endpoint string."""
+    return f"tcp:{port}" if port.isdigit() else port
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Push PartySense votes from PostgreSQL to WebSocket clients. With no --dsn and "
+        "no $PARTYSENSE_DSN, an embedded PostgreSQL is started with a demo party."
+    )
+    optParameters = [
+        ["port", "p", "18854",
+         "Where to listen: a port number or a Twisted endpoint "
+         "(tcp:18854:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem)."],
+        ["dsn", None, None,
+         "PostgreSQL to listen to, as a libpq URI or key=value words "
+         f"(default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE}; none: the embedded database)."],
+        ["data-dir", None, None,
+         "Data directory of the embedded PostgreSQL (default: /var/tmp/partysense-live-UID/pgdata)."],
+        ["demo-rate", None, 2.0, "Simulated votes per second with --demo.", float],
+        ["retention", None, 86400.0,
+         "Seconds of change log kept for catching up after an outage.", float],
+        ["max-message-bytes", None, 4096, "Largest message a client may send.", int],
+    ]
+    optFlags = [
+        ["demo", None, "Simulate a party that votes (default with the embedded database)."],
+        ["no-demo", None, "No simulated party, even on the embedded database."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["dsn"] = dsnlib.dsn_from(self["dsn"])
+        except dsnlib.DSNError as error:
+            raise usage.UsageError(f"--dsn: {error}") from None
+        self["port"] = endpoint_description(self["port"])
+        if self["demo-rate"] <= 0:
+            raise usage.UsageError("--demo-rate must be positive")
+        if self["demo"] and self["no-demo"]:
+            raise usage.UsageError("--demo and --no-demo contradict each other")
+        self["embedded"] = self["dsn"] is None
+        self["run-demo"] = self["demo"] or (self["embedded"] and not self["no-demo"])
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    top = service.MultiService()
+
+    dsn: Any
+    if options["embedded"]:
+        data_dir = Path(options["data-dir"]) if options["data-dir"] else default_data_dir()
+        embedded = EmbeddedPostgresService(data_dir)
+        embedded.setServiceParent(top)
+        dsn = embedded.dsn
+        where = f"the EMBEDDED PostgreSQL in {data_dir}"
+    else:
+        dsn = options["dsn"]
+        where = dsnlib.describe(dsn)
+
+    hub = Hub()
+    listener = ListenerService(dsn, hub.publish, reactor, retention_seconds=options["retention"])
+    hub.listener = listener
+    listener.setServiceParent(top)
+
+    factory = LiveFactory(hub, EventDirectory(listener.runQuery, reactor),
+                          max_message_bytes=options["max-message-bytes"])
+    site = make_site(factory, listener, metrics=None)
+    strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
+    # Added after the port, so stopped before it: clients hear 1001 first.
+    ClientsService(factory, reactor).setServiceParent(top)
+
+    if options["run-demo"]:
+        DemoPartyService(dsn, options["demo-rate"]).setServiceParent(top)
+
+    log.info(
+        "partysense-live listening on {port}, database: {where}, demo: {demo}, "
+        "max message {max_message} bytes.",
+        port=options["port"], where=where, demo=options["run-demo"],
+        max_message=options["max-message-bytes"],
+    )
+    return top

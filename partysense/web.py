@@ -1,0 +1,95 @@
+"""The one port: the WebSocket and the live page at ``/``, plus health.
+
+``GET /`` with an ``Upgrade: websocket`` header is a WebSocket (the seed
+clients connect to ``ws://host:18854``); without it, the live page.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from twisted.web.static import Data
+
+from partysense.listener import ListenerService
+from partysense.protocol import LiveFactory
+
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+
+class PageOrWebSocket(Resource):
+    """``/``: hands WebSocket upgrades to Autobahn, serves the page otherwise."""
+
+    isLeaf = True
+
+    def __init__(self, websocket: WebSocketResource, page: Resource) -> None:
+        super().__init__()
+        self._websocket = websocket
+        self._page = page
+
+    def render(self, request: Request) -> Any:
+        upgrade = (request.getHeader("upgrade") or "").lower()
+        if upgrade == "websocket":
+            return self._websocket.render(request)
+        return self._page.render(request)
+
+
+class Health(Resource):
+    """``/healthz``: 200 when the listener is connected, 503 with the reason."""
+
+    isLeaf = True
+
+    def __init__(self, listener: ListenerService, factory: LiveFactory) -> None:
+        super().__init__()
+        self._listener = listener
+        self._factory = factory
+
+    def render_GET(self, request: Request) -> bytes:
+        healthy = self._listener.connected
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "listener": self._listener.state,
+            "reason": self._listener.reason,
+            "channels": sorted(self._listener.channels),
+            "clients": len(self._factory.clients),
+        }
+        request.setResponseCode(200 if healthy else 503)
+        request.setHeader("content-type", "application/json")
+        request.setHeader("cache-control", "no-store")
+        return json.dumps(body).encode("utf-8") + b"\n"
+
+
+def static_file(name: str) -> Data:
+    """A file from partysense/static, read once at start-up."""
+    body = resources.files("partysense").joinpath("static", name).read_bytes()
+    suffix = name[name.rfind("."):]
+    return Data(body, STATIC_TYPES.get(suffix, "application/octet-stream"))
+
+
+def static_folder() -> Resource:
+    folder = Resource()
+    for entry in resources.files("partysense").joinpath("static").iterdir():
+        if entry.is_file() and not entry.name.startswith("."):
+            folder.putChild(entry.name.encode("utf-8"), static_file(entry.name))
+    return folder
+
+
+def make_site(factory: LiveFactory, listener: ListenerService, metrics: Resource | None) -> Site:
+    root = Resource()
+    root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
+    root.putChild(b"healthz", Health(listener, factory))
+    root.putChild(b"static", static_folder())
+    if metrics is not None:
+        root.putChild(b"metrics", metrics)
+    site = Site(root)
+    site.displayTracebacks = False
+    return site
