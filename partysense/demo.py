@@ -38,7 +38,8 @@ SEED_SQL = """
     INSERT INTO music_track (artist_id, name)
         SELECT a.id, %(track)s FROM music_artist a
         WHERE a.name = %(artist)s
-          AND NOT EXISTS (SELECT 1 FROM music_track t WHERE t.artist_id = a.id AND t.name = %(track)s);
+          AND NOT EXISTS (SELECT 1 FROM music_track t
+                          WHERE t.artist_id = a.id AND t.name = %(track)s);
 """
 
 

@@ -30,8 +30,8 @@ class DSNError(ValueError):
 
 def dsn_from(option: str | None, environ: dict[str, str] | None = None) -> str | None:
     """The DSN given by option, else by $PARTYSENSE_DSN, else None (embedded)."""
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    value = option or environ.get(DSN_ENVIRONMENT_VARIABLE) or None
+    source = os.environ if environ is None else environ
+    value = option or source.get(DSN_ENVIRONMENT_VARIABLE) or None
     if value is not None:
         validate(value)
     return value

@@ -125,7 +125,7 @@ class LiveProtocol(WebSocketServerProtocol):
 
 
 class LiveFactory(WebSocketServerFactory):
-    protocol = LiveProtocol
+    protocol = LiveProtocol  # type: ignore[assignment]
 
     def __init__(self, hub: Hub, events: EventDirectory, *, max_message_bytes: int = 4096,
                  **kwargs: Any) -> None:
@@ -173,8 +173,7 @@ class ClientsService(Service):
         def check(deadline: float) -> None:
             if not self._factory.clients or self._clock.seconds() >= deadline:
                 for client in list(self._factory.clients):
-                    if client.transport is not None:
-                        client.transport.abortConnection()
+                    client.dropConnection(abort=True)
                 done.callback(None)
             else:
                 self._clock.callLater(0.05, check, deadline)

@@ -47,7 +47,8 @@ class Options(usage.Options):
          "PostgreSQL to listen to, as a libpq URI or key=value words "
          f"(default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE}; none: the embedded database)."],
         ["data-dir", None, None,
-         "Data directory of the embedded PostgreSQL (default: /var/tmp/partysense-live-UID/pgdata)."],
+         "Data directory of the embedded PostgreSQL "
+         "(default: /var/tmp/partysense-live-UID/pgdata)."],
         ["demo-rate", None, 2.0, "Simulated votes per second with --demo.", float],
         ["retention", None, 86400.0,
          "Seconds of change log kept for catching up after an outage.", float],

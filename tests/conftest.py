@@ -1,0 +1,97 @@
+"""Shared fixtures: a real PostgreSQL, a fresh database per test, a daemon.
+
+The PostgreSQL is the one named by $PARTYSENSE_TEST_DSN (an admin DSN that
+may CREATE DATABASE), or else an embedded one started for the session.
+Each test gets its own database cloned from a template that already has the
+stand-in schema and the triggers, so tests never see each other's votes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn
+
+from partysense import sqlfiles
+from tests.support import Daemon, Party
+
+TEMPLATE = "partysense_test_template"
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    named = os.environ.get("PARTYSENSE_TEST_DSN")
+    if named:
+        yield named
+        return
+    from partysense.embedded import start_server, stop_server
+
+    server = start_server(tmp_path_factory.mktemp("embedded") / "pgdata")
+    try:
+        yield server.get_uri()
+    finally:
+        stop_server(server)
+
+
+def _admin(dsn: str, statement: sql.Composable) -> None:
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    _admin(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+        sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def template_dsn(admin_dsn: str) -> Iterator[str]:
+    drop_database(admin_dsn, TEMPLATE)
+    _admin(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    dsn = make_dsn(admin_dsn, dbname=TEMPLATE)
+    sqlfiles.install(dsn, demo_schema=True)
+    yield dsn
+    drop_database(admin_dsn, TEMPLATE)
+
+
+@pytest.fixture
+def db_dsn(admin_dsn: str, template_dsn: str) -> Iterator[str]:
+    """A fresh database with the schema and triggers installed."""
+    name = f"partysense_test_{uuid.uuid4().hex[:12]}"
+    _admin(admin_dsn, sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    yield make_dsn(admin_dsn, dbname=name)
+    drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def empty_db_dsn(admin_dsn: str) -> Iterator[str]:
+    """A fresh database with nothing in it."""
+    name = f"partysense_empty_{uuid.uuid4().hex[:12]}"
+    _admin(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_dsn(admin_dsn, dbname=name)
+    drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def party(db_dsn: str) -> Iterator[Party]:
+    """Events, tracks and votes in the test database, by plain SQL."""
+    with Party(db_dsn) as value:
+        yield value
+
+
+@pytest.fixture
+def daemon(db_dsn: str, tmp_path: Path) -> Iterator[Daemon]:
+    """``twistd -n partysense-live`` as a real process on a free port."""
+    with Daemon(db_dsn, tmp_path) as value:
+        yield value
