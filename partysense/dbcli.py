@@ -1,0 +1,58 @@
+"""``partysense-db``: the database side, from the command line.
+
+    partysense-db install --dsn DSN [--demo-schema]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import psycopg2
+
+from partysense import dsn as dsnlib
+from partysense import sqlfiles
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="partysense-db", description="Manage the database side of partysense-live.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    install = commands.add_parser(
+        "install", help="install or upgrade the change log, notify functions and triggers "
+                        "(idempotent)")
+    install.add_argument("--dsn", help=f"the database (default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE})")
+    install.add_argument("--demo-schema", action="store_true",
+                         help="also create the stand-in PartySense tables (not on the real DB)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        dsn = dsnlib.dsn_from(args.dsn)
+    except dsnlib.DSNError as error:
+        print(f"partysense-db: --dsn: {error}", file=sys.stderr)
+        return 2
+    if dsn is None:
+        print(f"partysense-db: no database: give --dsn or set ${dsnlib.DSN_ENVIRONMENT_VARIABLE}",
+              file=sys.stderr)
+        return 2
+    if args.command == "install":
+        return install(dsn, args.demo_schema)
+    return 2
+
+
+def install(dsn: str, demo_schema: bool) -> int:
+    try:
+        scripts = sqlfiles.install(dsn, demo_schema=demo_schema)
+    except psycopg2.Error as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        print(f"partysense-db: install failed on {dsnlib.redact(dsn)}: {message}", file=sys.stderr)
+        return 1
+    print(f"partysense-db: installed {', '.join(scripts)} on {dsnlib.redact(dsn)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
