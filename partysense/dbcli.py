@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     install = commands.add_parser(
         "install", help="install or upgrade the change log, notify functions and triggers "
                         "(idempotent)")
-    install.add_argument("--dsn", help=f"the database (default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE})")
+    install.add_argument("--dsn",
+                         help=f"the database (default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE})")
     install.add_argument("--demo-schema", action="store_true",
                          help="also create the stand-in PartySense tables (not on the real DB)")
     return parser

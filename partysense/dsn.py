@@ -59,10 +59,15 @@ def redact(dsn: str) -> str:
     return make_dsn(**params)
 
 
-def with_keepalives(dsn: str) -> str:
-    """The DSN with TCP keepalive settings added where it names none."""
+def for_listener(dsn: str) -> str:
+    """The DSN with keepalives and an application_name added where it names none.
+
+    The application_name makes the daemon's one connection easy to find in
+    pg_stat_activity.
+    """
     params = validate(dsn)
-    extra = {key: value for key, value in KEEPALIVE_SETTINGS.items() if key not in params}
+    wanted = dict(KEEPALIVE_SETTINGS, application_name="partysense-live")
+    extra = {key: value for key, value in wanted.items() if key not in params}
     return make_dsn(dsn, **extra)
 
 

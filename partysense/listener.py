@@ -255,7 +255,7 @@ class ListenerService(Service):
             f"no answer from the database within {self._connect_timeout:g} s",
         )
         try:
-            yield connection.connect(dsnlib.with_keepalives(dsn))
+            yield connection.connect(dsnlib.for_listener(dsn))
         except Exception as error:
             if timeout.active():
                 timeout.cancel()
