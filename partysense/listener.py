@@ -160,6 +160,7 @@ class ListenerService(Service):
         self._catching_up = False
         self._buffer: list[tuple[str, str]] = []
         self._waiting: list[defer.Deferred[None]] = []
+        self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
         self._probe = LoopingCall(self._probe_once)
         self._probe.clock = reactor
         self._probe_interval = probe_interval
@@ -198,6 +199,33 @@ class ListenerService(Service):
         waiter: defer.Deferred[None] = defer.Deferred()
         self._waiting.append(waiter)
         return waiter
+
+    def whenListening(self, channel: str) -> defer.Deferred[None]:
+        """Fires once ``channel`` is LISTENed on the current connection.
+
+        Fails with NotConnected when there is no connection (or it is lost
+        first). A snapshot taken after this fires misses nothing: every
+        later commit on the channel will be notified.
+        """
+        if not self.connected:
+            return defer.fail(NotConnected(self.reason))
+        if channel in self._listening:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._listen_waiters.setdefault(channel, []).append(waiter)
+        self._sync()
+        return waiter
+
+    def _listened(self, channel: str) -> None:
+        self._listening.add(channel)
+        for waiter in self._listen_waiters.pop(channel, []):
+            waiter.callback(None)
+
+    def _fail_listen_waiters(self, why: str) -> None:
+        waiters, self._listen_waiters = self._listen_waiters, {}
+        for channel_waiters in waiters.values():
+            for waiter in channel_waiters:
+                waiter.errback(NotConnected(why))
 
     def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]:
         """Run one query on the listener's connection (queued behind LISTENs)."""
@@ -296,7 +324,7 @@ class ListenerService(Service):
         try:
             for channel in sorted(self._wanted):
                 yield connection.runOperation(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                self._listening.add(channel)
+                self._listened(channel)
                 self._channel_seq.setdefault(channel, self.last_seq or 0)
             if self.last_seq is None:
                 rows = yield connection.runQuery(LAST_SEQ_QUERY)
@@ -330,6 +358,7 @@ class ListenerService(Service):
             return
         self._connection = None
         self._stop_loops()
+        self._fail_listen_waiters(why)
         if not self.running:
             return
         self._attempt += 1
@@ -376,7 +405,7 @@ class ListenerService(Service):
                 for channel in to_listen:
                     yield self._watch(connection.runOperation(
                         sql.SQL("LISTEN {}").format(sql.Identifier(channel))), connection)
-                    self._listening.add(channel)
+                    self._listened(channel)
                     self._channel_seq[channel] = self.last_seq or 0
                 for channel in to_unlisten:
                     yield self._watch(connection.runOperation(
