@@ -21,6 +21,7 @@ from partysense.demo import DemoPartyService
 from partysense.embedded import EmbeddedPostgresService, default_data_dir
 from partysense.events import EventDirectory
 from partysense.hub import Hub
+from partysense.limits import raise_open_files_limit
 from partysense.listener import ListenerService
 from partysense.protocol import ClientsService, LiveFactory
 from partysense.web import make_site
@@ -78,6 +79,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    raise_open_files_limit()  # every client is an open file
     top = service.MultiService()
 
     dsn: Any

@@ -1,0 +1,44 @@
+"""Process limits the daemon raises for itself at start.
+
+Every WebSocket client is an open file. The usual soft limit (1024) would
+turn client number ~1000 into an "accept failed: too many open files", while
+the hard limit the administrator granted is often far higher; an
+unprivileged process may raise its soft limit up to the hard one.
+"""
+
+from __future__ import annotations
+
+import resource
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    wanted = hard
+    if hard == resource.RLIM_INFINITY:
+        # Linux refuses "infinity" for open files; its own ceiling is nr_open.
+        wanted = _nr_open(default=soft)
+    if wanted <= soft:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as error:
+        log.warn("Could not raise the open-files limit from {soft} to {wanted}: {error}",
+                 soft=soft, wanted=wanted, error=error)
+        return soft
+    log.info("Open-files limit raised from {soft} to {wanted}.", soft=soft, wanted=wanted)
+    return wanted
+
+
+def _nr_open(default: int) -> int:
+    try:
+        with open("/proc/sys/fs/nr_open") as source:
+            return int(source.read())
+    except (OSError, ValueError):
+        return default

@@ -1,0 +1,34 @@
+"""The daemon raises its own open-files limit: every client is an open file."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Iterator
+
+import pytest
+
+from partysense.limits import raise_open_files_limit
+
+
+@pytest.fixture
+def low_soft_limit() -> Iterator[int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard open-files limit is too low to lower the soft one")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    yield hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_soft_limit_is_raised_to_the_hard_one(low_soft_limit: int) -> None:
+    in_force = raise_open_files_limit()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == in_force > 256
+    assert hard == low_soft_limit
+    if hard != resource.RLIM_INFINITY:
+        assert soft == hard
+
+
+def test_raising_twice_changes_nothing(low_soft_limit: int) -> None:
+    first = raise_open_files_limit()
+    assert raise_open_files_limit() == first
