@@ -44,9 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+# An unreachable host should fail in seconds, not after the kernel's minutes.
+CONNECT_TIMEOUT_SECONDS = "10"
+
+
 def install(dsn: str, demo_schema: bool) -> int:
     try:
-        scripts = sqlfiles.install(dsn, demo_schema=demo_schema)
+        scripts = sqlfiles.install(
+            dsnlib.with_defaults(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS),
+            demo_schema=demo_schema)
     except psycopg2.Error as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"partysense-db: install failed on {dsnlib.redact(dsn)}: {message}", file=sys.stderr)

@@ -41,11 +41,22 @@ def validate(dsn: str) -> dict[str, str]:
     """The DSN's parameters, or DSNError with a message safe to log."""
     try:
         return parse_dsn(dsn)
-    except Exception as error:  # psycopg2 echoes the DSN, password included
+    except Exception as error:  # libpq may echo the DSN, password included
         message = str(error).split("\n")[0]
-        if "password" in dsn:
-            message = "invalid connection string (details hidden: it holds a password)"
+        if may_hold_password(dsn):
+            message = "invalid connection string (details hidden: it may hold a password)"
         raise DSNError(message) from None
+
+
+def may_hold_password(dsn: str) -> bool:
+    """True if ``dsn`` names a password: ``password=`` or a URI's ``user:secret@``."""
+    if "password" in dsn.lower():
+        return True
+    scheme, separator, rest = dsn.partition("://")
+    if not separator or scheme.lower() not in ("postgres", "postgresql"):
+        return False
+    userinfo, at, _ = rest.partition("@")
+    return bool(at) and ":" in userinfo
 
 
 def redact(dsn: str) -> str:
@@ -65,10 +76,14 @@ def for_listener(dsn: str) -> str:
     The application_name makes the daemon's one connection easy to find in
     pg_stat_activity.
     """
+    return with_defaults(dsn, **KEEPALIVE_SETTINGS, application_name="partysense-live")
+
+
+def with_defaults(dsn: str, **defaults: str) -> str:
+    """The DSN with each of ``defaults`` added unless it already sets that key."""
     params = validate(dsn)
-    wanted = dict(KEEPALIVE_SETTINGS, application_name="partysense-live")
-    extra = {key: value for key, value in wanted.items() if key not in params}
-    return make_dsn(dsn, **extra)
+    extra = {key: value for key, value in defaults.items() if key not in params}
+    return make_dsn(dsn, **extra) if extra else dsn
 
 
 def describe(dsn: str) -> str:
