@@ -23,19 +23,25 @@ CREATE INDEX IF NOT EXISTS partysense_change_committed_at ON partysense_change (
 
 -- The payload every client receives. The seed's keys (eid, event, track,
 -- artist, tid, up) come first and keep their meaning; op, vote, prev and seq
--- let a client keep exact tallies. json_build_object escapes quotes,
+-- let a client keep exact tallies; ts (the commit time, epoch seconds) lets
+-- the daemon measure its delay. json_build_object escapes quotes,
 -- backslashes and control characters, and a NULL name stays a JSON null.
+-- p_committed came later: callers that omit it get "ts": null. The version
+-- without it is dropped first, or both would match an 11-argument call.
+DROP FUNCTION IF EXISTS partysense_payload(
+    bigint, text, integer, integer, text, integer, text, text, boolean, boolean, boolean);
 CREATE OR REPLACE FUNCTION partysense_payload(
     p_seq bigint, p_op text, p_vote integer, p_event integer, p_title text,
     p_track integer, p_track_name text, p_artist text, p_up boolean, p_prev boolean,
-    p_truncated boolean
+    p_truncated boolean, p_committed timestamptz DEFAULT NULL
 ) RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT json_build_object(
         'eid', p_event, 'event', p_title,
         'track', p_track_name, 'artist', p_artist,
         'tid', p_track, 'up', p_up,
         'op', p_op, 'vote', p_vote, 'prev', p_prev, 'seq', p_seq,
-        'truncated', p_truncated
+        'truncated', p_truncated,
+        'ts', round(extract(epoch FROM p_committed)::numeric, 3)
     )::text
 $$;
 
@@ -45,6 +51,7 @@ CREATE OR REPLACE FUNCTION partysense_record(
 ) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_seq bigint;
+    v_committed timestamptz;
     v_title text;
     v_track_name text;
     v_artist text;
@@ -52,18 +59,18 @@ DECLARE
 BEGIN
     INSERT INTO partysense_change (op, vote_id, event_id, track_id, up, prev_up)
         VALUES (p_op, p_vote, p_event, p_track, p_up, p_prev)
-        RETURNING seq INTO v_seq;
+        RETURNING seq, committed_at INTO v_seq, v_committed;
     SELECT name, artist INTO v_track_name, v_artist FROM music_view WHERE id = p_track;
     SELECT title INTO v_title FROM event_event WHERE id = p_event;
     v_payload := partysense_payload(v_seq, p_op, p_vote, p_event, v_title, p_track,
-                                    v_track_name, v_artist, p_up, p_prev, false);
+                                    v_track_name, v_artist, p_up, p_prev, false, v_committed);
     -- pg_notify raises past 8000 bytes, which would abort the voter's
     -- transaction. Shortened names escape to at most 6 bytes a character, so
     -- three of 300 characters stay far below the limit.
     IF octet_length(v_payload) > 7900 THEN
         v_payload := partysense_payload(v_seq, p_op, p_vote, p_event, left(v_title, 300),
                                         p_track, left(v_track_name, 300), left(v_artist, 300),
-                                        p_up, p_prev, true);
+                                        p_up, p_prev, true, v_committed);
     END IF;
     PERFORM pg_notify('event_' || p_event::text, v_payload);
     PERFORM pg_notify('firehose', v_payload);
