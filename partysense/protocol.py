@@ -1,22 +1,20 @@
-"""The WebSocket protocol every client speaks to, and its factory.
+"""The WebSocket protocol every client connects with, and its factory.
 
-Wire protocol of a seed client (no subprotocol asked for), as the old
-Node.js service spoke it:
-
-    -> {"event": 1}          (or {"event": "1"}, or {"event": "ALL"})
-    <- {"eid": 1, "event": "Party", "track": "...", "artist": "...",
-        "tid": 7, "up": true, "op": "insert", "vote": 42, "prev": null,
-        "seq": 1234, "truncated": false}            one per vote change
-    -> {"event": 2}          moves the subscription to event 2
-
-Bad input closes the connection with the codes in partysense/errors.py.
+The protocol is the plumbing shared by both dialects: limits (clients,
+message size and rate, Origins), the bounded send queue that keeps a slow
+client from holding up others or growing our memory, logging, and closing
+with a clear code. What the messages mean is the session's business:
+``partysense.seed`` (no subprotocol) or ``partysense.v2``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -24,14 +22,52 @@ from twisted.logger import Logger
 from partysense import errors
 from partysense.errors import ClientError
 from partysense.events import EventDirectory
-from partysense.hub import Change, Hub
-from partysense.listener import NotConnected
-from partysense.subscription import channel_for, parse_seed_request
+from partysense.hub import Hub
+from partysense.listener import ListenerService
+from partysense.seed import SeedSession
+from partysense.v2 import SUBPROTOCOL, V2Session
 
 
-def encode_seed(change: Change) -> bytes:
-    # The trigger's JSON, byte for byte, as the seed service forwarded it.
-    return change.payload.encode("utf-8")
+@dataclass
+class Limits:
+    """What one client may do; the defaults suit a party of thousands of phones."""
+
+    max_clients: int = 100_000
+    max_subscriptions: int = 32
+    max_message_bytes: int = 4096
+    messages_per_second: float = 20.0
+    max_queue_bytes: int = 1024 * 1024
+    ping_interval: float = 30.0
+    allowed_origins: tuple[str, ...] = ()
+
+
+class Session(Protocol):
+    dialect: str
+
+    @property
+    def subscriptions(self) -> int: ...
+    def received(self, text: str) -> Any: ...
+    def close(self) -> None: ...
+
+
+class _Throttle:
+    """Registered as the socket's producer: says when its send buffer is full.
+
+    Twisted buffers writes without limit; with this, once the transport holds
+    more than its bufferSize (64 KiB) we queue in our own, bounded, backlog.
+    """
+
+    def __init__(self, protocol: LiveProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol.paused = True
+
+    def resumeProducing(self) -> None:
+        self._protocol.drain()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class LiveProtocol(WebSocketServerProtocol):
@@ -42,67 +78,134 @@ class LiveProtocol(WebSocketServerProtocol):
 
     def __init__(self) -> None:
         super().__init__()
-        self.channel: str | None = None
+        self.session: Session | None = None
+        self.paused = False
+        self._backlog: deque[PreparedMessage] = deque()
+        self._backlog_bytes = 0
         self._queue: defer.Deferred[None] = defer.succeed(None)
+        self._tokens = 0.0
+        self._refilled = 0.0
+
+    @property
+    def is_live(self) -> bool:
+        return bool(self.state == self.STATE_OPEN)
 
     # -- Autobahn callbacks ---------------------------------------------------
 
+    def onConnect(self, request: Any) -> str | None:
+        if SUBPROTOCOL in request.protocols:
+            self.session = V2Session(self)
+            return SUBPROTOCOL
+        self.session = SeedSession(self)
+        return None
+
     def onOpen(self) -> None:
+        limits = self.factory.limits
+        if len(self.factory.clients) >= limits.max_clients:
+            self.refuse(ClientError("server_full", errors.TRY_AGAIN_LATER,
+                                    f"server full ({limits.max_clients} clients); retry later"))
+            return
         self.factory.clients.add(self)
+        self._tokens = 2 * limits.messages_per_second
+        self._refilled = self.factory.clock.seconds()
+        # Behind twisted.web the HTTP channel is the socket's producer; the
+        # WebSocket has taken the socket over, so the throttle replaces it.
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.registerProducer(_Throttle(self), True)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not self.is_live or self.session is None:
+            return
+        if not self._take_token():
+            self.refuse(ClientError(
+                "flood", errors.FLOOD,
+                f"more than {self.factory.limits.messages_per_second:g} messages a second"))
+            return
         if isBinary:
             self.refuse(ClientError(
                 "binary", errors.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text"
             ))
             return
         text = payload.decode("utf-8")  # Autobahn has checked it is UTF-8
-        # One request at a time, in order: a second one moves the subscription
-        # only after the first has been checked against the database.
-        self._queue.addCallback(lambda _: self._configure(text))
+        # One request at a time, in order: a second seed request moves the
+        # subscription only after the first has been checked.
+        self._queue.addCallback(lambda _: self._handle(text))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.clients.discard(self)
-        self._leave()
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        if self.session is not None:
+            self.session.close()
 
-    # -- subscriptions --------------------------------------------------------
+    # -- requests -------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def _configure(self, text: str) -> Any:
+    def _handle(self, text: str) -> defer.Deferred[None]:
+        if not self.is_live or self.session is None:
+            return defer.succeed(None)
+        d = defer.maybeDeferred(self.session.received, text)
+        return d.addErrback(self._request_failed)
+
+    def _request_failed(self, failure: Any) -> None:
+        if failure.check(ClientError):
+            self.refuse(failure.value)
+            return
+        self._log.failure("Request from {peer} failed", failure, peer=self.peer)
+        self.refuse(ClientError("internal", errors.TRY_AGAIN_LATER,
+                                "internal error handling the request; retry soon"))
+
+    def _take_token(self) -> bool:
+        rate = self.factory.limits.messages_per_second
+        now = self.factory.clock.seconds()
+        self._tokens = min(2 * rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    # -- sending --------------------------------------------------------------
+
+    def send_prepared(self, prepared: PreparedMessage) -> None:
+        """Send a frame now, or queue it while the socket is full."""
         if self.state != self.STATE_OPEN:
             return
-        try:
-            event_id = parse_seed_request(text)
-            if event_id is not None and not (yield self.factory.events.exists(event_id)):
-                raise ClientError("unknown_event", errors.UNKNOWN_EVENT,
-                                  f"event {event_id} does not exist")
-        except ClientError as error:
-            self.refuse(error)
+        if self.paused or self._backlog:
+            self._backlog.append(prepared)
+            self._backlog_bytes += len(prepared.payloadHybi)
+            if self._backlog_bytes > self.factory.limits.max_queue_bytes:
+                self._too_slow()
             return
-        except NotConnected as error:
-            self.refuse(ClientError("try_later", errors.TRY_AGAIN_LATER,
-                                    f"the database is unreachable ({error}); retry soon"))
-            return
-        except Exception as error:
-            self._log.error("Checking an event for {peer} failed: {error}",
-                            peer=self.peer, error=error)
-            self.refuse(ClientError("try_later", errors.TRY_AGAIN_LATER,
-                                    "could not check the event; retry soon"))
-            return
-        if self.state != self.STATE_OPEN:
-            return
-        self._leave()
-        self.channel = channel_for(event_id)
-        self.factory.hub.subscribe(self.channel, self)
+        self.sendPreparedMessage(prepared)
 
-    def _leave(self) -> None:
-        if self.channel is not None:
-            self.factory.hub.unsubscribe(self.channel, self)
-            self.channel = None
+    def send_bytes(self, payload: bytes) -> None:
+        self.send_prepared(PreparedMessage(payload, False, False, True))
 
-    def deliver(self, change: Change) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendPreparedMessage(change.frame("seed", encode_seed))
+    def send_json(self, body: dict[str, Any]) -> None:
+        import json
+
+        self.send_bytes(json.dumps(body, ensure_ascii=False).encode("utf-8"))
+
+    def drain(self) -> None:
+        """The socket has room again: send what waited, until it is full again."""
+        self.paused = False
+        while self._backlog and not self.paused and self.state == self.STATE_OPEN:
+            prepared = self._backlog.popleft()
+            self._backlog_bytes -= len(prepared.payloadHybi)
+            self.sendPreparedMessage(prepared)
+
+    def _too_slow(self) -> None:
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self.factory.slow_closed += 1
+        self.refuse(ClientError(
+            "too_slow", errors.TOO_SLOW,
+            f"not reading: over {self.factory.limits.max_queue_bytes} bytes queued"))
+        # It is not reading, so it will not answer the close frame either.
+        self.dropConnection(abort=True)
+
+    # -- closing --------------------------------------------------------------
 
     def refuse(self, error: ClientError) -> None:
         """Close this client with the error's code and reason, logged once."""
@@ -111,7 +214,8 @@ class LiveProtocol(WebSocketServerProtocol):
             peer=self.peer, kind=error.kind, code=error.code, reason=error.reason,
         )
         self.factory.count_bad_input(error.kind)
-        self._leave()
+        if self.session is not None:
+            self.session.close()
         self.close_with(error.code, error.reason)
 
     def close_with(self, code: int, reason: str) -> None:
@@ -127,27 +231,38 @@ class LiveProtocol(WebSocketServerProtocol):
 class LiveFactory(WebSocketServerFactory):
     protocol = LiveProtocol  # type: ignore[assignment]
 
-    def __init__(self, hub: Hub, events: EventDirectory, *, max_message_bytes: int = 4096,
-                 **kwargs: Any) -> None:
+    def __init__(self, hub: Hub, events: EventDirectory, listener: ListenerService,
+                 clock: Any, limits: Limits | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hub = hub
         self.events = events
+        self.listener = listener
+        self.clock = clock
+        self.limits = limits or Limits()
         self.clients: set[LiveProtocol] = set()
         self.bad_inputs: dict[str, int] = {}
+        self.slow_closed = 0
         self.setProtocolOptions(
-            maxMessagePayloadSize=max_message_bytes,
-            maxFramePayloadSize=max_message_bytes,
+            maxMessagePayloadSize=self.limits.max_message_bytes,
+            maxFramePayloadSize=self.limits.max_message_bytes,
             failByDrop=False,          # close with a code and reason, not a dropped socket
             perMessageCompressionAccept=None,  # prepared frames need it off
-            autoPingInterval=30,
-            autoPingTimeout=20,
+            autoPingInterval=self.limits.ping_interval,
+            autoPingTimeout=self.limits.ping_interval,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=3,
+            allowedOrigins=list(self.limits.allowed_origins) or ["*"],
         )
 
     def count_bad_input(self, kind: str) -> None:
         self.bad_inputs[kind] = self.bad_inputs.get(kind, 0) + 1
 
+    def clients_by_dialect(self) -> dict[str, int]:
+        counts = {"seed": 0, "v2": 0}
+        for client in self.clients:
+            if client.session is not None:
+                counts[client.session.dialect] += 1
+        return counts
 
 
 class ClientsService(Service):

@@ -23,7 +23,7 @@ from partysense.events import EventDirectory
 from partysense.hub import Hub
 from partysense.limits import raise_open_files_limit
 from partysense.listener import ListenerService
-from partysense.protocol import ClientsService, LiveFactory
+from partysense.protocol import ClientsService, Limits, LiveFactory
 from partysense.web import make_site
 
 log = Logger()
@@ -54,6 +54,19 @@ class Options(usage.Options):
         ["retention", None, 86400.0,
          "Seconds of change log kept for catching up after an outage.", float],
         ["max-message-bytes", None, 4096, "Largest message a client may send.", int],
+        ["max-clients", None, 100_000,
+         "Most clients at once; the next is closed with 1013.", int],
+        ["max-subscriptions", None, 32, "Most subscriptions on one v2 connection.", int],
+        ["max-messages-per-second", None, 20.0,
+         "Most messages a second one client may send (bursts of twice that); 4029 past it.",
+         float],
+        ["max-queue-bytes", None, 1024 * 1024,
+         "Most bytes queued for a client that is not reading; 4008 past it.", int],
+        ["ping-interval", None, 30.0,
+         "Seconds between keepalive pings; a client silent as long again is dropped.", float],
+        ["allowed-origins", None, "",
+         "Comma-separated Origins allowed to connect, e.g. https://party.example "
+         "(default: any)."],
     ]
     optFlags = [
         ["demo", None, "Simulate a party that votes (default with the embedded database)."],
@@ -72,6 +85,30 @@ class Options(usage.Options):
             raise usage.UsageError("--demo and --no-demo contradict each other")
         self["embedded"] = self["dsn"] is None
         self["run-demo"] = self["demo"] or (self["embedded"] and not self["no-demo"])
+
+
+def normalise_origin(origin: str) -> str:
+    """Autobahn compares Origins with their port; browsers omit default ports."""
+    origin = origin.strip().rstrip("/")
+    scheme, _, rest = origin.partition("://")
+    if not rest or ":" in rest or "*" in rest:
+        return origin
+    port = {"http": 80, "https": 443}.get(scheme.lower())
+    return f"{origin}:{port}" if port else origin
+
+
+def limits_from(options: Options) -> Limits:
+    origins = tuple(
+        normalise_origin(o) for o in options["allowed-origins"].split(",") if o.strip())
+    return Limits(
+        max_clients=options["max-clients"],
+        max_subscriptions=options["max-subscriptions"],
+        max_message_bytes=options["max-message-bytes"],
+        messages_per_second=options["max-messages-per-second"],
+        max_queue_bytes=options["max-queue-bytes"],
+        ping_interval=options["ping-interval"],
+        allowed_origins=origins,
+    )
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
@@ -98,8 +135,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     hub.listener = listener
     listener.setServiceParent(top)
 
-    factory = LiveFactory(hub, EventDirectory(listener.runQuery, reactor),
-                          max_message_bytes=options["max-message-bytes"])
+    limits = limits_from(options)
+    factory = LiveFactory(hub, EventDirectory(listener.runQuery, reactor), listener, reactor,
+                          limits)
     site = make_site(factory, listener, metrics=None)
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     # Added after the port, so stopped before it: clients hear 1001 first.
@@ -109,9 +147,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         DemoPartyService(dsn, options["demo-rate"]).setServiceParent(top)
 
     log.info(
-        "partysense-live listening on {port}, database: {where}, demo: {demo}, "
-        "max message {max_message} bytes.",
+        "partysense-live listening on {port}, database: {where}, demo: {demo}; limits: "
+        "{max_clients} clients, {max_subscriptions} subscriptions each, messages up to "
+        "{max_message} bytes and {rate:g}/s, {max_queue} bytes queued per slow client, "
+        "ping every {ping:g} s; Origins allowed: {origins}.",
         port=options["port"], where=where, demo=options["run-demo"],
-        max_message=options["max-message-bytes"],
+        max_clients=limits.max_clients, max_subscriptions=limits.max_subscriptions,
+        max_message=limits.max_message_bytes, rate=limits.messages_per_second,
+        max_queue=limits.max_queue_bytes, ping=limits.ping_interval,
+        origins=", ".join(limits.allowed_origins) or "any (no --allowed-origins given)",
     )
     return top

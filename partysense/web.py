@@ -39,6 +39,9 @@ class PageOrWebSocket(Resource):
     def render(self, request: Request) -> Any:
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade == "websocket":
+            # The WebSocket takes the socket over: the HTTP channel's idle
+            # timer must not fire on it later.
+            request.channel.setTimeout(None)
             return self._websocket.render(request)
         return self._page.render(request)
 

@@ -9,6 +9,8 @@ stand-in schema and the triggers, so tests never see each other's votes.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,21 @@ from partysense import sqlfiles
 from tests.support import Daemon, Party
 
 TEMPLATE = "partysense_test_template"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Several test runs may share this machine; pytest's numbered temp
+    # folders are rotated by whichever run starts next, which would delete
+    # a running embedded PostgreSQL's data. Each run gets its own folder.
+    if not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="partysense-pytest-")
+        config._partysense_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    basetemp = getattr(config, "_partysense_basetemp", None)
+    if basetemp:
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,222 @@
+"""The ``partysense.v2`` dialect: exact tallies, several subscriptions, resume.
+
+    -> {"type": "subscribe", "event": 1, "id": "a"}
+    <- {"type": "snapshot", "event": 1, "id": "a", "cursor": 1234, "title": "...",
+        "tracks": [{"tid": 7, "track": "...", "artist": "...", "up": 3, "down": 1}]}
+    <- {"type": "change", "sub": 1, "eid": 1, ..., "seq": 1240, ...}
+    -> {"type": "subscribe", "event": 1, "cursor": 1240}        resume after a reconnect
+    <- {"type": "subscribed", "event": 1, "cursor": 1240}, then every change after 1240
+    -> {"type": "unsubscribe", "event": 1}   <- {"type": "unsubscribed", "event": 1}
+    -> {"type": "ping"}                      <- {"type": "pong"}
+
+Errors are messages ({"type": "error", "error": kind, "message": ...}); the
+connection stays open. The full description is docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from partysense.errors import ClientError
+from partysense.history import Replay, Snapshot, replay_since, take_snapshot
+from partysense.hub import Change
+from partysense.listener import FIREHOSE, NotConnected
+from partysense.subscription import channel_for, parse_event_id, parse_json
+
+if TYPE_CHECKING:
+    from partysense.protocol import LiveProtocol
+
+SUBPROTOCOL = "partysense.v2"
+MAX_ID_LENGTH = 64
+
+
+def change_frame(channel: str, payload: str) -> bytes:
+    """A change message: the trigger's payload with "type" and "sub" in front."""
+    sub = '"ALL"' if channel == FIREHOSE else channel[len("event_"):]
+    return ('{"type" : "change", "sub" : ' + sub + ", " + payload[1:]).encode("utf-8")
+
+
+def encode_v2(change: Change) -> bytes:
+    return change_frame(change.channel, change.payload)
+
+
+class BadRequest(Exception):
+    """A v2 request we answer with an error message (the connection stays open)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class Subscription:
+    """One event (or the firehose) on one v2 connection.
+
+    Until its snapshot or replay has been sent, live changes wait in
+    ``_pending``; afterwards a change is sent only if its seq is past the
+    cursor, which is what makes snapshot + changes exact.
+    """
+
+    def __init__(self, session: V2Session, channel: str, event_id: int | None) -> None:
+        self._session = session
+        self.channel = channel
+        self.event_id = event_id
+        self.cursor: int | None = None
+        self._pending: list[Change] = []
+
+    def deliver(self, change: Change) -> None:
+        if self.cursor is None:
+            self._pending.append(change)
+        elif change.seq > self.cursor:
+            self.cursor = change.seq
+            self._session.protocol.send_prepared(change.frame("v2", encode_v2))
+
+    def start(self, cursor: int, replayed: list[tuple[int, str]]) -> None:
+        """Send the replayed changes after ``cursor``, then go live."""
+        for seq, payload in replayed:
+            if seq > cursor:
+                cursor = seq
+                self._session.protocol.send_bytes(change_frame(self.channel, payload))
+        self.cursor = cursor
+        pending, self._pending = self._pending, []
+        for change in pending:
+            self.deliver(change)
+
+
+class V2Session:
+    """A v2 client's subscriptions and requests."""
+
+    dialect = "v2"
+    _log = Logger()
+
+    def __init__(self, protocol: LiveProtocol) -> None:
+        self.protocol = protocol
+        self._factory = protocol.factory
+        self._subs: dict[str, Subscription] = {}
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._subs)
+
+    def received(self, text: str) -> Any:
+        message = parse_json(text)  # not JSON at all: that one still closes (1007)
+        request_id: Any = None
+        try:
+            if not isinstance(message, dict):
+                raise BadRequest("bad_request", 'a request is a JSON object with a "type"')
+            request_id = _request_id(message.get("id"))
+            handler = {
+                "subscribe": self._subscribe,
+                "unsubscribe": self._unsubscribe,
+                "ping": self._ping,
+            }.get(message.get("type"))  # type: ignore[arg-type]
+            if handler is None:
+                raise BadRequest("bad_request",
+                                 'unknown "type": use subscribe, unsubscribe or ping')
+            d = defer.maybeDeferred(handler, request_id, message)
+        except BadRequest as error:
+            d = defer.fail(error)
+        return d.addErrback(self._answer_error, request_id)
+
+    def _answer_error(self, failure: Any, request_id: Any) -> None:
+        failure.trap(BadRequest)
+        error = failure.value
+        self._factory.count_bad_input(error.kind)
+        self._log.info("v2 request from {peer} refused ({kind}): {message}",
+                       peer=self.protocol.peer, kind=error.kind, message=error.message)
+        self.send({"type": "error", "id": request_id, "error": error.kind,
+                   "message": error.message})
+
+    def send(self, body: dict[str, Any]) -> None:
+        if body.get("id") is None:
+            body.pop("id", None)
+        self.protocol.send_json(body)
+
+    # -- requests -------------------------------------------------------------
+
+    def _ping(self, request_id: Any, message: dict) -> None:
+        self.send({"type": "pong", "id": request_id})
+
+    def _unsubscribe(self, request_id: Any, message: dict) -> None:
+        event_id = _event(message)
+        self._drop(channel_for(event_id))
+        self.send({"type": "unsubscribed", "event": _event_name(event_id), "id": request_id})
+
+    @defer.inlineCallbacks
+    def _subscribe(self, request_id: Any, message: dict) -> Any:
+        event_id = _event(message)
+        since = message.get("cursor")
+        if since is not None and (type(since) is not int or since < 0):
+            raise BadRequest("bad_request", '"cursor" must be a non-negative integer')
+        channel = channel_for(event_id)
+        self._drop(channel)  # subscribing again restarts the subscription
+        if len(self._subs) >= self._factory.limits.max_subscriptions:
+            raise BadRequest("too_many_subscriptions",
+                             f"at most {self._factory.limits.max_subscriptions} subscriptions "
+                             "per connection")
+        try:
+            if event_id is not None and not (yield self._factory.events.exists(event_id)):
+                raise BadRequest("unknown_event", f"event {event_id} does not exist")
+            subscription = Subscription(self, channel, event_id)
+            self._subs[channel] = subscription
+            self._factory.hub.subscribe(channel, subscription)
+            listener = self._factory.listener
+            yield listener.whenListening(channel)
+            if since is None:
+                snapshot = yield listener.runInteraction(take_snapshot, event_id)
+                self._started(subscription, request_id, snapshot, [], reset=False)
+            else:
+                replay: Replay = yield listener.runInteraction(replay_since, event_id, since)
+                if replay.snapshot is not None:
+                    self._started(subscription, request_id, replay.snapshot, [], reset=True)
+                elif self._subs.get(channel) is subscription:
+                    self.send({"type": "subscribed", "event": _event_name(event_id),
+                               "cursor": since, "id": request_id})
+                    subscription.start(since, replay.changes)
+        except (NotConnected, psycopg2.Error) as error:
+            self._drop(channel)
+            raise BadRequest("unavailable",
+                             f"the database is unreachable right now ({error}); retry soon"
+                             ) from None
+        except BadRequest:
+            self._drop(channel)
+            raise
+
+    def _started(self, subscription: Subscription, request_id: Any, snapshot: Snapshot,
+                 replayed: list[tuple[int, str]], reset: bool) -> None:
+        if self._subs.get(subscription.channel) is not subscription:
+            return  # unsubscribed (or closed) while the snapshot was taken
+        self.send(snapshot.message(subscription.event_id, request_id, reset=reset))
+        subscription.start(snapshot.cursor, replayed)
+
+    def _drop(self, channel: str) -> None:
+        subscription = self._subs.pop(channel, None)
+        if subscription is not None:
+            self._factory.hub.unsubscribe(channel, subscription)
+
+    def close(self) -> None:
+        for channel in list(self._subs):
+            self._drop(channel)
+
+
+def _event(message: dict) -> int | None:
+    try:
+        return parse_event_id(message.get("event"))
+    except ClientError as error:
+        raise BadRequest(error.kind, error.reason) from None
+
+
+def _event_name(event_id: int | None) -> int | str:
+    return "ALL" if event_id is None else event_id
+
+
+def _request_id(value: Any) -> Any:
+    if value is None or (type(value) is int) or (isinstance(value, str)
+                                                and len(value) <= MAX_ID_LENGTH):
+        return value
+    raise BadRequest("bad_request", f'"id" must be a number or a string of at most '
+                                    f"{MAX_ID_LENGTH} characters")
