@@ -84,8 +84,9 @@ def test_awkward_names_arrive_exact(party: Party, listen: Any) -> None:
             "eid": event_id, "event": name[:70], "track": name,
             "artist": f"{name} artist {index}", "tid": track_id, "up": True,
             "op": "insert", "vote": vote_id, "prev": None, "seq": payload["seq"],
-            "truncated": False,
+            "truncated": False, "ts": payload["ts"],
         }
+        assert isinstance(payload["ts"], float)
         assert "\n" not in raw and "\t" not in raw
 
 
