@@ -10,6 +10,7 @@ with a clear code. What the messages mean is the session's business:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,6 +83,7 @@ class LiveProtocol(WebSocketServerProtocol):
         self.paused = False
         self._backlog: deque[PreparedMessage] = deque()
         self._backlog_bytes = 0
+        self._streams: deque[tuple[Iterator[bytes], defer.Deferred[None]]] = deque()
         self._queue: defer.Deferred[None] = defer.succeed(None)
         self._tokens = 0.0
         self._refilled = 0.0
@@ -134,8 +136,11 @@ class LiveProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.clients.discard(self)
+        # /metrics adds this to what the open clients have been sent so far.
+        self.factory.closed_client_bytes += self.trafficStats.outgoingOctetsWireLevel
         self._backlog.clear()
         self._backlog_bytes = 0
+        self._end_streams()
         if self.session is not None:
             self.session.close()
 
@@ -171,11 +176,11 @@ class LiveProtocol(WebSocketServerProtocol):
         """Send a frame now, or queue it while the socket is full."""
         if self.state != self.STATE_OPEN:
             return
-        if self.paused or self._backlog:
+        if self.paused or self._backlog or self._streams:
             self._backlog.append(prepared)
             self._backlog_bytes += len(prepared.payloadHybi)
             if self._backlog_bytes > self.factory.limits.max_queue_bytes:
-                self._too_slow()
+                self.too_slow()
             return
         self.sendPreparedMessage(prepared)
 
@@ -187,15 +192,51 @@ class LiveProtocol(WebSocketServerProtocol):
 
         self.send_bytes(json.dumps(body, ensure_ascii=False).encode("utf-8"))
 
+    def stream(self, frames: Iterable[bytes]) -> defer.Deferred[None]:
+        """Send many frames (a replay) only as fast as the client reads them.
+
+        Unlike send_prepared, these do not count against the slow-client
+        limit: they are produced on demand, never queued. The Deferred fires
+        once the last one is written (or the connection is gone).
+        """
+        done: defer.Deferred[None] = defer.Deferred()
+        self._streams.append((iter(frames), done))
+        self._pump()
+        return done
+
     def drain(self) -> None:
         """The socket has room again: send what waited, until it is full again."""
         self.paused = False
-        while self._backlog and not self.paused and self.state == self.STATE_OPEN:
-            prepared = self._backlog.popleft()
-            self._backlog_bytes -= len(prepared.payloadHybi)
-            self.sendPreparedMessage(prepared)
+        self._pump()
 
-    def _too_slow(self) -> None:
+    def _pump(self) -> None:
+        while not self.paused and self.state == self.STATE_OPEN:
+            if self._backlog:
+                prepared = self._backlog.popleft()
+                self._backlog_bytes -= len(prepared.payloadHybi)
+                self.sendPreparedMessage(prepared)
+            elif self._streams:
+                frames, done = self._streams[0]
+                payload = next(frames, None)
+                if payload is None:
+                    self._streams.popleft()
+                    done.callback(None)
+                else:
+                    self.sendPreparedMessage(PreparedMessage(payload, False, False, True))
+            else:
+                return
+        if self.state != self.STATE_OPEN:
+            self._end_streams()
+
+    def _end_streams(self) -> None:
+        streams, self._streams = self._streams, deque()
+        for _, done in streams:
+            done.callback(None)
+
+    def too_slow(self) -> None:
+        """Close a client that does not read what it is sent (code 4008)."""
+        if self.state != self.STATE_OPEN:
+            return
         self._backlog.clear()
         self._backlog_bytes = 0
         self.factory.slow_closed += 1
@@ -242,6 +283,7 @@ class LiveFactory(WebSocketServerFactory):
         self.clients: set[LiveProtocol] = set()
         self.bad_inputs: dict[str, int] = {}
         self.slow_closed = 0
+        self.closed_client_bytes = 0
         self.setProtocolOptions(
             maxMessagePayloadSize=self.limits.max_message_bytes,
             maxFramePayloadSize=self.limits.max_message_bytes,

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from partysense.protocol import LiveProtocol
 
 SUBPROTOCOL = "partysense.v2"
+# Live changes held for a subscription while its snapshot or replay is being
+# sent; a client that needs more than this is not keeping up.
+MAX_PENDING = 20000
 MAX_ID_LENGTH = 64
 
 
@@ -71,16 +74,20 @@ class Subscription:
     def deliver(self, change: Change) -> None:
         if self.cursor is None:
             self._pending.append(change)
+            if len(self._pending) > MAX_PENDING:
+                self._session.protocol.too_slow()
         elif change.seq > self.cursor:
             self.cursor = change.seq
             self._session.protocol.send_prepared(change.frame("v2", encode_v2))
 
-    def start(self, cursor: int, replayed: list[tuple[int, str]]) -> None:
-        """Send the replayed changes after ``cursor``, then go live."""
-        for seq, payload in replayed:
-            if seq > cursor:
-                cursor = seq
-                self._session.protocol.send_bytes(change_frame(self.channel, payload))
+    def start(self, cursor: int, replayed: list[tuple[int, str]]) -> defer.Deferred[None]:
+        """Send the replayed changes after ``cursor`` at the client's pace, then go live."""
+        replayed = [(seq, payload) for seq, payload in replayed if seq > cursor]
+        last = replayed[-1][0] if replayed else cursor
+        frames = (change_frame(self.channel, payload) for _, payload in replayed)
+        return self._session.protocol.stream(frames).addCallback(lambda _: self._go_live(last))
+
+    def _go_live(self, cursor: int) -> None:
         self.cursor = cursor
         pending, self._pending = self._pending, []
         for change in pending:
@@ -176,7 +183,7 @@ class V2Session:
                 elif self._subs.get(channel) is subscription:
                     self.send({"type": "subscribed", "event": _event_name(event_id),
                                "cursor": since, "id": request_id})
-                    subscription.start(since, replay.changes)
+                    yield subscription.start(since, replay.changes)
         except (NotConnected, psycopg2.Error) as error:
             self._drop(channel)
             raise BadRequest("unavailable",
