@@ -1,0 +1,91 @@
+"""The PostgreSQL a benchmark runs against: an embedded one, or one named by a DSN.
+
+Each run gets a fresh database with the stand-in schema and our triggers,
+and a party in it: events, artists, tracks. Both services under test share it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from partysense import sqlfiles
+
+
+@contextmanager
+def server(admin_dsn: str | None) -> Iterator[str]:
+    """An admin DSN: the one given, or an embedded PostgreSQL started in a temp dir."""
+    if admin_dsn:
+        yield admin_dsn
+        return
+    from partysense.embedded import start_server, stop_server
+
+    with tempfile.TemporaryDirectory(prefix="partysense-bench-") as scratch:
+        handle = start_server(Path(scratch) / "pgdata")
+        try:
+            yield handle.get_uri()
+        finally:
+            stop_server(handle)
+
+
+def _admin(admin_dsn: str, statement: sql.Composable) -> None:
+    connection = psycopg2.connect(admin_dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+@contextmanager
+def bench_database(admin_dsn: str) -> Iterator[str]:
+    """A fresh database with the schema and triggers installed, dropped afterwards."""
+    name = f"partysense_bench_{uuid.uuid4().hex[:10]}"
+    _admin(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = make_dsn(admin_dsn, dbname=name)
+    try:
+        sqlfiles.install(dsn, demo_schema=True)
+        yield dsn
+    finally:
+        _admin(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+def create_party(dsn: str, events: int, tracks: int = 20) -> tuple[list[int], list[int]]:
+    """``events`` events and ``tracks`` tracks; returns their ids."""
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            event_ids = []
+            for number in range(events):
+                cursor.execute("INSERT INTO event_event (title) VALUES (%s) RETURNING id",
+                               (f"Bench party {number + 1}",))
+                event_ids.append(cursor.fetchone()[0])
+            track_ids = []
+            for number in range(tracks):
+                cursor.execute("INSERT INTO music_artist (name) VALUES (%s) RETURNING id",
+                               (f"Artist {number + 1}",))
+                artist_id = cursor.fetchone()[0]
+                cursor.execute(
+                    "INSERT INTO music_track (artist_id, name) VALUES (%s, %s) RETURNING id",
+                    (artist_id, f"Track {number + 1}"))
+                track_ids.append(cursor.fetchone()[0])
+        return event_ids, track_ids
+    finally:
+        connection.close()
+
+
+def libpq_environment(dsn: str) -> dict[str, str]:
+    """PG* variables naming ``dsn``, for clients that read them (node-postgres does)."""
+    names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER",
+             "password": "PGPASSWORD", "dbname": "PGDATABASE"}
+    return {names[key]: value for key, value in parse_dsn(dsn).items()
+            if key in names and value}

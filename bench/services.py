@@ -1,0 +1,152 @@
+"""The two services under test, started as their operators start them.
+
+- partysense-live: ``twistd -n partysense-live --port ... --dsn ...``
+- the old Node service: ``node --unhandled-rejections=warn main.js`` with PG*
+  variables and PORT (without the flag it exits when a client disconnects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.database import libpq_environment
+
+SEED_NODE = Path(os.environ.get("PARTYSENSE_SEED_NODE", "/work/shared/reference/seed-node"))
+NODE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "partysense-bench"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait(condition, timeout: float, what: str, process: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not ready within {timeout} s")
+        time.sleep(0.05)
+
+
+class Running:
+    """A started service: its process, its port, and how to stop it."""
+
+    def __init__(self, name: str, process: subprocess.Popen, port: int,  # type: ignore[type-arg]
+                 log_path: Path) -> None:
+        self.name = name
+        self.process = process
+        self.port = port
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def start_partysense(dsn: str, workdir: Path, workers: int = 1,
+                     backlog: int = 4096) -> Running:
+    port = free_port()
+    twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+    log_path = workdir / f"partysense-{port}.log"
+    args = [twistd, "-n", "--pidfile=", "--logfile", str(log_path), "partysense-live",
+            "--port", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}", "--dsn", dsn]
+    if workers != 1:
+        args += ["--workers", str(workers)]
+    env = dict(os.environ)
+    env.pop("PARTYSENSE_DSN", None)
+    process = subprocess.Popen(args, cwd=workdir, env=env, stdin=subprocess.DEVNULL)
+    running = Running("partysense", process, port, log_path)
+    try:
+        _wait(lambda: _healthy(port), 60, "partysense-live", process)
+    except RuntimeError:
+        running.stop()
+        raise
+    return running
+
+
+def node_checkout() -> Path:
+    """The seed service with its node_modules, installed once into a cache."""
+    package = (SEED_NODE / "package.json").read_bytes() + (SEED_NODE / "main.js").read_bytes()
+    target = NODE_CACHE / f"seed-node-{hashlib.sha256(package).hexdigest()[:12]}"
+    if not (target / "node_modules" / "pg").is_dir():
+        scratch = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        for name in ("main.js", "package.json"):
+            shutil.copy(SEED_NODE / name, scratch / name)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                       cwd=scratch, check=True, stdout=subprocess.DEVNULL, timeout=300)
+        shutil.rmtree(target, ignore_errors=True)
+        scratch.rename(target)
+    return target
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None and shutil.which("npm") is not None \
+        and (SEED_NODE / "main.js").is_file()
+
+
+def start_node(dsn: str, workdir: Path) -> Running:
+    checkout = node_checkout()
+    port = free_port()
+    log_path = workdir / f"seed-node-{port}.log"
+    env = dict(os.environ, PORT=str(port), **libpq_environment(dsn))
+    with open(log_path, "wb") as log:  # it logs every message, as the original did
+        process = subprocess.Popen(
+            ["node", "--unhandled-rejections=warn", "main.js"], cwd=checkout, env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    running = Running("node", process, port, log_path)
+    try:
+        _wait(lambda: _port_open(port), 30, "the Node service", process)
+    except RuntimeError:
+        running.stop()
+        raise
+    return running

@@ -1,0 +1,37 @@
+"""A few seconds of the benchmark, so that it cannot rot.
+
+Speed is not asserted here (bench/ measures it); exactness is: every frame
+the benchmark expects arrives once, through partysense-live and, when Node is
+on the machine, through the old Node service too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import run, services
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None,
+                                reason="the load generator needs Node.js")
+
+
+def test_smoke_run_delivers_every_frame_once(admin_dsn: str, tmp_path: Path) -> None:
+    targets = "node,partysense" if services.node_available() else "partysense"
+    output = tmp_path / "smoke.json"
+    run.main(["--scenario", "smoke", "--dsn", admin_dsn, "--targets", targets,
+              "--json", str(output)])
+    [results] = json.loads(output.read_text())
+    for target in targets.split(","):
+        result = results[target]
+        assert "error" not in result, result
+        assert result["clients_connected"] == run.SCENARIOS["smoke"].clients
+        assert result["votes_sent"] == 100
+        assert result["frames_expected"] > 0
+        assert result["frames_delivered"] == result["frames_expected"]
+        assert (result["frames_lost"], result["frames_duplicated"]) == (0, 0)
+        assert result["frames_unexpected"] == 0
+        assert result["latency_p50_s"] <= result["latency_max_s"]
