@@ -64,6 +64,8 @@ class Options(usage.Options):
          "Most bytes queued for a client that is not reading; 4008 past it.", int],
         ["ping-interval", None, 30.0,
          "Seconds between keepalive pings; a client silent as long again is dropped.", float],
+        ["handshake-timeout", None, 10.0,
+         "Seconds an HTTP connection may stay idle or unfinished before the upgrade.", float],
         ["allowed-origins", None, "",
          "Comma-separated Origins allowed to connect, e.g. https://party.example "
          "(default: any)."],
@@ -138,7 +140,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     limits = limits_from(options)
     factory = LiveFactory(hub, EventDirectory(listener.runQuery, reactor), listener, reactor,
                           limits)
-    site = make_site(factory, listener, metrics=None)
+    site = make_site(factory, listener, metrics=None,
+                     handshake_timeout=options["handshake-timeout"])
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     # Added after the port, so stopped before it: clients hear 1001 first.
     ClientsService(factory, reactor).setServiceParent(top)

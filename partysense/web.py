@@ -86,13 +86,19 @@ def static_folder() -> Resource:
     return folder
 
 
-def make_site(factory: LiveFactory, listener: ListenerService, metrics: Resource | None) -> Site:
+def make_site(factory: LiveFactory, listener: ListenerService, metrics: Resource | None,
+              handshake_timeout: float = 10.0) -> Site:
+    """The resource tree of the one port.
+
+    ``handshake_timeout`` closes an HTTP connection that sends nothing (or
+    an unfinished request) for that long; upgraded WebSockets are exempt.
+    """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
     root.putChild(b"healthz", Health(listener, factory))
     root.putChild(b"static", static_folder())
     if metrics is not None:
         root.putChild(b"metrics", metrics)
-    site = Site(root)
+    site = Site(root, timeout=handshake_timeout)
     site.displayTracebacks = False
     return site
