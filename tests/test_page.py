@@ -1,0 +1,235 @@
+"""The live page in a real headless Chromium, against the real daemon and PostgreSQL.
+
+The page speaks partysense.v2: it opens with the event's snapshot, applies
+each change, and after a reconnect resumes from the highest seq it applied.
+Every wait below is a condition with a deadline (Playwright's ``expect`` or
+``tests.support.wait_for``); screenshots land in artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Locator, expect
+
+from tests.browser import FULL_HD, SHOWN_TALLIES, as_sql_says, chromium, screenshot
+from tests.support import Daemon, Party, wait_for
+
+HOSTILE_TRACK = '<script>alert(1)</script> "quotes" 🎉'
+HOSTILE_ARTIST = '<img src=x onerror="window.__pwned = true">'
+HOSTILE_TITLE = '<b onmouseover="window.__pwned = true">Fever</b> "night" 🎉'
+
+SECONDS = 1000  # Playwright counts in milliseconds
+
+
+class Screen:
+    """One browser tab on the live page, and what went wrong in it."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.page = context.new_page()
+        self.problems: list[str] = []
+        self.page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
+        self.page.on("dialog", self._dialog)
+        # The page's Content-Security-Policy forbids inline script: a blocked
+        # attempt would show here even though it did not run.
+        self.page.on("console", lambda message: self.problems.append(message.text)
+                     if "Content Security Policy" in message.text else None)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.problems.append(f"dialog: {dialog.message}")
+        dialog.dismiss()
+
+    def open(self, daemon: Daemon, event: int | str) -> None:
+        self.page.goto(f"{daemon.url}/?event={event}")
+
+    @property
+    def status(self) -> Locator:
+        return self.page.locator("#status")
+
+    def expect_state(self, state: str, timeout: float = 15 * SECONDS) -> None:
+        expect(self.status).to_have_attribute("data-state", state, timeout=timeout)
+
+    def row(self, track_id: int) -> Locator:
+        return self.page.locator(f'#ranking li[data-tid="{track_id}"]')
+
+    @property
+    def feed(self) -> Locator:
+        return self.page.locator("#feed li")
+
+    def shown_tallies(self) -> dict[str, list[int]]:
+        return dict(self.page.evaluate(SHOWN_TALLIES))
+
+    def expect_tallies(self, tallies: dict[int, tuple[int, int]], timeout: float = 15.0) -> None:
+        """Wait until the page shows exactly ``tallies`` (``Party.tallies``)."""
+        wanted = as_sql_says(tallies)
+        try:
+            wait_for(lambda: self.shown_tallies() == wanted, timeout, "the page's tallies")
+        except AssertionError:
+            raise AssertionError(
+                f"the page shows {self.shown_tallies()}, SQL says {wanted}") from None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as value:
+        yield value
+
+
+@pytest.fixture
+def screen(browser: Any) -> Iterator[Screen]:
+    context = browser.new_context(viewport=FULL_HD)
+    try:
+        yield Screen(context)
+    finally:
+        context.close()
+
+
+def test_page_opens_with_the_snapshot_and_moves_with_each_vote(
+        daemon: Daemon, party: Party, screen: Screen) -> None:
+    event_id = party.event("Friday")
+    hit = party.track("One More Time", "Daft Punk")
+    other = party.track("Blue Monday", "New Order")
+    for user in range(3):
+        party.vote(event_id, hit, up=True, user_id=user)
+    party.vote(event_id, other, up=True, user_id=1)
+    party.vote(event_id, other, up=False, user_id=2)
+
+    screen.open(daemon, event_id)
+    screen.expect_state("live")
+    # The snapshot, not an empty screen: the votes cast before the page opened.
+    screen.expect_tallies(party.tallies(event_id))
+    expect(screen.page.locator("#title")).to_have_text("Friday")
+    ranking = screen.page.locator("#ranking li")
+    expect(ranking.first.locator(".name")).to_have_text("One More Time")
+    expect(screen.row(other).locator(".down")).to_have_text("▼ 1")
+
+    for user in range(10, 14):
+        party.vote(event_id, other, up=True, user_id=user)
+    party.vote(event_id, hit, up=False, user_id=20)
+    screen.expect_tallies(party.tallies(event_id))
+    expect(screen.row(other).locator(".up")).to_have_text("▲ 5")
+    expect(screen.row(other).locator(".net")).to_have_text("+4")
+    expect(ranking.first.locator(".name")).to_have_text("Blue Monday")
+    # Five votes cast while watching; Django's insert-then-update of the down
+    # vote shows as the one vote the guest cast.
+    expect(screen.feed).to_have_count(5)
+    expect(screen.feed.first.locator(".action")).to_have_text("voted down")
+    expect(screen.feed.first.locator(".name")).to_have_text("One More Time")
+    assert screen.problems == []
+
+
+def test_hostile_names_show_as_text(daemon: Daemon, party: Party, screen: Screen) -> None:
+    event_id = party.event(HOSTILE_TITLE)
+    before = party.track(HOSTILE_TRACK, HOSTILE_ARTIST)
+    party.vote(event_id, before)
+
+    screen.open(daemon, event_id)
+    screen.expect_state("live")
+    after = party.track(HOSTILE_TRACK + " remix", HOSTILE_ARTIST)
+    party.vote(event_id, after, up=False)
+    screen.expect_tallies(party.tallies(event_id))
+
+    expect(screen.page.locator("#title")).to_have_text(HOSTILE_TITLE)  # from the snapshot
+    expect(screen.row(before).locator(".name")).to_have_text(HOSTILE_TRACK)
+    expect(screen.row(before).locator(".artist")).to_have_text(HOSTILE_ARTIST)
+    expect(screen.row(after).locator(".name")).to_have_text(HOSTILE_TRACK + " remix")
+    expect(screen.feed.first.locator(".name")).to_have_text(HOSTILE_TRACK + " remix")
+    expect(screen.feed.first.locator(".artist")).to_have_text(HOSTILE_ARTIST)
+    # No markup was made of the names, and nothing in them ran.
+    expect(screen.page.locator("main script, main img, main b, header b")).to_have_count(0)
+    screen.page.locator("#title").hover()
+    assert screen.page.evaluate("window.__pwned") is None
+    assert screen.problems == []
+
+
+def test_page_recovers_by_itself_after_the_daemon_restarts(
+        daemon: Daemon, party: Party, screen: Screen) -> None:
+    event_id = party.event("Marathon")
+    first, second, third = (party.track(f"Track {n}") for n in (1, 2, 3))
+    flipped = party.vote(event_id, first, up=True, user_id=1)
+    withdrawn = party.vote(event_id, second, up=False, user_id=2)
+    party.vote(event_id, second, up=True, user_id=3)
+
+    screen.open(daemon, event_id)
+    screen.expect_state("live")
+    screen.expect_tallies(party.tallies(event_id))
+    port = daemon.port
+
+    daemon.stop()
+    screen.expect_state("reconnecting")
+    # While the daemon is down: a new vote (insert + update), a changed vote,
+    # a withdrawn vote, a vote on a track the page has not seen.
+    party.vote(event_id, first, up=False, user_id=4)
+    party.query("UPDATE event_vote SET is_positive = false WHERE id = %s", (flipped,))
+    party.query("DELETE FROM event_vote WHERE id = %s", (withdrawn,))
+    party.vote(event_id, third, up=True, user_id=5)
+    screenshot(screen.page, "reconnecting")
+
+    daemon.start()
+    assert daemon.port == port
+    screen.expect_state("live", timeout=30 * SECONDS)
+    screen.expect_tallies(party.tallies(event_id))
+    # Resumed from its cursor, not reloaded: what happened during the outage
+    # is in the feed, once each.
+    expect(screen.feed).to_have_count(4)
+    actions = sorted(screen.feed.locator(".action").all_inner_texts())
+    assert actions == ["changed to down", "voted down", "voted up", "withdrew a down vote"]
+
+    party.vote(event_id, third, up=False, user_id=6)
+    screen.expect_tallies(party.tallies(event_id))
+    assert screen.problems == []
+
+
+def test_offline_shows_offline_and_catches_up(
+        daemon: Daemon, party: Party, screen: Screen) -> None:
+    event_id = party.event("Flaky Wi-Fi")
+    track = party.track("Song")
+    party.vote(event_id, track, user_id=1)
+    screen.open(daemon, event_id)
+    screen.expect_state("live")
+
+    screen.context.set_offline(True)
+    screen.expect_state("offline")
+    expect(screen.status).to_contain_text("offline")
+    party.vote(event_id, track, up=False, user_id=2)
+
+    screen.context.set_offline(False)
+    screen.expect_state("live")
+    screen.expect_tallies(party.tallies(event_id))
+    expect(screen.feed.first.locator(".action")).to_have_text("voted down")
+    assert screen.problems == []
+
+
+def test_screenshots_of_a_busy_party(daemon: Daemon, party: Party, screen: Screen) -> None:
+    event_id = party.event('Friday "Fever" 🎉')
+    names = [("One More Time", "Daft Punk"), ("Blue Monday", "New Order"),
+             ("Around the World", "Daft Punk"), (HOSTILE_TRACK, HOSTILE_ARTIST),
+             ("A track with a name long enough to need more than one phone line", "Somebody"),
+             ("Smalltown Boy", "Bronski Beat")]
+    tracks = [party.track(name, artist) for name, artist in names]
+    user = 0
+    for index, track in enumerate(tracks):
+        for _ in range(6 - index):
+            user += 1
+            party.vote(event_id, track, up=True, user_id=user)
+        for _ in range(index % 3):
+            user += 1
+            party.vote(event_id, track, up=False, user_id=user)
+
+    screen.open(daemon, event_id)
+    screen.expect_state("live")
+    for index, track in enumerate(reversed(tracks)):
+        user += 1
+        party.vote(event_id, track, up=index % 3 != 1, user_id=user)
+    screen.expect_tallies(party.tallies(event_id))
+    expect(screen.feed).to_have_count(len(tracks))
+
+    saved = screenshot(screen.page, "party")
+    assert all(path.stat().st_size > 10_000 for path in saved)
+    # Nothing wider than a 360-pixel phone: no sideways scrolling.
+    screen.page.set_viewport_size({"width": 360, "height": 740})
+    assert screen.page.evaluate("document.documentElement.scrollWidth") <= 360
+    assert screen.problems == []
