@@ -17,12 +17,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from partysense import dsn as dsnlib
+from partysense import workers
 from partysense.demo import DemoPartyService
 from partysense.embedded import EmbeddedPostgresService, default_data_dir
 from partysense.events import EventDirectory
 from partysense.hub import Hub
 from partysense.limits import raise_open_files_limit
 from partysense.listener import ListenerService
+from partysense.metrics import DaemonMetrics
 from partysense.protocol import ClientsService, Limits, LiveFactory
 from partysense.web import make_site
 
@@ -69,6 +71,9 @@ class Options(usage.Options):
         ["allowed-origins", None, "",
          "Comma-separated Origins allowed to connect, e.g. https://party.example "
          "(default: any)."],
+        ["workers", None, 1,
+         "Processes sharing the port, each with its own LISTEN connection (tcp: ports).",
+         int],
     ]
     optFlags = [
         ["demo", None, "Simulate a party that votes (default with the embedded database)."],
@@ -87,6 +92,10 @@ class Options(usage.Options):
             raise usage.UsageError("--demo and --no-demo contradict each other")
         self["embedded"] = self["dsn"] is None
         self["run-demo"] = self["demo"] or (self["embedded"] and not self["no-demo"])
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["workers"] > 1:
+            workers.listening_address(self["port"])  # only a tcp: port can be shared
 
 
 def normalise_origin(origin: str) -> str:
@@ -119,6 +128,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         reactor = default_reactor
     raise_open_files_limit()  # every client is an open file
+    if options["workers"] > 1:
+        return workers.make_supervisor(options, reactor)
     top = service.MultiService()
 
     dsn: Any
@@ -130,17 +141,20 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         where = f"the EMBEDDED PostgreSQL in {data_dir}"
     else:
         dsn = options["dsn"]
-        where = dsnlib.describe(dsn)
+        where = dsnlib.redact(dsn)  # the DSN with any password as ***
 
     hub = Hub()
-    listener = ListenerService(dsn, hub.publish, reactor, retention_seconds=options["retention"])
+    metrics = DaemonMetrics(reactor)
+    listener = ListenerService(dsn, metrics.timed(hub.publish), reactor,
+                               retention_seconds=options["retention"])
     hub.listener = listener
     listener.setServiceParent(top)
 
     limits = limits_from(options)
     factory = LiveFactory(hub, EventDirectory(listener.runQuery, reactor), listener, reactor,
                           limits)
-    site = make_site(factory, listener, metrics=None,
+    metrics.watch(factory, hub, listener).setServiceParent(top)
+    site = make_site(factory, listener, metrics=metrics.resource(),
                      handshake_timeout=options["handshake-timeout"])
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     # Added after the port, so stopped before it: clients hear 1001 first.
@@ -150,11 +164,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         DemoPartyService(dsn, options["demo-rate"]).setServiceParent(top)
 
     log.info(
-        "partysense-live listening on {port}, database: {where}, demo: {demo}; limits: "
+        "partysense-live listening on {port}, database: {where}, demo: {demo}, "
+        "change log kept {retention:g} s; limits: "
         "{max_clients} clients, {max_subscriptions} subscriptions each, messages up to "
         "{max_message} bytes and {rate:g}/s, {max_queue} bytes queued per slow client, "
         "ping every {ping:g} s; Origins allowed: {origins}.",
-        port=options["port"], where=where, demo=options["run-demo"],
+        port=options["port"], where=where, embedded=options["embedded"],
+        demo=options["run-demo"], retention=options["retention"],
         max_clients=limits.max_clients, max_subscriptions=limits.max_subscriptions,
         max_message=limits.max_message_bytes, rate=limits.messages_per_second,
         max_queue=limits.max_queue_bytes, ping=limits.ping_interval,

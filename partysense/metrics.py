@@ -1,0 +1,308 @@
+"""``GET /metrics``: the daemon's state in Prometheus' text format.
+
+Almost every number already exists as an attribute (the listener counts
+notifications and reconnects, the hub counts frames, the factory counts bad
+inputs, Autobahn counts every byte it writes): :class:`LiveCollector` reads
+them at scrape time, so the fan-out path pays nothing for metrics. Two
+things are measured here instead:
+
+- PostgreSQL's ``pg_notification_queue_usage()``, polled every few seconds
+  on the listener's connection by :class:`QueueUsagePoller`, so a scrape
+  never waits for the database (and still answers when it is down);
+- the delay from a vote's commit (the ``ts`` the trigger puts in the
+  payload) to its frames leaving the daemon, observed once per change and
+  channel by the wrapper :meth:`DaemonMetrics.timed` puts around the hub.
+
+Each daemon has its own ``CollectorRegistry`` (never the global one), so a
+test can build several. docs/operations.md explains every metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+# (channel, seq, payload): what the listener hands to the hub.
+Deliver = Callable[[str, int, str], None]
+
+QUEUE_USAGE_QUERY = "SELECT pg_notification_queue_usage()"
+
+# Seconds. Live changes take milliseconds; the long tail is what a listener
+# that was away replays when it comes back.
+DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+# Kinds of bad input a client can send (partysense/errors.py), listed at 0
+# from the start so that rate() works from the first one.
+BAD_INPUT_KINDS = ("binary", "not_json", "wrong_shape", "bad_event_id", "too_big",
+                   "unknown_event", "flood")
+
+# Counted by the factory with the bad inputs too; reported on their own.
+SLOW = "too_slow"
+
+TS_KEY = '"ts" : '
+
+
+class Listener(Protocol):
+    state: str
+    reconnects: int
+    notifications: int
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def channels(self) -> frozenset[str]: ...
+    def runQuery(self, query: Any, params: Any = None) -> Any: ...
+    def whenConnected(self) -> Any: ...
+
+
+class Hub(Protocol):
+    frames_sent: int
+
+
+class Factory(Protocol):
+    clients: Any  # a set of Autobahn server protocols
+    bad_inputs: dict[str, int]
+    slow_closed: int
+    closed_client_bytes: int
+
+    def clients_by_dialect(self) -> dict[str, int]: ...
+
+
+def commit_time(payload: str) -> float | None:
+    """The commit time (epoch seconds) the trigger wrote into ``payload``, if any.
+
+    Read by hand rather than with json.loads: this runs for every change,
+    and the key is found from the end in a fraction of the time. An escaped
+    quote inside a name never looks like ``"ts" :``.
+    """
+    start = payload.rfind(TS_KEY)
+    if start < 0:
+        return None
+    start += len(TS_KEY)
+    end = start
+    while end < len(payload) and payload[end] not in ",}":
+        end += 1
+    try:
+        return float(payload[start:end])
+    except ValueError:  # "ts" : null, from an old install.sql or a replay
+        return None
+
+
+def bytes_written(client: Any) -> int:
+    """WebSocket bytes (frame headers included) Autobahn wrote to ``client`` while open."""
+    stats = getattr(client, "trafficStats", None)
+    return stats.outgoingOctetsWireLevel if stats is not None else 0
+
+
+class QueueUsagePoller(Service):
+    """Asks PostgreSQL how full its notification queue is, every ``interval`` s.
+
+    The queue is shared by the whole cluster; past 50% PostgreSQL warns, at
+    100% every notifying commit fails. Polled on the listener's connection
+    (one query every few seconds), never at scrape time.
+    """
+
+    log = Logger()
+
+    def __init__(self, listener: Listener, clock: IReactorTime, interval: float = 5.0) -> None:
+        self._listener = listener
+        self._clock = clock
+        self._interval = interval
+        self._loop = LoopingCall(self._poll)
+        self._loop.clock = clock
+        self._asked_at: float | None = None
+        self.usage: float | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=False)
+        self._listener.whenConnected().addCallback(lambda _: self._poll())
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _poll(self) -> None:
+        if not self.running:
+            return
+        if not self._listener.connected:
+            self.usage = None
+            return
+        asked_at = self._asked_at
+        if asked_at is not None and self._clock.seconds() - asked_at < 6 * self._interval:
+            return  # the last question is still out (a database that went silent)
+        self._asked_at = self._clock.seconds()
+        d = self._listener.runQuery(QUEUE_USAGE_QUERY)
+        d.addCallbacks(self._answered, self._unanswered)
+
+    def _answered(self, rows: list[tuple]) -> None:
+        self._asked_at = None
+        self.usage = float(rows[0][0])
+
+    def _unanswered(self, failure: Any) -> None:
+        self._asked_at = None
+        self.usage = None
+        self.log.debug("pg_notification_queue_usage() failed: {why}",
+                       why=failure.getErrorMessage())
+
+
+class LiveCollector(Collector):
+    """Reads the daemon's counters when Prometheus scrapes; nothing is kept here."""
+
+    def __init__(self, factory: Factory, hub: Hub, listener: Listener,
+                 queue: QueueUsagePoller) -> None:
+        self._factory = factory
+        self._hub = hub
+        self._listener = listener
+        self._queue = queue
+
+    def describe(self) -> Iterable[Any]:
+        return []  # families are only known at collect time; skip the describe pass
+
+    def collect(self) -> Iterator[Any]:
+        factory, hub, listener = self._factory, self._hub, self._listener
+        clients = list(factory.clients)
+        yield GaugeMetricFamily(
+            "partysense_clients", "WebSocket clients connected (handshake done).",
+            value=len(clients))
+        by_dialect = GaugeMetricFamily(
+            "partysense_clients_by_protocol",
+            "WebSocket clients connected, by dialect: seed (no subprotocol) or v2.",
+            labels=["protocol"])
+        for name, count in sorted(factory.clients_by_dialect().items()):
+            by_dialect.add_metric([name], count)
+        yield by_dialect
+        yield GaugeMetricFamily(
+            "partysense_channels_listened",
+            "PostgreSQL channels (event_<id>, firehose) LISTENed on the listener connection.",
+            value=len(listener.channels))
+        yield CounterMetricFamily(
+            "partysense_notifications",
+            "Vote changes received from PostgreSQL on listened channels "
+            "(live notifications and catch-up replay, once per change and channel).",
+            value=listener.notifications)
+        yield CounterMetricFamily(
+            "partysense_frames_sent", "Change frames handed to WebSocket clients.",
+            value=hub.frames_sent)
+        yield CounterMetricFamily(
+            "partysense_sent_bytes",
+            "Bytes written to open WebSocket connections, frame headers included.",
+            value=sum(bytes_written(client) for client in clients)
+            + factory.closed_client_bytes)
+        yield CounterMetricFamily(
+            "partysense_slow_clients_closed",
+            "Clients closed (4008) because they stopped reading and their queue passed the limit.",
+            value=factory.slow_closed)
+        bad = dict.fromkeys(BAD_INPUT_KINDS, 0)
+        bad.update(factory.bad_inputs)
+        bad.pop(SLOW, None)
+        bad_inputs = CounterMetricFamily(
+            "partysense_bad_inputs",
+            "Clients refused or closed for what they sent, by kind (docs/protocol.md); "
+            "try_later: the database was unreachable, server_full: --max-clients.",
+            labels=["kind"])
+        for kind, count in sorted(bad.items()):
+            bad_inputs.add_metric([kind], count)
+        yield bad_inputs
+        yield CounterMetricFamily(
+            "partysense_listener_reconnects",
+            "Times the listener connection came back after being lost.",
+            value=listener.reconnects)
+        yield GaugeMetricFamily(
+            "partysense_listener_up",
+            "1 while the listener is connected to PostgreSQL and caught up, else 0.",
+            value=1 if listener.connected else 0)
+        if self._queue.usage is not None and listener.connected:
+            yield GaugeMetricFamily(
+                "partysense_notification_queue_usage",
+                "pg_notification_queue_usage(): the fraction (0 to 1) of PostgreSQL's "
+                "notification queue in use, polled every few seconds.",
+                value=self._queue.usage)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("partysense-live")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _Info(Collector):
+    def collect(self) -> Iterator[Any]:
+        yield InfoMetricFamily("partysense", "The partysense-live version running.",
+                               value={"version": _version()})
+
+
+class MetricsPage(Resource):
+    """``/metrics``, rendered in the reactor thread.
+
+    Not prometheus_client's MetricsResource: that one collects in a thread
+    pool, where reading the reactor's sets of clients would race with it.
+    A scrape only reads attributes, so it is quick enough to run inline.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        encode, content_type = choose_encoder(request.getHeader("accept") or "")
+        request.setHeader("content-type", content_type)
+        request.setHeader("cache-control", "no-store")
+        return encode(self._registry)
+
+
+class DaemonMetrics:
+    """The registry of one daemon and the two things it measures itself."""
+
+    def __init__(self, clock: IReactorTime, registry: CollectorRegistry | None = None) -> None:
+        self.clock = clock
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.delivery_delay = Histogram(
+            "partysense_delivery_delay_seconds",
+            "From a vote change's commit in PostgreSQL to its frames being written to the "
+            "subscribed clients, once per change and channel. Uses both machines' clocks.",
+            buckets=DELAY_BUCKETS, registry=self.registry)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(_Info())
+
+    def timed(self, publish: Deliver) -> Deliver:
+        """``publish`` (the hub's), then observe how long ago the change was committed."""
+        observe = self.delivery_delay.observe
+        seconds = self.clock.seconds
+
+        def publish_and_time(channel: str, seq: int, payload: str) -> None:
+            publish(channel, seq, payload)
+            committed = commit_time(payload)
+            if committed is not None:
+                # Clocks of two machines: a few ms of skew may make it negative.
+                observe(max(0.0, seconds() - committed))
+
+        return publish_and_time
+
+    def watch(self, factory: Factory, hub: Hub, listener: Listener,
+              queue_interval: float = 5.0) -> QueueUsagePoller:
+        """Register the collector of the daemon's counters; returns the queue poller service."""
+        poller = QueueUsagePoller(listener, self.clock, queue_interval)
+        self.registry.register(LiveCollector(factory, hub, listener, poller))
+        return poller
+
+    def resource(self) -> Resource:
+        return MetricsPage(self.registry)

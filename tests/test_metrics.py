@@ -1,0 +1,186 @@
+"""``GET /metrics``: every metric is there, and moves when it should."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from partysense.metrics import DaemonMetrics, commit_time
+from tests.rawws import open_raw, send_text
+from tests.support import Daemon, Party, wait_for
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+EVERY_METRIC = [
+    "partysense_clients",
+    "partysense_clients_by_protocol",
+    "partysense_channels_listened",
+    "partysense_notifications_total",
+    "partysense_frames_sent_total",
+    "partysense_sent_bytes_total",
+    "partysense_slow_clients_closed_total",
+    "partysense_bad_inputs_total",
+    "partysense_listener_reconnects_total",
+    "partysense_listener_up",
+    "partysense_notification_queue_usage",
+    "partysense_delivery_delay_seconds_count",
+    "partysense_delivery_delay_seconds_bucket",
+]
+
+
+def scrape(daemon: Daemon) -> Samples:
+    with urllib.request.urlopen(daemon.url + "/metrics", timeout=5) as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.read().decode("utf-8")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}
+
+
+def test_every_metric_is_present_and_moves(daemon: Daemon, party: Party) -> None:
+    event_id = party.event("Metrics")
+    track_id = party.track("Song", "Band")
+    # The queue usage is polled once the listener is up.
+    before = wait_for(lambda: (s := scrape(daemon)) and
+                      "partysense_notification_queue_usage" in names(s) and s,
+                      15, "every metric to appear")
+    assert set(EVERY_METRIC) <= names(before)
+    assert value(before, "partysense_listener_up") == 1
+    assert 0 <= value(before, "partysense_notification_queue_usage") <= 1
+
+    with connect(daemon.ws_url, open_timeout=10) as seed, \
+            connect(daemon.ws_url, subprotocols=["partysense.v2"], open_timeout=10) as v2:
+        seed.send(json.dumps({"event": event_id}))
+        v2.send(json.dumps({"type": "subscribe", "event": event_id, "id": "m"}))
+        assert json.loads(v2.recv(timeout=10))["type"] == "snapshot"
+        wait_for(lambda: value(scrape(daemon), "partysense_channels_listened") == 1, 10,
+                 "the event's channel to be listened")
+        connected = scrape(daemon)
+        assert value(connected, "partysense_clients") == 2
+        assert value(connected, "partysense_clients_by_protocol", protocol="seed") == 1
+        assert value(connected, "partysense_clients_by_protocol", protocol="v2") == 1
+
+        party.vote(event_id, track_id, up=False)  # an insert, then an update
+        frames = [seed.recv(timeout=10) for _ in range(2)] + [v2.recv(timeout=10)
+                                                              for _ in range(2)]
+        after = wait_for(lambda: (s := scrape(daemon)) and
+                         value(s, "partysense_frames_sent_total") >= 4 and s,
+                         10, "the frames to be counted")
+
+    def moved(name: str) -> float:
+        return value(after, name) - value(connected, name)
+
+    assert moved("partysense_notifications_total") == 2
+    assert moved("partysense_frames_sent_total") == 4
+    assert moved("partysense_sent_bytes_total") >= sum(len(f.encode("utf-8")) for f in frames)
+    assert moved("partysense_delivery_delay_seconds_count") == 2
+    # Commit to frame on one machine: well under a minute, never negative.
+    assert 0 <= moved("partysense_delivery_delay_seconds_sum") < 60
+    assert value(after, "partysense_delivery_delay_seconds_bucket", le="60.0") == 2
+
+    # Closed clients leave the gauges and keep their bytes in the counter.
+    closed = wait_for(lambda: (s := scrape(daemon)) and
+                      value(s, "partysense_clients") == 0 and s, 10, "the clients to go")
+    assert value(closed, "partysense_channels_listened") == 0
+    assert value(closed, "partysense_sent_bytes_total") >= value(after,
+                                                                 "partysense_sent_bytes_total")
+
+
+def test_bad_input_counts_its_kind(daemon: Daemon) -> None:
+    before = scrape(daemon)
+    with connect(daemon.ws_url, open_timeout=10) as bad:
+        bad.send("not json")
+        with pytest.raises(ConnectionClosed):
+            bad.recv(timeout=10)
+    after = wait_for(lambda: (s := scrape(daemon)) and
+                     value(s, "partysense_bad_inputs_total", kind="not_json") == 1 and s,
+                     10, "the bad input to be counted")
+    assert value(before, "partysense_bad_inputs_total", kind="not_json") == 0
+    assert value(after, "partysense_bad_inputs_total", kind="binary") == 0
+
+
+def test_listener_down_and_back(daemon: Daemon, party: Party) -> None:
+    assert value(scrape(daemon), "partysense_listener_reconnects_total") == 0
+    killed = party.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'partysense-live' AND datname = current_database()")
+    assert killed == [(True,)]
+    # The first retry waits at least a second: plenty of time to see it down.
+    wait_for(lambda: value(scrape(daemon), "partysense_listener_up") == 0, 10,
+             "listener_up to drop to 0")
+    back = wait_for(lambda: (s := scrape(daemon)) and
+                    value(s, "partysense_listener_up") == 1 and s, 20, "the listener to return")
+    assert value(back, "partysense_listener_reconnects_total") == 1
+
+
+def test_a_stalled_client_counts_as_slow(db_dsn: str, tmp_path: Path, party: Party) -> None:
+    event_id = party.event("Slow")
+    track_id = party.track("n" * 256, "a" * 256)  # frames of about 800 bytes
+    with Daemon(db_dsn, tmp_path, "--max-queue-bytes", "65536") as daemon:
+        stalled = open_raw(daemon.port, rcvbuf=4096)
+        try:
+            send_text(stalled, json.dumps({"event": event_id}))
+            wait_for(lambda: value(scrape(daemon), "partysense_channels_listened") == 1, 10,
+                     "the subscription")
+            party.query("INSERT INTO event_vote (event_id, track_id) "
+                        "SELECT %s, %s FROM generate_series(1, 3000)", (event_id, track_id))
+            slow = wait_for(lambda: (s := scrape(daemon)) and
+                            value(s, "partysense_slow_clients_closed_total") == 1 and s,
+                            30, "the stalled client to be closed")
+        finally:
+            stalled.close()
+    assert value(slow, "partysense_bad_inputs_total", kind="not_json") == 0
+    assert ("partysense_bad_inputs_total", (("kind", "too_slow"),)) not in slow
+
+
+# -- the pieces, without a daemon ---------------------------------------------
+
+
+def test_commit_time_is_read_from_the_payload_end() -> None:
+    assert commit_time('{"eid" : 1, "seq" : 5, "truncated" : false, "ts" : 1764320400.125}') \
+        == 1764320400.125
+    assert commit_time('{"track" : "\\"ts\\" : 3", "ts" : 12.5, "x" : 1}') == 12.5
+    assert commit_time('{"seq" : 5, "ts" : null}') is None
+    assert commit_time('{"seq" : 5}') is None
+
+
+def test_delay_is_observed_after_publishing_and_never_negative() -> None:
+    clock = Clock()
+    clock.advance(1000.0)
+    metrics = DaemonMetrics(clock, CollectorRegistry())
+    published: list[tuple[str, int, str]] = []
+    deliver = metrics.timed(lambda *change: published.append(change))
+    deliver("event_1", 1, '{"seq" : 1, "ts" : 999.75}')
+    deliver("event_1", 2, '{"seq" : 2, "ts" : 1000.5}')   # the database's clock is ahead
+    deliver("event_1", 3, '{"seq" : 3, "ts" : null}')
+    assert [seq for _, seq, _ in published] == [1, 2, 3]
+    registry = metrics.registry
+    assert registry.get_sample_value("partysense_delivery_delay_seconds_count") == 2
+    assert registry.get_sample_value("partysense_delivery_delay_seconds_sum") == 0.25
+    assert registry.get_sample_value("partysense_delivery_delay_seconds_bucket",
+                                     {"le": "0.001"}) == 1
+
+
+def test_each_daemon_has_its_own_registry() -> None:
+    first, second = DaemonMetrics(Clock()), DaemonMetrics(Clock())
+    first.timed(lambda *change: None)("firehose", 1, '{"ts" : 0}')
+    assert first.registry is not second.registry
+    assert second.registry.get_sample_value("partysense_delivery_delay_seconds_count") == 0
