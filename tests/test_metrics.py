@@ -123,7 +123,7 @@ def test_listener_down_and_back(daemon: Daemon, party: Party) -> None:
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE application_name = 'partysense-live' AND datname = current_database()")
     assert killed == [(True,)]
-    # The first retry waits at least a second: plenty of time to see it down.
+    # The first retry waits at least half a second (default_backoff): time to see it down.
     wait_for(lambda: value(scrape(daemon), "partysense_listener_up") == 0, 10,
              "listener_up to drop to 0")
     back = wait_for(lambda: (s := scrape(daemon)) and
