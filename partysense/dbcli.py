@@ -1,6 +1,7 @@
 """``partysense-db``: the database side, from the command line.
 
     partysense-db install --dsn DSN [--demo-schema]
+    partysense-db tail --event ID|ALL [--dsn DSN | --url ws://host:18854/]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 import psycopg2
 
 from partysense import dsn as dsnlib
-from partysense import sqlfiles
+from partysense import sqlfiles, tail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,11 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"the database (default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE})")
     install.add_argument("--demo-schema", action="store_true",
                          help="also create the stand-in PartySense tables (not on the real DB)")
+    tail.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "tail":
+        return tail.run(args)
     try:
         dsn = dsnlib.dsn_from(args.dsn)
     except dsnlib.DSNError as error:

@@ -1,0 +1,168 @@
+"""``partysense-db tail``: watch vote changes from a terminal, one line each.
+
+    partysense-db tail --event 1 --dsn DSN          LISTEN on the database itself
+    partysense-db tail --event ALL                  every event ($PARTYSENSE_DSN)
+    partysense-db tail --event 1 --url ws://host:18854/   what a running daemon sends
+
+A line looks like::
+
+    06:12:01.245 seq 1234 event 1 "Friday" update up->down "One More Time" by "Daft Punk"
+        (track 7, vote 42)                    (on one line)
+
+The time is the commit's (the payload's ``ts``), in local time. Names are
+printed as JSON strings, so a newline or a quote in a track name stays on
+its line. ``--json`` prints the JSON as received instead.
+Through a daemon the tail speaks partysense.v2 and starts with the event's
+tallies; straight from the database it needs no daemon at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import sys
+from datetime import datetime
+from typing import IO, Any
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn
+
+from partysense import dsn as dsnlib
+
+ALL = "ALL"
+V2_SUBPROTOCOL = "partysense.v2"
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``tail`` to partysense-db's subcommands."""
+    tail = commands.add_parser(
+        "tail", help="print one line per vote change, from the database or a running daemon")
+    tail.add_argument("--event", default=ALL, type=parse_event,
+                      help="an event id, or ALL for every event (default: ALL)")
+    tail.add_argument(
+        "--dsn", help=f"the database to LISTEN to (default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE})")
+    tail.add_argument("--url", help="watch a running daemon instead: ws://host:18854/ or wss://…")
+    tail.add_argument("--cafile",
+                      help="with a wss:// --url, trust this PEM certificate (a self-signed one)")
+    tail.add_argument("--json", action="store_true", help="print the raw JSON payloads")
+
+
+def parse_event(text: str) -> int | None:
+    """``ALL`` is None (the firehose); anything else must be a positive integer."""
+    if text.upper() == ALL:
+        return None
+    if not text.isdigit() or int(text) <= 0 or int(text) >= 2**31:
+        raise argparse.ArgumentTypeError(f"not an event id or ALL: {text!r}")
+    return int(text)
+
+
+def describe(change: dict[str, Any], now: datetime | None = None) -> str:
+    """One human line for a change payload (a v2 change message works too)."""
+    when = datetime.fromtimestamp(change["ts"]) if change.get("ts") else (now or datetime.now())
+    up = _direction(change.get("up"))
+    op = change.get("op", "?")
+    if op == "update":
+        move = f"{_direction(change.get('prev'))}->{up}"
+    else:
+        move = up
+    return (
+        f"{when.strftime('%H:%M:%S.%f')[:-3]} seq {change.get('seq')} "
+        f"event {change.get('eid')} {quoted(change.get('event'))} {op} {move} "
+        f"{quoted(change.get('track'))} by {quoted(change.get('artist'))} "
+        f"(track {change.get('tid')}, vote {change.get('vote')})"
+    )
+
+
+def _direction(up: Any) -> str:
+    return "up" if up is True else "down" if up is False else "?"
+
+
+def quoted(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if args.url:
+        if args.dsn:
+            print("partysense-db tail: give --url or --dsn, not both", file=err)
+            return 2
+        return tail_daemon(args.url, args.event, args.json, args.cafile, out, err)
+    try:
+        dsn = dsnlib.dsn_from(args.dsn)
+    except dsnlib.DSNError as error:
+        print(f"partysense-db tail: --dsn: {error}", file=err)
+        return 2
+    if dsn is None:
+        print("partysense-db tail: no database: give --dsn, set "
+              f"${dsnlib.DSN_ENVIRONMENT_VARIABLE}, or watch a daemon with --url", file=err)
+        return 2
+    try:
+        return tail_database(dsn, args.event, args.json, out, err)
+    except KeyboardInterrupt:
+        return 0
+    except psycopg2.Error as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        print(f"partysense-db tail: {dsnlib.redact(dsn)}: {message}", file=err)
+        return 1
+
+
+def tail_database(dsn: str, event_id: int | None, raw: bool, out: IO[str],
+                  err: IO[str]) -> int:
+    """LISTEN on the event's channel (or the firehose) and print until interrupted."""
+    from partysense.listener import FIREHOSE, event_channel  # late: it imports Twisted
+
+    channel = FIREHOSE if event_id is None else event_channel(event_id)
+    connection = psycopg2.connect(make_dsn(dsn, application_name="partysense-db tail"))
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        print(f"partysense-db tail: listening on {channel} in {dsnlib.redact(dsn)} "
+              "(Ctrl-C to stop)", file=err, flush=True)
+        while True:
+            # poll() after a quiet timeout too: it notices a connection that went away.
+            select.select([connection], [], [], 5.0)
+            connection.poll()
+            while connection.notifies:
+                _print(connection.notifies.pop(0).payload, raw, out)
+    finally:
+        connection.close()
+
+
+def _print(payload: str, raw: bool, out: IO[str]) -> None:
+    if raw:
+        line = payload
+    else:
+        try:
+            line = describe(json.loads(payload))
+        except (ValueError, TypeError, KeyError):
+            line = f"(not a vote change) {payload}"
+    print(line, file=out, flush=True)
+
+
+def tail_daemon(url: str, event_id: int | None, raw: bool, cafile: str | None,
+                out: IO[str], err: IO[str]) -> int:
+    """Subscribe through a running daemon (partysense.v2) and print until it closes."""
+    from twisted.internet import reactor
+    from twisted.python.failure import Failure
+
+    from partysense.watch import watch
+
+    outcome: list[int] = []
+
+    def finish(code: Any) -> None:
+        if isinstance(code, Failure):
+            print(f"partysense-db tail: {code.getErrorMessage()}", file=err)
+            code = 1
+        outcome.append(code)
+        if reactor.running:
+            reactor.stop()
+
+    reactor.callWhenRunning(
+        lambda: watch(url, event_id, raw, cafile, out, err).addBoth(finish))
+    reactor.run()
+    return outcome[0] if outcome else 0  # nothing: interrupted (Ctrl-C)
