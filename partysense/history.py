@@ -33,7 +33,7 @@ TITLE_QUERY = "SELECT title FROM event_event WHERE id = %s"
 REPLAY_QUERY = """
     SELECT c.seq,
            partysense_payload(c.seq, c.op, c.vote_id, c.event_id, e.title, c.track_id,
-                              m.name, m.artist, c.up, c.prev_up, false)
+                              m.name, m.artist, c.up, c.prev_up, false, c.committed_at)
     FROM partysense_change c
     LEFT JOIN event_event e ON e.id = c.event_id
     LEFT JOIN music_view m ON m.id = c.track_id
