@@ -11,11 +11,12 @@ from importlib import resources
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import Data
 
-from partysense.listener import ListenerService
+from partysense.listener import ListenerService, NotConnected
 from partysense.protocol import LiveFactory
 
 STATIC_TYPES = {
@@ -71,6 +72,43 @@ class Health(Resource):
         return json.dumps(body).encode("utf-8") + b"\n"
 
 
+EVENTS_QUERY = "SELECT id, title FROM event_event ORDER BY id DESC LIMIT 500"
+
+
+class EventList(Resource):
+    """``/api/events``: the newest events as ``[{"id": 3, "title": "..."}]``, for
+    the page's picker; 503 with a reason while the database is unreachable."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, listener: ListenerService) -> None:
+        super().__init__()
+        self._listener = listener
+
+    def render_GET(self, request: Request) -> Any:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(code: int, body: Any) -> None:
+            if gone:
+                return
+            request.setResponseCode(code)
+            request.setHeader("content-type", "application/json")
+            request.setHeader("cache-control", "no-store")
+            request.write(json.dumps(body).encode("utf-8") + b"\n")
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            if not failure.check(NotConnected):
+                self._log.failure("Listing events failed", failure)
+            answer(503, {"error": "unavailable", "message": "the database is unreachable"})
+
+        self._listener.runQuery(EVENTS_QUERY).addCallbacks(
+            lambda rows: answer(200, [{"id": i, "title": t} for i, t in rows]), failed)
+        return NOT_DONE_YET
+
+
 def static_file(name: str) -> Data:
     """A file from partysense/static, read once at start-up."""
     body = resources.files("partysense").joinpath("static", name).read_bytes()
@@ -97,6 +135,9 @@ def make_site(factory: LiveFactory, listener: ListenerService, metrics: Resource
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
     root.putChild(b"healthz", Health(listener, factory))
     root.putChild(b"static", static_folder())
+    api = Resource()
+    api.putChild(b"events", EventList(listener))
+    root.putChild(b"api", api)
     if metrics is not None:
         root.putChild(b"metrics", metrics)
     site = Site(root, timeout=handshake_timeout)

@@ -8,14 +8,18 @@ Every wait below is a condition with a deadline (Playwright's ``expect`` or
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Locator, expect
 
 from tests.browser import FULL_HD, SHOWN_TALLIES, as_sql_says, chromium, screenshot
-from tests.support import Daemon, Party, wait_for
+from tests.support import Daemon, Party, free_port, wait_for
 
 HOSTILE_TRACK = '<script>alert(1)</script> "quotes" 🎉'
 HOSTILE_ARTIST = '<img src=x onerror="window.__pwned = true">'
@@ -233,3 +237,54 @@ def test_screenshots_of_a_busy_party(daemon: Daemon, party: Party, screen: Scree
     screen.page.set_viewport_size({"width": 360, "height": 740})
     assert screen.page.evaluate("document.documentElement.scrollWidth") <= 360
     assert screen.problems == []
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_every_event_then_pick_one_from_the_list(
+        daemon: Daemon, party: Party, screen: Screen) -> None:
+    quiet = party.event("Quiet night")
+    busy = party.event(HOSTILE_TITLE)
+    track = party.track("Song")
+    party.vote(busy, track, up=False, user_id=1)
+    assert get_json(daemon.url + "/api/events") == (
+        200, [{"id": busy, "title": HOSTILE_TITLE}, {"id": quiet, "title": "Quiet night"}])
+
+    screen.open(daemon, "ALL")
+    screen.expect_state("live")
+    expect(screen.page.locator("#title")).to_have_text("All events")
+    party.vote(quiet, track, user_id=2)
+    expect(screen.feed.first.locator(".event")).to_have_text("Quiet night")
+    expect(screen.page.locator("#event-list button")).to_have_count(2)
+    screenshot(screen.page, "every-event")
+
+    # Switching on the open connection: unsubscribe the firehose, snapshot of one event.
+    screen.page.locator(f'#event-list button[data-event="{busy}"]').click()
+    expect(screen.page.locator("#title")).to_have_text(HOSTILE_TITLE)
+    screen.expect_state("live")
+    screen.expect_tallies(party.tallies(busy))
+    expect(screen.feed).to_have_count(0)
+    party.vote(quiet, track, user_id=3)  # the other event: not on this screen
+    party.vote(busy, track, user_id=4)
+    screen.expect_tallies(party.tallies(busy))
+    expect(screen.feed).to_have_count(1)
+    assert screen.page.url.endswith(f"?event={busy}")
+    assert screen.problems == []
+
+
+def test_event_list_is_503_json_while_the_database_is_unreachable(tmp_path: Path) -> None:
+    nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
+    daemon = Daemon(nowhere, tmp_path).start(wait=False)
+    try:
+        wait_for(daemon.health, 30, "the daemon's HTTP port")
+        code, body = get_json(daemon.url + "/api/events")
+        assert code == 503 and body["error"] == "unavailable"
+        assert "Traceback" not in daemon.log()
+    finally:
+        daemon.stop()

@@ -36,6 +36,7 @@
     totals: byId("totals"),
     ranking: byId("ranking"),
     rankingEmpty: byId("ranking-empty"),
+    eventList: byId("event-list"),
     feed: byId("feed"),
     feedEmpty: byId("feed-empty"),
     rowTemplate: byId("row-template"),
@@ -432,7 +433,7 @@
 
   function drawRanking() {
     const perEvent = typeof model.selection === "number";
-    ui.rankingHeading.firstChild.textContent = perEvent ? "Ranking " : "Ranking needs an event ";
+    ui.rankingHeading.firstChild.textContent = perEvent ? "Ranking " : "Events ";
     const order = perEvent ? ranked().slice(0, RANKING_LENGTH) : [];
     let up = 0, down = 0;
     for (const track of model.tracks.values()) { up += track.up; down += track.down; }
@@ -454,9 +455,10 @@
       }
     });
     ui.rankingEmpty.textContent = !perEvent
-      ? "Type an event id above (or pick one from the list) to see its tracks ranked."
+      ? "Pick an event to see its tracks ranked. The feed shows every vote of every event."
       : model.ready ? "No votes yet." : "Loading the tallies…";
     ui.rankingEmpty.hidden = order.length > 0;
+    ui.eventList.hidden = perEvent || ui.eventList.children.length === 0;
   }
 
   function drawRow(li, track, rank) {
@@ -558,6 +560,7 @@
       const events = await response.json();
       if (!Array.isArray(events)) return;
       ui.choices.textContent = "";
+      ui.eventList.textContent = "";
       const all = document.createElement("option");
       all.value = "ALL";
       all.textContent = "every event";
@@ -567,10 +570,29 @@
         option.value = String(entry.id);
         option.textContent = String(entry.title);
         ui.choices.appendChild(option);
+        ui.eventList.appendChild(eventButton(entry));
       }
+      render();
     } catch (error) {
       // The list is a convenience; typing an id always works.
     }
+  }
+
+  function eventButton(entry) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.event = String(entry.id);
+    const id = document.createElement("span");
+    id.className = "event-id";
+    id.textContent = String(entry.id);
+    const title = document.createElement("span");
+    title.className = "event-title";
+    title.textContent = entry.title === null ? "untitled event" : String(entry.title);
+    button.append(id, title);
+    button.addEventListener("click", () => choose(entry.id));
+    item.appendChild(button);
+    return item;
   }
 
   // -- start ------------------------------------------------------------------
