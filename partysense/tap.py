@@ -70,6 +70,9 @@ class Options(usage.Options):
         ["allowed-origins", None, "",
          "Comma-separated Origins allowed to connect, e.g. https://party.example "
          "(default: any)."],
+        ["trusted-proxies", None, 0,
+         "Proxies in front (nginx, HAProxy) whose X-Forwarded-For is believed, so logs "
+         "show clients' addresses (default: 0, the header is ignored).", int],
     ]
     optFlags = [
         ["demo", None, "Simulate a party that votes (default with the embedded database)."],
@@ -84,6 +87,8 @@ class Options(usage.Options):
         self["port"] = endpoint_description(self["port"])
         if self["demo-rate"] <= 0:
             raise usage.UsageError("--demo-rate must be positive")
+        if self["trusted-proxies"] < 0:
+            raise usage.UsageError("--trusted-proxies cannot be negative")
         if self["demo"] and self["no-demo"]:
             raise usage.UsageError("--demo and --no-demo contradict each other")
         self["embedded"] = self["dsn"] is None
@@ -143,6 +148,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     limits = limits_from(options)
     factory = LiveFactory(hub, EventDirectory(listener.runQuery, reactor), listener, reactor,
                           limits)
+    # Only the last N addresses of X-Forwarded-For were added by our proxies.
+    factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
     metrics.watch(factory, hub, listener).setServiceParent(top)
     site = make_site(factory, listener, metrics=metrics.resource(),
                      handshake_timeout=options["handshake-timeout"])

@@ -117,3 +117,21 @@ def test_the_factory_writes_to_stdout(capsys: pytest.CaptureFixture[str]) -> Non
     observer({"log_time": 0.0, "log_level": LogLevel.info, "log_namespace": "t",
               "log_format": "hi {who}", "who": "you"})
     assert json.loads(capsys.readouterr().out)["message"] == "hi you"
+
+
+@pytest.mark.parametrize(("trusted", "logged_peer"), [
+    ("1", "203.0.113.7"),       # the address our one proxy saw
+    ("0", "tcp4:127.0.0.1:"),   # the header is anybody's to forge: ignored
+])
+def test_peers_behind_a_proxy(db_dsn: str, tmp_path: Path, trusted: str,
+                              logged_peer: str) -> None:
+    forged_and_real = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
+    with Daemon(db_dsn, tmp_path, "--trusted-proxies", trusted) as daemon:
+        with connect(daemon.ws_url, additional_headers=forged_and_real,
+                     open_timeout=10) as client:
+            client.send("not json")
+            with pytest.raises(ConnectionClosed):
+                client.recv(timeout=10)
+    closing = [line for line in daemon.log().splitlines() if "(not_json, code 1007)" in line]
+    assert len(closing) == 1 and f"Closing {logged_peer}" in closing[0]
+    assert "198.51.100.1" not in closing[0]
