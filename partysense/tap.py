@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from partysense import dsn as dsnlib
+from partysense import workers
 from partysense.demo import DemoPartyService
 from partysense.embedded import EmbeddedPostgresService, default_data_dir
 from partysense.events import EventDirectory
@@ -73,6 +74,9 @@ class Options(usage.Options):
         ["trusted-proxies", None, 0,
          "Proxies in front (nginx, HAProxy) whose X-Forwarded-For is believed, so logs "
          "show clients' addresses (default: 0, the header is ignored).", int],
+        ["workers", None, 1,
+         "Processes sharing the port, each with its own LISTEN connection (tcp: ports).",
+         int],
     ]
     optFlags = [
         ["demo", None, "Simulate a party that votes (default with the embedded database)."],
@@ -93,6 +97,10 @@ class Options(usage.Options):
             raise usage.UsageError("--demo and --no-demo contradict each other")
         self["embedded"] = self["dsn"] is None
         self["run-demo"] = self["demo"] or (self["embedded"] and not self["no-demo"])
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["workers"] > 1:
+            workers.listening_address(self["port"])  # only a tcp: port can be shared
 
 
 def normalise_origin(origin: str) -> str:
@@ -125,6 +133,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         reactor = default_reactor
     raise_open_files_limit()  # every client is an open file
+    if options["workers"] > 1:
+        return workers.make_supervisor(options, reactor)
     top = service.MultiService()
 
     dsn: Any

@@ -1,0 +1,109 @@
+"""``--workers 2``: two processes on one port, supervised, stopped together."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import psutil
+import pytest
+from twisted.python import usage
+from websockets.sync.client import ClientConnection, connect
+
+from partysense.tap import Options
+from partysense.workers import child_arguments, listening_address
+from tests.support import Daemon, Party, wait_for
+
+
+def workers_of(daemon: Daemon) -> list[psutil.Process]:
+    assert daemon.process is not None
+    return [child for child in psutil.Process(daemon.process.pid).children()
+            if "partysense.workerproc" in " ".join(child.cmdline())]
+
+
+def received(client: ClientConnection, vote_id: int | None = None) -> bool:
+    """Whether a frame (about ``vote_id``, if given) is waiting for this client."""
+    try:
+        while True:
+            message = json.loads(client.recv(timeout=0.2))
+            if vote_id is None or message["vote"] == vote_id:
+                return True
+    except TimeoutError:
+        return False
+
+
+def all_live(clients: list[ClientConnection], party: Party, event_id: int,
+             track_id: int) -> None:
+    """Vote until every client has had a frame: then every subscription is live."""
+    waiting = set(range(len(clients)))
+
+    def every_client_heard_one() -> bool:
+        party.vote(event_id, track_id)
+        waiting.difference_update({n for n in waiting if received(clients[n])})
+        return not waiting
+    wait_for(every_client_heard_one, 30, "every client to receive a warm-up vote")
+
+
+def test_two_workers_survive_a_killed_one_and_stop_together(db_dsn: str, party: Party,
+                                                            tmp_path: Path) -> None:
+    event_id, track_id = party.event("Workers"), party.track()
+    daemon = Daemon(db_dsn, tmp_path, "--workers", "2").start()
+    try:
+        first = wait_for(lambda: (w := workers_of(daemon)) and len(w) == 2 and w, 30,
+                         "two workers")
+        victim = first[0].pid
+        first[0].send_signal(signal.SIGKILL)
+        again = wait_for(lambda: (w := workers_of(daemon)) and len(w) == 2
+                         and victim not in {p.pid for p in w} and w, 30,
+                         "the killed worker to be replaced")
+        daemon.wait_healthy()
+
+        with ExitStack() as stack:
+            clients = [stack.enter_context(connect(daemon.ws_url, open_timeout=10))
+                       for _ in range(8)]
+            for client in clients:
+                client.send(json.dumps({"event": event_id}))
+            all_live(clients, party, event_id, track_id)
+            served = sum(
+                1 for worker in again for c in worker.net_connections("tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == daemon.port)
+            assert served == len(clients)  # every client is held by one of the workers
+
+            vote_id = party.vote(event_id, track_id, up=False)
+            assert all(wait_for(lambda c=c: received(c, vote_id), 10, "the vote")
+                       for c in clients)
+
+        assert daemon.process is not None
+        started = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.process.wait(5)
+        assert time.monotonic() - started < 5
+        assert not [p for p in again if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        daemon.stop()
+
+
+def test_only_a_tcp_port_can_be_shared() -> None:
+    assert listening_address("tcp:18854:interface=127.0.0.1:backlog=50") == (
+        socket.AF_INET, "127.0.0.1", 18854, 50)
+    assert listening_address("tcp:port=8080") == (socket.AF_INET, "", 8080, 1024)
+    assert listening_address("tcp6:8080:interface=\\:\\:1")[:3] == (socket.AF_INET6, "::1", 8080)
+    for description in ("ssl:443:privateKey=key.pem", "unix:/tmp/sock", "tcp:http"):
+        with pytest.raises(usage.UsageError):
+            listening_address(description)
+    with pytest.raises(usage.UsageError, match="tcp"):
+        Options().parseOptions(["--workers", "2", "--port", "unix:/tmp/x", "--dsn", "dbname=x"])
+
+
+def test_workers_get_the_parents_options_but_not_its_port_database_or_demo() -> None:
+    options = Options()
+    options.parseOptions(["--workers", "3", "--port", "tcp:9999", "--dsn", "dbname=x",
+                          "--max-clients", "7", "--demo", "--retention", "60"])
+    arguments = child_arguments(options)
+    assert arguments[arguments.index("--max-clients") + 1] == "7"
+    assert arguments[arguments.index("--retention") + 1] == "60.0"
+    assert not {"--port", "--dsn", "--workers", "--demo", "--data-dir"} & set(arguments)
