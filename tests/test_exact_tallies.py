@@ -42,7 +42,10 @@ class Watcher:
 
         def answered() -> dict[str, Any] | None:
             # While the listener reconnects the daemon answers "unavailable":
-            # a real client retries, and so do we.
+            # a real client retries, and so do we, once health says it may work.
+            health = self._daemon.health()
+            if health is None or health[0] != 200:
+                return None
             client.send(json.dumps(request))
             answer = json.loads(client.recv(timeout=10))
             return None if answer.get("error") == "unavailable" else answer
