@@ -6,22 +6,34 @@ killed, server restarted, network silently dead, server down at start) it
 reconnects with capped, jittered backoff, LISTENs again, and replays from the
 change log what was committed while it was away, so subscribers see every
 change once, in commit order. Notifications carry a ``seq`` that follows
-commit order (sql/install.sql); that number is what makes the replay exact.
+commit order (sql/install.sql); that number is what makes the replay exact
+(docs/exactness.md).
+
+How a loss is noticed: a killed backend or a restarted server closes the
+socket (seen at once); a connection that goes silent without closing is
+caught by a probe query with a deadline (every ``probe_interval`` seconds,
+``probe_timeout`` to answer) and, where packets stop being acknowledged, by
+TCP keepalives (partysense/dsn.py). Every step of connecting has a deadline
+too: txpostgres' connect() has none of its own.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
+import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
+from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -34,25 +46,50 @@ FIREHOSE = "firehose"
 # Delivered for every change: (channel, seq, payload text from the trigger).
 Deliver = Callable[[str, int, str], None]
 
-CATCH_UP_QUERY = """
+# Resolves a host name to its addresses without blocking the reactor.
+Resolve = Callable[[str, int], defer.Deferred[list[str]]]
+
+_REPLAY_SELECT = """
     SELECT c.seq, c.event_id,
            partysense_payload(c.seq, c.op, c.vote_id, c.event_id, e.title, c.track_id,
                               m.name, m.artist, c.up, c.prev_up, false, c.committed_at)
     FROM partysense_change c
     LEFT JOIN event_event e ON e.id = c.event_id
     LEFT JOIN music_view m ON m.id = c.track_id
-    WHERE c.seq > %s
-    ORDER BY c.seq
+"""
+
+# Replayed a page at a time: paging by seq is exact because seq follows
+# commit order, so no change can appear later below a page already read.
+CATCH_UP_QUERY = _REPLAY_SELECT + """
+    WHERE c.seq > %(after)s
+    ORDER BY c.seq LIMIT %(limit)s
+"""
+
+CATCH_UP_EVENTS_QUERY = _REPLAY_SELECT + """
+    WHERE c.seq > %(after)s AND c.event_id = ANY(%(events)s)
+    ORDER BY c.seq LIMIT %(limit)s
 """
 
 LAST_SEQ_QUERY = "SELECT coalesce(max(seq), 0) FROM partysense_change"
 
-RETENTION_QUERY = """
-    WITH trimmed AS (
-        DELETE FROM partysense_change WHERE committed_at < now() - %s * interval '1 second'
-        RETURNING 1
+# Trimmed in batches, oldest first, so that one pass never holds the shared
+# connection long enough to starve the probe. The newest change is never
+# deleted: a v2 snapshot's cursor is max(seq), and an empty log would make
+# every cursor look too old to resume from.
+TRIM_QUERY = """
+    WITH doomed AS (
+        SELECT seq FROM partysense_change
+        WHERE committed_at < now() - %(keep)s * interval '1 second'
+          AND seq < (SELECT max(seq) FROM partysense_change)
+        ORDER BY committed_at
+        LIMIT %(batch)s
+    ), trimmed AS (
+        DELETE FROM partysense_change c USING doomed d WHERE c.seq = d.seq RETURNING 1
     ) SELECT count(*) FROM trimmed
 """
+
+REPLAY_PAGE = 5000
+TRIM_BATCH = 5000
 
 
 class NotConnected(Exception):
@@ -66,6 +103,12 @@ def event_channel(event_id: int) -> str:
     return f"event_{event_id}"
 
 
+def channel_event(channel: str) -> int | None:
+    """The event id of an ``event_<id>`` channel; None for the firehose."""
+    prefix = "event_"
+    return int(channel[len(prefix):]) if channel.startswith(prefix) else None
+
+
 def parse_seq(payload: str) -> int | None:
     """The change's seq, or None for a payload that is not one of our changes."""
     try:
@@ -73,6 +116,64 @@ def parse_seq(payload: str) -> int | None:
     except (ValueError, TypeError, KeyError):
         return None
     return seq if type(seq) is int else None
+
+
+def default_backoff() -> Callable[[int], float]:
+    """Seconds to wait before retry ``attempt`` (0, 1, ...): 0.25 s doubling to 10 s.
+
+    Plus up to half a second of jitter, so that many daemons cut off by one
+    database restart do not all knock at the same instant.
+    """
+    return backoffPolicy(initialDelay=0.25, maxDelay=10.0, factor=2.0,
+                         jitter=lambda: random.uniform(0.0, 0.5))
+
+
+def resolve_in_thread(reactor: Any) -> Resolve:
+    """A resolver that runs getaddrinfo in the reactor's thread pool."""
+
+    def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
+        def lookup() -> list[str]:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), lookup)
+
+    return resolve
+
+
+def needs_resolving(params: dict[str, str]) -> str | None:
+    """The host name libpq would look up itself (blocking), or None."""
+    host = params.get("host", "")
+    if not host or "hostaddr" in params or "," in host or host.startswith(("/", "@")):
+        return None  # no host, already an address, several hosts, or a Unix socket
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
+@defer.inlineCallbacks
+def with_resolved_host(dsn: str, resolve: Resolve) -> Any:
+    """The DSN with ``hostaddr`` set from a lookup done off the reactor thread.
+
+    libpq resolves host names synchronously, which would freeze every client
+    for as long as DNS takes. ``host`` stays as it was: TLS verification,
+    SNI and ~/.pgpass matching use it. Every address is kept (the host name
+    repeated once per address) so libpq still tries them in turn.
+    """
+    params = parse_dsn(dsn)
+    host = needs_resolving(params)
+    if host is None:
+        return dsn
+    port = params.get("port") or "5432"
+    try:
+        addresses = yield resolve(host, int(port))
+    except Exception as error:
+        raise OSError(f"could not resolve host {host!r}: {error}") from None
+    if not addresses:
+        raise OSError(f"could not resolve host {host!r}: no address")
+    return make_dsn(dsn, host=",".join([host] * len(addresses)), hostaddr=",".join(addresses))
 
 
 class _Immediately:
@@ -88,11 +189,12 @@ class _Immediately:
 
 
 class _Connection(txpostgres.Connection):
-    """A txpostgres connection that reports its loss once, without a traceback."""
+    """A txpostgres connection that reports its loss once, and closes cleanly."""
 
     def __init__(self, reactor: Any, on_lost: Callable[[str], None]) -> None:
         super().__init__(reactor=reactor, cooperator=_Immediately())
         self._on_lost: Callable[[str], None] | None = on_lost
+        self._closing = False
 
     def doRead(self) -> None:
         try:
@@ -102,16 +204,31 @@ class _Connection(txpostgres.Connection):
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
-        self._report(reason.getErrorMessage())
+        # The reactor saw the socket close: make sure psycopg2's side is
+        # closed too (an unclosed connection keeps its file descriptor).
+        self.drop(reason.getErrorMessage())
 
     def drop(self, why: str) -> None:
         """Close the connection and report why, once."""
         self._report(why)
-        if self._connection is not None:
-            try:
-                self.close()
-            except psycopg2.Error:
-                pass
+        self.close()
+
+    def close(self) -> None:
+        if self._closing or self._connection is None:
+            return
+        self._closing = True
+        # A running query's cursor is registered with the reactor under the
+        # same file descriptor; txpostgres only unregisters the connection.
+        # Unregister the cursors too while the descriptor is still open: the
+        # epoll reactor would otherwise keep a stale entry, and the next
+        # connection to get that descriptor number would never be polled.
+        for cursor in list(self._cursors):
+            self.reactor.removeReader(cursor)
+            self.reactor.removeWriter(cursor)
+        try:
+            super().close()
+        except psycopg2.Error:
+            pass
 
     def _report(self, why: str) -> None:
         if self._on_lost is not None:
@@ -135,22 +252,25 @@ class ListenerService(Service):
         reactor: IReactorTime,
         *,
         connect_timeout: float = 10.0,
-        probe_interval: float = 5.0,
-        probe_timeout: float = 5.0,
+        probe_interval: float = 3.0,
+        probe_timeout: float = 4.0,
         retention_seconds: float = 24 * 3600,
         backoff: Callable[[int], float] | None = None,
+        resolve: Resolve | None = None,
     ) -> None:
         self._dsn = dsn
         self._deliver = deliver
         self._reactor = reactor
         self._connect_timeout = connect_timeout
+        self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._retention_seconds = retention_seconds
-        self._backoff = backoff or backoffPolicy(
-            initialDelay=0.5, maxDelay=10.0, factor=2.0, jitter=random.random
-        )
+        self._backoff = backoff or default_backoff()
+        self._resolve = resolve or resolve_in_thread(reactor)
         self._wanted: set[str] = set()
         self._listening: set[str] = set()
+        # Per channel, the last seq handed on: the replay and the live
+        # stream overlap after a reconnect, and this drops the overlap.
         self._channel_seq: dict[str, int] = {}
         self.last_seq: int | None = None
         self._connection: _Connection | None = None
@@ -161,15 +281,13 @@ class ListenerService(Service):
         self._buffer: list[tuple[str, str]] = []
         self._waiting: list[defer.Deferred[None]] = []
         self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
-        self._probe = LoopingCall(self._probe_once)
-        self._probe.clock = reactor
-        self._probe_interval = probe_interval
-        self._retention = LoopingCall(self._enforce_retention)
-        self._retention.clock = reactor
+        self._loops: list[LoopingCall] = []
         self.state = "stopped"
         self.reason = "not started"
         self.reconnects = 0
         self.notifications = 0
+        self.replayed = 0
+        self.trimmed = 0
 
     # -- what the hub asks for ------------------------------------------------
 
@@ -193,10 +311,19 @@ class ListenerService(Service):
         return self.state == "connected"
 
     def whenConnected(self) -> defer.Deferred[None]:
-        """A Deferred that fires once the listener is connected and caught up."""
+        """Fires once the listener is connected and caught up.
+
+        Fails with NotConnected if the service stops first; cancelling the
+        Deferred forgets it.
+        """
         if self.connected:
             return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
+
+        def forget(waiter: defer.Deferred[None]) -> None:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+
+        waiter: defer.Deferred[None] = defer.Deferred(forget)
         self._waiting.append(waiter)
         return waiter
 
@@ -216,17 +343,6 @@ class ListenerService(Service):
         self._sync()
         return waiter
 
-    def _listened(self, channel: str) -> None:
-        self._listening.add(channel)
-        for waiter in self._listen_waiters.pop(channel, []):
-            waiter.callback(None)
-
-    def _fail_listen_waiters(self, why: str) -> None:
-        waiters, self._listen_waiters = self._listen_waiters, {}
-        for channel_waiters in waiters.values():
-            for waiter in channel_waiters:
-                waiter.errback(NotConnected(why))
-
     def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]:
         """Run one query on the listener's connection (queued behind LISTENs)."""
         if self._connection is None or not self.connected:
@@ -245,22 +361,26 @@ class ListenerService(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._set_state("connecting", "connecting to the database")
         self._connect()
 
     def stopService(self) -> defer.Deferred[None]:
+        """Cancel any retry, close the connection; nothing is left scheduled."""
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
         self._stop_loops()
         connection, self._connection = self._connection, None
+        self._listening = set()
+        self._set_state("stopped", "service stopped")
         if connection is not None:
             connection._on_lost = None
-            try:
-                connection.close()
-            except psycopg2.Error:
-                pass
-        self._set_state("stopped", "service stopped")
+            connection.close()
+        self._fail_listen_waiters("service stopped")
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.errback(NotConnected("service stopped"))
         return defer.succeed(None)
 
     # -- connecting -----------------------------------------------------------
@@ -271,30 +391,23 @@ class ListenerService(Service):
         self._set_state("connecting", self.reason)
         try:
             dsn = self._dsn if isinstance(self._dsn, str) else (yield self._dsn())
+            if not self.running:
+                return
+            dsn = yield with_resolved_host(dsnlib.for_listener(dsn), self._resolve)
         except Exception as error:
-            self._failed(None, f"no database to connect to: {error}")
+            self._failed(None, f"no database to connect to: {_describe_error(error)}")
             return
         if not self.running:
             return
         connection = _Connection(self._reactor, on_lost=lambda why: self._lost(connection, why))
         self._connection = connection
-        timeout = self._reactor.callLater(
-            self._connect_timeout, connection.drop,
-            f"no answer from the database within {self._connect_timeout:g} s",
-        )
         try:
-            yield connection.connect(dsnlib.for_listener(dsn))
-        except Exception as error:
-            if timeout.active():
-                timeout.cancel()
-            self._failed(connection, _describe_error(error))
-            return
-        if timeout.active():
-            timeout.cancel()
-        if connection is not self._connection:  # dropped or stopped meanwhile
-            return
-        connection.addNotifyObserver(self._on_notify)
-        try:
+            yield self._before_deadline(
+                connection, connection.connect(dsn), self._connect_timeout,
+                f"no answer from the database within {self._connect_timeout:g} s")
+            if connection is not self._connection:  # dropped or stopped meanwhile
+                return
+            connection.addNotifyObserver(partial(self._on_notify, connection))
             yield self._resume(connection)
         except Exception as error:
             self._failed(connection, _describe_error(error))
@@ -309,44 +422,84 @@ class ListenerService(Service):
             "Listener connected; {count} channels listened, caught up to seq {seq}.",
             count=len(self._listening), seq=self.last_seq,
         )
-        self._probe.start(self._probe_interval, now=False)
-        self._retention.start(min(3600.0, self._retention_seconds), now=True)
+        self._start_loops()
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.callback(None)
         self._sync()
+
+    def _before_deadline(self, connection: _Connection, d: defer.Deferred[Any],
+                         seconds: float, why: str) -> defer.Deferred[Any]:
+        """``d``, but the connection is dropped if it has not fired within ``seconds``."""
+        timer = self._reactor.callLater(seconds, connection.drop, why)
+
+        def disarm(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(disarm)
 
     @defer.inlineCallbacks
     def _resume(self, connection: _Connection) -> Any:
         """LISTEN again and replay what was committed while we were away."""
         self._catching_up = True
         self._listening = set()
+        for channel in list(self._channel_seq):
+            if channel not in self._wanted:
+                del self._channel_seq[channel]
         try:
             for channel in sorted(self._wanted):
-                yield connection.runOperation(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                self._listened(channel)
+                # Set before LISTEN is sent: a notification may arrive with
+                # the LISTEN's own answer, and it must not be taken for old.
                 self._channel_seq.setdefault(channel, self.last_seq or 0)
-            if self.last_seq is None:
-                rows = yield connection.runQuery(LAST_SEQ_QUERY)
-                self.last_seq = rows[0][0]
+                yield self._step(connection, connection.runOperation(
+                    sql.SQL("LISTEN {}").format(sql.Identifier(channel))))
+                self._listened(channel)
+            if self.last_seq is None or not self._listening:
+                # Nobody to replay for: start from the newest change.
+                rows = yield self._step(connection, connection.runQuery(LAST_SEQ_QUERY))
+                self.last_seq = max(self.last_seq or 0, rows[0][0])
             else:
-                rows = yield connection.runQuery(CATCH_UP_QUERY, (self.last_seq,))
-                self._replay(rows)
+                yield self._catch_up(connection)
             buffered, self._buffer = self._buffer, []
             for channel, payload in buffered:
                 self._dispatch(channel, payload)
         finally:
             self._catching_up = False
+            self._buffer = []
+
+    def _step(self, connection: _Connection, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """One statement of the reconnect, with a deadline (no probe runs yet)."""
+        return self._before_deadline(
+            connection, d, self._connect_timeout,
+            f"the database did not answer within {self._connect_timeout:g} s while resuming")
+
+    @defer.inlineCallbacks
+    def _catch_up(self, connection: _Connection) -> Any:
+        """Replay, page by page, every change after ``last_seq`` on our channels."""
+        events = sorted(e for e in map(channel_event, self._listening) if e is not None)
+        everything = FIREHOSE in self._listening
+        replayed = 0
+        while True:
+            params = {"after": self.last_seq, "limit": REPLAY_PAGE, "events": events}
+            query = CATCH_UP_QUERY if everything else CATCH_UP_EVENTS_QUERY
+            rows = yield self._step(connection, connection.runQuery(query, params))
+            self._replay(rows)
+            replayed += len(rows)
+            if len(rows) < REPLAY_PAGE:
+                break
+        if replayed:
+            self.log.info(
+                "Replayed {count} changes committed while the listener was away.",
+                count=replayed,
+            )
 
     def _replay(self, rows: list[tuple[int, int, str]]) -> None:
-        if rows:
-            self.log.info(
-                "Replaying {count} changes committed while the listener was away.",
-                count=len(rows),
-            )
         for seq, event_id, payload in rows:
             for channel in (f"event_{event_id}", FIREHOSE):
                 if channel in self._listening:
+                    self.replayed += 1
                     self._dispatch_change(channel, seq, payload)
             self.last_seq = max(self.last_seq or 0, seq)
 
@@ -357,12 +510,13 @@ class ListenerService(Service):
         if connection is not None and connection is not self._connection:
             return
         self._connection = None
+        self._listening = set()
         self._stop_loops()
         self._fail_listen_waiters(why)
         if not self.running:
             return
-        self._attempt += 1
         delay = self._backoff(self._attempt)
+        self._attempt += 1
         self._set_state("disconnected", why)
         self.log.warn(
             "Cannot reach PostgreSQL ({why}); retry {attempt} in {delay:.1f} seconds.",
@@ -374,7 +528,6 @@ class ListenerService(Service):
         if connection is not self._connection:
             return
         self.log.warn("Lost the listener's PostgreSQL connection: {why}", why=why)
-        self._listening = set()
         self._failed(None, why)
 
     def _watch(self, d: defer.Deferred[Any], connection: _Connection) -> defer.Deferred[Any]:
@@ -403,23 +556,38 @@ class ListenerService(Service):
                 if not to_listen and not to_unlisten:
                     break
                 for channel in to_listen:
+                    # Before LISTEN is sent, as in _resume.
+                    self._channel_seq[channel] = self.last_seq or 0
                     yield self._watch(connection.runOperation(
                         sql.SQL("LISTEN {}").format(sql.Identifier(channel))), connection)
                     self._listened(channel)
-                    self._channel_seq[channel] = self.last_seq or 0
                 for channel in to_unlisten:
                     yield self._watch(connection.runOperation(
                         sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))), connection)
                     self._listening.discard(channel)
-                    self._channel_seq.pop(channel, None)
+                    if channel not in self._wanted:
+                        self._channel_seq.pop(channel, None)
         except Exception as error:
             self.log.warn("LISTEN/UNLISTEN failed: {why}", why=_describe_error(error))
         finally:
             self._syncing = False
 
+    def _listened(self, channel: str) -> None:
+        self._listening.add(channel)
+        for waiter in self._listen_waiters.pop(channel, []):
+            waiter.callback(None)
+
+    def _fail_listen_waiters(self, why: str) -> None:
+        waiters, self._listen_waiters = self._listen_waiters, {}
+        for channel_waiters in waiters.values():
+            for waiter in channel_waiters:
+                waiter.errback(NotConnected(why))
+
     # -- notifications --------------------------------------------------------
 
-    def _on_notify(self, notify: Any) -> None:
+    def _on_notify(self, connection: _Connection, notify: Any) -> None:
+        if connection is not self._connection:
+            return  # a late read from a connection already given up
         if self._catching_up:
             self._buffer.append((notify.channel, notify.payload))
         else:
@@ -433,7 +601,10 @@ class ListenerService(Service):
                 channel=channel, payload=payload[:200],
             )
             return
-        if channel in self._listening:
+        # Only channels LISTENed (or being LISTENed) on this connection have
+        # an entry; a notification can arrive in the same read as the answer
+        # to its LISTEN, before _listening says so.
+        if channel in self._channel_seq:
             self._dispatch_change(channel, seq, payload)
         self.last_seq = max(self.last_seq or 0, seq)
 
@@ -448,7 +619,24 @@ class ListenerService(Service):
             self.log.failure("Delivering change {seq} on {channel} failed", seq=seq,
                              channel=channel)
 
-    # -- health ---------------------------------------------------------------
+    # -- health and housekeeping ----------------------------------------------
+
+    def _start_loops(self) -> None:
+        # New LoopingCalls for every connection: one stopped while its call
+        # was still running would otherwise reschedule itself when restarted.
+        probe = LoopingCall(self._probe_once)
+        probe.clock = self._reactor
+        probe.start(self._probe_interval, now=False)
+        retention = LoopingCall(self._enforce_retention)
+        retention.clock = self._reactor
+        retention.start(min(60.0, self._retention_seconds), now=True)
+        self._loops = [probe, retention]
+
+    def _stop_loops(self) -> None:
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            if loop.running:
+                loop.stop()
 
     @defer.inlineCallbacks
     def _probe_once(self) -> Any:
@@ -456,32 +644,31 @@ class ListenerService(Service):
         connection = self._connection
         if connection is None or not self.connected:
             return
-        d = connection.runQuery("SELECT 1")
-        timer = self._reactor.callLater(
-            self._probe_timeout, connection.drop,
-            f"the database did not answer a probe within {self._probe_timeout:g} s",
-        )
         try:
-            yield self._watch(d, connection)
+            yield self._before_deadline(
+                connection, self._watch(connection.runQuery("SELECT 1"), connection),
+                self._probe_timeout,
+                f"the database did not answer a probe within {self._probe_timeout:g} s")
         except Exception:
-            pass
-        finally:
-            if timer.active():
-                timer.cancel()
+            pass  # the loss, if it was one, is already being handled
 
     @defer.inlineCallbacks
     def _enforce_retention(self) -> Any:
-        if self._connection is None or not self.connected:
-            return
+        """Delete changes older than the retention, in batches, keeping the newest."""
+        params = {"keep": self._retention_seconds, "batch": TRIM_BATCH}
+        total = 0
         try:
-            yield self.runQuery(RETENTION_QUERY, (self._retention_seconds,))
+            while self.connected:
+                rows = yield self.runQuery(TRIM_QUERY, params)
+                total += rows[0][0]
+                if rows[0][0] < TRIM_BATCH:
+                    break
         except Exception as error:
             self.log.warn("Trimming the change log failed: {why}", why=_describe_error(error))
-
-    def _stop_loops(self) -> None:
-        for loop in (self._probe, self._retention):
-            if loop.running:
-                loop.stop()
+        if total:
+            self.trimmed += total
+            self.log.info("Trimmed {count} changes older than {keep:g} s from the change log.",
+                          count=total, keep=self._retention_seconds)
 
     def _set_state(self, state: str, reason: str) -> None:
         self.state = state
