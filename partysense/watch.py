@@ -77,6 +77,11 @@ class TailFactory(WebSocketClientFactory):
         self.code: int | None = None
         self.done: defer.Deferred[int] = defer.Deferred()
 
+    def interrupted(self) -> None:
+        """Ctrl-C or SIGTERM: the user stopped us, which is a success."""
+        if self.code is None:
+            self.code = 0
+
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.done.called:
             self.done.errback(reason)
@@ -85,7 +90,10 @@ class TailFactory(WebSocketClientFactory):
 def watch(url: str, event_id: int | None, raw: bool, cafile: str | None, out: IO[str],
           err: IO[str]) -> defer.Deferred[int]:
     """Connect to the daemon at ``url``; fires with the exit code once it closes."""
+    from twisted.internet import reactor
+
     factory = TailFactory(url, event_id, raw, out, err)
+    reactor.addSystemEventTrigger("before", "shutdown", factory.interrupted)
     context = None
     if factory.isSecure:
         trust = ssl.Certificate.loadPEM(Path(cafile).read_bytes()) if cafile else None

@@ -146,3 +146,19 @@ def test_a_line_per_kind_of_change() -> None:
     assert describe({**base, "op": "delete", "up": False, "prev": False}) == (
         '03:04:05.678 seq 9 event 1 "E" delete down null by "A" (track 7, vote 42)')
     assert "insert up" in describe({**base, "op": "insert", "up": True, "prev": None})
+
+
+def test_ctrl_c_ends_a_tail_quietly(daemon: Daemon, db_dsn: str) -> None:
+    for args, ready in ((["--url", daemon.ws_url], "watching event ALL"),
+                        (["--dsn", db_dsn], "listening on firehose")):
+        with tail("--event", "ALL", *args) as watching:
+            watching.wait_for_err(ready)
+            watching.process.send_signal(signal.SIGINT)
+            assert watching.process.wait(10) == 0
+            left = []
+            while True:
+                try:
+                    left.append(watching.err.get(timeout=1))
+                except queue.Empty:
+                    break
+            assert not [line for line in left if "closed" in line or "Traceback" in line], left
