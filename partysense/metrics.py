@@ -59,6 +59,7 @@ class Listener(Protocol):
     state: str
     reconnects: int
     notifications: int
+    trimmed: int
 
     @property
     def connected(self) -> bool: ...
@@ -124,17 +125,22 @@ class QueueUsagePoller(Service):
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
         self._asked_at: float | None = None
+        self._first: Any = None
         self.usage: float | None = None
 
     def startService(self) -> None:
         super().startService()
         self._loop.start(self._interval, now=False)
-        self._listener.whenConnected().addCallback(lambda _: self._poll())
+        # Also ask as soon as the listener is up, not a whole interval later.
+        self._first = self._listener.whenConnected()
+        self._first.addCallbacks(lambda _: self._poll(), lambda _: None)
 
     def stopService(self) -> None:
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        if self._first is not None and not self._first.called:
+            self._first.cancel()
 
     def _poll(self) -> None:
         if not self.running:
@@ -222,6 +228,10 @@ class LiveCollector(Collector):
             "partysense_listener_reconnects",
             "Times the listener connection came back after being lost.",
             value=listener.reconnects)
+        yield CounterMetricFamily(
+            "partysense_changes_trimmed",
+            "Changes deleted from partysense_change by --retention.",
+            value=listener.trimmed)
         yield GaugeMetricFamily(
             "partysense_listener_up",
             "1 while the listener is connected to PostgreSQL and caught up, else 0.",

@@ -29,6 +29,7 @@ EVERY_METRIC = [
     "partysense_slow_clients_closed_total",
     "partysense_bad_inputs_total",
     "partysense_listener_reconnects_total",
+    "partysense_changes_trimmed_total",
     "partysense_listener_up",
     "partysense_notification_queue_usage",
     "partysense_delivery_delay_seconds_count",
@@ -133,7 +134,8 @@ def test_listener_down_and_back(daemon: Daemon, party: Party) -> None:
 
 def test_a_stalled_client_counts_as_slow(db_dsn: str, tmp_path: Path, party: Party) -> None:
     event_id = party.event("Slow")
-    track_id = party.track("n" * 256, "a" * 256)  # frames of about 800 bytes
+    # Frames of about 800 bytes, 6 MB in all: more than the kernel buffers of a socket.
+    track_id = party.track("n" * 256, "a" * 256)
     with Daemon(db_dsn, tmp_path, "--max-queue-bytes", "65536") as daemon:
         stalled = open_raw(daemon.port, rcvbuf=4096)
         try:
@@ -141,7 +143,7 @@ def test_a_stalled_client_counts_as_slow(db_dsn: str, tmp_path: Path, party: Par
             wait_for(lambda: value(scrape(daemon), "partysense_channels_listened") == 1, 10,
                      "the subscription")
             party.query("INSERT INTO event_vote (event_id, track_id) "
-                        "SELECT %s, %s FROM generate_series(1, 3000)", (event_id, track_id))
+                        "SELECT %s, %s FROM generate_series(1, 8000)", (event_id, track_id))
             slow = wait_for(lambda: (s := scrape(daemon)) and
                             value(s, "partysense_slow_clients_closed_total") == 1 and s,
                             30, "the stalled client to be closed")

@@ -187,6 +187,8 @@ def test_the_daemon_runs_on_the_documented_grants(
         assert wait_for(lambda: metric(daemon, "partysense_notification_queue_usage")
                         is not None, 15, "the queue usage")
         assert metric(daemon, "partysense_listener_up") == 1
+        assert wait_for(lambda: (metric(daemon, "partysense_changes_trimmed_total") or 0) >= 2,
+                        10, "the trim to be counted")
     log = daemon.log()
     assert "permission denied" not in log.lower(), log
     assert "Traceback" not in log
