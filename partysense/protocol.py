@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from partysense import errors
 from partysense.errors import ClientError
 from partysense.events import EventDirectory
+from partysense.fastwrite import write_now
 from partysense.hub import Hub
 from partysense.listener import ListenerService
 from partysense.seed import SeedSession
@@ -182,7 +183,16 @@ class LiveProtocol(WebSocketServerProtocol):
             if self._backlog_bytes > self.factory.limits.max_queue_bytes:
                 self.too_slow()
             return
-        self.sendPreparedMessage(prepared)
+        self._write_frame(prepared.payloadHybi)
+
+    def _write_frame(self, frame: bytes) -> None:
+        """Autobahn's sendData for a ready frame, minus its per-frame debug-log
+        formatting, sending at once when nothing waits (partysense/fastwrite.py)."""
+        if self.send_queue:  # Autobahn has frames of its own waiting: keep the order
+            self.sendData(frame)
+            return
+        write_now(self.transport, frame)
+        self.trafficStats.outgoingOctetsWireLevel += len(frame)
 
     def send_bytes(self, payload: bytes) -> None:
         self.send_prepared(PreparedMessage(payload, False, False, True))
@@ -214,7 +224,7 @@ class LiveProtocol(WebSocketServerProtocol):
             if self._backlog:
                 prepared = self._backlog.popleft()
                 self._backlog_bytes -= len(prepared.payloadHybi)
-                self.sendPreparedMessage(prepared)
+                self._write_frame(prepared.payloadHybi)
             elif self._streams:
                 frames, done = self._streams[0]
                 payload = next(frames, None)
