@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        # One element in a list: Django runs it as a single script instead of
-        # splitting it on semicolons, which would cut the $$ function bodies.
+        # One element in a list: Django sends the script as written, in one call,
+        # instead of splitting it into statements with sqlparse first.
         migrations.RunSQL([install_sql()], reverse_sql=migrations.RunSQL.noop),
     ]
