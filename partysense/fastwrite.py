@@ -20,15 +20,19 @@ from twisted.internet import tcp
 
 def write_now(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, sending right away when the buffer is empty."""
-    if (
-        type(transport) is tcp.Server
-        and not transport._tempDataLen
-        and not transport.dataBuffer
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not getattr(transport, "TLS", False)
-    ):
+    try:
+        fast = (
+            type(transport) is tcp.Server
+            and not transport._tempDataLen
+            and not transport.dataBuffer
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not getattr(transport, "TLS", False)
+        )
+    except AttributeError:  # another Twisted, other internals: the ordinary way
+        fast = False
+    if fast:
         try:
             sent = transport.socket.send(data)
         except OSError:
