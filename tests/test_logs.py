@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from partysense.logs import JSONLinesObserver, flatten, json_observer
-from tests.support import Daemon, twistd_command
+from tests.support import Daemon, twistd_command, wait_for
 
 
 class JSONLogDaemon(Daemon):
@@ -36,6 +36,10 @@ class JSONLogDaemon(Daemon):
             self.process = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=stdout,
                                             stdin=subprocess.DEVNULL)
         if wait:
+            # Our own start line first: a daemon of another test run that took
+            # the port in the meantime would answer /healthz just as well.
+            wait_for(lambda: self.process.poll() is not None or
+                     f"tcp:{self.port}:interface" in self.log(), 30, "the start line")
             self.wait_healthy()
         return self
 
