@@ -1,0 +1,379 @@
+"""The listener's logic: backoff, stopping, deadlines, readiness, retention.
+
+Timing logic runs on Twisted's ``Clock``/``MemoryReactorClock`` (with a real
+socket that never answers where a connection is needed); everything that
+touches the database runs on the real reactor against a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+import pytest_twisted
+from psycopg2.extensions import make_dsn, parse_dsn
+from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock
+
+from partysense import listener as listener_module
+from partysense.listener import (
+    ListenerService,
+    NotConnected,
+    default_backoff,
+    needs_resolving,
+    with_resolved_host,
+)
+from tests.faultkit import SilentProxy, committed, event_with_track, terminate_listener
+from tests.support import Party
+
+Delivered = list[tuple[str, int, str]]
+
+
+def no_database() -> defer.Deferred[str]:
+    return defer.fail(ConnectionRefusedError("nobody home"))
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port whose TCP handshake completes and which then never says a word."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=8)
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        server.close()
+
+
+# -- backoff ------------------------------------------------------------------------
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    random.seed(1)
+    policy = default_backoff()
+    delays = [[policy(attempt) for attempt in range(40)] for _ in range(20)]
+    for run in delays:
+        assert 0.25 <= run[0] <= 0.75
+        assert all(d <= 10.5 for d in run), "capped at 10 s plus jitter"
+        assert all(d >= 10.0 for d in run[6:]), "reaches the cap"
+        assert run[3] > run[1] > run[0] - 0.5
+    firsts = {round(run[0], 6) for run in delays}
+    capped = {round(run[30], 6) for run in delays}
+    assert len(firsts) > 10 and len(capped) > 10, "every retry time is jittered"
+
+
+def test_failed_connects_are_retried_with_the_backoff() -> None:
+    clock = task.Clock()
+    attempts: list[int] = []
+
+    def backoff(attempt: int) -> float:
+        attempts.append(attempt)
+        return 2.0 + attempt
+
+    service = ListenerService(no_database, lambda *a: None, clock, backoff=backoff)
+    service.startService()
+    assert service.state == "disconnected"
+    assert "nobody home" in service.reason
+    for attempt in range(4):
+        [retry] = clock.getDelayedCalls()
+        assert retry.getTime() == pytest.approx(clock.seconds() + 2.0 + attempt)
+        clock.advance(2.0 + attempt)
+    assert attempts == [0, 1, 2, 3, 4]
+    service.stopService()
+
+
+# -- stopping -----------------------------------------------------------------------
+
+
+def test_stop_cancels_the_pending_retry_and_leaves_nothing_scheduled() -> None:
+    clock = task.Clock()
+    calls: list[int] = []
+
+    def counting_dsn() -> defer.Deferred[str]:
+        calls.append(1)
+        return no_database()
+
+    service = ListenerService(counting_dsn, lambda *a: None, clock)
+    service.startService()
+    assert len(clock.getDelayedCalls()) == 1
+    service.stopService()
+    assert clock.getDelayedCalls() == []
+    assert (service.state, service.reason) == ("stopped", "service stopped")
+    clock.advance(3600)
+    assert calls == [1], "no retry after stopService"
+
+
+def test_stop_while_connecting_leaves_nothing_scheduled(silent_server: int) -> None:
+    reactor = MemoryReactorClock()
+    dsn = make_dsn(host="127.0.0.1", port=str(silent_server), dbname="x", user="x")
+    service = ListenerService(dsn, lambda *a: None, reactor, connect_timeout=5)
+    service.startService()
+    assert service.state == "connecting"
+    assert len(reactor.getDelayedCalls()) >= 1  # the connect deadline
+    service.stopService()
+    reactor.advance(0)  # txpostgres reports the closed connection on the next turn
+    assert reactor.getDelayedCalls() == []
+    assert not reactor.getReaders() and not reactor.getWriters()
+    assert service.state == "stopped"
+
+
+# -- a connect that never answers -----------------------------------------------------
+
+
+def test_a_connect_that_never_answers_times_out(silent_server: int) -> None:
+    reactor = MemoryReactorClock()
+    dsn = make_dsn(host="127.0.0.1", port=str(silent_server), dbname="x", user="x")
+    service = ListenerService(dsn, lambda *a: None, reactor, connect_timeout=5,
+                              backoff=lambda attempt: 1.0)
+    service.startService()
+    reactor.advance(4.9)
+    assert service.state == "connecting"
+    reactor.advance(0.2)
+    assert service.state == "disconnected"
+    assert service.reason == "no answer from the database within 5 s"
+    assert not reactor.getReaders() and not reactor.getWriters(), "the socket was closed"
+    [retry] = [c for c in reactor.getDelayedCalls() if c.func == service._connect]
+    assert retry.getTime() == pytest.approx(reactor.seconds() + 1.0, abs=0.01)
+    service.stopService()
+    reactor.advance(0)
+    assert reactor.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_that_never_answers_times_out_on_the_real_reactor(
+        silent_server: int) -> None:
+    from twisted.internet import reactor
+
+    dsn = make_dsn(host="127.0.0.1", port=str(silent_server), dbname="x", user="x")
+    service = ListenerService(dsn, lambda *a: None, reactor, connect_timeout=0.5,
+                              backoff=lambda attempt: 30.0)
+    service.startService()
+    try:
+        await eventually(lambda: service.state == "disconnected", "the connect deadline")
+        assert service.reason == "no answer from the database within 0.5 s"
+    finally:
+        service.stopService()
+
+
+# -- whenConnected --------------------------------------------------------------------
+
+
+def test_when_connected_fails_when_the_service_stops() -> None:
+    clock = task.Clock()
+    service = ListenerService(no_database, lambda *a: None, clock)
+    service.startService()
+    waiter = service.whenConnected()
+    assert not waiter.called
+    service.stopService()
+    failure = _failure_of(waiter)
+    assert failure.check(NotConnected)
+
+
+def test_when_connected_can_be_cancelled_and_is_forgotten() -> None:
+    clock = task.Clock()
+    service = ListenerService(no_database, lambda *a: None, clock)
+    service.startService()
+    waiter = service.whenConnected()
+    waiter.cancel()
+    assert _failure_of(waiter).check(defer.CancelledError)
+    assert service._waiting == []
+    service.stopService()
+
+
+def test_when_listening_fails_when_not_connected() -> None:
+    clock = task.Clock()
+    service = ListenerService(no_database, lambda *a: None, clock)
+    service.startService()
+    assert _failure_of(service.whenListening("firehose")).check(NotConnected)
+    service.stopService()
+
+
+def _failure_of(d: defer.Deferred[Any]) -> Any:
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures, "the Deferred has not failed"
+    return failures[0]
+
+
+# -- resolving host names off the reactor thread ---------------------------------------
+
+
+@pytest.mark.parametrize(("dsn", "resolved"), [
+    ("host=db.example dbname=x", "db.example"),
+    ("postgresql://u@db.example:6432/x", "db.example"),
+    ("host=127.0.0.1 dbname=x", None),
+    ("host=::1 dbname=x", None),
+    ("host=/var/run/postgresql dbname=x", None),
+    ("host=a.example,b.example dbname=x", None),
+    ("host=db.example hostaddr=10.0.0.1 dbname=x", None),
+    ("dbname=x", None),
+])
+def test_which_hosts_are_resolved_first(dsn: str, resolved: str | None) -> None:
+    assert needs_resolving(parse_dsn(dsn)) == resolved
+
+
+def test_resolved_addresses_become_hostaddr_and_the_name_is_kept() -> None:
+    asked: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
+        asked.append((host, port))
+        return defer.succeed(["2001:db8::5", "192.0.2.5"])
+
+    d = with_resolved_host("host=db.example port=6432 dbname=x sslmode=verify-full", resolve)
+    params = parse_dsn(_result_of(d))
+    assert asked == [("db.example", 6432)]
+    assert params["host"] == "db.example,db.example"  # for TLS, SNI and .pgpass
+    assert params["hostaddr"] == "2001:db8::5,192.0.2.5"
+    assert params["sslmode"] == "verify-full"
+
+
+def test_a_name_that_does_not_resolve_is_reported_and_retried() -> None:
+    clock = task.Clock()
+
+    def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
+        return defer.fail(socket.gaierror(-2, "Name or service not known"))
+
+    service = ListenerService("host=nowhere.invalid dbname=x", lambda *a: None, clock,
+                              resolve=resolve)
+    service.startService()
+    assert service.state == "disconnected"
+    assert "could not resolve host 'nowhere.invalid'" in service.reason
+    assert len(clock.getDelayedCalls()) == 1
+    service.stopService()
+
+
+def _result_of(d: defer.Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results and not isinstance(results[0], Exception), results
+    return results[0]
+
+
+# -- against a real PostgreSQL -------------------------------------------------------
+
+
+async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    from twisted.internet import reactor
+
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+def _listener(dsn: str, delivered: Delivered, **kwargs: Any) -> ListenerService:
+    from twisted.internet import reactor
+
+    return ListenerService(dsn, lambda *change: delivered.append(change), reactor, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_connected_fires_once_caught_up(db_dsn: str) -> None:
+    service = _listener(db_dsn, [])
+    early = service.whenConnected()
+    service.startService()
+    try:
+        await early
+        assert service.connected and service.last_seq == 0
+        await service.whenConnected()  # already connected: at once
+    finally:
+        service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_backend_relistens_and_replays_in_commit_order(
+        db_dsn: str, party: Party) -> None:
+    event_id, track_id = event_with_track(db_dsn)
+    other_event = party.event("Elsewhere")
+    delivered: Delivered = []
+    service = _listener(db_dsn, delivered, backoff=lambda attempt: 0.2)
+    service.listen(f"event_{event_id}")
+    service.listen("firehose")
+    service.startService()
+    try:
+        await service.whenConnected()
+        await eventually(lambda: len(service.channels) == 2, "both LISTENs")
+        party.vote(event_id, track_id)
+        await eventually(lambda: len(delivered) == 2, "a live change on both channels")
+
+        held = psycopg2.connect(db_dsn)  # a low id, committed last
+        with held.cursor() as cursor:
+            cursor.execute("INSERT INTO event_vote (event_id, track_id, user_id) "
+                           "VALUES (%s, %s, 9)", (event_id, track_id))
+        assert terminate_listener(db_dsn) == 1
+        party.vote(event_id, track_id, up=False)
+        party.vote(other_event, track_id)
+        held.commit()
+        held.close()
+
+        await eventually(lambda: service.reconnects == 1 and service.connected, "a reconnect")
+        listened = await service.runQuery("SELECT pg_listening_channels()")
+        assert {row[0] for row in listened} == {f"event_{event_id}", "firehose"}
+        party.vote(event_id, track_id)  # live again
+
+        expected = {
+            f"event_{event_id}": [s for s, _, _ in committed(db_dsn, event_id)],
+            "firehose": [s for s, _, _ in committed(db_dsn)],
+        }
+        total = sum(map(len, expected.values()))
+        await eventually(lambda: len(delivered) >= total, "every change")
+        for channel, seqs in expected.items():
+            assert [seq for ch, seq, _ in delivered if ch == channel] == seqs, channel
+        assert service.replayed > 0
+    finally:
+        service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_name_is_resolved_and_connected_by_address(db_dsn: str) -> None:
+    proxy = SilentProxy(db_dsn)  # a TCP door to the test database, never silenced
+    dsn = make_dsn(proxy.dsn(db_dsn), host="localhost")
+    service = _listener(dsn, [])
+    service.startService()
+    try:
+        await service.whenConnected()
+        rows = await service.runQuery("SELECT inet_client_addr() IS NULL")
+        assert rows == [(True,)]  # the proxy reaches PostgreSQL by its socket
+        assert service.connected
+    finally:
+        service.stopService()
+        proxy.close()
+
+
+# -- retention -----------------------------------------------------------------------
+
+
+def _age_every_change(party: Party, seconds: int) -> None:
+    party.query("UPDATE partysense_change SET committed_at = now() - %s * interval '1 second'",
+                (seconds,))
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_trims_old_changes_in_batches_and_keeps_the_newest(
+        db_dsn: str, party: Party, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listener_module, "TRIM_BATCH", 3)
+    event_id, track_id = event_with_track(db_dsn)
+    for _ in range(5):
+        party.vote(event_id, track_id, up=False)  # two changes each
+    _age_every_change(party, 7200)
+    party.vote(event_id, track_id, up=False)  # two young changes
+    newest = committed(db_dsn)[-1]
+    service = _listener(db_dsn, [], retention_seconds=3600)
+    service.startService()
+    try:
+        await eventually(lambda: service.trimmed == 10, "the old changes to be trimmed")
+        assert len(committed(db_dsn)) == 2
+        # Everything old now, the newest included: all but the newest goes.
+        _age_every_change(party, 7200)
+        await service._enforce_retention()
+        assert committed(db_dsn) == [newest]
+        await service._enforce_retention()
+        assert committed(db_dsn) == [newest]
+    finally:
+        service.stopService()
