@@ -203,7 +203,13 @@ class _Connection(txpostgres.Connection):
             self.drop(str(error).strip() or type(error).__name__)
 
     def connectionLost(self, reason: Any) -> None:
+        connecting = self._pollingD is not None
         super().connectionLost(reason)
+        if connecting and self._pollingD is None:
+            # Lost while connecting: txpostgres has handed psycopg2's own error
+            # ("Connection refused", "password authentication failed") to
+            # connect()'s caller, which reports it and closes; it says more.
+            return
         # The reactor saw the socket close: make sure psycopg2's side is
         # closed too (an unclosed connection keeps its file descriptor).
         self.drop(reason.getErrorMessage())

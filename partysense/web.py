@@ -7,6 +7,7 @@ clients connect to ``ws://host:18854``); without it, the live page.
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from typing import Any
 
@@ -65,6 +66,7 @@ class Health(Resource):
             "reason": self._listener.reason,
             "channels": sorted(self._listener.channels),
             "clients": len(self._factory.clients),
+            "pid": os.getpid(),  # which process answered (several with --workers)
         }
         request.setResponseCode(200 if healthy else 503)
         request.setHeader("content-type", "application/json")

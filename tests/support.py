@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import psycopg2
 
 T = TypeVar("T")
@@ -111,6 +112,23 @@ class Daemon:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> Daemon:
+        """Start twistd; if another test run took our free port meanwhile, take another."""
+        for _ in range(5):
+            self._spawn()
+            if not wait:
+                return self
+            try:
+                self.wait_healthy()
+                return self
+            except AssertionError:
+                if "Address already in use" not in self.log() or self.process is None \
+                        or self.process.poll() is None:
+                    raise
+                self.port = free_port()
+                self.log_path = self.workdir / f"twistd-{self.port}.log"
+        raise AssertionError("no free port found for twistd in 5 tries")
+
+    def _spawn(self) -> None:
         args = twistd_command() + [
             "-n", "--pidfile", str(self.workdir / f"twistd-{self.port}.pid"),
             "--logfile", str(self.log_path),
@@ -123,9 +141,6 @@ class Daemon:
             env.pop("PARTYSENSE_DSN", None)
         self.process = subprocess.Popen(args + self.extra, cwd=self.workdir, env=env,
                                         stdin=subprocess.DEVNULL)
-        if wait:
-            self.wait_healthy()
-        return self
 
     def health(self) -> tuple[int, dict[str, Any]] | None:
         try:
@@ -141,8 +156,20 @@ class Daemon:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"twistd exited with {self.process.returncode}:\n{self.log()}")
             answer = self.health()
-            return answer is not None and answer[0] == 200
+            return answer is not None and answer[0] == 200 and self._ours(answer[1].get("pid"))
         wait_for(healthy, timeout, "the daemon to report healthy")
+
+    def _ours(self, pid: int | None) -> bool:
+        """Is it our daemon (or one of its --workers) answering, not another test run's?"""
+        if pid is None or self.process is None:
+            return True
+        if pid == self.process.pid:
+            return True
+        try:
+            return pid in {child.pid for child in psutil.Process(self.process.pid).children(
+                recursive=True)}
+        except psutil.Error:
+            return False
 
     def log(self) -> str:
         try:
