@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from psycopg2.extensions import make_dsn
 
-from tests.support import Party, free_port
+from tests.support import Party
 
 SECRET = "hunter2-do-not-print"
 OUR_TRIGGERS = {"partysense_vote_insert", "partysense_vote_update", "partysense_vote_delete"}
@@ -25,6 +28,17 @@ def partysense_db(*args: str, env_dsn: str | None = None) -> subprocess.Complete
         env["PARTYSENSE_DSN"] = env_dsn
     return subprocess.run([script, *args], capture_output=True, text=True, env=env,
                           stdin=subprocess.DEVNULL, timeout=60)
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A port that refuses connections for as long as we hold it (bound, not listening).
+
+    A port that is merely free now may be taken by another test's server.
+    """
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
 
 
 def triggers(dsn: str) -> set[str]:
@@ -82,9 +96,10 @@ def test_no_dsn_at_all() -> None:
     f"postgresql://y:{SECRET}@127.0.0.1:{{port}}/x",
 ])
 def test_unreachable_database_is_a_clear_error_without_the_password(dsn: str) -> None:
-    dsn = dsn.format(port=free_port())  # nothing listens there
-    for result in (partysense_db("install", "--dsn", dsn),
-                   partysense_db("install", env_dsn=dsn)):
+    with refused_port() as port:
+        dsn = dsn.format(port=port)
+        results = [partysense_db("install", "--dsn", dsn), partysense_db("install", env_dsn=dsn)]
+    for result in results:
         assert result.returncode == 1
         assert "install failed" in result.stderr and "Connection refused" in result.stderr
         assert "127.0.0.1" in result.stderr

@@ -1,0 +1,300 @@
+"""``twistd partysense-live`` as a sysadmin starts it: ports, DSNs, pidfile, logfile, daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg2
+import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from partysense import sqlfiles
+from tests.support import Daemon, free_port, twistd_command, wait_for
+from tests.test_dbcli import partysense_db, refused_port
+
+SECRET = "hunter2-never-logged"
+
+
+class Twistd(Daemon):
+    """twistd with exactly the arguments given; ``{port}`` is replaced by a free port.
+
+    Other test runs share this machine: a port free a moment ago may be taken
+    by another daemon, which would answer /healthz just as well. So a start
+    waits for our own process to say it is listening, and tries another port
+    if someone took this one.
+    """
+
+    def __init__(self, workdir: Path, twistd_args: list[str], plugin_args: list[str],
+                 env: dict[str, str] | None = None) -> None:
+        super().__init__(None, workdir, env=env)
+        self.templates = twistd_args + ["partysense-live"] + plugin_args
+        self._fill()
+
+    def _fill(self) -> None:
+        self.log_path = self.workdir / f"twistd-{self.port}.log"
+        self.pid_path = self.workdir / f"twistd-{self.port}.pid"
+        self.output_path = self.workdir / f"twistd-{self.port}.out"
+        fill = {"port": self.port, "pidfile": self.pid_path, "logfile": self.log_path}
+        self.args = [a.format(**fill) for a in self.templates]
+
+    def start(self, wait: bool = True) -> Twistd:
+        for _attempt in range(3):
+            self._spawn()
+            if not wait:
+                return self
+            if self.wait_listening():
+                self.wait_healthy()
+                return self
+            self.port = free_port()
+            self._fill()
+        raise AssertionError(f"twistd could not listen:\n{self.log()}")
+
+    def _spawn(self) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        with self.output_path.open("wb") as output:
+            self.process = subprocess.Popen(
+                twistd_command() + self.args, cwd=self.workdir, env=env,
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+
+    def wait_listening(self, timeout: float = 30.0) -> bool:
+        """True once our process listens on our port; False if the port was taken."""
+        assert self.process is not None
+        wait_for(lambda: self.process.poll() is not None  # type: ignore[union-attr]
+                 or f"Site starting on {self.port}" in self.log(), timeout,
+                 "twistd to listen")
+        if f"Site starting on {self.port}" in self.log():
+            return True
+        if "Address already in use" in self.log() + self.output():
+            return False
+        raise AssertionError(f"twistd exited with {self.process.returncode}:\n"
+                             f"{self.output()}\n{self.log()}")
+
+    def output(self) -> str:
+        """What twistd wrote to stdout and stderr (its usage errors)."""
+        return self.output_path.read_text("utf-8", "replace")
+
+
+FOREGROUND = ["-n", "--pidfile", "{pidfile}", "--logfile", "{logfile}"]
+
+
+def env_without_dsn(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PARTYSENSE_DSN"}
+    env.update(extra)
+    return env
+
+
+def as_uri(dsn: str, password: str | None = None) -> str:
+    """The same database as a postgresql:// URI (a Unix socket goes in ?host=)."""
+    params = parse_dsn(dsn)
+    userinfo = quote(params.get("user", ""), safe="")
+    if password is not None:
+        userinfo += ":" + quote(password, safe="")
+    userinfo += "@" if userinfo else ""
+    host, port, dbname = params.get("host", ""), params.get("port"), params["dbname"]
+    if host.startswith("/"):
+        query = f"?host={host}" + (f"&port={port}" if port else "")
+        return f"postgresql://{userinfo}/{quote(dbname)}{query}"
+    where = host + (f":{port}" if port else "")
+    return f"postgresql://{userinfo}{where}/{quote(dbname)}"
+
+
+def as_words(dsn: str) -> str:
+    return make_dsn(**parse_dsn(dsn))
+
+
+def accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+# -- --port ---------------------------------------------------------------------
+
+
+def test_bare_port_listens_on_every_interface(db_dsn: str, tmp_path: Path) -> None:
+    with Twistd(tmp_path, FOREGROUND, ["--port", "{port}", "--dsn", db_dsn]) as daemon:
+        assert accepts("127.0.0.2", daemon.port)  # not only 127.0.0.1
+        assert f"tcp:{daemon.port}" in daemon.log()
+
+
+def test_endpoint_string_port(db_dsn: str, tmp_path: Path) -> None:
+    plugin_args = ["--port", "tcp:{port}:interface=127.0.0.1", "--dsn", db_dsn]
+    with Twistd(tmp_path, FOREGROUND, plugin_args) as daemon:
+        assert accepts("127.0.0.1", daemon.port)
+        assert not accepts("127.0.0.2", daemon.port)
+
+
+def test_unusable_port_is_a_clear_error(db_dsn: str, tmp_path: Path) -> None:
+    daemon = Twistd(tmp_path, FOREGROUND, ["--port", "nonsense:1", "--dsn", db_dsn])
+    daemon.start(wait=False)
+    assert daemon.process is not None
+    assert daemon.process.wait(30) != 0
+    assert "nonsense" in daemon.output() + daemon.log()
+
+
+# -- --dsn ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", [as_uri, as_words], ids=["uri", "keywords"])
+def test_dsn_forms(db_dsn: str, tmp_path: Path, form: Any) -> None:
+    dsn = form(db_dsn)
+    with Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
+                                       "--dsn", dsn]) as daemon:
+        log = daemon.log()
+        assert parse_dsn(db_dsn)["dbname"] in log
+        assert "EMBEDDED" not in log
+
+
+@pytest.mark.embedded_only  # the embedded server listens on a Unix socket only
+def test_unix_socket_host(db_dsn: str, tmp_path: Path) -> None:
+    socket_dir = parse_dsn(db_dsn)["host"]
+    assert Path(socket_dir).is_dir()
+    uri = as_uri(db_dsn)
+    assert f"?host={socket_dir}" in uri
+    with Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
+                                       "--dsn", uri]) as daemon:
+        assert socket_dir in daemon.log()
+
+
+def test_dsn_from_the_environment(db_dsn: str, tmp_path: Path) -> None:
+    env = env_without_dsn(PARTYSENSE_DSN=as_uri(db_dsn))
+    with Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1"],
+                env=env) as daemon:
+        log = daemon.log()
+        assert parse_dsn(db_dsn)["dbname"] in log
+        assert "EMBEDDED" not in log
+
+
+@pytest.mark.embedded_only  # its trust authentication accepts a made-up password
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_password_never_logged(db_dsn: str, tmp_path: Path, where: str) -> None:
+    for dsn in (as_uri(db_dsn, password=SECRET), make_dsn(db_dsn, password=SECRET)):
+        assert parse_dsn(dsn)["password"] == SECRET
+        psycopg2.connect(dsn).close()  # trust authentication: accepted
+        if where == "option":
+            daemon = Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
+                                                   "--dsn", dsn], env=env_without_dsn())
+        else:
+            daemon = Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1"],
+                            env=env_without_dsn(PARTYSENSE_DSN=dsn))
+        with daemon:
+            health = daemon.health()
+        assert daemon.log() and SECRET not in daemon.log()
+        assert SECRET not in daemon.output()
+        assert health is not None and SECRET not in str(health)
+
+
+@pytest.mark.parametrize("dsn", [
+    f"postgresql://someone:{SECRET}@127.0.0.1:{{port}}/x",
+    f"host=127.0.0.1 port={{port}} dbname=x password={SECRET}",
+])
+def test_password_not_logged_when_the_database_is_unreachable(tmp_path: Path, dsn: str) -> None:
+    with refused_port() as port:
+        daemon = Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
+                                               "--dsn", dsn.format(port=port)],
+                        env=env_without_dsn())
+        daemon.start(wait=False)
+        try:
+            assert daemon.wait_listening()
+            health = wait_for(
+                lambda: (h := daemon.health()) and "refused" in h[1]["reason"] and h,
+                30, "/healthz to say why the database is unreachable")
+            assert health[0] == 503
+            wait_for(lambda: "refused" in daemon.log(), 10, "the failure to be logged")
+        finally:
+            daemon.stop()
+    assert SECRET not in daemon.log() + str(health) + daemon.output()
+
+
+@pytest.mark.parametrize("dsn", [
+    f"postgresql://someone:{SECRET}@[::1/x",   # libpq would echo this URI whole
+    f"host=127.0.0.1 password='{SECRET}",
+])
+def test_unparseable_dsn_is_refused_without_the_password(tmp_path: Path, dsn: str) -> None:
+    daemon = Twistd(tmp_path, ["-n"], ["--dsn", dsn], env=env_without_dsn())
+    daemon.start(wait=False)
+    assert daemon.process is not None and daemon.process.wait(30) != 0
+    output = daemon.output()
+    assert "--dsn" in output and SECRET not in output
+
+
+# -- twistd's own options ---------------------------------------------------------
+
+
+def test_pidfile_and_logfile(db_dsn: str, tmp_path: Path) -> None:
+    daemon = Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
+                                           "--dsn", db_dsn]).start()
+    try:
+        assert daemon.process is not None
+        assert int(daemon.pid_path.read_text().strip()) == daemon.process.pid
+        assert "partysense-live" in daemon.log()
+        assert daemon.output() == ""  # everything went to the logfile
+    finally:
+        code = daemon.stop()
+    # twistd stops cleanly, then exits by the signal it got (so its parent knows why).
+    assert code in (0, -signal.SIGTERM)
+    assert not daemon.pid_path.exists()
+    assert "Server Shut Down" in daemon.log()
+
+
+def test_daemonizes_without_n(db_dsn: str, tmp_path: Path) -> None:
+    daemon = Twistd(tmp_path, ["--pidfile", "{pidfile}", "--logfile", "{logfile}"],
+                    ["--port", "tcp:{port}:interface=127.0.0.1", "--dsn", db_dsn])
+    launcher = subprocess.run(twistd_command() + daemon.args, cwd=tmp_path,
+                              env=env_without_dsn(), stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=60)
+    assert launcher.returncode == 0, launcher.stdout + launcher.stderr
+    pid = int(wait_for(lambda: daemon.pid_path.exists() and daemon.pid_path.read_text(), 30,
+                       "the pidfile").strip())
+    try:
+        wait_for(lambda: f"Site starting on {daemon.port}" in daemon.log(), 30, "our start")
+        wait_for(lambda: (daemon.health() or (0,))[0] == 200, 30, "the daemon to be healthy")
+        assert running(pid)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not running(pid), 20, "the daemon to exit after SIGTERM")
+    wait_for(lambda: not daemon.pid_path.exists(), 5, "the pidfile to be removed")
+    assert "Server Shut Down" in daemon.log()
+
+
+# -- a database without the install step ----------------------------------------------
+
+
+def test_missing_install_step_is_a_503_that_names_the_fix(empty_db_dsn: str,
+                                                          tmp_path: Path) -> None:
+    connection = psycopg2.connect(empty_db_dsn)
+    with connection, connection.cursor() as cursor:  # the real app's tables, not ours
+        cursor.execute(sqlfiles.read_sql(sqlfiles.DEMO_SCHEMA_SCRIPT))
+    connection.close()
+    daemon = Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
+                                           "--dsn", empty_db_dsn], env=env_without_dsn())
+    daemon.start(wait=False)
+    try:
+        assert daemon.wait_listening()
+        status, body = wait_for(
+            lambda: (h := daemon.health()) and "partysense-db install" in h[1]["reason"] and h,
+            30, "/healthz to name the missing install step")
+        assert status == 503 and body["status"] != "ok"
+        wait_for(lambda: "partysense-db install" in daemon.log(), 10, "the reason in the log")
+        installed = partysense_db("install", "--dsn", empty_db_dsn)
+        assert installed.returncode == 0, installed.stderr
+        daemon.wait_healthy(30)
+    finally:
+        daemon.stop()
