@@ -184,11 +184,20 @@ class V2Session:
                     self.send({"type": "subscribed", "event": _event_name(event_id),
                                "cursor": since, "id": request_id})
                     yield subscription.start(since, replay.changes)
-        except (NotConnected, psycopg2.Error) as error:
+        except (NotConnected, psycopg2.OperationalError, psycopg2.InterfaceError) as error:
             self._drop(channel)
             raise BadRequest("unavailable",
                              f"the database is unreachable right now ({error}); retry soon"
                              ) from None
+        except psycopg2.Error as error:
+            # Reachable but refusing (privileges, a missing install step):
+            # the sysadmin's problem, said plainly in the log.
+            self._drop(channel)
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            self._log.error("The database refused a v2 subscription query: {error}",
+                            error=first_line)
+            raise BadRequest("server_error", "the server could not read the event's "
+                                             "history; see its log") from None
         except BadRequest:
             self._drop(channel)
             raise
