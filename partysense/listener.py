@@ -200,7 +200,7 @@ class _Connection(txpostgres.Connection):
         try:
             super().doRead()
         except psycopg2.Error as error:
-            self.drop(str(error).strip() or type(error).__name__)
+            self.drop(_describe_error(error))
 
     def connectionLost(self, reason: Any) -> None:
         connecting = self._pollingD is not None
@@ -223,11 +223,12 @@ class _Connection(txpostgres.Connection):
         if self._closing or self._connection is None:
             return
         self._closing = True
-        # A running query's cursor is registered with the reactor under the
-        # same file descriptor; txpostgres only unregisters the connection.
-        # Unregister the cursors too while the descriptor is still open: the
-        # epoll reactor would otherwise keep a stale entry, and the next
-        # connection to get that descriptor number would never be polled.
+        # A running query's cursor is registered with the reactor as a reader
+        # of the same descriptor, and txpostgres only unregisters the
+        # connection. The epoll and poll reactors key readers by descriptor,
+        # so that removes both; the select reactor keys them by object and
+        # would go on selecting a closed descriptor. Unregister the cursors
+        # while the descriptor is still open.
         for cursor in list(self._cursors):
             self.reactor.removeReader(cursor)
             self.reactor.removeWriter(cursor)
@@ -383,6 +384,7 @@ class ListenerService(Service):
         if connection is not None:
             connection._on_lost = None
             connection.close()
+            self.log.info("Listener stopped; its PostgreSQL connection is closed.")
         self._fail_listen_waiters("service stopped")
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:

@@ -325,6 +325,8 @@ class ClientsService(Service):
     that does not answer its close frame is dropped.
     """
 
+    _log = Logger()
+
     def __init__(self, factory: LiveFactory, clock: Any, grace: float = 2.0) -> None:
         self._factory = factory
         self._clock = clock
@@ -334,16 +336,24 @@ class ClientsService(Service):
         super().stopService()
         clients = list(self._factory.clients)
         for client in clients:
-            client.close_with(errors.GOING_AWAY, "server shutting down")
+            self._quietly(client.close_with, errors.GOING_AWAY, "server shutting down")
         done: defer.Deferred[None] = defer.Deferred()
 
         def check(deadline: float) -> None:
             if not self._factory.clients or self._clock.seconds() >= deadline:
                 for client in list(self._factory.clients):
-                    client.dropConnection(abort=True)
+                    self._quietly(client.dropConnection, abort=True)
                 done.callback(None)
             else:
                 self._clock.callLater(0.05, check, deadline)
 
         check(self._clock.seconds() + self._grace)
         return done
+
+    def _quietly(self, call: Any, *args: Any, **kwargs: Any) -> None:
+        # One client failing to close must not leave the shutdown waiting
+        # forever (twistd waits for this Deferred) nor spare the others.
+        try:
+            call(*args, **kwargs)
+        except Exception:
+            self._log.failure("Closing a client at shutdown failed")

@@ -1,0 +1,154 @@
+"""SIGTERM: every client hears 1001, the database connection closes, twistd exits in 5 s.
+
+Against a real twistd, with polite clients of both dialects and rude ones:
+raw sockets that completed the WebSocket handshake and then ignore
+everything (they never read, so they never answer the close frame), and a
+TCP connection that never even sent its handshake.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.faultkit import listener_backends, wait_subscribed
+from tests.rawws import open_raw, send_text
+from tests.support import Daemon, Party, wait_for
+
+EXIT_WITHIN = 5.0  # seconds from SIGTERM to exit, whatever the clients do
+
+
+class Polite:
+    """A client that reads everything and answers the close handshake."""
+
+    def __init__(self, daemon: Daemon, request: dict[str, Any], v2: bool = False) -> None:
+        self.websocket: ClientConnection = connect(
+            daemon.ws_url, open_timeout=10, close_timeout=5,
+            subprotocols=["partysense.v2"] if v2 else None)  # type: ignore[list-item]
+        self.websocket.send(json.dumps(request))
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.frames = 0
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self.websocket.recv()
+                self.frames += 1
+        except ConnectionClosed as closed:
+            if closed.rcvd is not None:
+                self.close_code, self.close_reason = closed.rcvd.code, closed.rcvd.reason
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+
+def test_sigterm_closes_everybody_and_exits_in_time(db_dsn: str, party: Party,
+                                                    tmp_path: Path) -> None:
+    event_id = party.event("Last dance")
+    track_id = party.track()
+    daemon = Daemon(db_dsn, tmp_path, "--no-demo").start()
+    pidfile = tmp_path / f"twistd-{daemon.port}.pid"
+    assert pidfile.exists()
+    rude: list[socket.socket] = []
+    try:
+        polite = [Polite(daemon, {"event": event_id}), Polite(daemon, {"event": "ALL"}),
+                  Polite(daemon, {"type": "subscribe", "event": event_id}, v2=True)]
+        for _ in range(3):  # handshake done, then deaf: never read, never answer
+            sock = open_raw(daemon.port, rcvbuf=4096)
+            send_text(sock, json.dumps({"event": "ALL"}))
+            rude.append(sock)
+        half_open = socket.create_connection(("127.0.0.1", daemon.port))  # says nothing
+        rude.append(half_open)
+        wait_subscribed(daemon, {f"event_{event_id}", "firehose"})
+        wait_for(lambda: daemon.health()[1]["clients"] == 6, 10, "every client to be counted")
+        party.vote(event_id, track_id, up=False)
+        wait_for(lambda: all(client.frames >= 2 for client in polite[:2]), 10,
+                 "votes to reach the polite clients")
+        assert listener_backends(db_dsn) == 1
+
+        assert daemon.process is not None
+        sent = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        code = daemon.process.wait(EXIT_WITHIN + 5)
+        took = time.monotonic() - sent
+        print(f"twistd exited {took:.2f} s after SIGTERM with 3 deaf clients")
+        assert took <= EXIT_WITHIN, f"twistd took {took:.2f} s to exit"
+        # Twisted ends by re-raising the signal that stopped it, as a shell expects.
+        assert code in (0, -signal.SIGTERM), daemon.log()
+
+        for client in polite:
+            client.join()
+            assert (client.close_code, client.close_reason) == (1001, "server shutting down")
+        assert not pidfile.exists(), "twistd left its pidfile behind"
+        wait_for(lambda: listener_backends(db_dsn) == 0, 5,
+                 "the listener's connection to leave pg_stat_activity")
+        log = daemon.log()
+        assert "Listener stopped; its PostgreSQL connection is closed." in log
+        assert "Traceback" not in log and "Unhandled" not in log, log
+    finally:
+        for sock in rude:
+            sock.close()
+        daemon.stop()
+
+
+# -- the closing logic, on a Clock ------------------------------------------------
+
+
+class _Client:
+    """Stands in for a LiveProtocol: may refuse to close, may never go away."""
+
+    def __init__(self, clients: set[Any], fails: bool = False, answers: bool = True) -> None:
+        self._clients = clients
+        self._fails = fails
+        self._answers = answers
+        self.closed_with: tuple[int, str] | None = None
+        self.dropped = False
+        clients.add(self)
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self._fails:
+            raise RuntimeError("transport already gone")
+        self.closed_with = (code, reason)
+        if self._answers:
+            self._clients.discard(self)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        self.dropped = abort
+        if self._fails:
+            raise RuntimeError("transport already gone")
+
+
+def test_stopping_waits_for_answers_drops_the_deaf_and_survives_failures() -> None:
+    from types import SimpleNamespace
+
+    from twisted.internet import task
+
+    from partysense.protocol import ClientsService
+
+    clock = task.Clock()
+    factory: Any = SimpleNamespace(clients=set())
+    broken = _Client(factory.clients, fails=True)
+    polite = _Client(factory.clients)
+    deaf = _Client(factory.clients, answers=False)
+    service = ClientsService(factory, clock, grace=2.0)
+    service.startService()
+    stopped = service.stopService()
+    assert polite.closed_with == deaf.closed_with == (1001, "server shutting down")
+    assert not stopped.called
+    clock.advance(1.9)
+    assert not stopped.called and not deaf.dropped
+    clock.advance(0.2)
+    assert stopped.called, "the grace period ends even when a client cannot be closed"
+    assert deaf.dropped and broken.dropped
+    assert clock.getDelayedCalls() == []
