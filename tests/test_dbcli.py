@@ -9,10 +9,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from psycopg2.extensions import make_dsn
 
+from partysense import sqlfiles
 from tests.support import Party
 
 SECRET = "hunter2-do-not-print"
@@ -137,3 +139,19 @@ def test_install_is_safe_while_votes_flow(db_dsn: str) -> None:
         assert result.returncode == 0, result.stderr
         party.vote(event_id, track_id)
         assert party.query("SELECT count(*) FROM partysense_change") == [(2,)]
+
+
+def test_upgrade_from_the_first_release(empty_db_dsn: str) -> None:
+    """A database installed by an older partysense-db, with votes logged, upgrades in place."""
+    old_install = Path(__file__).parent / "data" / "install-0.1.0-a0fb34b.sql"
+    with Party(empty_db_dsn) as party:
+        party.query(sqlfiles.read_sql(sqlfiles.DEMO_SCHEMA_SCRIPT))
+        party.query(old_install.read_text("utf-8"))
+        event_id, track_id = party.event(), party.track()
+        party.vote(event_id, track_id, up=False)
+        upgrade = partysense_db("install", "--dsn", empty_db_dsn)
+        assert upgrade.returncode == 0, upgrade.stderr
+        party.vote(event_id, track_id, up=False)
+        ops = party.query("SELECT op, up, prev_up FROM partysense_change ORDER BY seq")
+        assert ops == [("insert", True, None), ("update", False, True)] * 2
+    assert triggers(empty_db_dsn) == OUR_TRIGGERS

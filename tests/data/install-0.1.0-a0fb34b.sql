@@ -1,0 +1,125 @@
+-- partysense-live, the database side: a change log, the notify function and
+-- the triggers on event_vote. Idempotent: safe to run again on every upgrade.
+-- Installed by `partysense-db install --dsn DSN`; see docs/operations.md.
+--
+-- Why a change log: NOTIFY keeps nothing for a listener that is away, so every
+-- vote change is also written to partysense_change, in the same transaction,
+-- and the daemon reads back what it missed. Why the triggers are deferred and
+-- take a lock: `seq` must follow commit order, not insert order, so that "all
+-- changes after seq N" is an exact question (docs/exactness.md).
+
+CREATE TABLE IF NOT EXISTS partysense_change (
+    seq bigserial PRIMARY KEY,
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    op text NOT NULL CHECK (op IN ('insert', 'update', 'delete')),
+    vote_id integer NOT NULL,
+    event_id integer NOT NULL,
+    track_id integer NOT NULL,
+    up boolean NOT NULL,
+    prev_up boolean
+);
+CREATE INDEX IF NOT EXISTS partysense_change_event_seq ON partysense_change (event_id, seq);
+CREATE INDEX IF NOT EXISTS partysense_change_committed_at ON partysense_change (committed_at);
+
+-- The payload every client receives. The seed's keys (eid, event, track,
+-- artist, tid, up) come first and keep their meaning; op, vote, prev and seq
+-- let a client keep exact tallies. json_build_object escapes quotes,
+-- backslashes and control characters, and a NULL name stays a JSON null.
+CREATE OR REPLACE FUNCTION partysense_payload(
+    p_seq bigint, p_op text, p_vote integer, p_event integer, p_title text,
+    p_track integer, p_track_name text, p_artist text, p_up boolean, p_prev boolean,
+    p_truncated boolean
+) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT json_build_object(
+        'eid', p_event, 'event', p_title,
+        'track', p_track_name, 'artist', p_artist,
+        'tid', p_track, 'up', p_up,
+        'op', p_op, 'vote', p_vote, 'prev', p_prev, 'seq', p_seq,
+        'truncated', p_truncated
+    )::text
+$$;
+
+-- Record one change and announce it on event_<id> and firehose.
+CREATE OR REPLACE FUNCTION partysense_record(
+    p_op text, p_vote integer, p_event integer, p_track integer, p_up boolean, p_prev boolean
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+    v_title text;
+    v_track_name text;
+    v_artist text;
+    v_payload text;
+BEGIN
+    INSERT INTO partysense_change (op, vote_id, event_id, track_id, up, prev_up)
+        VALUES (p_op, p_vote, p_event, p_track, p_up, p_prev)
+        RETURNING seq INTO v_seq;
+    SELECT name, artist INTO v_track_name, v_artist FROM music_view WHERE id = p_track;
+    SELECT title INTO v_title FROM event_event WHERE id = p_event;
+    v_payload := partysense_payload(v_seq, p_op, p_vote, p_event, v_title, p_track,
+                                    v_track_name, v_artist, p_up, p_prev, false);
+    -- pg_notify raises past 8000 bytes, which would abort the voter's
+    -- transaction. Shortened names escape to at most 6 bytes a character, so
+    -- three of 300 characters stay far below the limit.
+    IF octet_length(v_payload) > 7900 THEN
+        v_payload := partysense_payload(v_seq, p_op, p_vote, p_event, left(v_title, 300),
+                                        p_track, left(v_track_name, 300), left(v_artist, 300),
+                                        p_up, p_prev, true);
+    END IF;
+    PERFORM pg_notify('event_' || p_event::text, v_payload);
+    PERFORM pg_notify('firehose', v_payload);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION partysense_vote_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- These triggers run at COMMIT (deferred). Holding this lock until the
+    -- transaction ends makes seq numbers follow commit order; NOTIFY itself
+    -- already serialises notifying commits on a lock of its own.
+    PERFORM pg_advisory_xact_lock('partysense_change'::regclass::oid::integer, 0);
+    IF TG_OP = 'INSERT' THEN
+        PERFORM partysense_record('insert', NEW.id, NEW.event_id, NEW.track_id,
+                                  NEW.is_positive, NULL);
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM partysense_record('delete', OLD.id, OLD.event_id, OLD.track_id,
+                                  OLD.is_positive, OLD.is_positive);
+    ELSIF OLD.event_id IS DISTINCT FROM NEW.event_id OR OLD.track_id IS DISTINCT FROM NEW.track_id THEN
+        -- A vote moved to another event or track: for tallies that is a
+        -- removal from the old place and an arrival at the new one.
+        PERFORM partysense_record('delete', OLD.id, OLD.event_id, OLD.track_id,
+                                  OLD.is_positive, OLD.is_positive);
+        PERFORM partysense_record('insert', NEW.id, NEW.event_id, NEW.track_id,
+                                  NEW.is_positive, NULL);
+    ELSE
+        PERFORM partysense_record('update', NEW.id, NEW.event_id, NEW.track_id,
+                                  NEW.is_positive, OLD.is_positive);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- The seed's insert-only triggers announced every down-vote as an up-vote;
+-- they are replaced, not kept beside ours.
+DROP TRIGGER IF EXISTS my_trigger ON event_vote;
+DROP TRIGGER IF EXISTS firehose_trigger ON event_vote;
+
+DROP TRIGGER IF EXISTS partysense_vote_insert ON event_vote;
+CREATE CONSTRAINT TRIGGER partysense_vote_insert
+    AFTER INSERT ON event_vote
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION partysense_vote_changed();
+
+DROP TRIGGER IF EXISTS partysense_vote_update ON event_vote;
+CREATE CONSTRAINT TRIGGER partysense_vote_update
+    AFTER UPDATE OF is_positive, event_id, track_id ON event_vote
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN (OLD.is_positive IS DISTINCT FROM NEW.is_positive
+          OR OLD.event_id IS DISTINCT FROM NEW.event_id
+          OR OLD.track_id IS DISTINCT FROM NEW.track_id)
+    EXECUTE FUNCTION partysense_vote_changed();
+
+DROP TRIGGER IF EXISTS partysense_vote_delete ON event_vote;
+CREATE CONSTRAINT TRIGGER partysense_vote_delete
+    AFTER DELETE ON event_vote
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION partysense_vote_changed();
