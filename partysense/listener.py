@@ -70,7 +70,7 @@ CATCH_UP_EVENTS_QUERY = _REPLAY_SELECT + """
     ORDER BY c.seq LIMIT %(limit)s
 """
 
-LAST_SEQ_QUERY = "SELECT coalesce(max(seq), 0) FROM partysense_change"
+LOG_BOUNDS_QUERY = "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM partysense_change"
 
 # Trimmed in batches, oldest first, so that one pass never holds the shared
 # connection long enough to starve the probe. The newest change is never
@@ -464,11 +464,20 @@ class ListenerService(Service):
                 yield self._step(connection, connection.runOperation(
                     sql.SQL("LISTEN {}").format(sql.Identifier(channel))))
                 self._listened(channel)
+            rows = yield self._step(connection, connection.runQuery(LOG_BOUNDS_QUERY))
+            oldest, newest = rows[0]
             if self.last_seq is None or not self._listening:
                 # Nobody to replay for: start from the newest change.
-                rows = yield self._step(connection, connection.runQuery(LAST_SEQ_QUERY))
-                self.last_seq = max(self.last_seq or 0, rows[0][0])
+                self.last_seq = newest
+            elif newest < self.last_seq:
+                self._log_went_back(newest)
             else:
+                if oldest > self.last_seq + 1:
+                    self.log.warn(
+                        "The change log now starts at seq {oldest}, after seq {seq} that the "
+                        "listener had reached: changes committed during the outage may have "
+                        "been trimmed (an outage longer than --retention?).",
+                        oldest=oldest, seq=self.last_seq)
                 yield self._catch_up(connection)
             buffered, self._buffer = self._buffer, []
             for channel, payload in buffered:
@@ -476,6 +485,22 @@ class ListenerService(Service):
         finally:
             self._catching_up = False
             self._buffer = []
+
+    def _log_went_back(self, newest: int) -> None:
+        """The database's change log ends before what we saw: start over from it.
+
+        A restore from backup, a failover to a standby that had not received
+        the last commits, or a reinstall. Without this, every new change
+        (numbered from the lower seq again) would be dropped as already seen.
+        """
+        self.log.warn(
+            "The change log ends at seq {newest}, before seq {seq} that the listener had "
+            "already seen (database restored or failed over?); nothing can be replayed, "
+            "counting again from {newest}.", newest=newest, seq=self.last_seq)
+        self.last_seq = newest
+        for channel in self._channel_seq:
+            # Whatever arrives now was committed after our LISTEN: all new.
+            self._channel_seq[channel] = 0
 
     def _step(self, connection: _Connection, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """One statement of the reconnect, with a deadline (no probe runs yet)."""

@@ -377,3 +377,85 @@ async def test_retention_trims_old_changes_in_batches_and_keeps_the_newest(
         assert committed(db_dsn) == [newest]
     finally:
         service.stopService()
+
+
+# -- when the change log does not continue where the listener left off -------------
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """The listener's warnings, as text."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") == LogLevel.warn and \
+                event.get("log_namespace", "").startswith("partysense.listener"):
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+async def _outage(service: ListenerService, db_dsn: str, during: Callable[[], None]) -> None:
+    """Kill the listener's backend, run ``during`` while it is away, wait for it back."""
+    reconnects = service.reconnects
+    assert terminate_listener(db_dsn) == 1
+    during()
+    await eventually(lambda: service.reconnects > reconnects and service.connected,
+                     "the listener to reconnect")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_log_that_went_back_is_followed_from_its_new_end(
+        db_dsn: str, party: Party, warnings: list[str]) -> None:
+    event_id, track_id = event_with_track(db_dsn)
+    delivered: Delivered = []
+    service = _listener(db_dsn, delivered, backoff=lambda attempt: 0.5)
+    service.listen("firehose")
+    service.startService()
+    try:
+        await service.whenConnected()
+        for _ in range(3):
+            party.vote(event_id, track_id, up=False)
+        await eventually(lambda: len(delivered) == 6, "the first changes")
+
+        def restore_an_older_database() -> None:
+            party.query("TRUNCATE partysense_change")
+            party.query("ALTER SEQUENCE partysense_change_seq_seq RESTART")
+
+        await _outage(service, db_dsn, restore_an_older_database)
+        assert any("before seq 6 that the listener had already seen" in w for w in warnings)
+        party.vote(event_id, track_id)  # seq 1 again: new, not a duplicate
+        await eventually(lambda: len(delivered) == 7, "the change after the restore")
+        assert delivered[-1][1] == 1
+    finally:
+        service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_log_trimmed_during_the_outage_is_reported(
+        db_dsn: str, party: Party, warnings: list[str]) -> None:
+    event_id, track_id = event_with_track(db_dsn)
+    delivered: Delivered = []
+    service = _listener(db_dsn, delivered, backoff=lambda attempt: 0.5)
+    service.listen("firehose")
+    service.startService()
+    try:
+        await service.whenConnected()
+        party.vote(event_id, track_id)
+        await eventually(lambda: len(delivered) == 1, "a first change")
+
+        def another_daemon_trims() -> None:
+            for _ in range(3):
+                party.vote(event_id, track_id)
+            party.query("DELETE FROM partysense_change "
+                        "WHERE seq < (SELECT max(seq) FROM partysense_change)")
+
+        await _outage(service, db_dsn, another_daemon_trims)
+        assert any("may have been trimmed" in w for w in warnings), warnings
+        assert [seq for _, seq, _ in delivered] == [1, 4]  # what the log still had
+    finally:
+        service.stopService()
