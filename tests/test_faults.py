@@ -70,8 +70,11 @@ class Scene:
     def settle_and_check(self, fault: str, at: float, seq_before: int,
                          held: HeldVote) -> Recovery:
         """Stop voting, wait for the last change, and compare with the change log."""
-        unhealthy = self.watch.first(503, at)
-        wait_for(lambda: self.watch.first(200, unhealthy[0] if unhealthy else at), 60,
+        # Every outage lasts at least the first retry delay (0.25 s), and
+        # /healthz is asked every 50 ms: it must have said what was wrong.
+        unhealthy = wait_for(lambda: self.watch.first(503, at), 15, "/healthz to answer 503")
+        assert unhealthy[1], "a 503 without a reason"
+        wait_for(lambda: self.watch.first(200, unhealthy[0]), 60,
                  "/healthz to turn 200 again by itself")
         self.voter.stop()
         expected_event = committed(self.db_dsn, self.event_id)
@@ -183,6 +186,38 @@ def _one_value(held: HeldVote, query: str) -> int:
         return int(cursor.fetchone()[0])
 
 
+def down_at_start(server: DedicatedPostgres, dsn: str, workdir: Path) -> Recovery:
+    """The daemon starts while PostgreSQL is down: 503 with the reason, then it connects."""
+    event_id, track_id = event_with_track(dsn)
+    server.stop()
+    daemon = Daemon(dsn, workdir, "--no-demo").start(wait=False)
+    watch = HealthWatch(daemon)
+    firehose: SeedClient | None = None
+    try:
+        unhealthy = wait_for(lambda: watch.first(503, 0), 30, "/healthz to answer 503")
+        assert "No such file or directory" in unhealthy[1] or "connect" in unhealthy[1], unhealthy
+        # The firehose needs no database to subscribe: it waits for it.
+        firehose = SeedClient(daemon, {"event": "ALL"})
+        at = time.monotonic()
+        server.start()
+        healthy = wait_for(lambda: watch.first(200, at), 60, "/healthz to turn 200 by itself")
+        wait_subscribed(daemon, {"firehose"})
+        voter = Voter(dsn, event_id, track_id)
+        wait_for(lambda: voter.votes >= 10, 15, "votes once the database is up")
+        voter.stop()
+        expected = committed(dsn)
+        wait_delivered([(firehose, expected)])
+        assert_exact(firehose, expected)
+        assert "Traceback" not in daemon.log()
+        return Recovery("PostgreSQL down at start (from its start)", healthy[0] - at, None,
+                        watch.unhealthy_reasons(0))
+    finally:
+        if firehose is not None:
+            firehose.close()
+        watch.stop()
+        daemon.stop()
+
+
 def last_seq_via(held: HeldVote) -> int:
     return _one_value(held, "SELECT coalesce(max(seq), 0) FROM partysense_change")
 
@@ -232,33 +267,4 @@ def test_postgres_restarted(tmp_path: Path, scenes: list[Scene]) -> None:
 @pytest.mark.embedded_only
 def test_postgres_down_at_start(tmp_path: Path) -> None:
     with dedicated_postgres(tmp_path / "pg") as server:
-        dsn = server.database()
-        event_id, track_id = event_with_track(dsn)
-        server.stop()
-        daemon = Daemon(dsn, tmp_path, "--no-demo").start(wait=False)
-        try:
-            def unavailable() -> str | None:
-                answer = daemon.health()
-                return answer[1]["reason"] if answer and answer[0] == 503 else None
-            reason = wait_for(unavailable, 30, "/healthz to say why it is unavailable")
-            assert "No such file or directory" in reason or "connection" in reason, reason
-            # The firehose needs no database to subscribe: it waits for it.
-            firehose = SeedClient(daemon, {"event": "ALL"})
-            try:
-                at = time.monotonic()
-                server.start()
-                daemon.wait_healthy(60)
-                recovered = time.monotonic() - at
-                wait_subscribed(daemon, {"firehose"})
-                voter = Voter(dsn, event_id, track_id)
-                wait_for(lambda: voter.votes >= 10, 15, "votes once the database is up")
-                voter.stop()
-                expected = committed(dsn)
-                wait_delivered([(firehose, expected)])
-                assert_exact(firehose, expected)
-            finally:
-                firehose.close()
-            print(f"PostgreSQL down at start: /healthz 200 {recovered:.2f}s after it started")
-            assert "Traceback" not in daemon.log()
-        finally:
-            daemon.stop()
+        print(down_at_start(server, server.database(), tmp_path).line())
