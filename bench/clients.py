@@ -99,7 +99,10 @@ class LoadGens:
 
     def connected(self, timeout: float = 200.0) -> dict[str, Any]:
         answers = [gen.expect("connected", timeout) for gen in self.gens]
-        return {"open": sum(a["open"] for a in answers),
+        failures: dict[str, int] = {}
+        for answer in answers:
+            _add(failures, answer["failures"])
+        return {"failures": failures, "open": sum(a["open"] for a in answers),
                 "failed": sum(a["failed"] for a in answers),
                 "stalled": sum(a["stalled"] for a in answers),
                 "seconds": max(a["seconds"] for a in answers)}

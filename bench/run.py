@@ -28,8 +28,8 @@ from typing import Any
 
 from bench import database, services
 from bench.clients import LoadGens
-from bench.monitor import Monitor
-from bench.votes import Generator, reserve_ids
+from bench.monitor import CpuMeter, Monitor
+from bench.votes import Generator
 from partysense.limits import raise_open_files_limit
 
 TARGETS = ("node", "partysense")
@@ -89,6 +89,7 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
     else:
         service = services.start_partysense(dsn, workdir, workers=scenario.workers)
     gens = None
+    rss_before = _rss(service.pid)
     try:
         stalled_subs = [events[n % len(events)] if n % 5 else "ALL"
                         for n in range(scenario.stalled)]
@@ -99,12 +100,12 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
         log(f"  {target}: {connected['open']} connected, {connected['failed']} failed "
             f"in {connected['seconds']:.1f} s")
         warm_up_votes = generator.warm_up(
-            lambda: (lambda s: s["warm"] >= s["open"])(gens.status()),
-            timeout=max(15.0, scenario.clients / 2000))
+            lambda: (lambda s: (s["warm"], s["open"]))(gens.status()),
+            timeout=max(15.0, scenario.clients / 1000))
         warm = gens.status()
         log(f"  {target}: {warm['warm']}/{warm['open']} clients live "
             f"after {warm_up_votes} warm-up votes")
-        ids = reserve_ids(dsn, max(1, round(scenario.rate * scenario.duration)))
+        ids = generator.reserve_ids(max(1, round(scenario.rate * scenario.duration)))
         gens.measure(ids[0], ids[-1])
         monitor.start(service.pid, gens.pids)
         profiler = start_profiler(profile, target, scenario, service.pid)
@@ -120,8 +121,19 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
             gens.close()
         exited = None if service.alive() else service.process.returncode
         service.stop()
-    return summarise(target, scenario, connected, sent, delivered, asdict(usage), exited,
-                     len(gens.pids))
+    summary = summarise(target, scenario, connected, sent, delivered, asdict(usage), exited,
+                        len(gens.pids))
+    summary["load_average"] = os.getloadavg()[0]
+    summary["service_rss_before_clients_mb"] = rss_before / 2**20
+    summary["service_rss_per_client_kb"] = (
+        (usage.service_rss_start - rss_before) / 1024 / max(1, connected["open"]))
+    return summary
+
+
+def _rss(pid: int) -> float:
+    """The resident memory of a process and its children (the workers), in bytes."""
+    meter = CpuMeter([pid])
+    return meter.sample()
 
 
 def start_profiler(directory: Path | None, target: str, scenario: Scenario,
@@ -174,6 +186,7 @@ def summarise(target: str, scenario: Scenario, connected: dict[str, Any], sent: 
         "scenario": scenario.name,
         "clients_connected": connected["open"],
         "clients_failed": connected["failed"],
+        "connect_failures": connected["failures"],
         "clients_dropped": delivered["dropped"],
         "drop_codes": delivered["dropCodes"],
         "stalled": delivered["stalled"],
@@ -266,12 +279,16 @@ ROWS: list[tuple[str, Any]] = [
     ("service RSS peak (start -> end)",
      lambda r: f"{r['service_rss_peak_mb']:.1f} MB ({r['service_rss_start_mb']:.1f} -> "
                f"{r['service_rss_end_mb']:.1f})"),
+    ("service RSS per connected client",
+     lambda r: f"{r['service_rss_per_client_kb']:.1f} KB "
+               f"(from {r['service_rss_before_clients_mb']:.1f} MB without clients)"),
     ("PostgreSQL backends (peak)", lambda r: f"{r['postgres_backends_peak']}"),
     ("PostgreSQL CPU", lambda r: f"{r['postgres_cpu_s']:.2f} s"),
     ("load generator CPU (processes)",
      lambda r: f"{r['loadgen_cpu_s']:.2f} s ({r['loadgen_processes']})"),
     ("vote generator CPU", lambda r: f"{r['generator_cpu_s']:.2f} s"),
     ("saturated", lambda r: r["limit"]),
+    ("box load average (1 min, at the end)", lambda r: f"{r['load_average']:.1f}"),
     ("service exited during the run",
      lambda r: "no" if r["service_exited"] is None else f"yes ({r['service_exited']})"),
 ]
@@ -284,6 +301,7 @@ RATIOS = {
     "service CPU per delivered frame": "service_cpu_us_per_frame",
     "service RSS peak (start -> end)": "service_rss_peak_mb",
     "PostgreSQL backends (peak)": "postgres_backends_peak",
+    "service RSS per connected client": "service_rss_per_client_kb",
     "PostgreSQL CPU": "postgres_cpu_s",
 }
 
@@ -292,7 +310,7 @@ def _cell(result: dict[str, Any] | None, render: Any) -> str:
     if result is None:
         return "not run"
     if "error" in result:
-        return f"failed: {result['error'][:60]}"
+        return "failed"
     try:
         return str(render(result))
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
@@ -313,6 +331,10 @@ def table(results: dict[str, Any]) -> str:
     """A Markdown table: one row per measure, Node | partysense | partysense/Node."""
     lines = [f"**{results['scenario']['name']}**: {results['describe']}", "",
              "| | Node (seed) | partysense-live | partysense / Node |", "|---|---|---|---|"]
+    for target in TARGETS:
+        failed = results.get(target) or {}
+        if "error" in failed:
+            lines.insert(2, f"{target}: FAILED: {failed['error']}\n")
     for label, render in ROWS:
         lines.append(f"| {label} | {_cell(results.get('node'), render)} | "
                      f"{_cell(results.get('partysense'), render)} | "
@@ -337,6 +359,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", help="comma-separated: node,partysense")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--markdown", type=Path, help="write the tables here")
+    parser.add_argument("--keep-logs", type=Path,
+                        help="write the services' logs here (default: a temp dir, removed)")
     parser.add_argument("--profile", type=Path,
                         help="py-spy the daemon while votes flow; collapsed stacks go here")
     return parser.parse_args(argv)
@@ -366,8 +390,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     with tempfile.TemporaryDirectory(prefix="partysense-bench-") as scratch, \
             database.server(args.dsn) as admin_dsn:
+        workdir = args.keep_logs or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
         for scenario in scenarios:
-            results = run_scenario(scenario, admin_dsn, Path(scratch), args.profile)
+            results = run_scenario(scenario, admin_dsn, workdir, args.profile)
             all_results.append(results)
             print(table(results), flush=True)
     if args.json:

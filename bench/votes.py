@@ -22,19 +22,6 @@ INSERT = ("INSERT INTO event_vote (id, is_positive, event_id, track_id, user_id)
           "VALUES (%s, %s, %s, %s, %s)")
 
 
-def reserve_ids(dsn: str, count: int) -> list[int]:
-    """``count`` vote ids from event_vote's sequence, ours alone."""
-    connection = psycopg2.connect(dsn)
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence('event_vote', 'id')) "
-                "FROM generate_series(1, %s)", (count,))
-            return [row[0] for row in cursor.fetchall()]
-    finally:
-        connection.close()
-
-
 @dataclass
 class Sent:
     """What the generator did: (vote id, event id, t0 ns) per vote, and timing."""
@@ -78,6 +65,18 @@ class Generator:
             pids.append(connection.get_backend_pid())
         return pids
 
+    def reserve_ids(self, count: int) -> list[int]:
+        """``count`` vote ids from event_vote's sequence, ours alone.
+
+        On a connection opened before the service under test started: the
+        Node service may hold every other connection the server allows.
+        """
+        with self.connections[0].cursor() as cursor:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence('event_vote', 'id')) "
+                "FROM generate_series(1, %s)", (count,))
+            return [row[0] for row in cursor.fetchall()]
+
     def close(self) -> None:
         for connection in self.connections:
             connection.close()
@@ -89,20 +88,32 @@ class Generator:
         # keeps the schedule when commits slow down under load.
         return max(2, min(16, math.ceil(rate / 150)))
 
-    def warm_up(self, until: Callable[[], bool], timeout: float,
-                interval: float = 0.1) -> int:
-        """One vote per event every ``interval`` s until ``until()``; returns votes sent."""
+    def warm_up(self, progress: Callable[[], tuple[int, int]], timeout: float) -> int:
+        """Rounds of one vote per event until every client has had a frame.
+
+        ``progress()`` says (clients that had a frame, clients open). After a
+        round, wait while that number still grows, so that a big crowd is not
+        flooded with rounds it has not read yet. Returns the votes sent.
+        """
         cursor = self.connections[0].cursor()
         rng = random.Random(self.seed)
         sent = 0
         deadline = time.monotonic() + timeout
-        while not until() and time.monotonic() < deadline:
+        warm, total = progress()
+        while warm < total and time.monotonic() < deadline:
             for event_id in self.events:
                 cursor.execute(
                     "INSERT INTO event_vote (event_id, track_id, user_id) VALUES (%s, %s, 0)",
                     (event_id, rng.choice(self.tracks)))
                 sent += 1
-            time.sleep(interval)
+            grew_at = time.monotonic()
+            while warm < total and time.monotonic() - grew_at < 1.0 \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+                now_warm, total = progress()
+                if now_warm > warm:
+                    grew_at = time.monotonic()
+                warm = now_warm
         return sent
 
     def run(self, ids: list[int], rate: float, deadline_s: float) -> Sent:
