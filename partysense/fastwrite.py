@@ -43,3 +43,45 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+class TurnWriter:
+    """Frames written to one client during one reactor turn leave in one ``send()``.
+
+    A notification fans out to every subscriber within one turn; when the
+    daemon falls behind, the listener reads several notifications per turn,
+    and each client would get a ``send()`` per notification. Here a client's
+    frames wait until the end of the turn (``callLater(0)``: after everything
+    already readable has been handled) and go out together, so the busier
+    the daemon, the fewer system calls per frame. Every frame of a protocol
+    must go through the same writer, or order is lost; ``flush_one`` sends a
+    client's frames before something written around the writer (a close).
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._pending: dict[Any, list[bytes]] = {}
+        self._scheduled = False
+        self.sends = 0
+
+    def write(self, transport: Any, data: bytes) -> None:
+        frames = self._pending.get(transport)
+        if frames is not None:
+            frames.append(data)
+            return
+        self._pending[transport] = [data]
+        if not self._scheduled:
+            self._scheduled = True
+            self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        self.sends += len(pending)
+        for transport, frames in pending.items():
+            write_now(transport, frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def flush_one(self, transport: Any) -> None:
+        frames = self._pending.pop(transport, None)
+        if frames:
+            write_now(transport, b"".join(frames))

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from partysense import errors
 from partysense.errors import ClientError
 from partysense.events import EventDirectory
-from partysense.fastwrite import write_now
+from partysense.fastwrite import TurnWriter, write_now
 from partysense.hub import Hub
 from partysense.listener import ListenerService
 from partysense.seed import SeedSession
@@ -185,13 +185,19 @@ class LiveProtocol(WebSocketServerProtocol):
             return
         self._write_frame(prepared.payloadHybi)
 
-    def _write_frame(self, frame: bytes) -> None:
+    def _write_frame(self, frame: bytes, now: bool = False) -> None:
         """Autobahn's sendData for a ready frame, minus its per-frame debug-log
-        formatting, sending at once when nothing waits (partysense/fastwrite.py)."""
+        formatting; a client's frames of one reactor turn leave in one send()
+        (partysense/fastwrite.py). ``now``: into the transport at once, so that
+        its buffer fills and pauses us (draining a backlog, streaming a replay)."""
         if self.send_queue:  # Autobahn has frames of its own waiting: keep the order
             self.sendData(frame)
             return
-        write_now(self.transport, frame)
+        if now:
+            self.factory.writer.flush_one(self.transport)
+            write_now(self.transport, frame)
+        else:
+            self.factory.writer.write(self.transport, frame)
         self.trafficStats.outgoingOctetsWireLevel += len(frame)
 
     def send_bytes(self, payload: bytes) -> None:
@@ -224,7 +230,7 @@ class LiveProtocol(WebSocketServerProtocol):
             if self._backlog:
                 prepared = self._backlog.popleft()
                 self._backlog_bytes -= len(prepared.payloadHybi)
-                self._write_frame(prepared.payloadHybi)
+                self._write_frame(prepared.payloadHybi, now=True)
             elif self._streams:
                 frames, done = self._streams[0]
                 payload = next(frames, None)
@@ -232,7 +238,8 @@ class LiveProtocol(WebSocketServerProtocol):
                     self._streams.popleft()
                     done.callback(None)
                 else:
-                    self.sendPreparedMessage(PreparedMessage(payload, False, False, True))
+                    frame = PreparedMessage(payload, False, False, True).payloadHybi
+                    self._write_frame(frame, now=True)
             else:
                 return
         if self.state != self.STATE_OPEN:
@@ -276,6 +283,7 @@ class LiveProtocol(WebSocketServerProtocol):
         codes we use (1001, 1003, 1007, 1008, 1013) go through the frame API.
         """
         if self.state == self.STATE_OPEN:
+            self.factory.writer.flush_one(self.transport)  # the frames before the close
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
 
@@ -289,6 +297,7 @@ class LiveFactory(WebSocketServerFactory):
         self.events = events
         self.listener = listener
         self.clock = clock
+        self.writer = TurnWriter(clock)
         self.limits = limits or Limits()
         self.clients: set[LiveProtocol] = set()
         self.bad_inputs: dict[str, int] = {}

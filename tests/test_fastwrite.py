@@ -1,0 +1,72 @@
+"""Frames of one reactor turn leave together, in order (partysense/fastwrite.py)."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from partysense.fastwrite import TurnWriter, write_now
+
+
+class CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def test_frames_of_one_turn_are_one_write_per_client_in_order() -> None:
+    clock = Clock()
+    writer = TurnWriter(clock)
+    one, two = CountingTransport(), CountingTransport()
+    for frame in (b"a", b"b", b"c"):
+        writer.write(one, frame)
+    writer.write(two, b"x")
+    assert one.value() == b"" and two.value() == b""
+    clock.advance(0)
+    assert (one.value(), one.writes) == (b"abc", 1)
+    assert (two.value(), two.writes) == (b"x", 1)
+    assert writer.sends == 2
+    writer.write(one, b"d")
+    clock.advance(0)
+    assert (one.value(), one.writes) == (b"abcd", 2)
+
+
+def test_flush_one_sends_a_clients_frames_before_what_follows() -> None:
+    clock = Clock()
+    writer = TurnWriter(clock)
+    transport = CountingTransport()
+    writer.write(transport, b"change")
+    writer.flush_one(transport)
+    transport.write(b"close")
+    clock.advance(0)
+    assert transport.value() == b"changeclose"
+
+
+def test_write_now_on_a_real_socket_sends_everything_once() -> None:
+    from twisted.internet import reactor, tcp
+
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    port = SimpleNamespace(_realPortNumber=1)  # all tcp.Server wants of its port
+    server = tcp.Server(left, Protocol(), ("127.0.0.1", 1), port, 1, reactor)
+    try:
+        write_now(server, b"frame-1")
+        write_now(server, b"frame-2")
+        assert not server.dataBuffer and not server._tempDataLen  # nothing left to the reactor
+        right.settimeout(5)
+        received = b""
+        while len(received) < 14:
+            received += right.recv(100)
+        assert received == b"frame-1frame-2"
+    finally:
+        server.stopReading()
+        left.close()
+        right.close()
