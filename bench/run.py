@@ -67,7 +67,7 @@ SCENARIOS = {
     "c1000": Scenario("c1000", clients=1000, rate=100),
     "idle50k": Scenario("idle50k", clients=50_000, rate=5, loadgens=4, sources=4, workers=4,
                         targets=("partysense",)),
-    "max": Scenario("max", clients=1000, rate=250, loadgens=2),
+    "max": Scenario("max", clients=1000, rate=400, loadgens=2),
 }
 TABLE = ("s200", "s500", "stalled", "c1000", "idle50k", "max")
 
@@ -221,6 +221,7 @@ def summarise(target: str, scenario: Scenario, connected: dict[str, Any], sent: 
         "generator_cpu_s": usage["generator_cpu_s"],
         "seconds": seconds,
         "limit": limit,
+        "cores_used": total_cpu,
     }
 
 
@@ -287,6 +288,7 @@ ROWS: list[tuple[str, Any]] = [
     ("load generator CPU (processes)",
      lambda r: f"{r['loadgen_cpu_s']:.2f} s ({r['loadgen_processes']})"),
     ("vote generator CPU", lambda r: f"{r['generator_cpu_s']:.2f} s"),
+    ("cores used by all of the above", lambda r: f"{r['cores_used']:.2f} of {os.cpu_count()}"),
     ("saturated", lambda r: r["limit"]),
     ("box load average (1 min, at the end)", lambda r: f"{r['load_average']:.1f}"),
     ("service exited during the run",
