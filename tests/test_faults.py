@@ -242,6 +242,9 @@ def test_backend_killed_and_reconnects_refused(db_dsn: str, tmp_path: Path,
     print(backend_killed_and_locked_out(scene).line())
 
 
+# Through the proxy the daemon connects to another port, which a ~/.pgpass
+# entry for the real server would not match: embedded (trust) only.
+@pytest.mark.embedded_only
 def test_silent_tcp_connection(db_dsn: str, tmp_path: Path, scenes: list[Scene]) -> None:
     proxy = SilentProxy(db_dsn)
     try:

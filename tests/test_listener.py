@@ -330,6 +330,7 @@ async def test_killed_backend_relistens_and_replays_in_commit_order(
         service.stopService()
 
 
+@pytest.mark.embedded_only  # through a proxy port: see test_faults.test_silent_tcp_connection
 @pytest_twisted.ensureDeferred
 async def test_a_host_name_is_resolved_and_connected_by_address(db_dsn: str) -> None:
     proxy = SilentProxy(db_dsn)  # a TCP door to the test database, never silenced
