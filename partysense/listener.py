@@ -713,4 +713,11 @@ def _describe_error(error: BaseException) -> str:
         return ("the database side is not installed (run `partysense-db install --dsn DSN`): "
                 + str(error).strip().splitlines()[0])
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    # libpq's severity prefix ("FATAL:  ...") says nothing to a sysadmin.
+    first = text[0]
+    for prefix in ("FATAL:", "ERROR:"):
+        if first.startswith(prefix):
+            first = first[len(prefix):].strip()
+    return first

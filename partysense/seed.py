@@ -50,6 +50,10 @@ class SeedSession:
         """Check the request against the database, then (re)subscribe."""
         try:
             event_id = parse_seed_request(text)
+            if not self._protocol.factory.listener.connected:
+                # Subscribed now, a client would silently miss what commits
+                # before the listener is back: better to say "try later".
+                raise NotConnected(self._protocol.factory.listener.reason)
             if event_id is not None and not (yield self._protocol.factory.events.exists(event_id)):
                 raise ClientError("unknown_event", errors.UNKNOWN_EVENT,
                                   f"event {event_id} does not exist")

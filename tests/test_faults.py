@@ -13,6 +13,7 @@ runs them again to report the figures.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.faultkit import (
     DedicatedPostgres,
@@ -196,11 +199,17 @@ def down_at_start(server: DedicatedPostgres, dsn: str, workdir: Path) -> Recover
     try:
         unhealthy = wait_for(lambda: watch.first(503, 0), 30, "/healthz to answer 503")
         assert "No such file or directory" in unhealthy[1] or "connect" in unhealthy[1], unhealthy
-        # The firehose needs no database to subscribe: it waits for it.
-        firehose = SeedClient(daemon, {"event": "ALL"})
+        # Subscribing now would silently miss what commits before the
+        # listener connects: the daemon says "try again later" (1013).
+        with connect(daemon.ws_url, open_timeout=10) as early:
+            early.send(json.dumps({"event": "ALL"}))
+            with pytest.raises(ConnectionClosed) as refused:
+                early.recv(timeout=10)
+            assert refused.value.rcvd is not None and refused.value.rcvd.code == 1013
         at = time.monotonic()
         server.start()
         healthy = wait_for(lambda: watch.first(200, at), 60, "/healthz to turn 200 by itself")
+        firehose = SeedClient(daemon, {"event": "ALL"})
         wait_subscribed(daemon, {"firehose"})
         voter = Voter(dsn, event_id, track_id)
         wait_for(lambda: voter.votes >= 10, 15, "votes once the database is up")
