@@ -40,6 +40,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def tally(counts: dict[int, list[int]], change: dict[str, Any]) -> None:
+    """Apply one change message to per-track [up, down] counts, as a client must."""
+    track = counts.setdefault(change["tid"], [0, 0])
+    if change["op"] in ("update", "delete"):
+        track[0 if change["prev"] else 1] -= 1
+    if change["op"] in ("insert", "update"):
+        track[0 if change["up"] else 1] += 1
+
+
+def nonzero(counts: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
+    """Counts in the shape of Party.tallies (tracks with no votes left out)."""
+    return {tid: (up, down) for tid, (up, down) in counts.items() if up or down}
+
+
 class Party:
     """A database with events and tracks, and votes cast the way Django casts them."""
 

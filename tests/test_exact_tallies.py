@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.support import Daemon, Party, wait_for
+from tests.support import Daemon, Party, nonzero, tally, wait_for
 
 
 class Watcher:
@@ -83,15 +83,11 @@ class Watcher:
                                      f"{self.cursor}")
                 return
             self.cursor = change["seq"]
-            counts = self.counts.setdefault(change["tid"], [0, 0])
-            if change["op"] in ("update", "delete"):
-                counts[0 if change["prev"] else 1] -= 1
-            if change["op"] in ("insert", "update"):
-                counts[0 if change["up"] else 1] += 1
+            tally(self.counts, change)
 
     def tallies(self) -> dict[int, tuple[int, int]]:
         with self._lock:
-            return {tid: (up, down) for tid, (up, down) in self.counts.items() if up or down}
+            return nonzero(self.counts)
 
 
 operations = st.lists(

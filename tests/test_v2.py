@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support import Daemon, Party, wait_for
+from tests.support import Daemon, Party, nonzero, tally, wait_for
 
 
 def v2(daemon: Daemon) -> ClientConnection:
@@ -36,14 +36,10 @@ class Tallies:
     def apply(self, change: dict[str, Any]) -> None:
         assert change["type"] == "change" and change["seq"] > self.cursor
         self.cursor = change["seq"]
-        counts = self.counts.setdefault(change["tid"], [0, 0])
-        if change["op"] in ("update", "delete"):
-            counts[0 if change["prev"] else 1] -= 1
-        if change["op"] in ("insert", "update"):
-            counts[0 if change["up"] else 1] += 1
+        tally(self.counts, change)
 
     def as_sql_says(self) -> dict[int, tuple[int, int]]:
-        return {tid: (up, down) for tid, (up, down) in self.counts.items() if up or down}
+        return nonzero(self.counts)
 
 
 def test_snapshot_then_changes_equal_sql(daemon: Daemon, party: Party) -> None:
