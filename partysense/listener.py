@@ -438,12 +438,25 @@ class ListenerService(Service):
 
     def _before_deadline(self, connection: _Connection, d: defer.Deferred[Any],
                          seconds: float, why: str) -> defer.Deferred[Any]:
-        """``d``, but the connection is dropped if it has not fired within ``seconds``."""
-        timer = self._reactor.callLater(seconds, connection.drop, why)
+        """``d``, but the connection is dropped if it has not fired within ``seconds``.
+
+        A timer can fire late, after the reactor was busy for seconds (a storm
+        of connecting clients); the answer may then be sitting unread in the
+        socket. So the deadline only drops the connection after the reactor
+        has polled its sockets once more (``callLater(0)`` runs after the
+        next I/O round) and the answer still has not come.
+        """
+        timers: list[Any] = []
+
+        def confirm() -> None:
+            timers.append(self._reactor.callLater(0, connection.drop, why))
+
+        timers.append(self._reactor.callLater(seconds, confirm))
 
         def disarm(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
             return result
 
         return d.addBoth(disarm)

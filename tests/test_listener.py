@@ -460,3 +460,39 @@ async def test_a_log_trimmed_during_the_outage_is_reported(
         assert [seq for _, seq, _ in delivered] == [1, 4]  # what the log still had
     finally:
         service.stopService()
+
+
+# -- deadlines that fire late -----------------------------------------------------
+
+
+class _DroppableConnection:
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
+
+    def drop(self, why: str) -> None:
+        self.dropped.append(why)
+
+
+def test_a_deadline_waits_one_more_io_round_before_dropping() -> None:
+    clock = task.Clock()
+    service = ListenerService(no_database, lambda *a: None, clock)
+    connection = _DroppableConnection()
+    answer: defer.Deferred[None] = defer.Deferred()
+    service._before_deadline(connection, answer, 4.0, "silent")  # type: ignore[arg-type]
+    clock.advance(4.0)  # the timer fires (perhaps late, after a busy reactor)...
+    assert connection.dropped == []
+    answer.callback(None)  # ...and the next I/O round reads the waiting answer
+    clock.advance(0)
+    assert connection.dropped == []
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_deadline_drops_a_connection_that_really_is_silent() -> None:
+    clock = task.Clock()
+    service = ListenerService(no_database, lambda *a: None, clock)
+    connection = _DroppableConnection()
+    answer: defer.Deferred[None] = defer.Deferred()
+    service._before_deadline(connection, answer, 4.0, "silent")  # type: ignore[arg-type]
+    clock.advance(4.0)
+    clock.advance(0)
+    assert connection.dropped == ["silent"]
