@@ -10,20 +10,37 @@ duplicated.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from partysense import sqlfiles
+from partysense.dsn import redact
 
 
 def default_data_dir() -> Path:
     # Not under a home folder: run as root, the wheel makes every parent of
     # the data directory world-readable, and /var/tmp's parents already are.
     return Path("/var/tmp") / f"partysense-live-{os.getuid()}" / "pgdata"
+
+
+def database_for(dsn: str | None, data_dir: str | None,
+                 parent: MultiService) -> tuple[str | Callable[[], defer.Deferred[str]], str]:
+    """The daemon's database: the DSN given, or an embedded server started under ``parent``.
+
+    Returns what the listener connects to (a DSN, or a callable that gives
+    one once the embedded server is up) and how to name it in the log.
+    """
+    if dsn is not None:
+        return dsn, redact(dsn)  # the DSN with any password as ***
+    folder = Path(data_dir) if data_dir else default_data_dir()
+    embedded = EmbeddedPostgresService(folder)
+    embedded.setServiceParent(parent)
+    return embedded.dsn, f"the EMBEDDED PostgreSQL in {folder}"
 
 
 def start_server(data_dir: Path) -> Any:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.application import service, strports
@@ -19,7 +18,7 @@ from twisted.python import usage
 from partysense import dsn as dsnlib
 from partysense import workers
 from partysense.demo import DemoPartyService
-from partysense.embedded import EmbeddedPostgresService, default_data_dir
+from partysense.embedded import database_for
 from partysense.events import EventDirectory
 from partysense.hub import Hub
 from partysense.limits import raise_open_files_limit
@@ -137,16 +136,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         return workers.make_supervisor(options, reactor)
     top = service.MultiService()
 
-    dsn: Any
-    if options["embedded"]:
-        data_dir = Path(options["data-dir"]) if options["data-dir"] else default_data_dir()
-        embedded = EmbeddedPostgresService(data_dir)
-        embedded.setServiceParent(top)
-        dsn = embedded.dsn
-        where = f"the EMBEDDED PostgreSQL in {data_dir}"
-    else:
-        dsn = options["dsn"]
-        where = dsnlib.redact(dsn)  # the DSN with any password as ***
+    dsn, where = database_for(options["dsn"], options["data-dir"], top)
 
     hub = Hub()
     metrics = DaemonMetrics(reactor)

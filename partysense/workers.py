@@ -29,7 +29,6 @@ import re
 import socket
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from twisted.application import service
@@ -288,17 +287,10 @@ class InOrder(service.MultiService):
 def make_supervisor(options: usage.Options, reactor: Any) -> service.MultiService:
     """The parent's service tree for ``--workers N`` (N > 1)."""
     from partysense.demo import DemoPartyService
-    from partysense.embedded import EmbeddedPostgresService, default_data_dir
+    from partysense.embedded import database_for
 
     top = InOrder()
-    dsn: Any
-    if options["embedded"]:
-        data_dir = Path(options["data-dir"]) if options["data-dir"] else default_data_dir()
-        embedded = EmbeddedPostgresService(data_dir)
-        embedded.setServiceParent(top)
-        dsn = embedded.dsn
-    else:
-        dsn = options["dsn"]
+    dsn, _ = database_for(options["dsn"], options["data-dir"], top)
     WorkersService(options["workers"], options["port"], child_arguments(options), dsn,
                    reactor).setServiceParent(top)
     if options["run-demo"]:
