@@ -31,8 +31,13 @@ log = Logger()
 
 
 def endpoint_description(port: str) -> str:
-    """A bare port number becomes ``tcp:PORT``; anything else is an endpoint string."""
-    return f"tcp:{port}" if port.isdigit() else port
+    """A bare port number becomes ``tcp:PORT``; anything else is an endpoint string.
+
+    The bare form also asks for a deep accept queue: when a venue's Wi-Fi
+    comes back, every phone reconnects at once, and Twisted's default of 50
+    pending connections would turn many of them away.
+    """
+    return f"tcp:{port}:backlog=1024" if port.isdigit() else port
 
 
 class Options(usage.Options):
