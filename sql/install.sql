@@ -83,22 +83,27 @@ BEGIN
     -- transaction ends makes seq numbers follow commit order; NOTIFY itself
     -- already serialises notifying commits on a lock of its own.
     PERFORM pg_advisory_xact_lock('partysense_change'::regclass::oid::integer, 0);
+    -- The ids are cast because a Django project with BigAutoField (the
+    -- default since Django 3.2) has bigint columns, and PostgreSQL does not
+    -- pick an integer function for bigint arguments by itself: without the
+    -- casts every vote's INSERT would fail. (Ids past 2^31 are not supported:
+    -- the change log and the protocol's event ids are 32-bit.)
     IF TG_OP = 'INSERT' THEN
-        PERFORM partysense_record('insert', NEW.id, NEW.event_id, NEW.track_id,
-                                  NEW.is_positive, NULL);
+        PERFORM partysense_record('insert', NEW.id::integer, NEW.event_id::integer,
+                                  NEW.track_id::integer, NEW.is_positive, NULL);
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM partysense_record('delete', OLD.id, OLD.event_id, OLD.track_id,
-                                  OLD.is_positive, OLD.is_positive);
+        PERFORM partysense_record('delete', OLD.id::integer, OLD.event_id::integer,
+                                  OLD.track_id::integer, OLD.is_positive, OLD.is_positive);
     ELSIF OLD.event_id IS DISTINCT FROM NEW.event_id OR OLD.track_id IS DISTINCT FROM NEW.track_id THEN
         -- A vote moved to another event or track: for tallies that is a
         -- removal from the old place and an arrival at the new one.
-        PERFORM partysense_record('delete', OLD.id, OLD.event_id, OLD.track_id,
-                                  OLD.is_positive, OLD.is_positive);
-        PERFORM partysense_record('insert', NEW.id, NEW.event_id, NEW.track_id,
-                                  NEW.is_positive, NULL);
+        PERFORM partysense_record('delete', OLD.id::integer, OLD.event_id::integer,
+                                  OLD.track_id::integer, OLD.is_positive, OLD.is_positive);
+        PERFORM partysense_record('insert', NEW.id::integer, NEW.event_id::integer,
+                                  NEW.track_id::integer, NEW.is_positive, NULL);
     ELSE
-        PERFORM partysense_record('update', NEW.id, NEW.event_id, NEW.track_id,
-                                  NEW.is_positive, OLD.is_positive);
+        PERFORM partysense_record('update', NEW.id::integer, NEW.event_id::integer,
+                                  NEW.track_id::integer, NEW.is_positive, OLD.is_positive);
     END IF;
     RETURN NULL;
 END;
