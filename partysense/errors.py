@@ -3,6 +3,7 @@
 | code | kind          | when                                                     |
 |------|---------------|----------------------------------------------------------|
 | 1001 | going_away    | the daemon is shutting down                              |
+| 1002 | protocol_error| a frame that breaks the WebSocket rules (RFC 6455)       |
 | 1003 | binary        | a binary frame: the protocol is JSON text                |
 | 1007 | not_json      | a text frame that is not JSON (or not UTF-8)             |
 | 1008 | wrong_shape   | JSON, but not {"event": <id>} / {"event": "ALL"}         |
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
 INVALID_PAYLOAD = 1007
 POLICY_VIOLATION = 1008

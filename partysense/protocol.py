@@ -72,6 +72,11 @@ class _Throttle:
         pass
 
 
+# The close codes Autobahn fails a connection with, as kinds of bad input.
+AUTOBAHN_KINDS = {errors.PROTOCOL_ERROR: "protocol_error", errors.INVALID_PAYLOAD: "not_json",
+                  errors.MESSAGE_TOO_BIG: "too_big"}
+
+
 class LiveProtocol(WebSocketServerProtocol):
     """One browser or phone. Autobahn owns ``self.log``, so ours is ``_log``."""
 
@@ -275,6 +280,24 @@ class LiveProtocol(WebSocketServerProtocol):
         if self.session is not None:
             self.session.close()
         self.close_with(error.code, error.reason)
+
+    def _fail_connection(self, code: int = errors.GOING_AWAY, reason: str = "going away") -> None:
+        """Autobahn's own checks (message size, UTF-8, framing) end here.
+
+        An open connection is refused like any other bad input: logged once
+        in our words and counted by kind. In any other state Autobahn knows
+        best.
+        """
+        if self.state == self.STATE_CLOSING and self.failedByMe:
+            # More of the message we refused (invalid UTF-8 fails twice):
+            # Autobahn would log it again, then drop the connection, as here.
+            self.dropConnection(abort=False)
+            return
+        if self.state != self.STATE_OPEN:
+            super()._fail_connection(code, reason)
+            return
+        self.failedByMe = True
+        self.refuse(ClientError(AUTOBAHN_KINDS.get(code, "protocol_error"), code, reason))
 
     def close_with(self, code: int, reason: str) -> None:
         """Start the closing handshake with any code, protocol-level ones included.

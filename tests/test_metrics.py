@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from partysense.metrics import DaemonMetrics, commit_time
-from tests.rawws import open_raw, send_text
+from tests.rawws import frame, open_raw, read_frame, send_text
 from tests.support import Daemon, Party, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -117,6 +117,27 @@ def test_bad_input_counts_its_kind(daemon: Daemon) -> None:
                      10, "the bad input to be counted")
     assert value(before, "partysense_bad_inputs_total", kind="not_json") == 0
     assert value(after, "partysense_bad_inputs_total", kind="binary") == 0
+
+
+@pytest.mark.parametrize(("payload", "kind", "code"), [
+    (b"x" * 5000, "too_big", 1009),
+    (b'{"event": "\xff"}', "not_json", 1007),
+])
+def test_what_autobahn_refuses_is_counted_and_logged_once(
+        daemon: Daemon, payload: bytes, kind: str, code: int) -> None:
+    """Oversized and non-UTF-8 messages are refused by Autobahn itself, not by a session."""
+    client = open_raw(daemon.port)
+    try:
+        client.sendall(frame(payload))
+        opcode, body = read_frame(client)
+    finally:
+        client.close()
+    assert (opcode, int.from_bytes(body[:2], "big")) == (8, code)
+    wait_for(lambda: value(scrape(daemon), "partysense_bad_inputs_total", kind=kind) == 1,
+             10, f"{kind} to be counted")
+    closing = [line for line in daemon.log().splitlines() if f"code {code})" in line]
+    assert len(closing) == 1 and f"({kind}, code {code})" in closing[0]
+    assert "failing WebSocket connection" not in daemon.log()
 
 
 def test_listener_down_and_back(daemon: Daemon, party: Party) -> None:
