@@ -58,30 +58,40 @@ class TurnWriter:
     client's frames before something written around the writer (a close).
     """
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: Any, flush_bytes: int = 64 * 1024) -> None:
         self._clock = clock
+        # A client's frames go out early once they reach this (a transport's
+        # own bufferSize): a catch-up can hand a client thousands of frames in
+        # one turn, and only the transport, by pausing its producer, tells the
+        # protocol to queue in its bounded backlog instead.
+        self._flush_bytes = flush_bytes
         self._pending: dict[Any, list[bytes]] = {}
+        self._pending_bytes: dict[Any, int] = {}
         self._scheduled = False
         self.sends = 0
 
     def write(self, transport: Any, data: bytes) -> None:
         frames = self._pending.get(transport)
-        if frames is not None:
-            frames.append(data)
-            return
-        self._pending[transport] = [data]
-        if not self._scheduled:
-            self._scheduled = True
-            self._clock.callLater(0, self.flush)
+        if frames is None:
+            frames = self._pending[transport] = []
+            if not self._scheduled:
+                self._scheduled = True
+                self._clock.callLater(0, self.flush)
+        frames.append(data)
+        size = self._pending_bytes[transport] = self._pending_bytes.get(transport, 0) + len(data)
+        if size >= self._flush_bytes:
+            self.flush_one(transport)
 
     def flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, {}
+        self._pending_bytes = {}
         self.sends += len(pending)
         for transport, frames in pending.items():
             write_now(transport, frames[0] if len(frames) == 1 else b"".join(frames))
 
     def flush_one(self, transport: Any) -> None:
         frames = self._pending.pop(transport, None)
+        self._pending_bytes.pop(transport, None)
         if frames:
             write_now(transport, b"".join(frames))

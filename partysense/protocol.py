@@ -140,6 +140,13 @@ class LiveProtocol(WebSocketServerProtocol):
         # subscription only after the first has been checked.
         self._queue.addCallback(lambda _: self._handle(text))
 
+    def onPing(self, payload: bytes) -> None:
+        # A client that pings but does not read would have us queue its pongs
+        # without limit (pings are not messages: no rate limit applies). One
+        # whose socket is full gets no answer until it reads again.
+        if not self.paused:
+            super().onPing(payload)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.clients.discard(self)
         # /metrics adds this to what the open clients have been sent so far.
@@ -204,6 +211,13 @@ class LiveProtocol(WebSocketServerProtocol):
         else:
             self.factory.writer.write(self.transport, frame)
         self.trafficStats.outgoingOctetsWireLevel += len(frame)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Autobahn's way out for its own frames (close, ping, pong), and ours
+        when it has frames queued: our frames of this turn go first, or a
+        change could follow the close frame (a protocol error)."""
+        self.factory.writer.flush_one(self.transport)
+        super().sendData(data, sync, chopsize)
 
     def send_bytes(self, payload: bytes) -> None:
         self.send_prepared(PreparedMessage(payload, False, False, True))
@@ -306,8 +320,10 @@ class LiveProtocol(WebSocketServerProtocol):
         codes we use (1001, 1003, 1007, 1008, 1013) go through the frame API.
         """
         if self.state == self.STATE_OPEN:
-            self.factory.writer.flush_one(self.transport)  # the frames before the close
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+            # At most 123 bytes, cut at a character boundary: a reason that is
+            # not UTF-8 makes browsers fail the connection instead.
+            reason_utf8 = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+            self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
 
 
 class LiveFactory(WebSocketServerFactory):
