@@ -100,7 +100,7 @@ class Options(usage.Options):
         if self["demo"] and self["no-demo"]:
             raise usage.UsageError("--demo and --no-demo contradict each other")
         self["embedded"] = self["dsn"] is None
-        self["run-demo"] = self["demo"] or (self["embedded"] and not self["no-demo"])
+        self["run-demo"] = bool(self["demo"]) or (self["embedded"] and not self["no-demo"])
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1:

@@ -15,6 +15,7 @@ import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from partysense import sqlfiles
+from partysense.tap import Options
 from tests.support import Daemon, free_port, twistd_command, wait_for
 from tests.test_dbcli import partysense_db, refused_port
 
@@ -298,3 +299,16 @@ def test_missing_install_step_is_a_503_that_names_the_fix(empty_db_dsn: str,
         daemon.wait_healthy(30)
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize(("arguments", "demo"), [
+    (["--dsn", "dbname=x", "--demo"], True),
+    (["--dsn", "dbname=x"], False),
+    ([], True),
+    (["--no-demo"], False),
+])
+def test_demo_is_a_yes_or_no(arguments: list[str], demo: bool) -> None:
+    """The start line says "demo: True", never "demo: 1" (a twistd flag counts)."""
+    options = Options()
+    options.parseOptions(arguments)
+    assert options["run-demo"] is demo
