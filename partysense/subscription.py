@@ -22,6 +22,9 @@ def parse_json(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         raise ClientError("not_json", INVALID_PAYLOAD, "message is not valid JSON") from None
+    except RecursionError:
+        # "[[[[...]]]]" fits in 4096 bytes and is deeper than Python recurses.
+        raise ClientError("not_json", INVALID_PAYLOAD, "message is nested too deeply") from None
 
 
 def parse_event_id(value: Any) -> int | None:

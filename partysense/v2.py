@@ -116,11 +116,12 @@ class V2Session:
             if not isinstance(message, dict):
                 raise BadRequest("bad_request", 'a request is a JSON object with a "type"')
             request_id = _request_id(message.get("id"))
+            kind = message.get("type")
             handler = {
                 "subscribe": self._subscribe,
                 "unsubscribe": self._unsubscribe,
                 "ping": self._ping,
-            }.get(message.get("type"))  # type: ignore[arg-type]
+            }.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise BadRequest("bad_request",
                                  'unknown "type": use subscribe, unsubscribe or ping')
@@ -232,7 +233,17 @@ def _event_name(event_id: int | None) -> int | str:
 
 def _request_id(value: Any) -> Any:
     if value is None or (type(value) is int) or (isinstance(value, str)
-                                                and len(value) <= MAX_ID_LENGTH):
+                                                and len(value) <= MAX_ID_LENGTH
+                                                and _utf8(value)):
         return value
     raise BadRequest("bad_request", f'"id" must be a number or a string of at most '
                                     f"{MAX_ID_LENGTH} characters")
+
+
+def _utf8(text: str) -> bool:
+    """JSON's "\\ud800" decodes to a lone surrogate, which has no UTF-8 to echo."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

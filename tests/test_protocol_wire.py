@@ -18,44 +18,23 @@ from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from partysense.hub import Hub
 from partysense.protocol import Limits, LiveFactory, LiveProtocol
 from tests.rawws import frame
-
-HANDSHAKE = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-             b"Sec-WebSocket-Version: 13\r\n\r\n")
-TEXT, CLOSE, PING, PONG = 1, 8, 9, 10
-
-
-class Transport(StringTransport):
-    """A StringTransport whose producer can be swapped, as a TCP transport's can."""
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer, self.streaming = producer, streaming
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-
-def server_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """The (opcode, payload) of every frame the server wrote."""
-    frames, at = [], 0
-    while at < len(data):
-        first, second = data[at], data[at + 1]
-        at += 2
-        length = second & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", data[at:at + 2])[0]
-            at += 2
-        elif length == 127:
-            length = struct.unpack("!Q", data[at:at + 8])[0]
-            at += 8
-        frames.append((first & 0x0F, data[at:at + length]))
-        at += length
-    return frames
+from tests.wire import (
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    Transport,
+    close_code,
+    handshake,
+    messages,
+    opened,
+    send_json,
+    server_frames,
+)
 
 
 def make_factory(clock: Clock, **limits: Any) -> LiveFactory:
@@ -64,14 +43,6 @@ def make_factory(clock: Clock, **limits: Any) -> LiveFactory:
     # Autobahn's own timers run on the global reactor: none in these tests.
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
     return factory
-
-
-def opened(factory: LiveFactory, transport: Any) -> LiveProtocol:
-    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    protocol.makeConnection(transport)
-    protocol.dataReceived(HANDSHAKE)
-    assert protocol.state == protocol.STATE_OPEN
-    return protocol
 
 
 @pytest.fixture
@@ -161,7 +132,7 @@ def test_a_turn_of_many_changes_for_a_stalled_client_stays_bounded(clock: Clock)
     server = tcp.Server(left, protocol, ("127.0.0.1", 1), port, 1, reactor)
     try:
         protocol.makeConnection(server)
-        protocol.dataReceived(HANDSHAKE)
+        protocol.dataReceived(handshake())
         assert protocol.state == protocol.STATE_OPEN
         for _ in range(5000):  # about 1.5 MB, in one turn, to a client that never reads
             protocol.send_prepared(change(290))
@@ -175,3 +146,42 @@ def test_a_turn_of_many_changes_for_a_stalled_client_stays_bounded(clock: Clock)
         server.stopWriting()
         left.close()
         right.close()
+
+
+# -- requests that must not end in "internal error" ---------------------------
+
+
+def v2_client(clock: Clock) -> tuple[LiveProtocol, Transport]:
+    transport = Transport()
+    protocol = opened(make_factory(clock), transport, "partysense.v2")
+    transport.clear()
+    return protocol, transport
+
+
+@pytest.mark.parametrize("request_body", [
+    {"type": [], "id": 1},                         # a list is no dict key
+    {"type": {"subscribe": 1}, "id": 1},
+    {"type": "ping", "id": "\ud800"},              # a lone surrogate cannot be echoed as UTF-8
+])
+def test_v2_odd_requests_get_bad_request_and_the_connection_stays(
+        clock: Clock, request_body: dict[str, Any]) -> None:
+    protocol, transport = v2_client(clock)
+    send_json(protocol, request_body)
+    send_json(protocol, {"type": "ping", "id": "still-there"})
+    clock.advance(0)
+    answers = messages(transport)
+    assert [a["type"] for a in answers] == ["error", "pong"], answers
+    assert answers[0]["error"] == "bad_request"
+    assert close_code(transport) is None and protocol.state == protocol.STATE_OPEN
+
+
+@pytest.mark.parametrize("subprotocol", [None, "partysense.v2"])
+def test_json_nested_too_deep_closes_as_bad_json_not_as_our_error(
+        clock: Clock, subprotocol: str | None) -> None:
+    transport = Transport()
+    protocol = opened(make_factory(clock), transport, subprotocol)
+    transport.clear()
+    # Valid JSON, under the 4096-byte limit, deeper than Python's recursion limit.
+    protocol.dataReceived(frame(b"[" * 2000 + b"]" * 2000))
+    clock.advance(0)
+    assert close_code(transport) == 1007

@@ -1,0 +1,84 @@
+"""A WebSocket client of LiveProtocol with no network: bytes in, frames out.
+
+The protocol runs over a StringTransport; the test feeds it client frames
+(tests/rawws.frame) and reads back what it wrote. For ordering and bounds
+that a real socket would hide behind timing.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from partysense.protocol import LiveFactory, LiveProtocol
+from tests.rawws import frame
+
+TEXT, CLOSE, PING, PONG = 1, 8, 9, 10
+
+_HANDSHAKE = ("GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+              "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              "Sec-WebSocket-Version: 13\r\n")
+
+
+class Transport(StringTransport):
+    """A StringTransport whose producer can be swapped, as a TCP transport's can."""
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer, self.streaming = producer, streaming
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+def handshake(subprotocol: str | None = None) -> bytes:
+    extra = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
+    return (_HANDSHAKE + extra + "\r\n").encode("ascii")
+
+
+def opened(factory: LiveFactory, transport: Any, subprotocol: str | None = None) -> LiveProtocol:
+    """A protocol of ``factory`` on ``transport``, past its opening handshake."""
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(handshake(subprotocol))
+    assert protocol.state == protocol.STATE_OPEN
+    return protocol
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of every frame the server wrote."""
+    frames, at = [], 0
+    while at < len(data):
+        first, second = data[at], data[at + 1]
+        at += 2
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", data[at:at + 2])[0]
+            at += 2
+        elif length == 127:
+            length = struct.unpack("!Q", data[at:at + 8])[0]
+            at += 8
+        frames.append((first & 0x0F, data[at:at + length]))
+        at += length
+    return frames
+
+
+def send_json(protocol: LiveProtocol, body: Any) -> None:
+    protocol.dataReceived(frame(json.dumps(body).encode("utf-8")))
+
+
+def messages(transport: StringTransport) -> list[Any]:
+    """Every text message written so far, decoded."""
+    return [json.loads(payload) for opcode, payload in server_frames(transport.value())
+            if opcode == TEXT]
+
+
+def close_code(transport: StringTransport) -> int | None:
+    """The code of the close frame written so far, if any."""
+    for opcode, payload in server_frames(transport.value()):
+        if opcode == CLOSE:
+            return int(struct.unpack("!H", payload[:2])[0])
+    return None
