@@ -354,6 +354,15 @@ class LiveFactory(WebSocketServerFactory):
             allowedOrigins=list(self.limits.allowed_origins) or ["*"],
         )
 
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
+        # With any Origin allowed, "null" is one too: the seed's example page
+        # opened from a file sends it. Autobahn turns allowNullOrigin off on
+        # every call that does not name it (tap.py calls this again).
+        limits = getattr(self, "limits", None)
+        if limits is not None:
+            options.setdefault("allowNullOrigin", not limits.allowed_origins)
+        super().setProtocolOptions(*args, **options)
+
     def count_bad_input(self, kind: str) -> None:
         self.bad_inputs[kind] = self.bad_inputs.get(kind, 0) + 1
 

@@ -80,6 +80,17 @@ def test_only_allowed_origins_may_connect(db_dsn: str, tmp_path: Path) -> None:
     assert "https://party.example:443" in daemon.log()
 
 
+def test_any_origin_means_null_too(db_dsn: str, tmp_path: Path) -> None:
+    """The seed's example page opened from a file (Origin: null) works without --allowed-origins."""
+    with Daemon(db_dsn, tmp_path) as daemon:
+        with connect(daemon.ws_url, origin="null", open_timeout=10) as page:
+            page.send(json.dumps({"event": "ALL"}))
+            wait_for(lambda: daemon.health()[1]["channels"] == ["firehose"], 10, "subscribe")
+    with Daemon(db_dsn, tmp_path, "--allowed-origins", "https://party.example") as daemon:
+        with pytest.raises(InvalidStatus):
+            connect(daemon.ws_url, origin="null", open_timeout=10)
+
+
 def test_clients_that_ignore_pings_are_dropped(db_dsn: str, tmp_path: Path) -> None:
     with Daemon(db_dsn, tmp_path, "--ping-interval", "1") as daemon:
         dead = open_raw(daemon.port)  # completes the handshake, never answers a ping
