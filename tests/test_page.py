@@ -278,6 +278,26 @@ def test_every_event_then_pick_one_from_the_list(
     assert screen.problems == []
 
 
+def test_every_event_opens_with_the_latest_votes(
+        daemon: Daemon, party: Party, screen: Screen) -> None:
+    """The firehose has no snapshot; the page replays the last changes instead of a blank feed."""
+    event_id = party.event("Earlier")
+    track = party.track("Before the page")
+    for user_id, up in ((1, True), (2, False), (3, True)):
+        party.vote(event_id, track, up=up, user_id=user_id)
+    screen.open(daemon, "ALL")
+    screen.expect_state("live")
+    # Four changes (the down vote is Django's insert then update), three votes.
+    expect(screen.feed).to_have_count(3)
+    assert screen.feed.locator(".action").all_inner_texts() == [
+        "voted up", "voted down", "voted up"]
+    expect(screen.page.locator("#notice")).to_be_hidden()
+    party.vote(event_id, track, up=False, user_id=4)
+    expect(screen.feed).to_have_count(4)
+    expect(screen.feed.first.locator(".action")).to_have_text("voted down")
+    assert screen.problems == []
+
+
 def test_event_list_is_503_json_while_the_database_is_unreachable(tmp_path: Path) -> None:
     nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
     daemon = Daemon(nowhere, tmp_path).start(wait=False)

@@ -21,6 +21,7 @@
   const FEED_LENGTH = 40;
   const RANKING_LENGTH = 100;
   const MERGE_WITHIN_MS = 10000;    // Django's insert-then-update shows as one vote
+  const BACKFILL_CHANGES = 20;      // every event's view opens with the latest votes
 
   const byId = (id) => document.getElementById(id);
   const ui = {
@@ -49,6 +50,7 @@
     tracks: new Map(),    // tid -> {tid, track, artist, up, down}
     cursor: null,         // highest seq applied (or the snapshot's cursor)
     ready: false,         // a snapshot (or subscribed) has arrived
+    backfill: false,      // asked the firehose again from a little before now
   };
 
   // The connection and its bookkeeping.
@@ -84,6 +86,7 @@
     model.tracks = new Map();
     model.cursor = null;
     model.ready = false;
+    model.backfill = false;
     ui.input.value = selection === null ? "" : String(selection);
     const url = new URL(location.href);
     url.searchParams.set("event", String(selection));
@@ -280,6 +283,7 @@
     link.attempt = 0;
     link.everLive = true;
     model.ready = true;
+    model.backfill = false;
     setState("live", "live");
   }
 
@@ -294,7 +298,7 @@
     }
     model.cursor = message.cursor;
     if (typeof message.title === "string") model.title = message.title;
-    if (message.reset) {
+    if (message.reset && !model.backfill) {
       showNotice("The page was away longer than the daemon keeps history: tallies reloaded.");
     }
     becameLive();
@@ -305,6 +309,16 @@
     if (message.id !== link.pending) return;
     if (model.cursor === null && typeof message.cursor === "number") {
       model.cursor = message.cursor;
+      if (model.selection === "ALL" && message.cursor > 0) {
+        // The firehose has no snapshot: subscribing again with a cursor a
+        // little before now (it restarts the subscription) replays the
+        // latest votes, so the feed does not open empty.
+        model.cursor = Math.max(0, message.cursor - BACKFILL_CHANGES);
+        model.ready = true;
+        model.backfill = true;
+        subscribe();
+        return;
+      }
     }
     becameLive();
     render();
@@ -534,7 +548,9 @@
     li.dataset.vote = String(change.vote);
     li.className = "vote " + (change.up ? "is-up" : "is-down") + (op === "delete" ? " withdrawn" : "");
     const part = (name) => li.querySelector("." + name);
-    part("when").textContent = clock.format(new Date());
+    // When it committed (a replayed vote is older than its arrival).
+    part("when").textContent = clock.format(
+      typeof change.ts === "number" ? new Date(change.ts * 1000) : new Date());
     part("arrow").textContent = change.up ? "▲" : "▼";
     part("name").textContent = trackName(change.track);
     part("artist").textContent = artistName(change.artist);
