@@ -37,7 +37,7 @@ REPLAY_QUERY = """
     FROM partysense_change c
     LEFT JOIN event_event e ON e.id = c.event_id
     LEFT JOIN music_view m ON m.id = c.track_id
-    WHERE c.seq > %(cursor)s AND (%(event)s::integer IS NULL OR c.event_id = %(event)s)
+    WHERE c.seq > %(cursor)s AND (%(event)s::bigint IS NULL OR c.event_id = %(event)s)
     ORDER BY c.seq
     LIMIT %(limit)s
 """

@@ -13,7 +13,7 @@ from typing import Any
 from partysense.errors import INVALID_PAYLOAD, POLICY_VIOLATION, ClientError
 from partysense.listener import FIREHOSE, event_channel
 
-MAX_EVENT_ID = 2**31 - 1  # event_event.id is a PostgreSQL integer
+MAX_EVENT_ID = 2**63 - 1  # event_event.id: integer, or bigint with Django's BigAutoField
 ALL_EVENTS = "ALL"
 
 
@@ -33,7 +33,7 @@ def parse_event_id(value: Any) -> int | None:
         return None
     if type(value) is int:
         event_id = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         event_id = int(value)
     else:
         raise ClientError(

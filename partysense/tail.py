@@ -53,7 +53,7 @@ def parse_event(text: str) -> int | None:
     """``ALL`` is None (the firehose); anything else must be a positive integer."""
     if text.upper() == ALL:
         return None
-    if not text.isdigit() or int(text) <= 0 or int(text) >= 2**31:
+    if not text.isdigit() or int(text) <= 0 or int(text) >= 2**63:
         raise argparse.ArgumentTypeError(f"not an event id or ALL: {text!r}")
     return int(text)
 

@@ -12,12 +12,28 @@ CREATE TABLE IF NOT EXISTS partysense_change (
     seq bigserial PRIMARY KEY,
     committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     op text NOT NULL CHECK (op IN ('insert', 'update', 'delete')),
-    vote_id integer NOT NULL,
-    event_id integer NOT NULL,
-    track_id integer NOT NULL,
+    vote_id bigint NOT NULL,
+    event_id bigint NOT NULL,
+    track_id bigint NOT NULL,
     up boolean NOT NULL,
     prev_up boolean
 );
+
+-- Ids are bigint: Django's BigAutoField (its default since 3.2) makes bigint
+-- ids, and a vote must never fail because its id passed 2^31. Logs made by
+-- the first release had integer columns; widen them once.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'partysense_change'
+                 AND column_name = 'vote_id' AND data_type = 'integer') THEN
+        ALTER TABLE partysense_change
+            ALTER COLUMN vote_id TYPE bigint,
+            ALTER COLUMN event_id TYPE bigint,
+            ALTER COLUMN track_id TYPE bigint;
+    END IF;
+END;
+$$;
 CREATE INDEX IF NOT EXISTS partysense_change_event_seq ON partysense_change (event_id, seq);
 CREATE INDEX IF NOT EXISTS partysense_change_committed_at ON partysense_change (committed_at);
 
@@ -26,13 +42,17 @@ CREATE INDEX IF NOT EXISTS partysense_change_committed_at ON partysense_change (
 -- let a client keep exact tallies; ts (the commit time, epoch seconds) lets
 -- the daemon measure its delay. json_build_object escapes quotes,
 -- backslashes and control characters, and a NULL name stays a JSON null.
--- p_committed came later: callers that omit it get "ts": null. The version
--- without it is dropped first, or both would match an 11-argument call.
+-- p_committed came later: callers that omit it get "ts": null. Earlier
+-- versions (integer ids, no p_committed) are dropped first, or two functions
+-- would match one call.
 DROP FUNCTION IF EXISTS partysense_payload(
     bigint, text, integer, integer, text, integer, text, text, boolean, boolean, boolean);
+DROP FUNCTION IF EXISTS partysense_payload(
+    bigint, text, integer, integer, text, integer, text, text, boolean, boolean, boolean,
+    timestamptz);
 CREATE OR REPLACE FUNCTION partysense_payload(
-    p_seq bigint, p_op text, p_vote integer, p_event integer, p_title text,
-    p_track integer, p_track_name text, p_artist text, p_up boolean, p_prev boolean,
+    p_seq bigint, p_op text, p_vote bigint, p_event bigint, p_title text,
+    p_track bigint, p_track_name text, p_artist text, p_up boolean, p_prev boolean,
     p_truncated boolean, p_committed timestamptz DEFAULT NULL
 ) RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT json_build_object(
@@ -46,8 +66,9 @@ CREATE OR REPLACE FUNCTION partysense_payload(
 $$;
 
 -- Record one change and announce it on event_<id> and firehose.
+DROP FUNCTION IF EXISTS partysense_record(text, integer, integer, integer, boolean, boolean);
 CREATE OR REPLACE FUNCTION partysense_record(
-    p_op text, p_vote integer, p_event integer, p_track integer, p_up boolean, p_prev boolean
+    p_op text, p_vote bigint, p_event bigint, p_track bigint, p_up boolean, p_prev boolean
 ) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_seq bigint;
@@ -83,27 +104,22 @@ BEGIN
     -- transaction ends makes seq numbers follow commit order; NOTIFY itself
     -- already serialises notifying commits on a lock of its own.
     PERFORM pg_advisory_xact_lock('partysense_change'::regclass::oid::integer, 0);
-    -- The ids are cast because a Django project with BigAutoField (the
-    -- default since Django 3.2) has bigint columns, and PostgreSQL does not
-    -- pick an integer function for bigint arguments by itself: without the
-    -- casts every vote's INSERT would fail. (Ids past 2^31 are not supported:
-    -- the change log and the protocol's event ids are 32-bit.)
     IF TG_OP = 'INSERT' THEN
-        PERFORM partysense_record('insert', NEW.id::integer, NEW.event_id::integer,
-                                  NEW.track_id::integer, NEW.is_positive, NULL);
+        PERFORM partysense_record('insert', NEW.id, NEW.event_id, NEW.track_id,
+                                  NEW.is_positive, NULL);
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM partysense_record('delete', OLD.id::integer, OLD.event_id::integer,
-                                  OLD.track_id::integer, OLD.is_positive, OLD.is_positive);
+        PERFORM partysense_record('delete', OLD.id, OLD.event_id, OLD.track_id,
+                                  OLD.is_positive, OLD.is_positive);
     ELSIF OLD.event_id IS DISTINCT FROM NEW.event_id OR OLD.track_id IS DISTINCT FROM NEW.track_id THEN
         -- A vote moved to another event or track: for tallies that is a
         -- removal from the old place and an arrival at the new one.
-        PERFORM partysense_record('delete', OLD.id::integer, OLD.event_id::integer,
-                                  OLD.track_id::integer, OLD.is_positive, OLD.is_positive);
-        PERFORM partysense_record('insert', NEW.id::integer, NEW.event_id::integer,
-                                  NEW.track_id::integer, NEW.is_positive, NULL);
+        PERFORM partysense_record('delete', OLD.id, OLD.event_id, OLD.track_id,
+                                  OLD.is_positive, OLD.is_positive);
+        PERFORM partysense_record('insert', NEW.id, NEW.event_id, NEW.track_id,
+                                  NEW.is_positive, NULL);
     ELSE
-        PERFORM partysense_record('update', NEW.id::integer, NEW.event_id::integer,
-                                  NEW.track_id::integer, NEW.is_positive, OLD.is_positive);
+        PERFORM partysense_record('update', NEW.id, NEW.event_id, NEW.track_id,
+                                  NEW.is_positive, OLD.is_positive);
     END IF;
     RETURN NULL;
 END;
