@@ -34,9 +34,11 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, threads
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txpostgres import txpostgres
 
 from partysense import dsn as dsnlib
@@ -188,8 +190,21 @@ class _Immediately:
             pass
 
 
+class _Cursor(txpostgres.Cursor):
+    def execute(self, query: Any, params: Any = None) -> defer.Deferred[Any]:
+        if query == "rollback" and self._connection.pollable().closed:
+            # An interaction cut off by a lost connection: there is nothing to
+            # roll back, and txpostgres would log the failed ROLLBACK as an
+            # "Unhandled Error". The interaction's own failure still goes to
+            # its caller (and _watch).
+            return defer.succeed(self)
+        return super().execute(query, params)
+
+
 class _Connection(txpostgres.Connection):
     """A txpostgres connection that reports its loss once, and closes cleanly."""
+
+    cursorFactory = _Cursor
 
     def __init__(self, reactor: Any, on_lost: Callable[[str], None]) -> None:
         super().__init__(reactor=reactor, cooperator=_Immediately())
@@ -306,6 +321,11 @@ class ListenerService(Service):
     def unlisten(self, channel: str) -> None:
         """Stop listening to ``channel`` once its last subscriber has gone."""
         self._wanted.discard(channel)
+        if channel not in self._listening:
+            # Its last subscriber left before its LISTEN: nobody is waiting
+            # for it any more, and no LISTEN will come to fire the waiters.
+            for waiter in self._listen_waiters.pop(channel, []):
+                waiter.errback(NotConnected(f"{channel} is no longer wanted"))
         self._sync()
 
     @property
@@ -577,13 +597,24 @@ class ListenerService(Service):
         self._failed(None, why)
 
     def _watch(self, d: defer.Deferred[Any], connection: _Connection) -> defer.Deferred[Any]:
-        """Treat a broken connection seen by a query as a lost connection."""
+        """Treat a broken connection seen by a query as a lost connection.
+
+        The caller gets NotConnected whatever shape the loss took: psycopg2's
+        OperationalError or InterfaceError, Twisted's ConnectionDone when the
+        connection was closed under the query, or txpostgres' RollbackFailed
+        when an interaction's transaction could not even be rolled back.
+        """
 
         def check(failure: Any) -> Any:
-            if failure.check(psycopg2.OperationalError, psycopg2.InterfaceError):
-                if connection is self._connection:
-                    connection.drop(_describe_error(failure.value))
-            return failure
+            if failure.check(txpostgres.RollbackFailed):
+                failure = failure.value.originalFailure  # and the connection is unusable
+            elif not failure.check(psycopg2.OperationalError, psycopg2.InterfaceError,
+                                   ConnectionDone, ConnectionLost):
+                return failure
+            why = _describe_error(failure.value)
+            if connection is self._connection:
+                connection.drop(why)
+            return Failure(NotConnected(why))
 
         return d.addErrback(check)
 
@@ -608,9 +639,12 @@ class ListenerService(Service):
                         sql.SQL("LISTEN {}").format(sql.Identifier(channel))), connection)
                     self._listened(channel)
                 for channel in to_unlisten:
+                    # Not listening from now: a new subscriber's whenListening
+                    # must wait for the LISTEN that follows, not snapshot
+                    # between this UNLISTEN and that LISTEN.
+                    self._listening.discard(channel)
                     yield self._watch(connection.runOperation(
                         sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))), connection)
-                    self._listening.discard(channel)
                     if channel not in self._wanted:
                         self._channel_seq.pop(channel, None)
         except Exception as error:

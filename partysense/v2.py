@@ -69,9 +69,22 @@ class Subscription:
         self.channel = channel
         self.event_id = event_id
         self.cursor: int | None = None
+        self.active = True
         self._pending: list[Change] = []
 
+    def stop(self) -> None:
+        """Unsubscribed, subscribed again or closed: nothing more is sent for it.
+
+        Its snapshot may still wait in the send queue; without this, the
+        changes held for it would follow once the snapshot is out, after an
+        "unsubscribed" or a newer snapshot.
+        """
+        self.active = False
+        self._pending = []
+
     def deliver(self, change: Change) -> None:
+        if not self.active:
+            return
         if self.cursor is None:
             self._pending.append(change)
             if len(self._pending) > MAX_PENDING:
@@ -104,6 +117,7 @@ class V2Session:
         self.protocol = protocol
         self._factory = protocol.factory
         self._subs: dict[str, Subscription] = {}
+        self._closed = False
 
     @property
     def subscriptions(self) -> int:
@@ -132,6 +146,8 @@ class V2Session:
 
     def _answer_error(self, failure: Any, request_id: Any) -> None:
         failure.trap(BadRequest)
+        if self._closed:
+            return  # the client left while we worked on its request
         error = failure.value
         self._factory.count_bad_input(error.kind)
         self._log.info("v2 request from {peer} refused ({kind}): {message}",
@@ -169,6 +185,8 @@ class V2Session:
         try:
             if event_id is not None and not (yield self._factory.events.exists(event_id)):
                 raise BadRequest("unknown_event", f"event {event_id} does not exist")
+            if self._closed:
+                return  # gone while we asked: subscribed now, it would never be dropped
             subscription = Subscription(self, channel, event_id)
             self._subs[channel] = subscription
             self._factory.hub.subscribe(channel, subscription)
@@ -213,9 +231,11 @@ class V2Session:
     def _drop(self, channel: str) -> None:
         subscription = self._subs.pop(channel, None)
         if subscription is not None:
+            subscription.stop()
             self._factory.hub.unsubscribe(channel, subscription)
 
     def close(self) -> None:
+        self._closed = True
         for channel in list(self._subs):
             self._drop(channel)
 

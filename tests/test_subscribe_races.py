@@ -1,0 +1,304 @@
+"""Races between a subscription and whatever else happens meanwhile.
+
+A v2 subscribe waits for the database three times (does the event exist,
+is the channel LISTENed, the snapshot); the client may leave, unsubscribe or
+subscribe again while it waits, and the listener's own LISTEN/UNLISTEN
+traffic may be half done. The listener and the database are real; the
+client is a LiveProtocol over a StringTransport (tests/wire.py), so that
+its socket fills exactly when the test says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from partysense.events import EventDirectory
+from partysense.hub import Hub
+from partysense.listener import ListenerService, NotConnected
+from partysense.protocol import Limits, LiveFactory, LiveProtocol
+from tests.faultkit import terminate_listener
+from tests.support import Daemon, Party, wait_for
+from tests.wire import Transport, messages, opened, send_json
+
+
+async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    from twisted.internet import reactor
+
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+async def one_turn() -> None:
+    from twisted.internet import reactor
+
+    await task.deferLater(reactor, 0, lambda: None)
+
+
+class WatchedEvents(EventDirectory):
+    """The real EventDirectory; the test can await each answer it gives."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.asked: list[defer.Deferred[Any]] = []
+
+    def exists(self, event_id: int) -> Any:
+        answer = super().exists(event_id)
+        seen: defer.Deferred[Any] = defer.Deferred()
+        self.asked.append(seen)
+
+        def tell(result: Any) -> Any:
+            seen.callback(None)
+            return result
+
+        return answer.addBoth(tell)
+
+
+@dataclass
+class Wired:
+    hub: Hub
+    listener: ListenerService
+    events: WatchedEvents
+    factory: LiveFactory
+    clients: list[LiveProtocol] = field(default_factory=list)
+
+    def v2(self) -> tuple[LiveProtocol, Transport]:
+        transport = Transport()
+        protocol = opened(self.factory, transport, "partysense.v2")
+        transport.clear()
+        self.clients.append(protocol)
+        return protocol, transport
+
+
+@pytest_twisted.async_yield_fixture
+async def wired(db_dsn: str) -> Any:
+    from twisted.internet import reactor
+
+    hub = Hub()
+    listener = ListenerService(db_dsn, hub.publish, reactor)
+    hub.listener = listener
+    events = WatchedEvents(listener.runQuery, reactor)
+    factory = LiveFactory(hub, events, listener, reactor, Limits(ping_interval=0))
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    listener.startService()
+    try:
+        await listener.whenConnected()
+        state = Wired(hub, listener, events, factory)
+        yield state
+        for client in state.clients:
+            if client.state != client.STATE_CLOSED:
+                client.connectionLost(Failure(ConnectionDone()))
+    finally:
+        await listener.stopService()
+
+
+def changes_after_snapshots(answers: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(cursor, seq) for every change, with the cursor of the snapshot before it."""
+    cursor, seen = -1, []
+    for answer in answers:
+        if answer["type"] == "snapshot":
+            cursor = answer["cursor"]
+        elif answer["type"] == "change":
+            seen.append((cursor, answer["seq"]))
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_while_its_event_is_looked_up_leaves_no_subscription(
+        wired: Wired, party: Party) -> None:
+    event_id = party.event()
+    protocol, _ = wired.v2()
+    send_json(protocol, {"type": "subscribe", "event": event_id})
+    assert len(wired.events.asked) == 1  # the question is out
+    protocol.connectionLost(Failure(ConnectionDone()))
+    await wired.events.asked[0]
+    await one_turn()
+    assert wired.hub.channels == []
+    await eventually(lambda: not wired.listener.channels, "no channel LISTENed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_change_of_an_unsubscribed_event_after_unsubscribed(
+        wired: Wired, party: Party) -> None:
+    event_id, track_id = party.event(), party.track()
+    party.vote(event_id, track_id)
+    protocol, transport = wired.v2()
+    transport.producer.pauseProducing()  # its socket is full: the snapshot waits
+    send_json(protocol, {"type": "subscribe", "event": event_id})
+    await eventually(lambda: protocol._backlog, "the snapshot, queued")
+    seen = wired.listener.notifications
+    party.vote(event_id, track_id)  # held back until the snapshot is out
+    await eventually(lambda: wired.listener.notifications >= seen + 1, "the vote's change")
+    send_json(protocol, {"type": "unsubscribe", "event": event_id})
+    transport.producer.resumeProducing()
+    await one_turn()
+    answers = messages(transport)
+    assert [a["type"] for a in answers][:2] == ["snapshot", "unsubscribed"]
+    assert "change" not in [a["type"] for a in answers[answers.index(answers[1]):]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribing_again_while_the_first_snapshot_waits_sends_no_old_change(
+        wired: Wired, party: Party) -> None:
+    event_id, track_id = party.event(), party.track()
+    party.vote(event_id, track_id)
+    protocol, transport = wired.v2()
+    transport.producer.pauseProducing()
+    send_json(protocol, {"type": "subscribe", "event": event_id})
+    await eventually(lambda: protocol._backlog, "the first snapshot, queued")
+    seen = wired.listener.notifications
+    party.vote(event_id, track_id)
+    await eventually(lambda: wired.listener.notifications >= seen + 1, "the vote's change")
+    send_json(protocol, {"type": "subscribe", "event": event_id})  # restarts it
+    await eventually(lambda: len(protocol._backlog) == 2, "the second snapshot, queued")
+    transport.producer.resumeProducing()
+    await one_turn()
+    answers = messages(transport)
+    assert [a["type"] for a in answers][:2] == ["snapshot", "snapshot"]
+    for cursor, seq in changes_after_snapshots(answers):
+        assert seq > cursor, f"change {seq} repeats what snapshot {cursor} holds"
+    tallies = {t["tid"]: (t["up"], t["down"]) for t in answers[1]["tracks"]}
+    assert tallies == party.tallies(event_id)
+
+
+# -- the listener's half of it -------------------------------------------------
+
+
+def _listener(dsn: str) -> ListenerService:
+    from twisted.internet import reactor
+
+    return ListenerService(dsn, lambda *change: None, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_listening_waits_for_the_listen_after_a_pending_unlisten(
+        db_dsn: str) -> None:
+    service = _listener(db_dsn)
+    service.startService()
+    try:
+        await service.whenConnected()
+        service.listen("event_1")
+        await service.whenListening("event_1")
+        await eventually(lambda: not service._syncing, "the LISTEN round to end")
+        service.unlisten("event_1")  # UNLISTEN sent, not answered yet
+        assert service._syncing
+        service.listen("event_1")    # a new first subscriber, at once
+        listening = service.whenListening("event_1")
+        # Firing now would let a snapshot run between the UNLISTEN and the
+        # LISTEN again, and miss what commits in between.
+        assert not listening.called
+        await listening
+        rows = await service.runQuery("SELECT pg_listening_channels()")
+        assert {row[0] for row in rows} == {"event_1"}
+    finally:
+        service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_listening_gives_up_when_the_channel_is_no_longer_wanted(
+        db_dsn: str) -> None:
+    service = _listener(db_dsn)
+    service.startService()
+    try:
+        await service.whenConnected()
+        service.listen("event_1")  # its LISTEN is out: event_2 waits for the next round
+        service.listen("event_2")
+        waiting = service.whenListening("event_2")
+        service.unlisten("event_2")  # its only subscriber left before the LISTEN
+        await eventually(lambda: "event_1" in service.channels and not service._syncing,
+                         "the LISTENs to settle")
+        assert waiting.called, "a waiter nobody will ever fire holds its client forever"
+        try:
+            await waiting
+        except NotConnected:
+            pass
+        assert service.channels == frozenset({"event_1"})
+    finally:
+        service.stopService()
+
+
+# -- losing the database in the middle of a request ----------------------------
+
+
+def listener_waits_on_a_lock(dsn: str) -> bool:
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                           "current_database() AND application_name = 'partysense-live' "
+                           "AND wait_event_type = 'Lock'")
+            return bool(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
+class Locked:
+    """A table locked by another transaction until ``release``."""
+
+    def __init__(self, dsn: str, table: str) -> None:
+        self.connection = psycopg2.connect(dsn)
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self.connection.rollback()
+        self.connection.close()
+
+
+def test_v2_snapshot_cut_off_by_a_lost_database_is_an_unavailable_error(
+        daemon: Daemon, party: Party) -> None:
+    event_id, track_id = party.event(), party.track()
+    party.vote(event_id, track_id)
+    with connect(daemon.ws_url, subprotocols=["partysense.v2"], open_timeout=10) as client:
+        locked = Locked(party.dsn, "event_vote")  # the snapshot's tally query waits
+        try:
+            client.send(json.dumps({"type": "subscribe", "event": event_id, "id": "s"}))
+            wait_for(lambda: listener_waits_on_a_lock(party.dsn), 10, "the snapshot to wait")
+            assert terminate_listener(party.dsn) == 1
+        finally:
+            locked.release()
+        answer = json.loads(client.recv(timeout=10))
+        assert (answer["type"], answer["id"], answer["error"]) == ("error", "s", "unavailable")
+        daemon.wait_healthy()
+        client.send(json.dumps({"type": "subscribe", "event": event_id, "id": "again"}))
+        snapshot = json.loads(client.recv(timeout=10))
+        assert snapshot["type"] == "snapshot" and snapshot["id"] == "again"
+    log = daemon.log()
+    assert "Unhandled" not in log and "Request from" not in log, log  # not our error
+
+
+def test_seed_request_cut_off_by_a_lost_database_is_try_later(
+        daemon: Daemon, party: Party) -> None:
+    event_id = party.event()
+    with connect(daemon.ws_url, open_timeout=10) as client:
+        locked = Locked(party.dsn, "event_event")  # "does the event exist?" waits
+        try:
+            client.send(json.dumps({"event": event_id}))
+            wait_for(lambda: listener_waits_on_a_lock(party.dsn), 10, "the lookup to wait")
+            assert terminate_listener(party.dsn) == 1
+        finally:
+            locked.release()
+        try:
+            while True:
+                client.recv(timeout=10)
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None
+            code, reason = closed.rcvd.code, closed.rcvd.reason
+    assert code == 1013 and "unreachable" in reason, reason
+    assert "Request from" not in daemon.log()  # no traceback: not our error
