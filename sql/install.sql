@@ -151,3 +151,25 @@ CREATE CONSTRAINT TRIGGER partysense_vote_delete
     AFTER DELETE ON event_vote
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION partysense_vote_changed();
+
+-- TRUNCATE fires no row triggers: without this, the votes it removes would
+-- stay in every client's tallies. Each one is announced as a delete, at the
+-- TRUNCATE (a statement trigger cannot be deferred); the lock, held until
+-- the end of the transaction, still keeps seq in commit order.
+CREATE OR REPLACE FUNCTION partysense_vote_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+BEGIN
+    PERFORM pg_advisory_xact_lock('partysense_change'::regclass::oid::integer, 0);
+    FOR v IN SELECT id, event_id, track_id, is_positive FROM event_vote ORDER BY id LOOP
+        PERFORM partysense_record('delete', v.id, v.event_id, v.track_id,
+                                  v.is_positive, v.is_positive);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS partysense_vote_truncate ON event_vote;
+CREATE TRIGGER partysense_vote_truncate
+    BEFORE TRUNCATE ON event_vote
+    FOR EACH STATEMENT EXECUTE FUNCTION partysense_vote_truncated();

@@ -18,7 +18,8 @@ from partysense import sqlfiles
 from tests.support import Party
 
 SECRET = "hunter2-do-not-print"
-OUR_TRIGGERS = {"partysense_vote_insert", "partysense_vote_update", "partysense_vote_delete"}
+OUR_TRIGGERS = {"partysense_vote_insert", "partysense_vote_update", "partysense_vote_delete",
+                "partysense_vote_truncate"}
 
 
 def partysense_db(*args: str, env_dsn: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -333,7 +333,7 @@ def test_install_drops_the_seed_triggers(party: Party) -> None:
         "SELECT tgname FROM pg_trigger WHERE tgrelid = 'event_vote'::regclass "
         "AND NOT tgisinternal")}
     assert triggers == {"partysense_vote_insert", "partysense_vote_update",
-                        "partysense_vote_delete"}
+                        "partysense_vote_delete", "partysense_vote_truncate"}
 
 
 DJANGO_BIGINT_SCHEMA = """
