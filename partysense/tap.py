@@ -33,11 +33,16 @@ log = Logger()
 def endpoint_description(port: str) -> str:
     """A bare port number becomes ``tcp:PORT``; anything else is an endpoint string.
 
-    The bare form also asks for a deep accept queue: when a venue's Wi-Fi
-    comes back, every phone reconnects at once, and Twisted's default of 50
-    pending connections would turn many of them away.
+    TCP and TLS ports also get a deep accept queue unless they name one:
+    when a venue's Wi-Fi comes back, every phone reconnects at once, and
+    Twisted's default of 50 pending connections would turn many of them away
+    (--workers listens with the same 1024).
     """
-    return f"tcp:{port}:backlog=1024" if port.isdigit() else port
+    if port.isdigit():
+        return f"tcp:{port}:backlog=1024"
+    if port.split(":", 1)[0] in ("tcp", "tcp6", "ssl") and "backlog=" not in port:
+        return f"{port}:backlog=1024"
+    return port
 
 
 class Options(usage.Options):

@@ -15,7 +15,7 @@ import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from partysense import sqlfiles
-from partysense.tap import Options
+from partysense.tap import Options, endpoint_description
 from tests.support import Daemon, free_port, twistd_command, wait_for
 from tests.test_dbcli import partysense_db, refused_port
 
@@ -312,3 +312,17 @@ def test_demo_is_a_yes_or_no(arguments: list[str], demo: bool) -> None:
     options = Options()
     options.parseOptions(arguments)
     assert options["run-demo"] is demo
+
+
+@pytest.mark.parametrize(("port", "description"), [
+    ("18854", "tcp:18854:backlog=1024"),
+    ("tcp:18854:interface=127.0.0.1", "tcp:18854:interface=127.0.0.1:backlog=1024"),
+    ("ssl:443:privateKey=k.pem:certKey=c.pem", "ssl:443:privateKey=k.pem:certKey=c.pem"
+                                               ":backlog=1024"),
+    ("tcp:18854:backlog=50", "tcp:18854:backlog=50"),
+    ("unix:/run/partysense.sock", "unix:/run/partysense.sock"),
+])
+def test_tcp_and_tls_ports_get_a_deep_accept_queue(port: str, description: str) -> None:
+    """The systemd unit's tcp:18854:interface=127.0.0.1 listened with Twisted's 50."""
+    assert endpoint_description(port) == description
+

@@ -62,7 +62,7 @@ def test_json_logs_carry_named_fields(db_dsn: str, tmp_path: Path) -> None:
     assert len(start) == 1, "one start line, not two"
     line = start[0]
     assert (line["level"], line["namespace"]) == ("info", "partysense.tap")
-    assert line["port"] == f"tcp:{daemon.port}:interface=127.0.0.1"
+    assert line["port"] == f"tcp:{daemon.port}:interface=127.0.0.1:backlog=1024"
     assert line["embedded"] is False and line["demo"] is False
     assert parse_dsn(db_dsn)["dbname"] in line["where"]
     assert line["max_clients"] == 500 and line["max_message"] == 4096
