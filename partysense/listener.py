@@ -229,6 +229,25 @@ class _Connection(txpostgres.Connection):
         # closed too (an unclosed connection keeps its file descriptor).
         self.drop(reason.getErrorMessage())
 
+    def _doit(self, method: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        def unless_closed(*args: Any, **kwargs: Any) -> Any:
+            if self._connection is None or self._connection.closed:
+                # Each query queued behind a lost connection would fail inside
+                # the failure of the one before it (txpostgres' lock hands the
+                # next one over at once): past ~100 queued queries that
+                # recursion blows up and the rest are never answered. Fail
+                # them all here, one after another.
+                self._fail_queued()
+                raise ConnectionDone("the connection is closed")
+            return method(*args, **kwargs)
+
+        return super()._doit(unless_closed, *args, **kwargs)
+
+    def _fail_queued(self) -> None:
+        waiting, self.lock.waiting = self.lock.waiting, []
+        for waiter in waiting:
+            waiter.errback(ConnectionDone("the connection is closed"))
+
     def drop(self, why: str) -> None:
         """Close the connection and report why, once."""
         self._report(why)

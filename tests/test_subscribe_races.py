@@ -233,6 +233,50 @@ async def test_when_listening_gives_up_when_the_channel_is_no_longer_wanted(
         service.stopService()
 
 
+@pytest_twisted.ensureDeferred
+async def test_every_query_queued_on_a_lost_connection_is_answered(db_dsn: str) -> None:
+    """A storm of subscribes queues many lookups; the connection dies under them."""
+    service = _listener(db_dsn)
+    service.startService()
+    try:
+        await service.whenConnected()
+        answers: list[Any] = []
+        for _ in range(1000):
+            service.runQuery("SELECT 1").addBoth(answers.append)
+        assert terminate_listener(db_dsn) == 1  # blocks the reactor: all still queued
+        await eventually(lambda: len(answers) == 1000, "an answer to every query", 15)
+        assert {type(answer.value) for answer in answers} == {NotConnected}
+    finally:
+        service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storm_of_clients_joining_one_event_asks_the_database_once(
+        db_dsn: str, party: Party) -> None:
+    """After a restart every phone of the party subscribes at once: 10,000 identical
+    lookups queued on the one connection would starve its probe (deadline 4 s)."""
+    from twisted.internet import reactor
+
+    event_id = party.event()
+    service = _listener(db_dsn)
+    service.startService()
+    try:
+        await service.whenConnected()
+        asked: list[Any] = []
+
+        def run_query(query: Any, params: Any) -> defer.Deferred[list[tuple]]:
+            asked.append(params)
+            return service.runQuery(query, params)
+
+        events = EventDirectory(run_query, reactor)
+        answers = await defer.gatherResults([events.exists(event_id) for _ in range(1000)]
+                                            + [events.exists(event_id + 1)])
+        assert answers == [True] * 1000 + [False]
+        assert asked == [(event_id,), (event_id + 1,)]
+    finally:
+        service.stopService()
+
+
 # -- losing the database in the middle of a request ----------------------------
 
 
