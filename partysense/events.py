@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 EXISTS_QUERY = "SELECT EXISTS (SELECT 1 FROM event_event WHERE id = %s)"
 
@@ -24,14 +25,31 @@ class EventDirectory:
         self._clock = clock
         self._ttl = ttl
         self._known: dict[int, float] = {}
+        self._asking: dict[int, list[defer.Deferred[bool]]] = {}
 
-    @defer.inlineCallbacks
-    def exists(self, event_id: int) -> Any:
-        now = self._clock.seconds()
-        if self._known.get(event_id, -1.0) > now:
-            return True
-        rows = yield self._run_query(EXISTS_QUERY, (event_id,))
-        found = bool(rows[0][0])
+    def exists(self, event_id: int) -> defer.Deferred[bool]:
+        if self._known.get(event_id, -1.0) > self._clock.seconds():
+            return defer.succeed(True)
+        answer: defer.Deferred[bool] = defer.Deferred()
+        waiting = self._asking.get(event_id)
+        if waiting is not None:
+            # After a restart a whole party subscribes at once: one question
+            # for all of them, not thousands queued on the listener's one
+            # connection (where they would starve its probe).
+            waiting.append(answer)
+            return answer
+        self._asking[event_id] = [answer]
+        self._run_query(EXISTS_QUERY, (event_id,)).addBoth(self._answered, event_id)
+        return answer
+
+    def _answered(self, result: Any, event_id: int) -> None:
+        waiting = self._asking.pop(event_id, [])
+        if isinstance(result, Failure):
+            for answer in waiting:
+                answer.errback(result)
+            return
+        found = bool(result[0][0])
         if found:
-            self._known[event_id] = now + self._ttl
-        return found
+            self._known[event_id] = self._clock.seconds() + self._ttl
+        for answer in waiting:
+            answer.callback(found)
