@@ -210,6 +210,11 @@ class _Connection(txpostgres.Connection):
         super().__init__(reactor=reactor, cooperator=_Immediately())
         self._on_lost: Callable[[str], None] | None = on_lost
         self._closing = False
+        self.answered_at = 0.0  # when a query last got its answer (the probe's sign of life)
+
+    def cursorFinished(self, cursor: Any) -> None:
+        self.answered_at = self.reactor.seconds()
+        super().cursorFinished(cursor)
 
     def doRead(self) -> None:
         try:
@@ -476,19 +481,28 @@ class ListenerService(Service):
         self._sync()
 
     def _before_deadline(self, connection: _Connection, d: defer.Deferred[Any],
-                         seconds: float, why: str) -> defer.Deferred[Any]:
+                         seconds: float, why: str,
+                         alive: Callable[[], bool] | None = None) -> defer.Deferred[Any]:
         """``d``, but the connection is dropped if it has not fired within ``seconds``.
 
         A timer can fire late, after the reactor was busy for seconds (a storm
         of connecting clients); the answer may then be sitting unread in the
         socket. So the deadline only drops the connection after the reactor
         has polled its sockets once more (``callLater(0)`` runs after the
-        next I/O round) and the answer still has not come.
+        next I/O round) and the answer still has not come. If ``alive()``
+        says the connection is answering other questions meanwhile, ``d`` is
+        only waiting its turn: the deadline starts again.
         """
         timers: list[Any] = []
 
         def confirm() -> None:
-            timers.append(self._reactor.callLater(0, connection.drop, why))
+            timers.append(self._reactor.callLater(0, expire))
+
+        def expire() -> None:
+            if alive is not None and alive():
+                timers.append(self._reactor.callLater(seconds, confirm))
+            else:
+                connection.drop(why)
 
         timers.append(self._reactor.callLater(seconds, confirm))
 
@@ -744,10 +758,14 @@ class ListenerService(Service):
         if connection is None or not self.connected:
             return
         try:
+            # Queued behind clients' queries (a storm of subscribes), the
+            # probe may wait long; silent means nothing answered at all.
             yield self._before_deadline(
                 connection, self._watch(connection.runQuery("SELECT 1"), connection),
                 self._probe_timeout,
-                f"the database did not answer a probe within {self._probe_timeout:g} s")
+                f"the database did not answer a probe within {self._probe_timeout:g} s",
+                alive=lambda: (self._reactor.seconds() - connection.answered_at
+                               < self._probe_timeout))
         except Exception:
             pass  # the loss, if it was one, is already being handled
 

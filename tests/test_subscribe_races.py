@@ -277,6 +277,26 @@ async def test_a_storm_of_clients_joining_one_event_asks_the_database_once(
         service.stopService()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_busy_connection_is_not_taken_for_a_silent_one(db_dsn: str) -> None:
+    """The probe waits in line behind clients' queries; answers still coming mean alive."""
+    from twisted.internet import reactor
+
+    service = ListenerService(db_dsn, lambda *change: None, reactor,
+                              probe_interval=0.3, probe_timeout=1.0)
+    service.startService()
+    try:
+        await service.whenConnected()
+        started = reactor.seconds()
+        answers = await defer.DeferredList(
+            [service.runQuery("SELECT 1") for _ in range(20000)], consumeErrors=True)
+        assert reactor.seconds() - started > 1.0, "not busy enough to prove anything"
+        assert all(ok for ok, _ in answers), "the connection was dropped while answering"
+        assert service.connected and service.reconnects == 0
+    finally:
+        service.stopService()
+
+
 # -- losing the database in the middle of a request ----------------------------
 
 
