@@ -17,6 +17,7 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from partysense import sqlfiles
+from partysense.sqlfiles import execute_autocommit
 
 
 @contextmanager
@@ -35,27 +36,17 @@ def server(admin_dsn: str | None) -> Iterator[str]:
             stop_server(handle)
 
 
-def _admin(admin_dsn: str, statement: sql.Composable) -> None:
-    connection = psycopg2.connect(admin_dsn)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
 @contextmanager
 def bench_database(admin_dsn: str) -> Iterator[str]:
     """A fresh database with the schema and triggers installed, dropped afterwards."""
     name = f"partysense_bench_{uuid.uuid4().hex[:10]}"
-    _admin(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    execute_autocommit(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_dsn(admin_dsn, dbname=name)
     try:
         sqlfiles.install(dsn, demo_schema=True)
         yield dsn
     finally:
-        _admin(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+        execute_autocommit(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))
 
 

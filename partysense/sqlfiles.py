@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
@@ -19,6 +20,17 @@ def read_sql(name: str) -> str:
         # An editable (compat) install or a bare checkout: sql/ is beside us.
         checkout = Path(__file__).resolve().parent.parent / "sql" / name
         return checkout.read_text("utf-8")
+
+
+def execute_autocommit(dsn: str, statement: Any) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
 
 
 def install(dsn: str, demo_schema: bool = False) -> list[str]:

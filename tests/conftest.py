@@ -15,12 +15,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
 from partysense import sqlfiles
+from partysense.sqlfiles import execute_autocommit
 from tests.support import Daemon, Party
 
 TEMPLATE = "partysense_test_template"
@@ -56,25 +56,15 @@ def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_server(server)
 
 
-def _admin(dsn: str, statement: sql.Composable) -> None:
-    connection = psycopg2.connect(dsn)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
 def drop_database(admin_dsn: str, name: str) -> None:
-    _admin(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+    execute_autocommit(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
         sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")
 def template_dsn(admin_dsn: str) -> Iterator[str]:
     drop_database(admin_dsn, TEMPLATE)
-    _admin(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    execute_autocommit(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
     dsn = make_dsn(admin_dsn, dbname=TEMPLATE)
     sqlfiles.install(dsn, demo_schema=True)
     yield dsn
@@ -85,7 +75,7 @@ def template_dsn(admin_dsn: str) -> Iterator[str]:
 def db_dsn(admin_dsn: str, template_dsn: str) -> Iterator[str]:
     """A fresh database with the schema and triggers installed."""
     name = f"partysense_test_{uuid.uuid4().hex[:12]}"
-    _admin(admin_dsn, sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+    execute_autocommit(admin_dsn, sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
         sql.Identifier(name), sql.Identifier(TEMPLATE)))
     yield make_dsn(admin_dsn, dbname=name)
     drop_database(admin_dsn, name)
@@ -95,7 +85,7 @@ def db_dsn(admin_dsn: str, template_dsn: str) -> Iterator[str]:
 def empty_db_dsn(admin_dsn: str) -> Iterator[str]:
     """A fresh database with nothing in it."""
     name = f"partysense_empty_{uuid.uuid4().hex[:12]}"
-    _admin(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    execute_autocommit(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield make_dsn(admin_dsn, dbname=name)
     drop_database(admin_dsn, name)
 

@@ -22,6 +22,7 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 from websockets.sync.client import connect
 
+from partysense.sqlfiles import execute_autocommit
 from tests.support import Daemon, Party, wait_for
 
 OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
@@ -35,16 +36,6 @@ def documented_grants(name: str) -> str:
     return found.group(1)
 
 
-def run_as_admin(dsn: str, statements: str) -> None:
-    connection = psycopg2.connect(dsn)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statements)
-    finally:
-        connection.close()
-
-
 class Role:
     """A login role made for one test, with a password made at test time."""
 
@@ -56,7 +47,7 @@ class Role:
         params.pop("password", None)
         params["user"] = self.name
         self.dsn = make_dsn(**params)  # no password: it comes from PGPASSWORD
-        run_as_admin(admin_dsn, sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+        execute_autocommit(admin_dsn, sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
             sql.Identifier(self.name), sql.Literal(self.password)).as_string(
                 psycopg2.connect(admin_dsn)))
 
@@ -69,7 +60,7 @@ class Role:
         return connection
 
     def drop(self) -> None:
-        run_as_admin(self._admin_dsn, sql.SQL("DROP ROLE IF EXISTS {}").format(
+        execute_autocommit(self._admin_dsn, sql.SQL("DROP ROLE IF EXISTS {}").format(
             sql.Identifier(self.name)).as_string(psycopg2.connect(self._admin_dsn)))
 
 
@@ -79,7 +70,7 @@ def hardened(admin_dsn: str, db_dsn: str) -> Iterator[tuple[Role, Role]]:
     database = parse_dsn(db_dsn)["dbname"]
     daemon_role, writer = Role(admin_dsn, db_dsn), Role(admin_dsn, db_dsn)
     try:
-        run_as_admin(db_dsn, f"""
+        execute_autocommit(db_dsn, f"""
             REVOKE ALL ON DATABASE "{database}" FROM PUBLIC;
             REVOKE ALL ON SCHEMA public FROM PUBLIC;
             REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC;
@@ -87,9 +78,9 @@ def hardened(admin_dsn: str, db_dsn: str) -> Iterator[tuple[Role, Role]]:
         daemon_grants = documented_grants("daemon").replace(
             "DATABASE partysense ", f'DATABASE "{database}" ').replace(
             "partysense_live", daemon_role.name)
-        run_as_admin(db_dsn, daemon_grants)
+        execute_autocommit(db_dsn, daemon_grants)
         # What Django's own role has on its tables, then the documented extra.
-        run_as_admin(db_dsn, f"""
+        execute_autocommit(db_dsn, f"""
             GRANT CONNECT ON DATABASE "{database}" TO {writer.name};
             GRANT USAGE ON SCHEMA public TO {writer.name};
             GRANT SELECT, INSERT, UPDATE, DELETE ON event_vote TO {writer.name};
