@@ -10,10 +10,9 @@ As users run it: 300 clients of a foreign library on a twistd process, and
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 import json
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,12 +20,13 @@ import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from partysense.listener import ListenerService
 from partysense.tap import Options, makeService
+from tests import support
 from tests.support import Daemon, Party, wait_for
 
 # -- in process ---------------------------------------------------------------
@@ -89,20 +89,8 @@ class Running:
         return await self.listening() == wanted
 
 
-async def eventually(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Await ``condition()`` (a value or an awaitable) until it is true, up to a deadline."""
-    from twisted.internet import reactor
-
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await task.deferLater(reactor, 0.02, lambda: None)
+# This file's deadlines were 10 s; they stay so.
+eventually = functools.partial(support.eventually, timeout=10.0)
 
 
 @pytest_twisted.async_yield_fixture

@@ -28,7 +28,7 @@ from partysense.listener import (
     with_resolved_host,
 )
 from tests.faultkit import SilentProxy, committed, event_with_track, terminate_listener
-from tests.support import Party
+from tests.support import Party, eventually
 
 Delivered = list[tuple[str, int, str]]
 
@@ -254,17 +254,6 @@ def _result_of(d: defer.Deferred[Any]) -> Any:
 # -- against a real PostgreSQL -------------------------------------------------------
 
 
-async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    from twisted.internet import reactor
-
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 def _listener(dsn: str, delivered: Delivered, **kwargs: Any) -> ListenerService:

@@ -11,7 +11,6 @@ its socket fills exactly when the test says.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,21 +27,8 @@ from partysense.hub import Hub
 from partysense.listener import ListenerService, NotConnected
 from partysense.protocol import Limits, LiveFactory, LiveProtocol
 from tests.faultkit import terminate_listener
-from tests.support import Daemon, Party, wait_for
+from tests.support import Daemon, Party, eventually, wait_for
 from tests.wire import Transport, messages, opened, send_json
-
-
-async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    from twisted.internet import reactor
-
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 async def one_turn() -> None:
