@@ -13,6 +13,7 @@ import psycopg2
 
 from partysense import dsn as dsnlib
 from partysense import sqlfiles, tail
+from partysense.errors import first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +59,8 @@ def install(dsn: str, demo_schema: bool) -> int:
             dsnlib.with_defaults(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS),
             demo_schema=demo_schema)
     except psycopg2.Error as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"partysense-db: install failed on {dsnlib.redact(dsn)}: {message}", file=sys.stderr)
+        print(f"partysense-db: install failed on {dsnlib.redact(dsn)}: {first_line(error)}",
+              file=sys.stderr)
         return 1
     print(f"partysense-db: installed {', '.join(scripts)} on {dsnlib.redact(dsn)}")
     return 0

@@ -16,6 +16,8 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from partysense import dsn as dsnlib
+
 DEMO_EVENTS = ["Saturday Night Fever", "Rooftop \"Sunset\" Session", "Office Party 🎉"]
 
 DEMO_TRACKS = [
@@ -92,7 +94,7 @@ class DemoPartyService(Service):
 
     log = Logger()
 
-    def __init__(self, dsn: Any, rate: float, clock: Any = None) -> None:
+    def __init__(self, dsn: dsnlib.DSNSource, rate: float, clock: Any = None) -> None:
         self._dsn = dsn
         self._rate = rate
         self._clock = clock
@@ -109,7 +111,7 @@ class DemoPartyService(Service):
 
     @defer.inlineCallbacks
     def _start(self) -> Any:
-        dsn = self._dsn if isinstance(self._dsn, str) else (yield self._dsn())
+        dsn = yield dsnlib.when_known(self._dsn)
         if not self.running:
             return
         self._pool = adbapi.ConnectionPool(

@@ -8,10 +8,16 @@ has to be written in our options. :func:`redact` is what goes into logs.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from psycopg2.extensions import make_dsn, parse_dsn
+from twisted.internet import defer
 
 DSN_ENVIRONMENT_VARIABLE = "PARTYSENSE_DSN"
+
+# A DSN, or a callable whose Deferred fires with one: the embedded database's
+# DSN is only known once it has started.
+DSNSource = str | Callable[[], defer.Deferred[str]]
 
 # Detect a silently dead TCP connection within seconds, not hours: the
 # kernel probes an idle connection after 5 s, every 2 s, and gives up after 3
@@ -70,13 +76,13 @@ def redact(dsn: str) -> str:
     return make_dsn(**params)
 
 
-def for_listener(dsn: str) -> str:
+def for_connection(dsn: str, application_name: str) -> str:
     """The DSN with keepalives and an application_name added where it names none.
 
-    The application_name makes the daemon's one connection easy to find in
+    The application_name makes the daemon's connections easy to find in
     pg_stat_activity.
     """
-    return with_defaults(dsn, **KEEPALIVE_SETTINGS, application_name="partysense-live")
+    return with_defaults(dsn, **KEEPALIVE_SETTINGS, application_name=application_name)
 
 
 def with_defaults(dsn: str, **defaults: str) -> str:
@@ -86,10 +92,6 @@ def with_defaults(dsn: str, **defaults: str) -> str:
     return make_dsn(dsn, **extra) if extra else dsn
 
 
-def describe(dsn: str) -> str:
-    """A short human description for the start-up log line: host, port, database."""
-    params = validate(dsn)
-    host = params.get("host") or params.get("hostaddr") or "(default socket)"
-    port = params.get("port", "5432")
-    database = params.get("dbname") or params.get("user") or "(default database)"
-    return f"database {database} on {host} port {port}"
+def when_known(source: DSNSource) -> defer.Deferred[str]:
+    """The DSN of ``source``, once it is known."""
+    return defer.maybeDeferred(source) if callable(source) else defer.succeed(source)

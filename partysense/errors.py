@@ -37,3 +37,28 @@ class ClientError(Exception):
         self.kind = kind
         self.code = code
         self.reason = reason[:120]  # a close reason must fit in 123 bytes
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, without libpq's severity prefix ("FATAL:  ...").
+
+    What goes into a log line or a close reason: the rest (libpq's DETAIL,
+    HINT, a traceback) says nothing more to a sysadmin.
+    """
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    first = lines[0]
+    for prefix in ("FATAL:", "ERROR:"):
+        if first.startswith(prefix):
+            first = first[len(prefix):].strip()
+    return first
+
+
+def is_utf8(text: str) -> bool:
+    """JSON's "\\ud800" decodes to a lone surrogate, which has no UTF-8 to send on."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,71 +1,76 @@
-"""The hub: which WebSocket protocols want which channel, and fan-out.
+"""The hub: which subscribers want which channel, and fan-out.
 
-A change is encoded once per wire format and the same prepared frame is
-sent to every subscriber of the channel. The hub also tells the listener
-when a channel gets its first subscriber or loses its last one.
+A change is encoded once per wire format and the same frame is sent to every
+subscriber of the channel. The hub also tells the listener when a channel
+gets its first subscriber or loses its last one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from autobahn.websocket.protocol import PreparedMessage
 from twisted.logger import Logger
 
+from partysense.change import Change
 
-class Listener(Protocol):
+
+class Channels(Protocol):
+    """What the hub needs of the listener."""
+
     def listen(self, channel: str) -> None: ...
     def unlisten(self, channel: str) -> None: ...
+    def observe(self, observer: Callable[[str, Change], None]) -> None: ...
+
+
+class Delivery:
+    """One change on one channel, with its frames encoded at most once per wire format."""
+
+    __slots__ = ("channel", "change", "_frames")
+
+    def __init__(self, channel: str, change: Change) -> None:
+        self.channel = channel
+        self.change = change
+        self._frames: dict[str, Any] = {}
+
+    @property
+    def seq(self) -> int:
+        return self.change.seq
+
+    def frame(self, wire_format: str, encode: Callable[[Delivery], Any]) -> Any:
+        """The frame for ``wire_format``, encoding it on first use."""
+        frame = self._frames.get(wire_format)
+        if frame is None:
+            frame = self._frames[wire_format] = encode(self)
+        return frame
 
 
 class Subscriber(Protocol):
-    """What the hub needs of a WebSocket protocol."""
+    """What the hub needs of a subscription."""
 
-    def deliver(self, change: Change) -> None: ...
-
-
-def _prepare(payload: bytes) -> PreparedMessage:
-    # No compression: permessage-deflate is off, and it would defeat the
-    # point of preparing a frame once for everybody.
-    return PreparedMessage(payload, False, False, True)
-
-
-class Change:
-    """One vote change on one channel, with its frames encoded at most once."""
-
-    __slots__ = ("channel", "seq", "payload", "_frames")
-
-    def __init__(self, channel: str, seq: int, payload: str) -> None:
-        self.channel = channel
-        self.seq = seq
-        self.payload = payload
-        self._frames: dict[str, PreparedMessage] = {}
-
-    def frame(self, wire_format: str, encode: Callable[[Change], bytes]) -> PreparedMessage:
-        """The prepared frame for ``wire_format``, encoding it on first use."""
-        prepared = self._frames.get(wire_format)
-        if prepared is None:
-            prepared = self._frames[wire_format] = _prepare(encode(self))
-        return prepared
+    def deliver(self, delivery: Delivery) -> None: ...
 
 
 class Hub:
-    """Channel name to subscribers, and the fan-out of changes to them."""
+    """Channel name to subscribers, and the fan-out of changes to them.
+
+    Observes ``channels`` (the listener) from construction on: every change
+    it hands on reaches the subscribers of its channel.
+    """
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, channels: Channels) -> None:
+        self._channels = channels
         self._subscribers: dict[str, dict[Subscriber, None]] = {}
-        self.listener: Listener | None = None
         self.frames_sent = 0
+        channels.observe(self.publish)
 
     def subscribe(self, channel: str, subscriber: Subscriber) -> None:
         subscribers = self._subscribers.get(channel)
         if subscribers is None:
             subscribers = self._subscribers[channel] = {}
-            if self.listener is not None:
-                self.listener.listen(channel)
+            self._channels.listen(channel)
         subscribers[subscriber] = None
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
@@ -75,26 +80,22 @@ class Hub:
         del subscribers[subscriber]
         if not subscribers:
             del self._subscribers[channel]
-            if self.listener is not None:
-                self.listener.unlisten(channel)
-
-    def subscriber_count(self, channel: str) -> int:
-        return len(self._subscribers.get(channel, ()))
+            self._channels.unlisten(channel)
 
     @property
     def channels(self) -> list[str]:
         return sorted(self._subscribers)
 
-    def publish(self, channel: str, seq: int, payload: str) -> None:
+    def publish(self, channel: str, change: Change) -> None:
         """Hand one change to every subscriber of ``channel``."""
         subscribers = self._subscribers.get(channel)
         if not subscribers:
             return
-        change = Change(channel, seq, payload)
+        delivery = Delivery(channel, change)
         # A copy: a subscriber may unsubscribe (close) while we deliver.
         for subscriber in list(subscribers):
             try:
-                subscriber.deliver(change)
+                subscriber.deliver(delivery)
             except Exception:
                 self.log.failure("Delivering to {subscriber} failed", subscriber=subscriber)
         self.frames_sent += len(subscribers)

@@ -7,11 +7,11 @@ them at scrape time, so the fan-out path pays nothing for metrics. Two
 things are measured here instead:
 
 - PostgreSQL's ``pg_notification_queue_usage()``, polled every few seconds
-  on the listener's connection by :class:`QueueUsagePoller`, so a scrape
-  never waits for the database (and still answers when it is down);
-- the delay from a vote's commit (the ``ts`` the trigger puts in the
-  payload) to its frames leaving the daemon, observed once per change and
-  channel by the wrapper :meth:`DaemonMetrics.timed` puts around the hub.
+  on the query connection by :class:`QueueUsagePoller`, so a scrape never
+  waits for the database (and still answers when it is down);
+- the delay from a vote's commit (the change's ``committed_at``) to its
+  frames leaving the daemon, observed once per change and channel by
+  :meth:`DaemonMetrics.observe_delay`, a listener observer called after the hub.
 
 Each daemon has its own ``CollectorRegistry`` (never the global one), so a
 test can build several. docs/operations.md explains every metric.
@@ -34,8 +34,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-# (channel, seq, payload): what the listener hands to the hub.
-Deliver = Callable[[str, int, str], None]
+from partysense.change import Change
+from partysense.dialect import ClientCounters
 
 QUEUE_USAGE_QUERY = "SELECT pg_notification_queue_usage()"
 
@@ -49,22 +49,26 @@ DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 BAD_INPUT_KINDS = ("binary", "not_json", "wrong_shape", "bad_event_id", "too_big",
                    "unknown_event", "flood", "protocol_error")
 
-# Counted by the factory with the bad inputs too; reported on their own.
+# Counted with the bad inputs too; reported on their own.
 SLOW = "too_slow"
-
-TS_KEY = '"ts" : '
 
 
 class Listener(Protocol):
     state: str
     reconnects: int
     notifications: int
-    trimmed: int
+    bad_notifications: int
 
     @property
     def connected(self) -> bool: ...
     @property
     def channels(self) -> frozenset[str]: ...
+    def observe(self, observer: Callable[[str, Change], None]) -> None: ...
+
+
+class Queries(Protocol):
+    @property
+    def connected(self) -> bool: ...
     def runQuery(self, query: Any, params: Any = None) -> Any: ...
     def whenConnected(self) -> Any: ...
 
@@ -73,53 +77,29 @@ class Hub(Protocol):
     frames_sent: int
 
 
+class Retention(Protocol):
+    trimmed: int
+
+
 class Factory(Protocol):
-    clients: Any  # a set of Autobahn server protocols
-    bad_inputs: dict[str, int]
-    slow_closed: int
-    closed_client_bytes: int
+    clients: Any  # a set of LiveProtocols
+    counters: ClientCounters
 
     def clients_by_dialect(self) -> dict[str, int]: ...
-
-
-def commit_time(payload: str) -> float | None:
-    """The commit time (epoch seconds) the trigger wrote into ``payload``, if any.
-
-    Read by hand rather than with json.loads: this runs for every change,
-    and the key is found from the end in a fraction of the time. An escaped
-    quote inside a name never looks like ``"ts" :``.
-    """
-    start = payload.rfind(TS_KEY)
-    if start < 0:
-        return None
-    start += len(TS_KEY)
-    end = start
-    while end < len(payload) and payload[end] not in ",}":
-        end += 1
-    try:
-        return float(payload[start:end])
-    except ValueError:  # "ts" : null, from an old install.sql or a replay
-        return None
-
-
-def bytes_written(client: Any) -> int:
-    """WebSocket bytes (frame headers included) Autobahn wrote to ``client`` while open."""
-    stats = getattr(client, "trafficStats", None)
-    return stats.outgoingOctetsWireLevel if stats is not None else 0
 
 
 class QueueUsagePoller(Service):
     """Asks PostgreSQL how full its notification queue is, every ``interval`` s.
 
     The queue is shared by the whole cluster; past 50% PostgreSQL warns, at
-    100% every notifying commit fails. Polled on the listener's connection
-    (one query every few seconds), never at scrape time.
+    100% every notifying commit fails. Polled on the query connection (one
+    query every few seconds), never at scrape time.
     """
 
     log = Logger()
 
-    def __init__(self, listener: Listener, clock: IReactorTime, interval: float = 5.0) -> None:
-        self._listener = listener
+    def __init__(self, queries: Queries, clock: IReactorTime, interval: float = 5.0) -> None:
+        self._queries = queries
         self._clock = clock
         self._interval = interval
         self._loop = LoopingCall(self._poll)
@@ -132,7 +112,7 @@ class QueueUsagePoller(Service):
         super().startService()
         self._loop.start(self._interval, now=False)
         # Also ask as soon as the listener is up, not a whole interval later.
-        self._first = self._listener.whenConnected()
+        self._first = self._queries.whenConnected()
         self._first.addCallbacks(lambda _: self._poll(), lambda _: None)
 
     def stopService(self) -> None:
@@ -145,14 +125,14 @@ class QueueUsagePoller(Service):
     def _poll(self) -> None:
         if not self.running:
             return
-        if not self._listener.connected:
+        if not self._queries.connected:
             self.usage = None
             return
         asked_at = self._asked_at
         if asked_at is not None and self._clock.seconds() - asked_at < 6 * self._interval:
             return  # the last question is still out (a database that went silent)
         self._asked_at = self._clock.seconds()
-        d = self._listener.runQuery(QUEUE_USAGE_QUERY)
+        d = self._queries.runQuery(QUEUE_USAGE_QUERY)
         d.addCallbacks(self._answered, self._unanswered)
 
     def _answered(self, rows: list[tuple]) -> None:
@@ -170,10 +150,11 @@ class LiveCollector(Collector):
     """Reads the daemon's counters when Prometheus scrapes; nothing is kept here."""
 
     def __init__(self, factory: Factory, hub: Hub, listener: Listener,
-                 queue: QueueUsagePoller) -> None:
+                 retention: Retention, queue: QueueUsagePoller) -> None:
         self._factory = factory
         self._hub = hub
         self._listener = listener
+        self._retention = retention
         self._queue = queue
 
     def describe(self) -> Iterable[Any]:
@@ -202,19 +183,25 @@ class LiveCollector(Collector):
             "(live notifications and catch-up replay, once per change and channel).",
             value=listener.notifications)
         yield CounterMetricFamily(
+            "partysense_bad_notifications",
+            "Notifications on listened channels that were not one of our vote changes "
+            "(not JSON, a field missing or of the wrong type, another event's change); "
+            "dropped and logged.",
+            value=listener.bad_notifications)
+        yield CounterMetricFamily(
             "partysense_frames_sent", "Change frames handed to WebSocket clients.",
             value=hub.frames_sent)
         yield CounterMetricFamily(
             "partysense_sent_bytes",
             "Bytes written to open WebSocket connections, frame headers included.",
-            value=sum(bytes_written(client) for client in clients)
-            + factory.closed_client_bytes)
+            value=sum(client.bytes_sent for client in clients)
+            + factory.counters.closed_client_bytes)
         yield CounterMetricFamily(
             "partysense_slow_clients_closed",
             "Clients closed (4008) because they stopped reading and their queue passed the limit.",
-            value=factory.slow_closed)
+            value=factory.counters.slow_closed)
         bad = dict.fromkeys(BAD_INPUT_KINDS, 0)
-        bad.update(factory.bad_inputs)
+        bad.update(factory.counters.bad_inputs)
         bad.pop(SLOW, None)
         bad_inputs = CounterMetricFamily(
             "partysense_bad_inputs",
@@ -231,7 +218,7 @@ class LiveCollector(Collector):
         yield CounterMetricFamily(
             "partysense_changes_trimmed",
             "Changes deleted from partysense_change by --retention.",
-            value=listener.trimmed)
+            value=self._retention.trimmed)
         yield GaugeMetricFamily(
             "partysense_listener_up",
             "1 while the listener is connected to PostgreSQL and caught up, else 0.",
@@ -293,25 +280,20 @@ class DaemonMetrics:
         PlatformCollector(registry=self.registry)
         self.registry.register(_Info())
 
-    def timed(self, publish: Deliver) -> Deliver:
-        """``publish`` (the hub's), then observe how long ago the change was committed."""
-        observe = self.delivery_delay.observe
-        seconds = self.clock.seconds
+    def observe_delay(self, channel: str, change: Change) -> None:
+        """Observe how long ago ``change`` was committed (a listener observer,
+        registered after the hub, so the time includes the fan-out)."""
+        if change.committed_at is not None:
+            # Clocks of two machines: a few ms of skew may make it negative.
+            self.delivery_delay.observe(max(0.0, self.clock.seconds() - change.committed_at))
 
-        def publish_and_time(channel: str, seq: int, payload: str) -> None:
-            publish(channel, seq, payload)
-            committed = commit_time(payload)
-            if committed is not None:
-                # Clocks of two machines: a few ms of skew may make it negative.
-                observe(max(0.0, seconds() - committed))
-
-        return publish_and_time
-
-    def watch(self, factory: Factory, hub: Hub, listener: Listener,
-              queue_interval: float = 5.0) -> QueueUsagePoller:
-        """Register the collector of the daemon's counters; returns the queue poller service."""
-        poller = QueueUsagePoller(listener, self.clock, queue_interval)
-        self.registry.register(LiveCollector(factory, hub, listener, poller))
+    def watch(self, factory: Factory, hub: Hub, listener: Listener, queries: Queries,
+              retention: Retention, queue_interval: float = 5.0) -> QueueUsagePoller:
+        """Collect the daemon's counters and time its deliveries; returns the
+        notification-queue poller, a service."""
+        listener.observe(self.observe_delay)
+        poller = QueueUsagePoller(queries, self.clock, queue_interval)
+        self.registry.register(LiveCollector(factory, hub, listener, retention, poller))
         return poller
 
     def resource(self) -> Resource:

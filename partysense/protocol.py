@@ -1,33 +1,35 @@
 """The WebSocket protocol every client connects with, and its factory.
 
-The protocol is the plumbing shared by both dialects: limits (clients,
-message size and rate, Origins), the bounded send queue that keeps a slow
-client from holding up others or growing our memory, logging, and closing
-with a clear code. What the messages mean is the session's business:
-``partysense.seed`` (no subprotocol) or ``partysense.v2``.
+The protocol is the plumbing shared by every dialect: limits (clients,
+message size and rate, Origins), the outbox that keeps a slow client from
+holding up others or growing our memory (partysense/outbox.py), logging,
+and closing with a clear code. What the messages mean is the session's
+business; the factory is handed a table of dialects, subprotocol to session
+maker (None: a client that asks for none), by the service assembly.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from partysense import errors
+from partysense.adapters.autobahn_adapter import (
+    Frame,
+    ServerFactory,
+    ServerProtocol,
+    prepare,
+)
+from partysense.adapters.twisted_adapter import write_now
+from partysense.dialect import ClientCounters, MakeSession, Session
 from partysense.errors import ClientError
-from partysense.events import EventDirectory
-from partysense.fastwrite import TurnWriter, write_now
-from partysense.hub import Hub
-from partysense.listener import ListenerService
-from partysense.seed import SeedSession
-from partysense.v2 import SUBPROTOCOL, V2Session
+from partysense.fastwrite import TurnWriter
+from partysense.outbox import Outbox
 
 
 @dataclass
@@ -43,41 +45,12 @@ class Limits:
     allowed_origins: tuple[str, ...] = ()
 
 
-class Session(Protocol):
-    dialect: str
-
-    @property
-    def subscriptions(self) -> int: ...
-    def received(self, text: str) -> Any: ...
-    def close(self) -> None: ...
-
-
-class _Throttle:
-    """Registered as the socket's producer: says when its send buffer is full.
-
-    Twisted buffers writes without limit; with this, once the transport holds
-    more than its bufferSize (64 KiB) we queue in our own, bounded, backlog.
-    """
-
-    def __init__(self, protocol: LiveProtocol) -> None:
-        self._protocol = protocol
-
-    def pauseProducing(self) -> None:
-        self._protocol.paused = True
-
-    def resumeProducing(self) -> None:
-        self._protocol.drain()
-
-    def stopProducing(self) -> None:
-        pass
-
-
 # The close codes Autobahn fails a connection with, as kinds of bad input.
 AUTOBAHN_KINDS = {errors.PROTOCOL_ERROR: "protocol_error", errors.INVALID_PAYLOAD: "not_json",
                   errors.MESSAGE_TOO_BIG: "too_big"}
 
 
-class LiveProtocol(WebSocketServerProtocol):
+class LiveProtocol(ServerProtocol):
     """One browser or phone. Autobahn owns ``self.log``, so ours is ``_log``."""
 
     _log = Logger()
@@ -86,10 +59,7 @@ class LiveProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
-        self.paused = False
-        self._backlog: deque[PreparedMessage] = deque()
-        self._backlog_bytes = 0
-        self._streams: deque[tuple[Iterator[bytes], defer.Deferred[None]]] = deque()
+        self.outbox: Outbox | None = None
         self._queue: defer.Deferred[None] = defer.succeed(None)
         self._tokens = 0.0
         self._refilled = 0.0
@@ -101,14 +71,18 @@ class LiveProtocol(WebSocketServerProtocol):
     # -- Autobahn callbacks ---------------------------------------------------
 
     def onConnect(self, request: Any) -> str | None:
-        if SUBPROTOCOL in request.protocols:
-            self.session = V2Session(self)
-            return SUBPROTOCOL
-        self.session = SeedSession(self)
+        dialects = self.factory.dialects
+        for subprotocol in request.protocols:
+            if subprotocol in dialects:
+                self.session = dialects[subprotocol](self)
+                return str(subprotocol)
+        self.session = dialects[None](self)
         return None
 
     def onOpen(self) -> None:
         limits = self.factory.limits
+        self.outbox = Outbox(self._write_frame, lambda: self.is_live,
+                             limits.max_queue_bytes, self.too_slow)
         if len(self.factory.clients) >= limits.max_clients:
             self.refuse(ClientError("server_full", errors.TRY_AGAIN_LATER,
                                     f"server full ({limits.max_clients} clients); retry later"))
@@ -117,10 +91,10 @@ class LiveProtocol(WebSocketServerProtocol):
         self._tokens = 2 * limits.messages_per_second
         self._refilled = self.factory.clock.seconds()
         # Behind twisted.web the HTTP channel is the socket's producer; the
-        # WebSocket has taken the socket over, so the throttle replaces it.
+        # WebSocket has taken the socket over, so the outbox replaces it.
         transport: Any = self.transport
         transport.unregisterProducer()
-        transport.registerProducer(_Throttle(self), True)
+        transport.registerProducer(self.outbox, True)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not self.is_live or self.session is None:
@@ -144,16 +118,15 @@ class LiveProtocol(WebSocketServerProtocol):
         # A client that pings but does not read would have us queue its pongs
         # without limit (pings are not messages: no rate limit applies). One
         # whose socket is full gets no answer until it reads again.
-        if not self.paused:
+        if self.outbox is None or not self.outbox.paused:
             super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.clients.discard(self)
         # /metrics adds this to what the open clients have been sent so far.
-        self.factory.closed_client_bytes += self.trafficStats.outgoingOctetsWireLevel
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        self._end_streams()
+        self.factory.counters.closed_client_bytes += self.bytes_sent
+        if self.outbox is not None:
+            self.outbox.close()
         if self.session is not None:
             self.session.close()
 
@@ -183,99 +156,49 @@ class LiveProtocol(WebSocketServerProtocol):
         self._tokens -= 1
         return True
 
-    # -- sending --------------------------------------------------------------
+    # -- sending (the Client interface of partysense/dialect.py) ---------------
 
-    def send_prepared(self, prepared: PreparedMessage) -> None:
-        """Send a frame now, or queue it while the socket is full."""
-        if self.state != self.STATE_OPEN:
-            return
-        if self.paused or self._backlog or self._streams:
-            self._backlog.append(prepared)
-            self._backlog_bytes += len(prepared.payloadHybi)
-            if self._backlog_bytes > self.factory.limits.max_queue_bytes:
-                self.too_slow()
-            return
-        self._write_frame(prepared.payloadHybi)
+    def send_frame(self, frame: Frame) -> None:
+        """Send a prepared frame now, or queue it while the socket is full."""
+        if self.state == self.STATE_OPEN and self.outbox is not None:
+            self.outbox.send(frame)
 
-    def _write_frame(self, frame: bytes, now: bool = False) -> None:
+    def send_json(self, body: dict[str, Any]) -> None:
+        self.send_frame(prepare(json.dumps(body, ensure_ascii=False).encode("utf-8")))
+
+    def stream(self, frames: Iterable[Frame]) -> defer.Deferred[None]:
+        """Send many frames (a replay) only as fast as the client reads them."""
+        if self.outbox is None:
+            return defer.succeed(None)
+        return self.outbox.stream(frames)
+
+    def _write_frame(self, frame: bytes, now: bool) -> None:
         """Autobahn's sendData for a ready frame, minus its per-frame debug-log
         formatting; a client's frames of one reactor turn leave in one send()
         (partysense/fastwrite.py). ``now``: into the transport at once, so that
-        its buffer fills and pauses us (draining a backlog, streaming a replay)."""
-        if self.send_queue:  # Autobahn has frames of its own waiting: keep the order
-            self.sendData(frame)
+        its buffer fills and pauses the outbox."""
+        if self.autobahn_frames_waiting:  # keep the order with Autobahn's own frames
+            self.send_behind_autobahn(frame)
             return
         if now:
             self.factory.writer.flush_one(self.transport)
             write_now(self.transport, frame)
         else:
             self.factory.writer.write(self.transport, frame)
-        self.trafficStats.outgoingOctetsWireLevel += len(frame)
+        self.count_sent(len(frame))
 
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """Autobahn's way out for its own frames (close, ping, pong), and ours
-        when it has frames queued: our frames of this turn go first, or a
-        change could follow the close frame (a protocol error)."""
+    def before_autobahn_writes(self) -> None:
+        # Our frames of this turn go first, or a change could follow the
+        # close frame (a protocol error).
         self.factory.writer.flush_one(self.transport)
-        super().sendData(data, sync, chopsize)
-
-    def send_bytes(self, payload: bytes) -> None:
-        self.send_prepared(PreparedMessage(payload, False, False, True))
-
-    def send_json(self, body: dict[str, Any]) -> None:
-        import json
-
-        self.send_bytes(json.dumps(body, ensure_ascii=False).encode("utf-8"))
-
-    def stream(self, frames: Iterable[bytes]) -> defer.Deferred[None]:
-        """Send many frames (a replay) only as fast as the client reads them.
-
-        Unlike send_prepared, these do not count against the slow-client
-        limit: they are produced on demand, never queued. The Deferred fires
-        once the last one is written (or the connection is gone).
-        """
-        done: defer.Deferred[None] = defer.Deferred()
-        self._streams.append((iter(frames), done))
-        self._pump()
-        return done
-
-    def drain(self) -> None:
-        """The socket has room again: send what waited, until it is full again."""
-        self.paused = False
-        self._pump()
-
-    def _pump(self) -> None:
-        while not self.paused and self.state == self.STATE_OPEN:
-            if self._backlog:
-                prepared = self._backlog.popleft()
-                self._backlog_bytes -= len(prepared.payloadHybi)
-                self._write_frame(prepared.payloadHybi, now=True)
-            elif self._streams:
-                frames, done = self._streams[0]
-                payload = next(frames, None)
-                if payload is None:
-                    self._streams.popleft()
-                    done.callback(None)
-                else:
-                    frame = PreparedMessage(payload, False, False, True).payloadHybi
-                    self._write_frame(frame, now=True)
-            else:
-                return
-        if self.state != self.STATE_OPEN:
-            self._end_streams()
-
-    def _end_streams(self) -> None:
-        streams, self._streams = self._streams, deque()
-        for _, done in streams:
-            done.callback(None)
 
     def too_slow(self) -> None:
         """Close a client that does not read what it is sent (code 4008)."""
         if self.state != self.STATE_OPEN:
             return
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        self.factory.slow_closed += 1
+        if self.outbox is not None:
+            self.outbox.discard()
+        self.factory.counters.slow_closed += 1
         self.refuse(ClientError(
             "too_slow", errors.TOO_SLOW,
             f"not reading: over {self.factory.limits.max_queue_bytes} bytes queued"))
@@ -290,27 +213,13 @@ class LiveProtocol(WebSocketServerProtocol):
             "Closing {peer} ({kind}, code {code}): {reason}",
             peer=self.peer, kind=error.kind, code=error.code, reason=error.reason,
         )
-        self.factory.count_bad_input(error.kind)
+        self.factory.counters.bad_input(error.kind)
         if self.session is not None:
             self.session.close()
         self.close_with(error.code, error.reason)
 
-    def _fail_connection(self, code: int = errors.GOING_AWAY, reason: str = "going away") -> None:
-        """Autobahn's own checks (message size, UTF-8, framing) end here.
-
-        An open connection is refused like any other bad input: logged once
-        in our words and counted by kind. In any other state Autobahn knows
-        best.
-        """
-        if self.state == self.STATE_CLOSING and self.failedByMe:
-            # More of the message we refused (invalid UTF-8 fails twice):
-            # Autobahn would log it again, then drop the connection, as here.
-            self.dropConnection(abort=False)
-            return
-        if self.state != self.STATE_OPEN:
-            super()._fail_connection(code, reason)
-            return
-        self.failedByMe = True
+    def refused_by_autobahn(self, code: int, reason: str) -> None:
+        """Refused like any other bad input: logged once in our words, counted by kind."""
         self.refuse(ClientError(AUTOBAHN_KINDS.get(code, "protocol_error"), code, reason))
 
     def close_with(self, code: int, reason: str) -> None:
@@ -326,22 +235,22 @@ class LiveProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
 
 
-class LiveFactory(WebSocketServerFactory):
+class LiveFactory(ServerFactory):
     protocol = LiveProtocol  # type: ignore[assignment]
 
-    def __init__(self, hub: Hub, events: EventDirectory, listener: ListenerService,
-                 clock: Any, limits: Limits | None = None, **kwargs: Any) -> None:
+    def __init__(self, dialects: Mapping[str | None, MakeSession], clock: Any,
+                 limits: Limits | None = None, counters: ClientCounters | None = None,
+                 **kwargs: Any) -> None:
+        self.limits = limits or Limits()
+        # With any Origin allowed, "null" is one too: the seed's example page
+        # opened from a file sends it.
+        self.allow_null_origin = not self.limits.allowed_origins
         super().__init__(**kwargs)
-        self.hub = hub
-        self.events = events
-        self.listener = listener
+        self.dialects = dialects
         self.clock = clock
         self.writer = TurnWriter(clock)
-        self.limits = limits or Limits()
+        self.counters = counters if counters is not None else ClientCounters()
         self.clients: set[LiveProtocol] = set()
-        self.bad_inputs: dict[str, int] = {}
-        self.slow_closed = 0
-        self.closed_client_bytes = 0
         self.setProtocolOptions(
             maxMessagePayloadSize=self.limits.max_message_bytes,
             maxFramePayloadSize=self.limits.max_message_bytes,
@@ -354,63 +263,9 @@ class LiveFactory(WebSocketServerFactory):
             allowedOrigins=list(self.limits.allowed_origins) or ["*"],
         )
 
-    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
-        # With any Origin allowed, "null" is one too: the seed's example page
-        # opened from a file sends it. Autobahn turns allowNullOrigin off on
-        # every call that does not name it (tap.py calls this again).
-        limits = getattr(self, "limits", None)
-        if limits is not None:
-            options.setdefault("allowNullOrigin", not limits.allowed_origins)
-        super().setProtocolOptions(*args, **options)
-
-    def count_bad_input(self, kind: str) -> None:
-        self.bad_inputs[kind] = self.bad_inputs.get(kind, 0) + 1
-
     def clients_by_dialect(self) -> dict[str, int]:
         counts = {"seed": 0, "v2": 0}
         for client in self.clients:
             if client.session is not None:
-                counts[client.session.dialect] += 1
+                counts[client.session.dialect] = counts.get(client.session.dialect, 0) + 1
         return counts
-
-
-class ClientsService(Service):
-    """Closes every client with 1001 when the daemon stops.
-
-    Stopped before the web port and the listener (services stop in reverse
-    order of start), and never waits longer than ``grace`` seconds: a client
-    that does not answer its close frame is dropped.
-    """
-
-    _log = Logger()
-
-    def __init__(self, factory: LiveFactory, clock: Any, grace: float = 2.0) -> None:
-        self._factory = factory
-        self._clock = clock
-        self._grace = grace
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        clients = list(self._factory.clients)
-        for client in clients:
-            self._quietly(client.close_with, errors.GOING_AWAY, "server shutting down")
-        done: defer.Deferred[None] = defer.Deferred()
-
-        def check(deadline: float) -> None:
-            if not self._factory.clients or self._clock.seconds() >= deadline:
-                for client in list(self._factory.clients):
-                    self._quietly(client.dropConnection, abort=True)
-                done.callback(None)
-            else:
-                self._clock.callLater(0.05, check, deadline)
-
-        check(self._clock.seconds() + self._grace)
-        return done
-
-    def _quietly(self, call: Any, *args: Any, **kwargs: Any) -> None:
-        # One client failing to close must not leave the shutdown waiting
-        # forever (twistd waits for this Deferred) nor spare the others.
-        try:
-            call(*args, **kwargs)
-        except Exception:
-            self._log.failure("Closing a client at shutdown failed")

@@ -9,23 +9,23 @@ No acknowledgements: a bad request closes the connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 
 from partysense import errors
+from partysense.adapters.autobahn_adapter import Frame, prepare
+from partysense.channels import channel_for
+from partysense.dialect import Client, Shared
 from partysense.errors import ClientError
-from partysense.hub import Change
-from partysense.listener import NotConnected
-from partysense.subscription import channel_for, parse_seed_request
-
-if TYPE_CHECKING:
-    from partysense.protocol import LiveProtocol
+from partysense.hub import Delivery
+from partysense.pgservice import NotConnected
+from partysense.subscription import parse_seed_request
 
 
-def encode_seed(change: Change) -> bytes:
+def seed_frame(delivery: Delivery) -> Frame:
     # The trigger's JSON, byte for byte, as the seed service forwarded it.
-    return change.payload.encode("utf-8")
+    return prepare(delivery.change.payload)
 
 
 class SeedSession:
@@ -33,40 +33,41 @@ class SeedSession:
 
     dialect = "seed"
 
-    def __init__(self, protocol: LiveProtocol) -> None:
-        self._protocol = protocol
-        self._hub = protocol.factory.hub
+    def __init__(self, client: Client, shared: Shared) -> None:
+        self._client = client
+        self._shared = shared
         self.channel: str | None = None
 
     @property
     def subscriptions(self) -> int:
         return 0 if self.channel is None else 1
 
-    def deliver(self, change: Change) -> None:
-        self._protocol.send_prepared(change.frame("seed", encode_seed))
+    def deliver(self, delivery: Delivery) -> None:
+        self._client.send_frame(delivery.frame("seed", seed_frame))
 
     @defer.inlineCallbacks
     def received(self, text: str) -> Any:
         """Check the request against the database, then (re)subscribe."""
+        event_id = parse_seed_request(text)
+        listener = self._shared.listener
         try:
-            event_id = parse_seed_request(text)
-            if not self._protocol.factory.listener.connected:
+            if not listener.connected:
                 # Subscribed now, a client would silently miss what commits
                 # before the listener is back: better to say "try later".
-                raise NotConnected(self._protocol.factory.listener.reason)
-            if event_id is not None and not (yield self._protocol.factory.events.exists(event_id)):
+                raise NotConnected(listener.reason)
+            if event_id is not None and not (yield self._shared.events.exists(event_id)):
                 raise ClientError("unknown_event", errors.UNKNOWN_EVENT,
                                   f"event {event_id} does not exist")
         except NotConnected as error:
             raise ClientError("try_later", errors.TRY_AGAIN_LATER,
                               f"the database is unreachable ({error}); retry soon") from None
-        if not self._protocol.is_live:
+        if not self._client.is_live:
             return
         self.close()
         self.channel = channel_for(event_id)
-        self._hub.subscribe(self.channel, self)
+        self._shared.hub.subscribe(self.channel, self)
 
     def close(self) -> None:
         if self.channel is not None:
-            self._hub.unsubscribe(self.channel, self)
+            self._shared.hub.unsubscribe(self.channel, self)
             self.channel = None

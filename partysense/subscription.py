@@ -1,8 +1,7 @@
 """Reading a client's subscription request, strictly.
 
-The channel name is built here and only here, from a validated integer:
-the seed service's ``"LISTEN " + channel`` with a client's string was an SQL
-injection.
+The event id comes out as a validated integer (or None for every event);
+only partysense/channels.py turns it into a channel name.
 """
 
 from __future__ import annotations
@@ -10,10 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from partysense.channels import MAX_EVENT_ID
 from partysense.errors import INVALID_PAYLOAD, POLICY_VIOLATION, ClientError
-from partysense.listener import FIREHOSE, event_channel
 
-MAX_EVENT_ID = 2**63 - 1  # event_event.id: integer, or bigint with Django's BigAutoField
 ALL_EVENTS = "ALL"
 
 
@@ -57,10 +55,6 @@ def parse_seed_request(text: str) -> int | None:
             'expected {"event": <event id>} or {"event": "ALL"}',
         )
     return parse_event_id(message["event"])
-
-
-def channel_for(event_id: int | None) -> str:
-    return FIREHOSE if event_id is None else event_channel(event_id)
 
 
 def _short(value: Any) -> str:

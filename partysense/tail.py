@@ -22,7 +22,6 @@ import argparse
 import json
 import select
 import sys
-from datetime import datetime
 from typing import IO, Any
 
 import psycopg2
@@ -30,9 +29,9 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
 from partysense import dsn as dsnlib
-
-ALL = "ALL"
-V2_SUBPROTOCOL = "partysense.v2"
+from partysense.channels import channel_for
+from partysense.errors import first_line
+from partysense.tailformat import ALL, describe
 
 
 def add_parser(commands: Any) -> None:
@@ -58,31 +57,6 @@ def parse_event(text: str) -> int | None:
     return int(text)
 
 
-def describe(change: dict[str, Any], now: datetime | None = None) -> str:
-    """One human line for a change payload (a v2 change message works too)."""
-    when = datetime.fromtimestamp(change["ts"]) if change.get("ts") else (now or datetime.now())
-    up = _direction(change.get("up"))
-    op = change.get("op", "?")
-    if op == "update":
-        move = f"{_direction(change.get('prev'))}->{up}"
-    else:
-        move = up
-    return (
-        f"{when.strftime('%H:%M:%S.%f')[:-3]} seq {change.get('seq')} "
-        f"event {change.get('eid')} {quoted(change.get('event'))} {op} {move} "
-        f"{quoted(change.get('track'))} by {quoted(change.get('artist'))} "
-        f"(track {change.get('tid')}, vote {change.get('vote')})"
-    )
-
-
-def _direction(up: Any) -> str:
-    return "up" if up is True else "down" if up is False else "?"
-
-
-def quoted(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
 def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
@@ -105,17 +79,14 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | Non
     except KeyboardInterrupt:
         return 0
     except psycopg2.Error as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"partysense-db tail: {dsnlib.redact(dsn)}: {message}", file=err)
+        print(f"partysense-db tail: {dsnlib.redact(dsn)}: {first_line(error)}", file=err)
         return 1
 
 
 def tail_database(dsn: str, event_id: int | None, raw: bool, out: IO[str],
                   err: IO[str]) -> int:
     """LISTEN on the event's channel (or the firehose) and print until interrupted."""
-    from partysense.listener import FIREHOSE, event_channel  # late: it imports Twisted
-
-    channel = FIREHOSE if event_id is None else event_channel(event_id)
+    channel = channel_for(event_id)
     connection = psycopg2.connect(make_dsn(dsn, application_name="partysense-db tail"))
     connection.autocommit = True
     try:

@@ -3,28 +3,41 @@
     MultiService
     ├── EmbeddedPostgresService   only when no database is named
     ├── ListenerService           the one LISTEN connection, reconnecting
+    ├── QueryService              the connection clients' questions use
+    ├── RetentionService          trims the change log
+    ├── QueueUsagePoller          pg_notification_queue_usage() for /metrics
     ├── StreamServerEndpointService  the web port: WebSocket, page, health
+    ├── ClientsService            closes every client (1001) at shutdown
     └── DemoPartyService          with --demo (the default on the embedded DB)
+
+Everything is wired here, at construction: no object is patched later.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
 from partysense import dsn as dsnlib
-from partysense import workers
+from partysense import errors, workers
 from partysense.demo import DemoPartyService
+from partysense.dialect import ClientCounters, MakeSession, Shared
 from partysense.embedded import database_for
 from partysense.events import EventDirectory
 from partysense.hub import Hub
 from partysense.limits import raise_open_files_limit
 from partysense.listener import ListenerService
 from partysense.metrics import DaemonMetrics
-from partysense.protocol import ClientsService, Limits, LiveFactory
+from partysense.protocol import Limits, LiveFactory
+from partysense.queries import QueryService
+from partysense.retention import RetentionService
+from partysense.seed import SeedSession
+from partysense.v2 import SUBPROTOCOL, V2Session
 from partysense.web import make_site
 
 log = Logger()
@@ -136,6 +149,12 @@ def limits_from(options: Options) -> Limits:
     )
 
 
+def dialect_table(shared: Shared) -> dict[str | None, MakeSession]:
+    """Subprotocol to session maker; None: a client that asks for no subprotocol."""
+    return {None: partial(SeedSession, shared=shared),
+            SUBPROTOCOL: partial(V2Session, shared=shared)}
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -148,20 +167,25 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     dsn, where = database_for(options["dsn"], options["data-dir"], top)
 
-    hub = Hub()
-    metrics = DaemonMetrics(reactor)
-    listener = ListenerService(dsn, metrics.timed(hub.publish), reactor,
-                               retention_seconds=options["retention"])
-    hub.listener = listener
+    listener = ListenerService(dsn, reactor)
     listener.setServiceParent(top)
+    queries = QueryService(dsn, reactor)
+    queries.setServiceParent(top)
+    retention = RetentionService(queries, reactor, options["retention"])
+    retention.setServiceParent(top)
+    hub = Hub(listener)
+    metrics = DaemonMetrics(reactor)
 
     limits = limits_from(options)
-    factory = LiveFactory(hub, EventDirectory(listener.runQuery, reactor), listener, reactor,
-                          limits)
+    counters = ClientCounters()
+    shared = Shared(hub=hub, listener=listener, queries=queries,
+                    events=EventDirectory(queries.runQuery, reactor), counters=counters,
+                    max_subscriptions=limits.max_subscriptions)
+    factory = LiveFactory(dialect_table(shared), reactor, limits, counters)
     # Only the last N addresses of X-Forwarded-For were added by our proxies.
     factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
-    metrics.watch(factory, hub, listener).setServiceParent(top)
-    site = make_site(factory, listener, metrics=metrics.resource(),
+    metrics.watch(factory, hub, listener, queries, retention).setServiceParent(top)
+    site = make_site(factory, listener, queries, metrics=metrics.resource(),
                      handshake_timeout=options["handshake-timeout"])
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     # Added after the port, so stopped before it: clients hear 1001 first.
@@ -184,3 +208,43 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         origins=", ".join(limits.allowed_origins) or "any (no --allowed-origins given)",
     )
     return top
+
+
+class ClientsService(service.Service):
+    """Closes every client with 1001 when the daemon stops.
+
+    Stopped before the web port and the listener (services stop in reverse
+    order of start), and never waits longer than ``grace`` seconds: a client
+    that does not answer its close frame is dropped.
+    """
+
+    def __init__(self, factory: LiveFactory, clock: Any, grace: float = 2.0) -> None:
+        self._factory = factory
+        self._clock = clock
+        self._grace = grace
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        clients = list(self._factory.clients)
+        for client in clients:
+            self._quietly(client.close_with, errors.GOING_AWAY, "server shutting down")
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def check(deadline: float) -> None:
+            if not self._factory.clients or self._clock.seconds() >= deadline:
+                for client in list(self._factory.clients):
+                    self._quietly(client.dropConnection, abort=True)
+                done.callback(None)
+            else:
+                self._clock.callLater(0.05, check, deadline)
+
+        check(self._clock.seconds() + self._grace)
+        return done
+
+    def _quietly(self, call: Any, *args: Any, **kwargs: Any) -> None:
+        # One client failing to close must not leave the shutdown waiting
+        # forever (twistd waits for this Deferred) nor spare the others.
+        try:
+            call(*args, **kwargs)
+        except Exception:
+            log.failure("Closing a client at shutdown failed")

@@ -15,20 +15,22 @@ connection stays open. The full description is docs/protocol.md.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+from typing import Any
 
 import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from partysense.errors import ClientError
-from partysense.history import Replay, Snapshot, replay_since, take_snapshot
-from partysense.hub import Change
-from partysense.listener import FIREHOSE, NotConnected
-from partysense.subscription import channel_for, parse_event_id, parse_json
-
-if TYPE_CHECKING:
-    from partysense.protocol import LiveProtocol
+from partysense.adapters.autobahn_adapter import Frame, prepare
+from partysense.change import Change
+from partysense.changelog import Replay, Snapshot, replay_since, take_snapshot
+from partysense.channels import channel_event, channel_for
+from partysense.dialect import Client, Shared
+from partysense.errors import ClientError, first_line, is_utf8
+from partysense.hub import Delivery
+from partysense.pgservice import NotConnected
+from partysense.subscription import parse_event_id, parse_json
 
 SUBPROTOCOL = "partysense.v2"
 # Live changes held for a subscription while its snapshot or replay is being
@@ -37,14 +39,15 @@ MAX_PENDING = 20000
 MAX_ID_LENGTH = 64
 
 
-def change_frame(channel: str, payload: str) -> bytes:
-    """A change message: the trigger's payload with "type" and "sub" in front."""
-    sub = '"ALL"' if channel == FIREHOSE else channel[len("event_"):]
-    return ('{"type" : "change", "sub" : ' + sub + ", " + payload[1:]).encode("utf-8")
+def change_frame(channel: str, change: Change) -> Frame:
+    """A change message: "type" and "sub" (the subscription's event), then the change."""
+    event_id = channel_event(channel)
+    body = {"type": "change", "sub": "ALL" if event_id is None else event_id, **change.fields()}
+    return prepare(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
-def encode_v2(change: Change) -> bytes:
-    return change_frame(change.channel, change.payload)
+def v2_frame(delivery: Delivery) -> Frame:
+    return change_frame(delivery.channel, delivery.change)
 
 
 class BadRequest(Exception):
@@ -70,7 +73,7 @@ class Subscription:
         self.event_id = event_id
         self.cursor: int | None = None
         self.active = True
-        self._pending: list[Change] = []
+        self._pending: list[Delivery] = []
 
     def stop(self) -> None:
         """Unsubscribed, subscribed again or closed: nothing more is sent for it.
@@ -82,23 +85,23 @@ class Subscription:
         self.active = False
         self._pending = []
 
-    def deliver(self, change: Change) -> None:
+    def deliver(self, delivery: Delivery) -> None:
         if not self.active:
             return
         if self.cursor is None:
-            self._pending.append(change)
+            self._pending.append(delivery)
             if len(self._pending) > MAX_PENDING:
-                self._session.protocol.too_slow()
-        elif change.seq > self.cursor:
-            self.cursor = change.seq
-            self._session.protocol.send_prepared(change.frame("v2", encode_v2))
+                self._session.client.too_slow()
+        elif delivery.seq > self.cursor:
+            self.cursor = delivery.seq
+            self._session.client.send_frame(delivery.frame("v2", v2_frame))
 
-    def start(self, cursor: int, replayed: list[tuple[int, str]]) -> defer.Deferred[None]:
+    def start(self, cursor: int, replayed: list[Change]) -> defer.Deferred[None]:
         """Send the replayed changes after ``cursor`` at the client's pace, then go live."""
-        replayed = [(seq, payload) for seq, payload in replayed if seq > cursor]
-        last = replayed[-1][0] if replayed else cursor
-        frames = (change_frame(self.channel, payload) for _, payload in replayed)
-        return self._session.protocol.stream(frames).addCallback(lambda _: self._go_live(last))
+        replayed = [change for change in replayed if change.seq > cursor]
+        last = replayed[-1].seq if replayed else cursor
+        frames = (change_frame(self.channel, change) for change in replayed)
+        return self._session.client.stream(frames).addCallback(lambda _: self._go_live(last))
 
     def _go_live(self, cursor: int) -> None:
         self.cursor = cursor
@@ -113,9 +116,9 @@ class V2Session:
     dialect = "v2"
     _log = Logger()
 
-    def __init__(self, protocol: LiveProtocol) -> None:
-        self.protocol = protocol
-        self._factory = protocol.factory
+    def __init__(self, client: Client, shared: Shared) -> None:
+        self.client = client
+        self._shared = shared
         self._subs: dict[str, Subscription] = {}
         self._closed = False
 
@@ -149,16 +152,16 @@ class V2Session:
         if self._closed:
             return  # the client left while we worked on its request
         error = failure.value
-        self._factory.count_bad_input(error.kind)
+        self._shared.counters.bad_input(error.kind)
         self._log.info("v2 request from {peer} refused ({kind}): {message}",
-                       peer=self.protocol.peer, kind=error.kind, message=error.message)
+                       peer=self.client.peer, kind=error.kind, message=error.message)
         self.send({"type": "error", "id": request_id, "error": error.kind,
                    "message": error.message})
 
     def send(self, body: dict[str, Any]) -> None:
         if body.get("id") is None:
             body.pop("id", None)
-        self.protocol.send_json(body)
+        self.client.send_json(body)
 
     # -- requests -------------------------------------------------------------
 
@@ -178,27 +181,27 @@ class V2Session:
             raise BadRequest("bad_request", '"cursor" must be a non-negative integer')
         channel = channel_for(event_id)
         self._drop(channel)  # subscribing again restarts the subscription
-        if len(self._subs) >= self._factory.limits.max_subscriptions:
+        if len(self._subs) >= self._shared.max_subscriptions:
             raise BadRequest("too_many_subscriptions",
-                             f"at most {self._factory.limits.max_subscriptions} subscriptions "
+                             f"at most {self._shared.max_subscriptions} subscriptions "
                              "per connection")
         try:
-            if event_id is not None and not (yield self._factory.events.exists(event_id)):
+            if event_id is not None and not (yield self._shared.events.exists(event_id)):
                 raise BadRequest("unknown_event", f"event {event_id} does not exist")
             if self._closed:
                 return  # gone while we asked: subscribed now, it would never be dropped
             subscription = Subscription(self, channel, event_id)
             self._subs[channel] = subscription
-            self._factory.hub.subscribe(channel, subscription)
-            listener = self._factory.listener
-            yield listener.whenListening(channel)
+            self._shared.hub.subscribe(channel, subscription)
+            yield self._shared.listener.whenListening(channel)
+            queries = self._shared.queries
             if since is None:
-                snapshot = yield listener.runInteraction(take_snapshot, event_id)
-                self._started(subscription, request_id, snapshot, [], reset=False)
+                snapshot = yield queries.runInteraction(take_snapshot, event_id)
+                self._started(subscription, request_id, snapshot, reset=False)
             else:
-                replay: Replay = yield listener.runInteraction(replay_since, event_id, since)
+                replay: Replay = yield queries.runInteraction(replay_since, event_id, since)
                 if replay.snapshot is not None:
-                    self._started(subscription, request_id, replay.snapshot, [], reset=True)
+                    self._started(subscription, request_id, replay.snapshot, reset=True)
                 elif self._subs.get(channel) is subscription:
                     self.send({"type": "subscribed", "event": _event_name(event_id),
                                "cursor": since, "id": request_id})
@@ -212,9 +215,8 @@ class V2Session:
             # Reachable but refusing (privileges, a missing install step):
             # the sysadmin's problem, said plainly in the log.
             self._drop(channel)
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             self._log.error("The database refused a v2 subscription query: {error}",
-                            error=first_line)
+                            error=first_line(error))
             raise BadRequest("server_error", "the server could not read the event's "
                                              "history; see its log") from None
         except BadRequest:
@@ -222,17 +224,17 @@ class V2Session:
             raise
 
     def _started(self, subscription: Subscription, request_id: Any, snapshot: Snapshot,
-                 replayed: list[tuple[int, str]], reset: bool) -> None:
+                 reset: bool) -> None:
         if self._subs.get(subscription.channel) is not subscription:
             return  # unsubscribed (or closed) while the snapshot was taken
         self.send(snapshot.message(subscription.event_id, request_id, reset=reset))
-        subscription.start(snapshot.cursor, replayed)
+        subscription.start(snapshot.cursor, [])
 
     def _drop(self, channel: str) -> None:
         subscription = self._subs.pop(channel, None)
         if subscription is not None:
             subscription.stop()
-            self._factory.hub.unsubscribe(channel, subscription)
+            self._shared.hub.unsubscribe(channel, subscription)
 
     def close(self) -> None:
         self._closed = True
@@ -254,16 +256,7 @@ def _event_name(event_id: int | None) -> int | str:
 def _request_id(value: Any) -> Any:
     if value is None or (type(value) is int) or (isinstance(value, str)
                                                 and len(value) <= MAX_ID_LENGTH
-                                                and _utf8(value)):
+                                                and is_utf8(value)):
         return value
     raise BadRequest("bad_request", f'"id" must be a number or a string of at most '
                                     f"{MAX_ID_LENGTH} characters")
-
-
-def _utf8(text: str) -> bool:
-    """JSON's "\\ud800" decodes to a lone surrogate, which has no UTF-8 to echo."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -20,7 +20,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, ssl
 from twisted.python.failure import Failure
 
-from partysense.tail import ALL, V2_SUBPROTOCOL, describe, quoted
+from partysense.tailformat import ALL, V2_SUBPROTOCOL, describe, quoted
 
 
 class TailProtocol(WebSocketClientProtocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
@@ -17,8 +17,22 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import Data
 
-from partysense.listener import ListenerService, NotConnected
+from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
+
+
+class Listener(Protocol):
+    state: str
+    reason: str
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def channels(self) -> frozenset[str]: ...
+
+
+class Queries(Protocol):
+    def runQuery(self, query: Any, params: Any = None) -> Any: ...
 
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -53,7 +67,7 @@ class Health(Resource):
 
     isLeaf = True
 
-    def __init__(self, listener: ListenerService, factory: LiveFactory) -> None:
+    def __init__(self, listener: Listener, factory: LiveFactory) -> None:
         super().__init__()
         self._listener = listener
         self._factory = factory
@@ -84,9 +98,9 @@ class EventList(Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, listener: ListenerService) -> None:
+    def __init__(self, queries: Queries) -> None:
         super().__init__()
-        self._listener = listener
+        self._queries = queries
 
     def render_GET(self, request: Request) -> Any:
         gone: list[bool] = []
@@ -106,7 +120,7 @@ class EventList(Resource):
                 self._log.failure("Listing events failed", failure)
             answer(503, {"error": "unavailable", "message": "the database is unreachable"})
 
-        self._listener.runQuery(EVENTS_QUERY).addCallbacks(
+        self._queries.runQuery(EVENTS_QUERY).addCallbacks(
             lambda rows: answer(200, [{"id": i, "title": t} for i, t in rows]), failed)
         return NOT_DONE_YET
 
@@ -126,8 +140,8 @@ def static_folder() -> Resource:
     return folder
 
 
-def make_site(factory: LiveFactory, listener: ListenerService, metrics: Resource | None,
-              handshake_timeout: float = 10.0) -> Site:
+def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
+              metrics: Resource | None, handshake_timeout: float = 10.0) -> Site:
     """The resource tree of the one port.
 
     ``handshake_timeout`` closes an HTTP connection that sends nothing (or
@@ -138,7 +152,7 @@ def make_site(factory: LiveFactory, listener: ListenerService, metrics: Resource
     root.putChild(b"healthz", Health(listener, factory))
     root.putChild(b"static", static_folder())
     api = Resource()
-    api.putChild(b"events", EventList(listener))
+    api.putChild(b"events", EventList(queries))
     root.putChild(b"api", api)
     if metrics is not None:
         root.putChild(b"metrics", metrics)

@@ -153,7 +153,7 @@ class WorkersService(service.Service):
     """Owns the listening socket and keeps ``count`` children running on it."""
 
     def __init__(self, count: int, port: str, arguments: list[str],
-                 dsn: str | Callable[[], defer.Deferred[str]], reactor: Any,
+                 dsn: dsnlib.DSNSource, reactor: Any,
                  grace: float = 4.0) -> None:
         self.count = count
         self.port = port
@@ -181,9 +181,10 @@ class WorkersService(service.Service):
         if self._socket is None:
             self.privilegedStartService()
         super().startService()
-        log.info("Serving {port} with {count} worker processes.", port=self.port,
-                 count=self.count)
-        d = defer.maybeDeferred(self._dsn) if callable(self._dsn) else defer.succeed(self._dsn)
+        assert self._socket is not None
+        log.info("Serving {port} (port {bound}) with {count} worker processes.",
+                 port=self.port, bound=self._socket.getsockname()[1], count=self.count)
+        d = dsnlib.when_known(self._dsn)
         d.addCallback(self._spawn_all)
         d.addErrback(lambda failure: log.failure("Workers not started", failure))
 
@@ -226,9 +227,6 @@ class WorkersService(service.Service):
                  uptime=uptime, delay=delay)
         self._restarts[worker.number] = self._reactor.callLater(delay, self._spawn,
                                                                 worker.number)
-
-    def pids(self) -> list[int]:
-        return [pid for worker in self.workers.values() if (pid := worker.pid) is not None]
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

@@ -1,0 +1,98 @@
+"""Autobahn, as the daemon needs it: every name we use beyond its public API.
+
+Autobahn's server protocol does the WebSocket handshake, framing, pings and
+the closing handshake; we need a few things it offers no public way to do:
+
+- a frame prepared once and written to thousands of clients without being
+  copied or re-framed (``PreparedMessage.payloadHybi``);
+- a write path of our own that still keeps order with Autobahn's own frames
+  (``send_queue``, ``sendData``) and still counts bytes
+  (``trafficStats.outgoingOctetsWireLevel``);
+- Autobahn's own refusals (message too big, bad UTF-8, bad framing) handed
+  to us to log and count our way (``_fail_connection``, ``failedByMe``);
+- ``allowNullOrigin`` kept across calls (``setProtocolOptions`` resets it).
+
+Private names used: ``PreparedMessage.payloadHybi``, ``send_queue``,
+``sendData``, ``trafficStats``, ``_fail_connection``, ``failedByMe``,
+``allowNullOrigin``. Canaries: tests/test_adapters.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+
+# A text message as it goes on the wire, frame header included.
+Frame = bytes
+
+
+def prepare(payload: bytes) -> Frame:
+    """A text message framed once, to send as it is to any number of clients.
+
+    Unmasked (server to client) and uncompressed: permessage-deflate is off,
+    and it would defeat the point of framing once for everybody.
+    """
+    return bytes(PreparedMessage(payload, False, False, True).payloadHybi)
+
+
+class ServerProtocol(WebSocketServerProtocol):
+    """Autobahn's server protocol, with the hooks our write path and logging need."""
+
+    def refused_by_autobahn(self, code: int, reason: str) -> None:
+        """Autobahn refused what an open connection sent; close it our way."""
+        raise NotImplementedError
+
+    def before_autobahn_writes(self) -> None:
+        """Autobahn is about to write a frame of its own (close, ping, pong)."""
+
+    @property
+    def autobahn_frames_waiting(self) -> bool:
+        """Autobahn has frames of its own queued: ours must wait behind them."""
+        return bool(self.send_queue)
+
+    def send_behind_autobahn(self, frame: bytes) -> None:
+        """Queue a ready frame behind Autobahn's own (it counts the bytes)."""
+        self.sendData(frame)
+
+    def count_sent(self, size: int) -> None:
+        """Count bytes we wrote around Autobahn, as Autobahn counts its own."""
+        self.trafficStats.outgoingOctetsWireLevel += size
+
+    @property
+    def bytes_sent(self) -> int:
+        """WebSocket bytes (frame headers included) written to this client."""
+        return int(self.trafficStats.outgoingOctetsWireLevel)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        self.before_autobahn_writes()
+        super().sendData(data, sync, chopsize)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """Autobahn's own checks (message size, UTF-8, framing) end here.
+
+        On an open connection they go to refused_by_autobahn(). In any other
+        state Autobahn knows best.
+        """
+        if self.state == self.STATE_CLOSING and self.failedByMe:
+            # More of the message we refused (invalid UTF-8 fails twice):
+            # Autobahn would log it again, then drop the connection, as here.
+            self.dropConnection(abort=False)
+            return
+        if self.state != self.STATE_OPEN:
+            super()._fail_connection(code, reason)
+            return
+        self.failedByMe = True
+        self.refused_by_autobahn(code, reason)
+
+
+class ServerFactory(WebSocketServerFactory):
+    """Autobahn's server factory; ``allow_null_origin`` survives every setProtocolOptions."""
+
+    allow_null_origin = False
+
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
+        # Autobahn turns allowNullOrigin off on every call that does not name it.
+        options.setdefault("allowNullOrigin", self.allow_null_origin)
+        super().setProtocolOptions(*args, **options)

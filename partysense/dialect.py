@@ -1,0 +1,89 @@
+"""What a dialect session may use, and what it must offer.
+
+A session (partysense/seed.py, partysense/v2.py) speaks one dialect with one
+client. It sees the client only through :class:`Client` (send a frame,
+stream a replay, close a client that does not read) and the rest of the
+daemon through :class:`Shared`, built once by the service assembly
+(partysense/tap.py). The WebSocket protocol above never imports a dialect:
+it is handed a table of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet import defer
+
+from partysense.adapters.autobahn_adapter import Frame
+from partysense.hub import Hub
+
+
+class Client(Protocol):
+    """What a session may do to its connection."""
+
+    @property
+    def peer(self) -> str | None: ...
+    @property
+    def is_live(self) -> bool: ...
+    def send_frame(self, frame: Frame) -> None: ...
+    def send_json(self, body: dict[str, Any]) -> None: ...
+    def stream(self, frames: Iterable[Frame]) -> defer.Deferred[None]: ...
+    def too_slow(self) -> None: ...
+
+
+class Session(Protocol):
+    """One client's conversation in one dialect."""
+
+    dialect: str
+
+    @property
+    def subscriptions(self) -> int: ...
+    def received(self, text: str) -> Any: ...
+    def close(self) -> None: ...
+
+
+# Makes the session of a newly connected client.
+MakeSession = Callable[[Client], Session]
+
+
+class Listening(Protocol):
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    def whenListening(self, channel: str) -> defer.Deferred[None]: ...
+
+
+class Queries(Protocol):
+    def runInteraction(self, interaction: Callable[..., Any],
+                       *args: Any) -> defer.Deferred[Any]: ...
+
+
+class Events(Protocol):
+    def exists(self, event_id: int) -> defer.Deferred[bool]: ...
+
+
+@dataclass
+class ClientCounters:
+    """What clients did wrong, counted for /metrics (docs/operations.md)."""
+
+    bad_inputs: dict[str, int] = field(default_factory=dict)
+    slow_closed: int = 0
+    closed_client_bytes: int = 0
+
+    def bad_input(self, kind: str) -> None:
+        self.bad_inputs[kind] = self.bad_inputs.get(kind, 0) + 1
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every session of the daemon shares."""
+
+    hub: Hub
+    listener: Listening
+    queries: Queries
+    events: Events
+    counters: ClientCounters
+    max_subscriptions: int = 32

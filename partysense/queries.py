@@ -1,0 +1,28 @@
+"""The connection clients' questions use: v2 snapshots and replays, "does event N
+exist?", ``/api/events``, the notification-queue poll and the retention trim.
+
+Kept apart from the listener's connection on purpose: a storm of snapshots
+after a restart once queued thousands of queries in front of the listener's
+probe and its LISTENs, delaying every vote behind them; here the worst a
+client can do is make other clients' questions wait (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from partysense.dsn import DSNSource
+from partysense.pgservice import PostgresService
+
+
+class QueryService(PostgresService):
+    """A reconnecting connection for queries and short transactions."""
+
+    def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
+        super().__init__(dsn, reactor, role="query connection",
+                         application_name="partysense-live queries", **options)
+
+    def _ready(self) -> None:
+        self.log.info("Query connection to PostgreSQL ready.")
