@@ -1,0 +1,161 @@
+"""Canaries for every third-party private name the daemon uses.
+
+Each lives in one adapter module (partysense/adapters/); when an upgrade
+removes a name or changes its shape, the test fails with a message naming the
+library, the name and the version installed, instead of the daemon breaking
+silently (docs/architecture.md lists them and says why we need each).
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+from collections.abc import Iterator
+from importlib import metadata
+from typing import Any
+
+import pytest
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from twisted.internet import tcp
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from txpostgres import txpostgres
+
+from partysense.adapters import autobahn_adapter, twisted_adapter, txpostgres_adapter
+
+pytestmark = pytest.mark.logic
+
+
+def canary(library: str, name: str, ok: bool, shape: str) -> None:
+    assert ok, (f"{library} {metadata.version(library)}: {name} is gone or changed shape "
+                f"(expected {shape}); see docs/architecture.md")
+
+
+def parameters(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+# -- txpostgres --------------------------------------------------------------
+
+@pytest.fixture
+def connection() -> txpostgres.Connection:
+    return txpostgres.Connection(reactor=MemoryReactorClock(), cooperator=None)
+
+
+def test_txpostgres_connection_takes_a_reactor_and_a_cooperator() -> None:
+    canary("txpostgres", "Connection.__init__(reactor, cooperator)",
+           {"reactor", "cooperator"} <= set(parameters(txpostgres.Connection.__init__)),
+           "keyword arguments reactor= and cooperator=")
+
+
+def test_txpostgres_doit_wraps_every_query(connection: txpostgres.Connection) -> None:
+    canary("txpostgres", "Connection._doit", callable(getattr(connection, "_doit", None))
+           and parameters(txpostgres.Connection._doit)[:2] == ["self", "method"],
+           "_doit(self, method, *args, **kwargs)")
+
+
+def test_txpostgres_lock_keeps_its_waiters_in_a_list(connection: txpostgres.Connection) -> None:
+    canary("txpostgres", "Connection.lock.waiting",
+           isinstance(getattr(getattr(connection, "lock", None), "waiting", None), list),
+           "a DeferredLock with a .waiting list")
+
+
+@pytest.mark.parametrize("name", ["_pollingD", "_connection", "_cursors"])
+def test_txpostgres_connection_state(connection: txpostgres.Connection, name: str) -> None:
+    canary("txpostgres", f"Connection.{name}", hasattr(connection, name),
+           "an attribute set by __init__")
+
+
+@pytest.mark.parametrize("name", ["doRead", "connectionLost", "cursorFinished", "close"])
+def test_txpostgres_connection_methods_we_override(name: str) -> None:
+    canary("txpostgres", f"Connection.{name}", callable(getattr(txpostgres.Connection, name, None)),
+           "a method")
+
+
+def test_txpostgres_cursor_execute_and_rollback_failed() -> None:
+    canary("txpostgres", "Cursor.execute(query, params)",
+           parameters(txpostgres.Cursor.execute)[:3] == ["self", "query", "params"],
+           "execute(self, query, params=None)")
+    canary("txpostgres", "Cursor._connection",
+           "_connection" in parameters(txpostgres.Cursor.__init__)
+           or "connection" in parameters(txpostgres.Cursor.__init__), "Cursor(cursor, connection)")
+    canary("txpostgres", "RollbackFailed.originalFailure",
+           "originalFailure" in parameters(txpostgres.RollbackFailed.__init__),
+           "RollbackFailed(connection, originalFailure)")
+
+
+def test_our_connection_fails_every_query_queued_when_closed() -> None:
+    connection = txpostgres_adapter.PgConnection(MemoryReactorClock(), on_lost=lambda why: None)
+    failures: list[Any] = []
+    connection.runQuery("SELECT 1").addErrback(failures.append)
+    assert failures and "closed" in failures[0].getErrorMessage()
+
+
+# -- Twisted -----------------------------------------------------------------
+
+@pytest.fixture
+def server() -> Iterator[tcp.Server]:
+    ours, theirs = socket.socketpair()
+    transport = tcp.Server(ours, None, ("127.0.0.1", 1), None, 1, MemoryReactorClock())
+    yield transport
+    ours.close()
+    theirs.close()
+
+
+@pytest.mark.parametrize("name", ["_tempDataLen", "dataBuffer", "_writeDisconnected"])
+def test_twisted_tcp_server_buffer_state(server: tcp.Server, name: str) -> None:
+    canary("twisted", f"tcp.Server.{name}", hasattr(server, name),
+           "an attribute of an open tcp.Server")
+
+
+def test_twisted_a_fresh_tcp_server_can_send_at_once(server: tcp.Server) -> None:
+    # If this turns False, write_now silently takes the slow way for everybody.
+    canary("twisted", "tcp.Server write buffer (_tempDataLen, dataBuffer, _writeDisconnected)",
+           twisted_adapter.can_send_now(server), "an empty buffer on a fresh connection")
+
+
+# -- Autobahn ----------------------------------------------------------------
+
+@pytest.fixture
+def protocol() -> WebSocketServerProtocol:
+    factory = WebSocketServerFactory()
+    factory.protocol = WebSocketServerProtocol
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    return protocol
+
+
+def test_autobahn_prepared_message_is_the_framed_text() -> None:
+    prepared = PreparedMessage(b"hello", False, False, True)
+    canary("autobahn", "PreparedMessage.payloadHybi",
+           getattr(prepared, "payloadHybi", None) == b"\x81\x05hello",
+           "the unmasked frame bytes of a text message")
+    assert autobahn_adapter.prepare(b"hello") == b"\x81\x05hello"
+
+
+def test_autobahn_protocol_write_path(protocol: WebSocketServerProtocol) -> None:
+    canary("autobahn", "WebSocketProtocol.send_queue",
+           hasattr(getattr(protocol, "send_queue", None), "__len__"), "a queue of frames")
+    canary("autobahn", "WebSocketProtocol.sendData(data, sync, chopsize)",
+           parameters(protocol.sendData)[:3] == ["data", "sync", "chopsize"],
+           "sendData(data, sync=False, chopsize=None)")
+    stats = getattr(protocol, "trafficStats", None)
+    canary("autobahn", "WebSocketProtocol.trafficStats.outgoingOctetsWireLevel",
+           isinstance(getattr(stats, "outgoingOctetsWireLevel", None), int), "a byte count")
+
+
+def test_autobahn_fail_connection_hook(protocol: WebSocketServerProtocol) -> None:
+    canary("autobahn", "WebSocketProtocol._fail_connection(code, reason)",
+           parameters(protocol._fail_connection)[:2] == ["code", "reason"],
+           "_fail_connection(code=1001, reason='going away')")
+    canary("autobahn", "WebSocketProtocol.failedByMe", hasattr(protocol, "failedByMe"),
+           "a flag set when the connection was failed by us")
+
+
+def test_autobahn_allow_null_origin_is_a_protocol_option() -> None:
+    factory = autobahn_adapter.ServerFactory()
+    factory.allow_null_origin = True
+    factory.setProtocolOptions(autoPingInterval=5)
+    canary("autobahn", "WebSocketServerFactory.allowNullOrigin",
+           getattr(factory, "allowNullOrigin", None) is True,
+           "set by setProtocolOptions(allowNullOrigin=...)")
