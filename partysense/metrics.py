@@ -149,11 +149,12 @@ class QueueUsagePoller(Service):
 class LiveCollector(Collector):
     """Reads the daemon's counters when Prometheus scrapes; nothing is kept here."""
 
-    def __init__(self, factory: Factory, hub: Hub, listener: Listener,
+    def __init__(self, factory: Factory, hub: Hub, listener: Listener, queries: Queries,
                  retention: Retention, queue: QueueUsagePoller) -> None:
         self._factory = factory
         self._hub = hub
         self._listener = listener
+        self._queries = queries
         self._retention = retention
         self._queue = queue
 
@@ -223,6 +224,11 @@ class LiveCollector(Collector):
             "partysense_listener_up",
             "1 while the listener is connected to PostgreSQL and caught up, else 0.",
             value=1 if listener.connected else 0)
+        yield GaugeMetricFamily(
+            "partysense_query_connection_up",
+            "1 while the connection for clients' queries (v2 snapshots, event lookups, "
+            "/api/events) is up, else 0.",
+            value=1 if self._queries.connected else 0)
         if self._queue.usage is not None and listener.connected:
             yield GaugeMetricFamily(
                 "partysense_notification_queue_usage",
@@ -293,7 +299,8 @@ class DaemonMetrics:
         notification-queue poller, a service."""
         listener.observe(self.observe_delay)
         poller = QueueUsagePoller(queries, self.clock, queue_interval)
-        self.registry.register(LiveCollector(factory, hub, listener, retention, poller))
+        self.registry.register(
+            LiveCollector(factory, hub, listener, queries, retention, poller))
         return poller
 
     def resource(self) -> Resource:

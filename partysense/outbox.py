@@ -35,6 +35,15 @@ class Outbox:
         self._backlog_bytes = 0
         self._streams: deque[tuple[Iterator[bytes], defer.Deferred[None]]] = deque()
 
+    @property
+    def waiting(self) -> int:
+        """Frames held back because the socket is full."""
+        return len(self._backlog)
+
+    @property
+    def waiting_bytes(self) -> int:
+        return self._backlog_bytes
+
     def send(self, frame: bytes) -> None:
         """Write a frame now, or hold it while the socket is full."""
         if self.paused or self._backlog or self._streams:

@@ -172,7 +172,8 @@ class PostgresService(Service):
         if connection is not None:
             connection.forget_owner()
             connection.close()
-            self.log.info("The {role} connection to PostgreSQL is closed.", role=self.role)
+            self.log.info("{Role} stopped; its PostgreSQL connection is closed.",
+                          Role=self.role.capitalize())
         self._forget("service stopped")
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:

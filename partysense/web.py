@@ -21,17 +21,20 @@ from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
 
 
-class Listener(Protocol):
+class Connection(Protocol):
     state: str
     reason: str
 
     @property
     def connected(self) -> bool: ...
+
+
+class Listener(Connection, Protocol):
     @property
     def channels(self) -> frozenset[str]: ...
 
 
-class Queries(Protocol):
+class Queries(Connection, Protocol):
     def runQuery(self, query: Any, params: Any = None) -> Any: ...
 
 STATIC_TYPES = {
@@ -63,21 +66,29 @@ class PageOrWebSocket(Resource):
 
 
 class Health(Resource):
-    """``/healthz``: 200 when the listener is connected, 503 with the reason."""
+    """``/healthz``: 200 when both database connections are up, 503 with the reason.
+
+    Both: without the listener no vote arrives; without the query
+    connection no v2 client gets its snapshot.
+    """
 
     isLeaf = True
 
-    def __init__(self, listener: Listener, factory: LiveFactory) -> None:
+    def __init__(self, listener: Listener, queries: Connection, factory: LiveFactory) -> None:
         super().__init__()
         self._listener = listener
+        self._queries = queries
         self._factory = factory
 
     def render_GET(self, request: Request) -> bytes:
-        healthy = self._listener.connected
+        healthy = self._listener.connected and self._queries.connected
+        reason = self._listener.reason or (
+            "" if self._queries.connected else f"query connection: {self._queries.reason}")
         body = {
             "status": "ok" if healthy else "unavailable",
             "listener": self._listener.state,
-            "reason": self._listener.reason,
+            "queries": self._queries.state,
+            "reason": reason,
             "channels": sorted(self._listener.channels),
             "clients": len(self._factory.clients),
             "pid": os.getpid(),  # which process answered (several with --workers)
@@ -149,7 +160,7 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
-    root.putChild(b"healthz", Health(listener, factory))
+    root.putChild(b"healthz", Health(listener, queries, factory))
     root.putChild(b"static", static_folder())
     api = Resource()
     api.putChild(b"events", EventList(queries))
