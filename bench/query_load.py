@@ -1,0 +1,648 @@
+"""Does a flood of clients' queries delay the votes of other clients?
+
+    python -m bench.query_load                        # 0, 1, 10 and 50 abusers, 10 s each
+    python -m bench.query_load --abusers 0,10 --duration 5 --json out.json
+
+Measures the daemon of the tree it is run from, started as operators start it
+(``twistd -n partysense-live --port ... --dsn ...``, bench/services.py), on a
+fresh database (bench/database.py) holding:
+
+- event A with 50,000 votes (inserted with the triggers off: no change log),
+- event B, where a voter commits votes at 50/s during the measured window,
+- ten small events C1..C10 (20 votes each), one per innocent snapshot.
+
+Each round (one per abuser count N) starts a fresh daemon, then runs, for
+``--duration`` seconds:
+
+- an innocent seed client (no subprotocol, ``{"event": B}``): each vote's delay
+  is its arrival minus the payload's ``ts`` (the commit time by the database's
+  clock; same machine, 1 ms resolution);
+- an innocent ``partysense.v2`` client that subscribes once a second to the
+  next Ci (a new event each time, so no answer is superseded): snapshot
+  latency is send -> snapshot received;
+- N abusive ``partysense.v2`` clients (in a child process, so that their work
+  does not delay the innocent clients' clocks), each sending
+  ``{"type": "subscribe", "event": A}`` 19 times a second (the daemon allows
+  20): every one is a REPEATABLE READ snapshot over A's 50,000 votes. The
+  daemon handles a client's messages one at a time, so an abuser has at most
+  one snapshot in the database at once and the rest wait in the daemon:
+  "snapshots/s" is what the abusers received in the window (the query
+  connection's throughput), "subscribes/s" what they sent.
+
+After the window the abusers leave and the votes and snapshots still due are
+awaited for ``--grace`` seconds; whatever is still missing then enters the
+percentiles as a lower bound (the cell is prefixed with >=). The daemon's CPU
+seconds (psutil, its process) and PostgreSQL's (every server process) are
+taken over the window. Everything is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg2
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from bench import database, services
+
+V2 = Subprotocol("partysense.v2")
+BIG_VOTES = 50_000
+SMALL_EVENTS = 10
+SMALL_VOTES = 20
+
+
+# -- the database -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Party:
+    big: int            # A: the event the abusers snapshot
+    voted: int          # B: the event the voter votes on
+    small: list[int]    # C1..Cn: one per innocent snapshot
+    tracks: list[int]
+
+
+def prepare(dsn: str, big_votes: int) -> Party:
+    """The events, and the votes in A and the Ci, inserted with our triggers off."""
+    events, tracks = database.create_party(dsn, 2 + SMALL_EVENTS)
+    party = Party(big=events[0], voted=events[1], small=events[2:], tracks=tracks)
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True  # the ALTERs: no deferred foreign-key checks pending
+    try:
+        with connection.cursor() as cursor:
+            # USER: ours (partysense_vote_*), not the foreign keys' own triggers.
+            cursor.execute("ALTER TABLE event_vote DISABLE TRIGGER USER")
+            try:
+                insert = ("INSERT INTO event_vote (is_positive, event_id, track_id, user_id) "
+                          "SELECT random() < 0.7, %(event)s, "
+                          "(%(tracks)s::int[])[1 + g %% cardinality(%(tracks)s::int[])], g "
+                          "FROM generate_series(1, %(count)s) g")
+                cursor.execute(insert, {"event": party.big, "tracks": tracks,
+                                        "count": big_votes})
+                for event in party.small:
+                    cursor.execute(insert, {"event": event, "tracks": tracks,
+                                            "count": SMALL_VOTES})
+            finally:
+                cursor.execute("ALTER TABLE event_vote ENABLE TRIGGER USER")
+            cursor.execute("ANALYZE event_vote")
+    finally:
+        connection.close()
+    return party
+
+
+class Voter:
+    """Commits votes on one event (autocommit: one INSERT, one transaction)."""
+
+    INSERT = ("INSERT INTO event_vote (is_positive, event_id, track_id, user_id) "
+              "VALUES (%s, %s, %s, 1) RETURNING id")
+
+    def __init__(self, dsn: str, event: int, tracks: list[int]) -> None:
+        self.connection = psycopg2.connect(dsn)
+        self.connection.autocommit = True
+        self.event = event
+        self.tracks = tracks
+        self.rng = random.Random(7)
+        self.sent: list[int] = []
+        self.errors = 0
+        self.late_max_s = 0.0
+
+    def vote(self) -> int:
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.INSERT, (self.rng.random() < 0.7, self.event,
+                                         self.rng.choice(self.tracks)))
+            return int(cursor.fetchone()[0])
+
+    def run(self, start: float, duration: float, rate: float) -> None:
+        """Vote i at start + i / rate (epoch seconds), for ``duration`` seconds."""
+        for n in range(int(duration * rate)):
+            due = start + n / rate
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                self.late_max_s = max(self.late_max_s, -delay)
+            if time.time() > start + duration + 1.0:
+                return  # commits so slow the schedule is lost: stop, do not pile up
+            try:
+                self.sent.append(self.vote())
+            except psycopg2.Error:
+                self.errors += 1
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class CpuSeconds:
+    """user + system CPU seconds of a process and its children since creation (per pid:
+    a child that starts later counts from zero)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._start = self._now()
+
+    def _now(self) -> dict[int, float]:
+        try:
+            root = psutil.Process(self.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return {}
+        used = {}
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            used[process.pid] = times.user + times.system
+        return used
+
+    def seconds(self) -> float:
+        return sum(used - self._start.get(pid, 0.0) for pid, used in self._now().items())
+
+
+def postmaster_pid(dsn: str) -> int:
+    connection = psycopg2.connect(dsn)
+    try:
+        return psutil.Process(connection.get_backend_pid()).ppid()
+    except psutil.NoSuchProcess:  # a PostgreSQL on another machine
+        return 0
+    finally:
+        connection.close()
+
+
+# -- the abusers (a child process) -------------------------------------------
+
+@dataclass
+class AbuseStats:
+    connected: int = 0
+    connect_failures: int = 0
+    subscribes_in_window: int = 0
+    snapshots_in_window: int = 0
+    snapshots: int = 0
+    latencies_s: list[float] = field(default_factory=list)  # answered ones, in the window
+    errors: dict[str, int] = field(default_factory=dict)
+    closes: dict[str, int] = field(default_factory=dict)
+
+
+async def _abuser(client: ClientConnection, event: int, rate: float, window: tuple[float, float],
+                  until: float, stop: Any, stats: AbuseStats) -> None:
+    asked: dict[int, float] = {}
+
+    async def read() -> None:
+        async for text in client:
+            now = time.time()
+            message = json.loads(text)
+            kind = message.get("type")
+            if kind == "snapshot":
+                stats.snapshots += 1
+                sent = asked.pop(message.get("id"), None)
+                if window[0] <= now <= window[1]:
+                    stats.snapshots_in_window += 1
+                    if sent is not None:
+                        stats.latencies_s.append(now - sent)
+            elif kind == "error":
+                name = str(message.get("error"))
+                stats.errors[name] = stats.errors.get(name, 0) + 1
+
+    reader = asyncio.create_task(read())
+    period = 1.0 / rate
+    due = window[0] + random.random() * period
+    number = 0
+    try:
+        while not stop.is_set() and not reader.done():
+            now = time.time()
+            if now >= until or now >= window[1]:
+                break
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            number += 1
+            asked[number] = time.time()
+            await client.send(json.dumps({"type": "subscribe", "event": event, "id": number}))
+            stats.subscribes_in_window += 1
+            # Never catch up in a burst: a late loop sends later, not more.
+            due = max(due + period, time.time())
+    except ConnectionClosed:
+        pass
+    finally:
+        if reader.done() and reader.exception() is None:
+            code = client.close_code
+            stats.closes[str(code)] = stats.closes.get(str(code), 0) + 1
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _abusers(port: int, count: int, event: int, rate: float, pipe: Connection,
+                   stop: Any) -> AbuseStats:
+    stats = AbuseStats()
+    url = f"ws://127.0.0.1:{port}/"
+    results = await asyncio.gather(
+        *(connect(url, subprotocols=[V2], compression=None, ping_interval=None,
+                  open_timeout=15, close_timeout=2, max_size=2**22) for _ in range(count)),
+        return_exceptions=True)
+    clients = [c for c in results if isinstance(c, ClientConnection)]
+    stats.connected = len(clients)
+    stats.connect_failures = count - len(clients)
+    pipe.send(("ready", stats.connected))
+    if not await asyncio.to_thread(pipe.poll, 60):
+        return stats
+    _, start, end, until = pipe.recv()
+    await asyncio.wait_for(
+        asyncio.gather(*(_abuser(c, event, rate, (start, end), until, stop, stats)
+                         for c in clients), return_exceptions=True),
+        timeout=max(5.0, until - time.time() + 5))
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    return stats
+
+
+def abusers_main(port: int, count: int, event: int, rate: float, pipe: Connection,
+                 stop: Any) -> None:
+    """The child process: connect, wait for "go", abuse, report."""
+    try:
+        stats = asyncio.run(_abusers(port, count, event, rate, pipe, stop))
+        pipe.send(("done", asdict(stats)))
+    except Exception as error:  # reported, not swallowed: the parent prints it
+        pipe.send(("failed", repr(error)))
+    finally:
+        pipe.close()
+
+
+class Abusers:
+    """N abusive clients in a child process; nothing at all for N = 0."""
+
+    def __init__(self, port: int, count: int, event: int, rate: float) -> None:
+        self.count = count
+        self.process: Any = None
+        context = multiprocessing.get_context("spawn")
+        self.stop = context.Event()
+        if count:
+            self.pipe, child = context.Pipe()
+            self.process = context.Process(
+                target=abusers_main, args=(port, count, event, rate, child, self.stop),
+                daemon=True)
+            self.process.start()
+            child.close()
+
+    def _recv(self, timeout: float) -> Any:
+        if not self.pipe.poll(timeout):
+            raise RuntimeError(f"abusers: no answer within {timeout:g} s")
+        message = self.pipe.recv()
+        if message[0] == "failed":
+            raise RuntimeError(f"abusers failed: {message[1]}")
+        return message
+
+    def ready(self) -> int:
+        return self._recv(60)[1] if self.count else 0
+
+    def go(self, start: float, end: float, until: float) -> None:
+        if self.count:
+            self.pipe.send(("go", start, end, until))
+
+    def finish(self) -> AbuseStats:
+        self.stop.set()
+        if not self.count:
+            return AbuseStats()
+        try:
+            return AbuseStats(**self._recv(30)[1])
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.join(10)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(5)
+            self.process = None
+
+
+# -- the innocent clients -----------------------------------------------------
+
+class SeedWatcher:
+    """A seed client on event B: arrival minus commit time, per vote."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[int, float] = {}  # vote id -> delay (s)
+        self.frames = 0
+        self.client: ClientConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, port: int, event: int) -> None:
+        self.client = await connect(f"ws://127.0.0.1:{port}/", compression=None,
+                                    ping_interval=None, open_timeout=15, close_timeout=2)
+        await self.client.send(json.dumps({"event": event}))
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.client is not None
+        try:
+            async for text in self.client:
+                now = time.time()
+                change = json.loads(text)
+                self.frames += 1
+                if change.get("ts") is not None:
+                    self.arrivals[change["vote"]] = now - float(change["ts"])
+        except ConnectionClosed:
+            pass
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class SnapshotProbe:
+    """A v2 client subscribing once a second to the next small event."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, float] = {}
+        self.latencies: dict[int, float] = {}
+        self.errors: list[str] = []
+        self.client: ClientConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, port: int) -> None:
+        self.client = await connect(f"ws://127.0.0.1:{port}/", subprotocols=[V2],
+                                    compression=None, ping_interval=None, open_timeout=15,
+                                    close_timeout=2, max_size=2**22)
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.client is not None
+        try:
+            async for text in self.client:
+                now = time.perf_counter()
+                message = json.loads(text)
+                number = message.get("id")
+                if message.get("type") == "snapshot" and number in self.sent:
+                    self.latencies[number] = now - self.sent[number]
+                elif message.get("type") == "error":
+                    self.errors.append(str(message.get("error")))
+        except ConnectionClosed:
+            pass
+
+    async def run(self, events: list[int], start: float, duration: float) -> None:
+        assert self.client is not None
+        for number in range(min(len(events), int(duration))):
+            delay = start + 0.5 + number - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.sent[number] = time.perf_counter()
+            await self.client.send(json.dumps(
+                {"type": "subscribe", "event": events[number], "id": number}))
+
+    def outstanding(self) -> int:
+        return len(self.sent) - len(self.latencies)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+# -- one round ------------------------------------------------------------------
+
+@dataclass
+class Round:
+    abusers: int
+    abusers_connected: int = 0
+    votes_sent: int = 0
+    votes_received: int = 0
+    vote_errors: int = 0
+    voter_late_max_s: float = 0.0
+    vote_delays_s: list[float] = field(default_factory=list)  # missing ones: lower bounds
+    snapshots_asked: int = 0
+    snapshots_answered: int = 0
+    snapshot_latencies_s: list[float] = field(default_factory=list)  # idem
+    snapshot_errors: list[str] = field(default_factory=list)
+    abuser_subscribes_per_s: float = 0.0
+    abuser_snapshots_per_s: float = 0.0
+    abuser_snapshot_p50_s: float = math.nan
+    abuser_errors: dict[str, int] = field(default_factory=dict)
+    abuser_closes: dict[str, int] = field(default_factory=dict)
+    daemon_cpu_s: float = 0.0
+    postgres_cpu_s: float = 0.0
+    connections_lost: int = 0
+    load_average: float = 0.0
+    error: str | None = None
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
+
+
+async def _warm_up(seed: SeedWatcher, voter: Voter, timeout: float = 20.0) -> None:
+    """Votes on B until the seed client has one: its subscription is live."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.to_thread(voter.vote)
+        wait_until = time.monotonic() + 1.0
+        while time.monotonic() < min(wait_until, deadline):
+            if seed.frames:
+                return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"the seed client had no vote within {timeout:g} s")
+
+
+async def _round(result: Round, service: services.Running, dsn: str, party: Party,
+                 args: argparse.Namespace, pg_pid: int) -> None:
+    seed, probe = SeedWatcher(), SnapshotProbe()
+    voter = Voter(dsn, party.voted, party.tracks)
+    abusers = Abusers(service.port, result.abusers, party.big, args.abuse_rate)
+    try:
+        await seed.start(service.port, party.voted)
+        await probe.start(service.port)
+        await _warm_up(seed, voter)
+        result.abusers_connected = await asyncio.to_thread(abusers.ready)
+        start = time.time() + 0.5
+        end = start + args.duration
+        abusers.go(start, end, end + 1.0)
+        await asyncio.sleep(max(0.0, start - time.time()))
+        daemon_cpu, postgres_cpu = CpuSeconds(service.pid), CpuSeconds(pg_pid)
+        voting = asyncio.to_thread(voter.run, start, args.duration, args.rate)
+        await asyncio.gather(voting, probe.run(party.small, start, args.duration))
+        await asyncio.sleep(max(0.0, end - time.time()))
+        result.daemon_cpu_s = daemon_cpu.seconds()
+        result.postgres_cpu_s = postgres_cpu.seconds() if pg_pid else math.nan
+        result.load_average = os.getloadavg()[0]
+        stats = await asyncio.to_thread(abusers.finish)
+        # The stragglers: votes and snapshots still on their way.
+        wanted = set(voter.sent)
+        deadline = time.time() + args.grace
+        while time.time() < deadline and (probe.outstanding()
+                                          or not wanted <= seed.arrivals.keys()):
+            await asyncio.sleep(0.05)
+        over = time.time()
+        commit_times = await asyncio.to_thread(_commit_times, voter, wanted - seed.arrivals.keys())
+        result.votes_sent = len(voter.sent)
+        result.votes_received = len(wanted & seed.arrivals.keys())
+        result.vote_errors = voter.errors
+        result.voter_late_max_s = voter.late_max_s
+        result.vote_delays_s = ([seed.arrivals[v] for v in voter.sent if v in seed.arrivals]
+                                + [over - ts for ts in commit_times])
+        now = time.perf_counter()
+        result.snapshots_asked = len(probe.sent)
+        result.snapshots_answered = len(probe.latencies)
+        result.snapshot_latencies_s = [probe.latencies.get(n, now - sent)
+                                       for n, sent in probe.sent.items()]
+        result.snapshot_errors = probe.errors
+        result.abusers_connected = stats.connected or result.abusers_connected
+        result.abuser_subscribes_per_s = stats.subscribes_in_window / args.duration
+        result.abuser_snapshots_per_s = stats.snapshots_in_window / args.duration
+        result.abuser_snapshot_p50_s = quantile(stats.latencies_s, 0.5)
+        result.abuser_errors = stats.errors
+        result.abuser_closes = stats.closes
+    finally:
+        abusers.stop.set()
+        await asyncio.to_thread(abusers.close)
+        await seed.close()
+        await probe.close()
+        voter.close()
+
+
+def _commit_times(voter: Voter, missing: set[int]) -> list[float]:
+    """The commit times (epoch s) of the votes that never arrived."""
+    if not missing:
+        return []
+    with voter.connection.cursor() as cursor:
+        cursor.execute("SELECT extract(epoch FROM committed_at)::float8 FROM partysense_change "
+                       "WHERE vote_id = ANY(%s) AND op = 'insert'", (sorted(missing),))
+        return [row[0] for row in cursor.fetchall()]
+
+
+def run_round(abusers: int, dsn: str, party: Party, args: argparse.Namespace,
+              workdir: Path, pg_pid: int) -> Round:
+    result = Round(abusers)
+    service = services.start_partysense(dsn, workdir)
+    try:
+        asyncio.run(asyncio.wait_for(_round(result, service, dsn, party, args, pg_pid),
+                                     timeout=args.duration + args.grace + 120))
+    except Exception as error:  # a failed round is a result, not the end
+        result.error = f"{type(error).__name__}: {error}"
+        log(f"  N={abusers}: FAILED: {result.error}\n{service.log_tail()}")
+    finally:
+        exited = None if service.alive() else service.process.returncode
+        service.stop()
+        if exited is not None:
+            result.error = (result.error or "") + f" (the daemon exited with {exited})"
+    try:
+        text = service.log_path.read_text("utf-8", "replace")
+        result.connections_lost = text.count("Lost the ")
+    except FileNotFoundError:
+        pass
+    return result
+
+
+# -- printing -------------------------------------------------------------------
+
+def _ms(values: list[float], q: float, censored: bool) -> str:
+    value = quantile(values, q) if q < 1 else (max(values) if values else math.nan)
+    if math.isnan(value):
+        return "-"
+    return f"{'>=' if censored else ''}{value * 1e3:.1f}"
+
+
+HEADER = ("| abusers | vote delay p50 / p99 / max (ms) | votes received/sent "
+          "| innocent snapshot p50 / p99 (ms) | answered/asked "
+          "| abuser snapshots/s (subscribes/s) | daemon CPU s | PostgreSQL CPU s "
+          "| connections lost | load avg |")
+
+
+def row(r: Round) -> str:
+    if r.error and not r.votes_sent:
+        return f"| {r.abusers} | failed: {r.error} | | | | | | | | |"
+    votes_censored = r.votes_received < r.votes_sent
+    snaps_censored = r.snapshots_answered < r.snapshots_asked
+    delay = " / ".join(_ms(r.vote_delays_s, q, votes_censored) for q in (0.5, 0.99, 1.0))
+    snap = " / ".join(_ms(r.snapshot_latencies_s, q, snaps_censored) for q in (0.5, 0.99))
+    abuse = "-" if not r.abusers else (f"{r.abuser_snapshots_per_s:.1f} "
+                                       f"({r.abuser_subscribes_per_s:.0f})")
+    return (f"| {r.abusers} | {delay} | {r.votes_received}/{r.votes_sent} | {snap} "
+            f"| {r.snapshots_answered}/{r.snapshots_asked} | {abuse} "
+            f"| {r.daemon_cpu_s:.2f} | {r.postgres_cpu_s:.2f} | {r.connections_lost} "
+            f"| {r.load_average:.2f} |")
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.query_load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dsn", help="an admin DSN (may CREATE DATABASE); default: embedded")
+    parser.add_argument("--abusers", default="0,1,10,50",
+                        help="comma-separated abuser counts, one round each")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
+    parser.add_argument("--rate", type=float, default=50.0, help="votes per second on B")
+    parser.add_argument("--abuse-rate", type=float, default=19.0,
+                        help="subscribes per second per abuser (the daemon allows 20)")
+    parser.add_argument("--big-votes", type=int, default=BIG_VOTES,
+                        help="votes in the abusers' event")
+    parser.add_argument("--grace", type=float, default=15.0,
+                        help="seconds to wait for late votes and snapshots after a round")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--keep-logs", type=Path,
+                        help="write the daemon's logs here (default: a temp dir, removed)")
+    args = parser.parse_args(argv)
+    args.counts = [int(n) for n in args.abusers.split(",") if n.strip()]
+    if not 1 <= args.duration <= 600 or args.rate <= 0 or not 0 < args.abuse_rate <= 20:
+        parser.error("--duration 1..600, --rate > 0, --abuse-rate in (0, 20]")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Round]:
+    args = parse_args(argv)
+    tree = Path(__file__).resolve().parent.parent
+    rounds: list[Round] = []
+    with tempfile.TemporaryDirectory(prefix="partysense-query-load-") as scratch, \
+            database.server(args.dsn) as admin_dsn, \
+            database.bench_database(admin_dsn) as dsn:
+        workdir = args.keep_logs or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        party = prepare(dsn, args.big_votes)
+        log(f"{tree}: event {party.big} has {args.big_votes} votes "
+            f"(prepared in {time.monotonic() - started:.1f} s); "
+            f"load average {os.getloadavg()[0]:.2f}")
+        pg_pid = postmaster_pid(dsn)
+        for count in args.counts:
+            log(f"== {count} abusers")
+            result = run_round(count, dsn, party, args, workdir, pg_pid)
+            log(f"  {row(result)}")
+            if result.abuser_errors or result.abuser_closes or result.snapshot_errors:
+                log(f"  abuser errors {result.abuser_errors}, closes {result.abuser_closes}, "
+                    f"innocent snapshot errors {result.snapshot_errors}")
+            rounds.append(result)
+    print(f"{tree}: {args.duration:g} s per round, {args.rate:g} votes/s on the innocent "
+          f"event, {args.abuse_rate:g} subscribes/s per abuser on an event of "
+          f"{args.big_votes} votes; {os.cpu_count()} cores\n")
+    print(HEADER)
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for result in rounds:
+        print(row(result))
+    sys.stdout.flush()
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rounds], indent=1))
+    return rounds
+
+
+if __name__ == "__main__":
+    main()
