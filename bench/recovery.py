@@ -3,12 +3,13 @@
     python -m bench.recovery                 # 5 runs of each fault
     python -m bench.recovery --runs 10 --faults killed,silent
 
-Runs the scenarios of tests/test_faults.py (a real twistd, seed clients, a
-voter, a vote held open across the outage) against an embedded PostgreSQL
-of its own, and reports, per fault, the time from the fault to /healthz
-answering 200 again and to the frame of the vote committed during the
-outage (the first change only the catch-up replay can deliver). Every run
-also checks, as the tests do, that nothing was lost, duplicated or reordered.
+Runs the scenarios of tests/test_faults.py, from harness/scenarios.py (a
+real twistd, seed clients, a voter, a vote held open across the outage),
+against an embedded PostgreSQL of its own, and reports, per fault, the time
+from the fault to /healthz answering 200 again and to the frame of the vote
+committed during the outage (the first change only the catch-up replay can
+deliver). Every run also checks, as the tests do, that nothing was lost,
+duplicated or reordered.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.faultkit import DedicatedPostgres, Recovery, SilentProxy, dedicated_postgres
-from tests.test_faults import (
+from harness.faults import DedicatedPostgres, Recovery, SilentProxy, dedicated_postgres
+from harness.scenarios import (
     Scene,
     backend_killed,
     backend_killed_and_locked_out,

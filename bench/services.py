@@ -14,17 +14,20 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 from bench.database import libpq_environment
+from harness.daemon import reported_port
 
 SEED_NODE = Path(os.environ.get("PARTYSENSE_SEED_NODE", "/work/shared/reference/seed-node"))
 NODE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "partysense-bench"
 
 
 def free_port() -> int:
+    """A port free now, for the Node service (it cannot say which port it got)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -93,19 +96,27 @@ def _healthy(port: int) -> bool:
 
 def start_partysense(dsn: str, workdir: Path, workers: int = 1,
                      backlog: int = 4096) -> Running:
-    port = free_port()
+    """twistd on port 0: the kernel picks a free port, and Twisted logs which
+    ("Site starting on PORT"; with --workers, relayed from a worker)."""
     twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
-    log_path = workdir / f"partysense-{port}.log"
+    handle, name = tempfile.mkstemp(prefix="partysense-", suffix=".log", dir=workdir)
+    os.close(handle)
+    log_path = Path(name)
     args = [twistd, "-n", "--pidfile=", "--logfile", str(log_path), "partysense-live",
-            "--port", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}", "--dsn", dsn]
+            "--port", f"tcp:0:interface=127.0.0.1:backlog={backlog}", "--dsn", dsn]
     if workers != 1:
         args += ["--workers", str(workers)]
     env = dict(os.environ)
     env.pop("PARTYSENSE_DSN", None)
     process = subprocess.Popen(args, cwd=workdir, env=env, stdin=subprocess.DEVNULL)
-    running = Running("partysense", process, port, log_path)
+    running = Running("partysense", process, 0, log_path)
+
+    def listening() -> bool:
+        running.port = reported_port(log_path.read_text("utf-8", "replace")) or 0
+        return bool(running.port)
     try:
-        _wait(lambda: _healthy(port), 60, "partysense-live", process)
+        _wait(listening, 60, "partysense-live to say its port", process)
+        _wait(lambda: _healthy(running.port), 60, "partysense-live", process)
     except RuntimeError:
         running.stop()
         raise

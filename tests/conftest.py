@@ -4,6 +4,11 @@ The PostgreSQL is the one named by $PARTYSENSE_TEST_DSN (an admin DSN that
 may CREATE DATABASE), or else an embedded one started for the session.
 Each test gets its own database cloned from a template that already has the
 stand-in schema and the triggers, so tests never see each other's votes.
+Nothing here is autouse: PostgreSQL starts only when a test asks for it.
+
+Every test carries exactly one layer marker (setup.cfg), checked at collection:
+``logic`` (no PostgreSQL, no process), ``database`` (a real PostgreSQL, no
+process), ``daemon`` (twistd or another command as a process), ``browser``.
 """
 
 from __future__ import annotations
@@ -19,11 +24,17 @@ import pytest
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
+from harness.daemon import Daemon
 from partysense import sqlfiles
 from partysense.sqlfiles import execute_autocommit
-from tests.support import Daemon, Party
+from tests.support import Party
 
 TEMPLATE = "partysense_test_template"
+
+LAYERS = ("logic", "database", "daemon", "browser")
+# Fixtures that start (or need) PostgreSQL or a daemon process.
+DATABASE_FIXTURES = {"admin_dsn", "template_dsn", "db_dsn", "empty_db_dsn", "party", "daemon"}
+PROCESS_FIXTURES = {"daemon"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,6 +44,32 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.option.basetemp:
         config.option.basetemp = tempfile.mkdtemp(prefix="partysense-pytest-")
         config._partysense_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: every collected test is checked
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test has exactly one layer marker, and a logic test asks for no
+    database, a database test for no daemon."""
+    problems = []
+    for item in items:
+        layers = sorted({mark.name for mark in item.iter_markers() if mark.name in LAYERS})
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if not layers:
+            problems.append(f"{item.nodeid}: no layer marker")
+        elif len(layers) > 1:
+            problems.append(f"{item.nodeid}: {len(layers)} layer markers ({', '.join(layers)})")
+        elif layers == ["logic"] and fixtures & DATABASE_FIXTURES:
+            problems.append(f"{item.nodeid}: marked logic but uses "
+                            f"{sorted(fixtures & DATABASE_FIXTURES)}")
+        elif layers == ["database"] and fixtures & PROCESS_FIXTURES:
+            problems.append(f"{item.nodeid}: marked database but uses "
+                            f"{sorted(fixtures & PROCESS_FIXTURES)}")
+    if problems:
+        raise pytest.UsageError(
+            "each test needs exactly one layer marker of " + ", ".join(LAYERS)
+            + " (setup.cfg says what each means; `pytestmark = pytest.mark.<layer>` for a"
+            " whole module, `@pytest.mark.<layer>` for one test):\n  "
+            + "\n  ".join(problems))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -99,6 +136,6 @@ def party(db_dsn: str) -> Iterator[Party]:
 
 @pytest.fixture
 def daemon(db_dsn: str, tmp_path: Path) -> Iterator[Daemon]:
-    """``twistd -n partysense-live`` as a real process on a free port."""
+    """``twistd -n partysense-live`` as a real process, on a port it bound itself."""
     with Daemon(db_dsn, tmp_path) as value:
         yield value

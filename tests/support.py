@@ -1,38 +1,15 @@
-"""Helpers for tests: waiting on conditions, a party in SQL, a daemon process."""
+"""Helpers for tests: waiting on the reactor, a party in SQL, tallies.
+
+The daemon process and ``wait_for`` are in harness/daemon.py (bench/ uses them too).
+"""
 
 from __future__ import annotations
 
 import inspect
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import psutil
 import psycopg2
-
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something true, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
@@ -50,12 +27,6 @@ async def eventually(condition: Callable[[], Any], what: str, timeout: float = 1
         if reactor.seconds() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await task.deferLater(reactor, 0.02, lambda: None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def tally(counts: dict[int, list[int]], change: dict[str, Any]) -> None:
@@ -115,113 +86,3 @@ class Party:
             "count(*) FILTER (WHERE NOT is_positive) FROM event_vote WHERE event_id = %s "
             "GROUP BY track_id", (event_id,))
         return {track: (up, down) for track, up, down in rows}
-
-
-def twistd_command() -> list[str]:
-    twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
-    return [twistd]
-
-
-class Daemon:
-    """``twistd -n partysense-live`` run as its users run it, on a free port."""
-
-    def __init__(self, dsn: str | None, workdir: Path, *extra: str,
-                 env: dict[str, str] | None = None) -> None:
-        self.dsn = dsn
-        self.workdir = workdir
-        self.port = free_port()
-        self.extra = list(extra)
-        self.env = env
-        self.log_path = workdir / f"twistd-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def start(self, wait: bool = True) -> Daemon:
-        """Start twistd; if another test run took our free port meanwhile, take another."""
-        for _ in range(5):
-            self._spawn()
-            if not wait:
-                return self
-            try:
-                self.wait_healthy()
-                return self
-            except AssertionError:
-                if "Address already in use" not in self.log() or self.process is None \
-                        or self.process.poll() is None:
-                    raise
-                self.port = free_port()
-                self.log_path = self.workdir / f"twistd-{self.port}.log"
-        raise AssertionError("no free port found for twistd in 5 tries")
-
-    def _spawn(self) -> None:
-        args = twistd_command() + [
-            "-n", "--pidfile", str(self.workdir / f"twistd-{self.port}.pid"),
-            "--logfile", str(self.log_path),
-            "partysense-live", "--port", f"tcp:{self.port}:interface=127.0.0.1",
-        ]
-        if self.dsn is not None:
-            args += ["--dsn", self.dsn]
-        env = dict(os.environ if self.env is None else self.env)
-        if self.dsn is not None:
-            env.pop("PARTYSENSE_DSN", None)
-        self.process = subprocess.Popen(args + self.extra, cwd=self.workdir, env=env,
-                                        stdin=subprocess.DEVNULL)
-
-    def health(self) -> tuple[int, dict[str, Any]] | None:
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-        except OSError:
-            return None
-
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        def healthy() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"twistd exited with {self.process.returncode}:\n{self.log()}")
-            answer = self.health()
-            return answer is not None and answer[0] == 200 and self._ours(answer[1].get("pid"))
-        wait_for(healthy, timeout, "the daemon to report healthy")
-
-    def _ours(self, pid: int | None) -> bool:
-        """Is it our daemon (or one of its --workers) answering, not another test run's?"""
-        if pid is None or self.process is None:
-            return True
-        if pid == self.process.pid:
-            return True
-        try:
-            return pid in {child.pid for child in psutil.Process(self.process.pid).children(
-                recursive=True)}
-        except psutil.Error:
-            return False
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"twistd did not exit within {timeout} s of SIGTERM") from None
-
-    def __enter__(self) -> Daemon:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

@@ -15,8 +15,9 @@ import pytest
 
 from bench import run, services
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None,
-                                reason="the load generator needs Node.js")
+pytestmark = [pytest.mark.daemon,
+              pytest.mark.skipif(shutil.which("node") is None,
+                                 reason="the load generator needs Node.js")]
 
 
 def test_smoke_run_delivers_every_frame_once(admin_dsn: str, tmp_path: Path) -> None:

@@ -14,47 +14,36 @@ import psycopg2
 import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from harness.daemon import Daemon, twistd_command, wait_for
 from partysense import sqlfiles
 from partysense.tap import Options, endpoint_description
-from tests.support import Daemon, free_port, twistd_command, wait_for
 from tests.test_dbcli import partysense_db, refused_port
 
 SECRET = "hunter2-never-logged"
 
 
 class Twistd(Daemon):
-    """twistd with exactly the arguments given; ``{port}`` is replaced by a free port.
+    """twistd with exactly the arguments given; ``{port}`` is replaced by 0.
 
-    Other test runs share this machine: a port free a moment ago may be taken
-    by another daemon, which would answer /healthz just as well. So a start
-    waits for our own process to say it is listening, and tries another port
-    if someone took this one.
+    The kernel picks the port and twistd logs it ("Site starting on PORT"):
+    :meth:`wait_listening` reads it from ``{logfile}``. ``{pidfile}`` and
+    ``{logfile}`` are this daemon's files.
     """
 
     def __init__(self, workdir: Path, twistd_args: list[str], plugin_args: list[str],
                  env: dict[str, str] | None = None) -> None:
         super().__init__(None, workdir, env=env)
-        self.templates = twistd_args + ["partysense-live"] + plugin_args
-        self._fill()
-
-    def _fill(self) -> None:
-        self.log_path = self.workdir / f"twistd-{self.port}.log"
-        self.pid_path = self.workdir / f"twistd-{self.port}.pid"
-        self.output_path = self.workdir / f"twistd-{self.port}.out"
-        fill = {"port": self.port, "pidfile": self.pid_path, "logfile": self.log_path}
-        self.args = [a.format(**fill) for a in self.templates]
+        self.output_path = self.log_path.with_suffix(".out")
+        fill = {"port": 0, "pidfile": self.pid_path, "logfile": self.log_path}
+        self.args = [a.format(**fill) for a in twistd_args + ["partysense-live"] + plugin_args]
 
     def start(self, wait: bool = True) -> Twistd:
-        for _attempt in range(3):
-            self._spawn()
-            if not wait:
-                return self
-            if self.wait_listening():
-                self.wait_healthy()
-                return self
-            self.port = free_port()
-            self._fill()
-        raise AssertionError(f"twistd could not listen:\n{self.log()}")
+        """Start twistd; with ``wait``, wait until it listens and is healthy."""
+        self.spawn()
+        if wait:
+            self.wait_listening()
+            self.wait_healthy()
+        return self
 
     def _spawn(self) -> None:
         env = dict(os.environ if self.env is None else self.env)
@@ -63,22 +52,19 @@ class Twistd(Daemon):
                 twistd_command() + self.args, cwd=self.workdir, env=env,
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
 
-    def wait_listening(self, timeout: float = 30.0) -> bool:
-        """True once our process listens on our port; False if the port was taken."""
-        assert self.process is not None
-        wait_for(lambda: self.process.poll() is not None  # type: ignore[union-attr]
-                 or f"Site starting on {self.port}" in self.log(), timeout,
-                 "twistd to listen")
-        if f"Site starting on {self.port}" in self.log():
-            return True
-        if "Address already in use" in self.log() + self.output():
-            return False
-        raise AssertionError(f"twistd exited with {self.process.returncode}:\n"
-                             f"{self.output()}\n{self.log()}")
+    def wait_listening(self, timeout: float = 30.0) -> int:
+        """The port twistd reports listening on; fails, with its output, if it exits first."""
+        try:
+            return super().wait_listening(timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.output()}") from None
 
     def output(self) -> str:
         """What twistd wrote to stdout and stderr (its usage errors)."""
-        return self.output_path.read_text("utf-8", "replace")
+        try:
+            return self.output_path.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
 
 
 FOREGROUND = ["-n", "--pidfile", "{pidfile}", "--logfile", "{logfile}"]
@@ -129,12 +115,14 @@ def running(pid: int) -> bool:
 # -- --port ---------------------------------------------------------------------
 
 
+@pytest.mark.daemon
 def test_bare_port_listens_on_every_interface(db_dsn: str, tmp_path: Path) -> None:
     with Twistd(tmp_path, FOREGROUND, ["--port", "{port}", "--dsn", db_dsn]) as daemon:
         assert accepts("127.0.0.2", daemon.port)  # not only 127.0.0.1
-        assert f"tcp:{daemon.port}" in daemon.log()
+        assert "listening on tcp:0:backlog=1024," in daemon.log()  # served as tcp:PORT
 
 
+@pytest.mark.daemon
 def test_endpoint_string_port(db_dsn: str, tmp_path: Path) -> None:
     plugin_args = ["--port", "tcp:{port}:interface=127.0.0.1", "--dsn", db_dsn]
     with Twistd(tmp_path, FOREGROUND, plugin_args) as daemon:
@@ -142,6 +130,7 @@ def test_endpoint_string_port(db_dsn: str, tmp_path: Path) -> None:
         assert not accepts("127.0.0.2", daemon.port)
 
 
+@pytest.mark.daemon
 def test_unusable_port_is_a_clear_error(db_dsn: str, tmp_path: Path) -> None:
     daemon = Twistd(tmp_path, FOREGROUND, ["--port", "nonsense:1", "--dsn", db_dsn])
     daemon.start(wait=False)
@@ -153,6 +142,7 @@ def test_unusable_port_is_a_clear_error(db_dsn: str, tmp_path: Path) -> None:
 # -- --dsn ----------------------------------------------------------------------
 
 
+@pytest.mark.daemon
 @pytest.mark.parametrize("form", [as_uri, as_words], ids=["uri", "keywords"])
 def test_dsn_forms(db_dsn: str, tmp_path: Path, form: Any) -> None:
     dsn = form(db_dsn)
@@ -163,6 +153,7 @@ def test_dsn_forms(db_dsn: str, tmp_path: Path, form: Any) -> None:
         assert "EMBEDDED" not in log
 
 
+@pytest.mark.daemon
 @pytest.mark.embedded_only  # the embedded server listens on a Unix socket only
 def test_unix_socket_host(db_dsn: str, tmp_path: Path) -> None:
     socket_dir = parse_dsn(db_dsn)["host"]
@@ -174,6 +165,7 @@ def test_unix_socket_host(db_dsn: str, tmp_path: Path) -> None:
         assert socket_dir in daemon.log()
 
 
+@pytest.mark.daemon
 def test_dsn_from_the_environment(db_dsn: str, tmp_path: Path) -> None:
     env = env_without_dsn(PARTYSENSE_DSN=as_uri(db_dsn))
     with Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1"],
@@ -183,6 +175,7 @@ def test_dsn_from_the_environment(db_dsn: str, tmp_path: Path) -> None:
         assert "EMBEDDED" not in log
 
 
+@pytest.mark.daemon
 @pytest.mark.embedded_only  # its trust authentication accepts a made-up password
 @pytest.mark.parametrize("where", ["option", "environment"])
 def test_password_never_logged(db_dsn: str, tmp_path: Path, where: str) -> None:
@@ -202,6 +195,7 @@ def test_password_never_logged(db_dsn: str, tmp_path: Path, where: str) -> None:
         assert health is not None and SECRET not in str(health)
 
 
+@pytest.mark.daemon
 @pytest.mark.parametrize("dsn", [
     f"postgresql://someone:{SECRET}@127.0.0.1:{{port}}/x",
     f"host=127.0.0.1 port={{port}} dbname=x password={SECRET}",
@@ -224,6 +218,7 @@ def test_password_not_logged_when_the_database_is_unreachable(tmp_path: Path, ds
     assert SECRET not in daemon.log() + str(health) + daemon.output()
 
 
+@pytest.mark.daemon
 @pytest.mark.parametrize("dsn", [
     f"postgresql://someone:{SECRET}@[::1/x",   # libpq would echo this URI whole
     f"host=127.0.0.1 password='{SECRET}",
@@ -239,6 +234,7 @@ def test_unparseable_dsn_is_refused_without_the_password(tmp_path: Path, dsn: st
 # -- twistd's own options ---------------------------------------------------------
 
 
+@pytest.mark.daemon
 def test_pidfile_and_logfile(db_dsn: str, tmp_path: Path) -> None:
     daemon = Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
                                            "--dsn", db_dsn]).start()
@@ -255,6 +251,7 @@ def test_pidfile_and_logfile(db_dsn: str, tmp_path: Path) -> None:
     assert "Server Shut Down" in daemon.log()
 
 
+@pytest.mark.daemon
 def test_daemonizes_without_n(db_dsn: str, tmp_path: Path) -> None:
     daemon = Twistd(tmp_path, ["--pidfile", "{pidfile}", "--logfile", "{logfile}"],
                     ["--port", "tcp:{port}:interface=127.0.0.1", "--dsn", db_dsn])
@@ -265,7 +262,7 @@ def test_daemonizes_without_n(db_dsn: str, tmp_path: Path) -> None:
     pid = int(wait_for(lambda: daemon.pid_path.exists() and daemon.pid_path.read_text(), 30,
                        "the pidfile").strip())
     try:
-        wait_for(lambda: f"Site starting on {daemon.port}" in daemon.log(), 30, "our start")
+        daemon.wait_listening()  # its port, from the log
         wait_for(lambda: (daemon.health() or (0,))[0] == 200, 30, "the daemon to be healthy")
         assert running(pid)
     finally:
@@ -278,6 +275,7 @@ def test_daemonizes_without_n(db_dsn: str, tmp_path: Path) -> None:
 # -- a database without the install step ----------------------------------------------
 
 
+@pytest.mark.daemon
 def test_missing_install_step_is_a_503_that_names_the_fix(empty_db_dsn: str,
                                                           tmp_path: Path) -> None:
     connection = psycopg2.connect(empty_db_dsn)
@@ -301,6 +299,7 @@ def test_missing_install_step_is_a_503_that_names_the_fix(empty_db_dsn: str,
         daemon.stop()
 
 
+@pytest.mark.logic
 @pytest.mark.parametrize(("arguments", "demo"), [
     (["--dsn", "dbname=x", "--demo"], True),
     (["--dsn", "dbname=x"], False),
@@ -314,6 +313,7 @@ def test_demo_is_a_yes_or_no(arguments: list[str], demo: bool) -> None:
     assert options["run-demo"] is demo
 
 
+@pytest.mark.logic
 @pytest.mark.parametrize(("port", "description"), [
     ("18854", "tcp:18854:backlog=1024"),
     ("tcp:18854:interface=127.0.0.1", "tcp:18854:interface=127.0.0.1:backlog=1024"),

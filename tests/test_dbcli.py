@@ -17,6 +17,8 @@ from psycopg2.extensions import make_dsn
 from partysense import sqlfiles
 from tests.support import Party
 
+pytestmark = pytest.mark.daemon
+
 SECRET = "hunter2-do-not-print"
 OUR_TRIGGERS = {"partysense_vote_insert", "partysense_vote_update", "partysense_vote_delete",
                 "partysense_vote_truncate"}

@@ -8,7 +8,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.support import Daemon, Party, wait_for
+from harness.daemon import Daemon, wait_for
+from tests.support import Party
+
+pytestmark = pytest.mark.daemon
 
 
 def subscribed(daemon: Daemon, request: object, channels: int = 1):

@@ -12,12 +12,16 @@ import threading
 from typing import Any
 
 import psycopg2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.support import Daemon, Party, nonzero, tally, wait_for
+from harness.daemon import Daemon, wait_for
+from tests.support import Party, nonzero, tally
+
+pytestmark = pytest.mark.daemon
 
 
 class Watcher:

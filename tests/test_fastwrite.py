@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 from types import SimpleNamespace
 
+import pytest
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from partysense.fastwrite import TurnWriter, write_now
+from partysense.adapters.twisted_adapter import write_now
+from partysense.fastwrite import TurnWriter
+
+pytestmark = pytest.mark.logic
 
 
 class CountingTransport(StringTransport):

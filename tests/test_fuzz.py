@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 
+from harness.daemon import Daemon
 from tests.rawws import frame, open_raw
-from tests.support import Daemon, Party
+from tests.support import Party
+
+pytestmark = pytest.mark.daemon
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

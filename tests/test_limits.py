@@ -9,6 +9,8 @@ import pytest
 
 from partysense.limits import raise_open_files_limit
 
+pytestmark = pytest.mark.logic
+
 
 @pytest.fixture
 def low_soft_limit() -> Iterator[int]:

@@ -24,10 +24,11 @@ from twisted.internet import defer, endpoints
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from harness.daemon import Daemon, wait_for
 from partysense.listener import ListenerService
 from partysense.tap import Options, makeService
 from tests import support
-from tests.support import Daemon, Party, wait_for
+from tests.support import Party
 
 # -- in process ---------------------------------------------------------------
 
@@ -124,6 +125,7 @@ async def running(db_dsn: str) -> Any:
         await top.stopService()
 
 
+@pytest.mark.database
 @pytest_twisted.ensureDeferred
 async def test_listen_once_per_channel_and_unlisten_after_the_last(
         running: Running, party: Party) -> None:
@@ -235,6 +237,7 @@ async def crowd_hears_votes(daemon: Daemon, party: Party, event_id: int,
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
+@pytest.mark.daemon
 @pytest.mark.slow
 def test_300_clients_one_database_connection(daemon: Daemon, party: Party) -> None:
     event_id, track_id = party.event("Crowded"), party.track()

@@ -19,15 +19,12 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 
-from partysense import listener as listener_module
-from partysense.listener import (
-    ListenerService,
-    NotConnected,
-    default_backoff,
-    needs_resolving,
-    with_resolved_host,
-)
-from tests.faultkit import SilentProxy, committed, event_with_track, terminate_listener
+from harness.faults import SilentProxy, committed, event_with_track, terminate_listener
+from partysense.adapters.txpostgres_adapter import needs_resolving, with_resolved_host
+from partysense.listener import ListenerService
+from partysense.pgservice import NotConnected, default_backoff
+from partysense.queries import QueryService
+from partysense.retention import RetentionService
 from tests.support import Party, eventually
 
 Delivered = list[tuple[str, int, str]]
@@ -50,6 +47,7 @@ def silent_server() -> Iterator[int]:
 # -- backoff ------------------------------------------------------------------------
 
 
+@pytest.mark.logic
 def test_backoff_grows_is_capped_and_jittered() -> None:
     random.seed(1)
     policy = default_backoff()
@@ -64,6 +62,7 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
     assert len(firsts) > 10 and len(capped) > 10, "every retry time is jittered"
 
 
+@pytest.mark.logic
 def test_failed_connects_are_retried_with_the_backoff() -> None:
     clock = task.Clock()
     attempts: list[int] = []
@@ -72,7 +71,7 @@ def test_failed_connects_are_retried_with_the_backoff() -> None:
         attempts.append(attempt)
         return 2.0 + attempt
 
-    service = ListenerService(no_database, lambda *a: None, clock, backoff=backoff)
+    service = ListenerService(no_database, clock, backoff=backoff)
     service.startService()
     assert service.state == "disconnected"
     assert "nobody home" in service.reason
@@ -87,6 +86,7 @@ def test_failed_connects_are_retried_with_the_backoff() -> None:
 # -- stopping -----------------------------------------------------------------------
 
 
+@pytest.mark.logic
 def test_stop_cancels_the_pending_retry_and_leaves_nothing_scheduled() -> None:
     clock = task.Clock()
     calls: list[int] = []
@@ -95,7 +95,7 @@ def test_stop_cancels_the_pending_retry_and_leaves_nothing_scheduled() -> None:
         calls.append(1)
         return no_database()
 
-    service = ListenerService(counting_dsn, lambda *a: None, clock)
+    service = ListenerService(counting_dsn, clock)
     service.startService()
     assert len(clock.getDelayedCalls()) == 1
     service.stopService()
@@ -105,10 +105,11 @@ def test_stop_cancels_the_pending_retry_and_leaves_nothing_scheduled() -> None:
     assert calls == [1], "no retry after stopService"
 
 
+@pytest.mark.logic
 def test_stop_while_connecting_leaves_nothing_scheduled(silent_server: int) -> None:
     reactor = MemoryReactorClock()
     dsn = make_dsn(host="127.0.0.1", port=str(silent_server), dbname="x", user="x")
-    service = ListenerService(dsn, lambda *a: None, reactor, connect_timeout=5)
+    service = ListenerService(dsn, reactor, connect_timeout=5)
     service.startService()
     assert service.state == "connecting"
     assert len(reactor.getDelayedCalls()) >= 1  # the connect deadline
@@ -122,10 +123,11 @@ def test_stop_while_connecting_leaves_nothing_scheduled(silent_server: int) -> N
 # -- a connect that never answers -----------------------------------------------------
 
 
+@pytest.mark.logic
 def test_a_connect_that_never_answers_times_out(silent_server: int) -> None:
     reactor = MemoryReactorClock()
     dsn = make_dsn(host="127.0.0.1", port=str(silent_server), dbname="x", user="x")
-    service = ListenerService(dsn, lambda *a: None, reactor, connect_timeout=5,
+    service = ListenerService(dsn, reactor, connect_timeout=5,
                               backoff=lambda attempt: 1.0)
     service.startService()
     reactor.advance(4.9)
@@ -141,13 +143,14 @@ def test_a_connect_that_never_answers_times_out(silent_server: int) -> None:
     assert reactor.getDelayedCalls() == []
 
 
+@pytest.mark.logic
 @pytest_twisted.ensureDeferred
 async def test_a_connect_that_never_answers_times_out_on_the_real_reactor(
         silent_server: int) -> None:
     from twisted.internet import reactor
 
     dsn = make_dsn(host="127.0.0.1", port=str(silent_server), dbname="x", user="x")
-    service = ListenerService(dsn, lambda *a: None, reactor, connect_timeout=0.5,
+    service = ListenerService(dsn, reactor, connect_timeout=0.5,
                               backoff=lambda attempt: 30.0)
     service.startService()
     try:
@@ -160,9 +163,10 @@ async def test_a_connect_that_never_answers_times_out_on_the_real_reactor(
 # -- whenConnected --------------------------------------------------------------------
 
 
+@pytest.mark.logic
 def test_when_connected_fails_when_the_service_stops() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, lambda *a: None, clock)
+    service = ListenerService(no_database, clock)
     service.startService()
     waiter = service.whenConnected()
     assert not waiter.called
@@ -171,9 +175,10 @@ def test_when_connected_fails_when_the_service_stops() -> None:
     assert failure.check(NotConnected)
 
 
+@pytest.mark.logic
 def test_when_connected_can_be_cancelled_and_is_forgotten() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, lambda *a: None, clock)
+    service = ListenerService(no_database, clock)
     service.startService()
     waiter = service.whenConnected()
     waiter.cancel()
@@ -182,9 +187,10 @@ def test_when_connected_can_be_cancelled_and_is_forgotten() -> None:
     service.stopService()
 
 
+@pytest.mark.logic
 def test_when_listening_fails_when_not_connected() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, lambda *a: None, clock)
+    service = ListenerService(no_database, clock)
     service.startService()
     assert _failure_of(service.whenListening("firehose")).check(NotConnected)
     service.stopService()
@@ -200,6 +206,7 @@ def _failure_of(d: defer.Deferred[Any]) -> Any:
 # -- resolving host names off the reactor thread ---------------------------------------
 
 
+@pytest.mark.logic
 @pytest.mark.parametrize(("dsn", "resolved"), [
     ("host=db.example dbname=x", "db.example"),
     ("postgresql://u@db.example:6432/x", "db.example"),
@@ -214,6 +221,7 @@ def test_which_hosts_are_resolved_first(dsn: str, resolved: str | None) -> None:
     assert needs_resolving(parse_dsn(dsn)) == resolved
 
 
+@pytest.mark.logic
 def test_resolved_addresses_become_hostaddr_and_the_name_is_kept() -> None:
     asked: list[tuple[str, int]] = []
 
@@ -229,13 +237,14 @@ def test_resolved_addresses_become_hostaddr_and_the_name_is_kept() -> None:
     assert params["sslmode"] == "verify-full"
 
 
+@pytest.mark.logic
 def test_a_name_that_does_not_resolve_is_reported_and_retried() -> None:
     clock = task.Clock()
 
     def resolve(host: str, port: int) -> defer.Deferred[list[str]]:
         return defer.fail(socket.gaierror(-2, "Name or service not known"))
 
-    service = ListenerService("host=nowhere.invalid dbname=x", lambda *a: None, clock,
+    service = ListenerService("host=nowhere.invalid dbname=x", clock,
                               resolve=resolve)
     service.startService()
     assert service.state == "disconnected"
@@ -259,9 +268,13 @@ def _result_of(d: defer.Deferred[Any]) -> Any:
 def _listener(dsn: str, delivered: Delivered, **kwargs: Any) -> ListenerService:
     from twisted.internet import reactor
 
-    return ListenerService(dsn, lambda *change: delivered.append(change), reactor, **kwargs)
+    service = ListenerService(dsn, reactor, **kwargs)
+    service.observe(lambda channel, change: delivered.append(
+        (channel, change.seq, change.payload.decode("utf-8"))))
+    return service
 
 
+@pytest.mark.database
 @pytest_twisted.ensureDeferred
 async def test_when_connected_fires_once_caught_up(db_dsn: str) -> None:
     service = _listener(db_dsn, [])
@@ -275,6 +288,7 @@ async def test_when_connected_fires_once_caught_up(db_dsn: str) -> None:
         service.stopService()
 
 
+@pytest.mark.database
 @pytest_twisted.ensureDeferred
 async def test_killed_backend_relistens_and_replays_in_commit_order(
         db_dsn: str, party: Party) -> None:
@@ -319,6 +333,7 @@ async def test_killed_backend_relistens_and_replays_in_commit_order(
         service.stopService()
 
 
+@pytest.mark.database
 @pytest.mark.embedded_only  # through a proxy port: see test_faults.test_silent_tcp_connection
 @pytest_twisted.ensureDeferred
 async def test_a_host_name_is_resolved_and_connected_by_address(db_dsn: str) -> None:
@@ -344,29 +359,36 @@ def _age_every_change(party: Party, seconds: int) -> None:
                 (seconds,))
 
 
+@pytest.mark.database
 @pytest_twisted.ensureDeferred
 async def test_retention_trims_old_changes_in_batches_and_keeps_the_newest(
-        db_dsn: str, party: Party, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listener_module, "TRIM_BATCH", 3)
+        db_dsn: str, party: Party) -> None:
+    from twisted.internet import reactor
+
     event_id, track_id = event_with_track(db_dsn)
     for _ in range(5):
         party.vote(event_id, track_id, up=False)  # two changes each
     _age_every_change(party, 7200)
     party.vote(event_id, track_id, up=False)  # two young changes
     newest = committed(db_dsn)[-1]
-    service = _listener(db_dsn, [], retention_seconds=3600)
-    service.startService()
+    queries = QueryService(db_dsn, reactor)
+    retention = RetentionService(queries, reactor, retention_seconds=3600, batch=3)
+    queries.startService()
+    retention.startService()
     try:
-        await eventually(lambda: service.trimmed == 10, "the old changes to be trimmed")
+        await queries.whenConnected()
+        await retention.trim()
+        assert retention.trimmed == 10  # in four batches: 3, 3, 3, 1
         assert len(committed(db_dsn)) == 2
         # Everything old now, the newest included: all but the newest goes.
         _age_every_change(party, 7200)
-        await service._enforce_retention()
+        await retention.trim()
         assert committed(db_dsn) == [newest]
-        await service._enforce_retention()
+        await retention.trim()
         assert committed(db_dsn) == [newest]
     finally:
-        service.stopService()
+        retention.stopService()
+        queries.stopService()
 
 
 # -- when the change log does not continue where the listener left off -------------
@@ -398,6 +420,7 @@ async def _outage(service: ListenerService, db_dsn: str, during: Callable[[], No
                      "the listener to reconnect")
 
 
+@pytest.mark.database
 @pytest_twisted.ensureDeferred
 async def test_a_log_that_went_back_is_followed_from_its_new_end(
         db_dsn: str, party: Party, warnings: list[str]) -> None:
@@ -425,6 +448,7 @@ async def test_a_log_that_went_back_is_followed_from_its_new_end(
         service.stopService()
 
 
+@pytest.mark.database
 @pytest_twisted.ensureDeferred
 async def test_a_log_trimmed_during_the_outage_is_reported(
         db_dsn: str, party: Party, warnings: list[str]) -> None:
@@ -474,9 +498,10 @@ def fire_late(clock: task.Clock) -> None:
     timer.func(*timer.args, **timer.kw)
 
 
+@pytest.mark.logic
 def test_a_deadline_waits_one_more_io_round_before_dropping() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, lambda *a: None, clock)
+    service = ListenerService(no_database, clock)
     connection = _DroppableConnection()
     answer: defer.Deferred[None] = defer.Deferred()
     service._before_deadline(connection, answer, 4.0, "silent")  # type: ignore[arg-type]
@@ -489,9 +514,10 @@ def test_a_deadline_waits_one_more_io_round_before_dropping() -> None:
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.logic
 def test_a_deadline_drops_a_connection_that_really_is_silent() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, lambda *a: None, clock)
+    service = ListenerService(no_database, clock)
     connection = _DroppableConnection()
     answer: defer.Deferred[None] = defer.Deferred()
     service._before_deadline(connection, answer, 4.0, "silent")  # type: ignore[arg-type]

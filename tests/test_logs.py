@@ -16,15 +16,18 @@ from twisted.python.failure import Failure
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from harness.daemon import Daemon, twistd_command
 from partysense.logs import JSONLinesObserver, flatten, json_observer
-from tests.support import Daemon, twistd_command, wait_for
 
 
 class JSONLogDaemon(Daemon):
     """The daemon as a log shipper would run it: -n, JSON lines on stdout."""
 
-    def start(self, wait: bool = True) -> JSONLogDaemon:
-        self.log_path = self.workdir / f"twistd-{self.port}.jsonl"
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log_path = self.log_path.with_suffix(".jsonl")  # its stdout
+
+    def _spawn(self) -> None:
         args = twistd_command() + [
             "-n", "--pidfile", "", "--logger", "partysense.logs.json_observer",
             "partysense-live", "--port", f"tcp:{self.port}:interface=127.0.0.1",
@@ -32,16 +35,9 @@ class JSONLogDaemon(Daemon):
         ]
         env = dict(os.environ)
         env.pop("PARTYSENSE_DSN", None)
-        with open(self.log_path, "wb") as stdout:
+        with open(self.log_path, "ab") as stdout:
             self.process = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=stdout,
                                             stdin=subprocess.DEVNULL)
-        if wait:
-            # Our own start line first: a daemon of another test run that took
-            # the port in the meantime would answer /healthz just as well.
-            wait_for(lambda: self.process.poll() is not None or
-                     f"tcp:{self.port}:interface" in self.log(), 30, "the start line")
-            self.wait_healthy()
-        return self
 
 
 def records(daemon: Daemon) -> list[dict[str, Any]]:
@@ -50,6 +46,7 @@ def records(daemon: Daemon) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]  # every line is one JSON object
 
 
+@pytest.mark.daemon
 def test_json_logs_carry_named_fields(db_dsn: str, tmp_path: Path) -> None:
     with JSONLogDaemon(db_dsn, tmp_path, "--max-clients", "500") as daemon:
         with connect(daemon.ws_url, open_timeout=10) as bad:
@@ -62,7 +59,7 @@ def test_json_logs_carry_named_fields(db_dsn: str, tmp_path: Path) -> None:
     assert len(start) == 1, "one start line, not two"
     line = start[0]
     assert (line["level"], line["namespace"]) == ("info", "partysense.tap")
-    assert line["port"] == f"tcp:{daemon.port}:interface=127.0.0.1:backlog=1024"
+    assert line["port"] == "tcp:0:interface=127.0.0.1:backlog=1024"  # as given, with the backlog
     assert line["embedded"] is False and line["demo"] is False
     assert parse_dsn(db_dsn)["dbname"] in line["where"]
     assert line["max_clients"] == 500 and line["max_message"] == 4096
@@ -88,12 +85,14 @@ def observe(emit: Any) -> dict[str, Any]:
     return json.loads(line)
 
 
+@pytest.mark.logic
 def test_fields_that_are_not_json_become_their_repr() -> None:
     record = observe(lambda log: log.warn("Odd {thing}", thing={1, 2}, count=3))
     assert record["message"] == "Odd {1, 2}" and record["thing"] == "{1, 2}"
     assert (record["level"], record["count"], record["namespace"]) == ("warn", 3, "test")
 
 
+@pytest.mark.logic
 def test_a_failure_comes_with_its_traceback() -> None:
     failure = Failure(ZeroDivisionError("division by zero"))
     record = observe(lambda log: log.failure("Sum failed for {who}", failure, who="x"))
@@ -101,6 +100,7 @@ def test_a_failure_comes_with_its_traceback() -> None:
     assert "ZeroDivisionError" in record["traceback"] and record["error"] == "division by zero"
 
 
+@pytest.mark.logic
 def test_a_circular_field_still_logs_the_sentence() -> None:
     loop: list[Any] = []
     loop.append(loop)
@@ -108,6 +108,7 @@ def test_a_circular_field_still_logs_the_sentence() -> None:
     assert record["message"] == "Loop 1" and "loop" not in record
 
 
+@pytest.mark.logic
 def test_legacy_events_keep_only_their_sentence() -> None:
     event = {"message": ("hello", "world"), "isError": 0, "system": "-", "time": 0.0,
              "log_time": 0.0, "log_level": LogLevel.info, "log_namespace": "log_legacy",
@@ -116,6 +117,7 @@ def test_legacy_events_keep_only_their_sentence() -> None:
                               "namespace": "log_legacy", "message": "hello world"}
 
 
+@pytest.mark.logic
 def test_the_factory_writes_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     observer = json_observer()
     observer({"log_time": 0.0, "log_level": LogLevel.info, "log_namespace": "t",
@@ -123,6 +125,7 @@ def test_the_factory_writes_to_stdout(capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(capsys.readouterr().out)["message"] == "hi you"
 
 
+@pytest.mark.daemon
 @pytest.mark.parametrize(("trusted", "logged_peer"), [
     ("1", "203.0.113.7"),       # the address our one proxy saw
     ("0", "tcp4:127.0.0.1:"),   # the header is anybody's to forge: ignored

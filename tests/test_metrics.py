@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,9 +14,11 @@ from twisted.internet.task import Clock
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from partysense.metrics import DaemonMetrics, commit_time
+from harness.daemon import Daemon, wait_for
+from partysense.change import parse_change
+from partysense.metrics import DaemonMetrics
 from tests.rawws import frame, open_raw, read_frame, send_text
-from tests.support import Daemon, Party, wait_for
+from tests.support import Party
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -56,6 +59,7 @@ def names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
 
 
+@pytest.mark.daemon
 def test_every_metric_is_present_and_moves(daemon: Daemon, party: Party) -> None:
     event_id = party.event("Metrics")
     track_id = party.track("Song", "Band")
@@ -106,6 +110,7 @@ def test_every_metric_is_present_and_moves(daemon: Daemon, party: Party) -> None
                                                                  "partysense_sent_bytes_total")
 
 
+@pytest.mark.daemon
 def test_bad_input_counts_its_kind(daemon: Daemon) -> None:
     before = scrape(daemon)
     with connect(daemon.ws_url, open_timeout=10) as bad:
@@ -119,6 +124,7 @@ def test_bad_input_counts_its_kind(daemon: Daemon) -> None:
     assert value(after, "partysense_bad_inputs_total", kind="binary") == 0
 
 
+@pytest.mark.daemon
 @pytest.mark.parametrize(("payload", "kind", "code"), [
     (b"x" * 5000, "too_big", 1009),
     (b'{"event": "\xff"}', "not_json", 1007),
@@ -140,6 +146,7 @@ def test_what_autobahn_refuses_is_counted_and_logged_once(
     assert "failing WebSocket connection" not in daemon.log()
 
 
+@pytest.mark.daemon
 def test_listener_down_and_back(daemon: Daemon, party: Party) -> None:
     assert value(scrape(daemon), "partysense_listener_reconnects_total") == 0
     killed = party.query(
@@ -154,6 +161,7 @@ def test_listener_down_and_back(daemon: Daemon, party: Party) -> None:
     assert value(back, "partysense_listener_reconnects_total") == 1
 
 
+@pytest.mark.daemon
 def test_a_stalled_client_counts_as_slow(db_dsn: str, tmp_path: Path, party: Party) -> None:
     event_id = party.event("Slow")
     # Frames of about 800 bytes, 6 MB in all: more than the kernel buffers of a socket.
@@ -178,24 +186,22 @@ def test_a_stalled_client_counts_as_slow(db_dsn: str, tmp_path: Path, party: Par
 # -- the pieces, without a daemon ---------------------------------------------
 
 
-def test_commit_time_is_read_from_the_payload_end() -> None:
-    assert commit_time('{"eid" : 1, "seq" : 5, "truncated" : false, "ts" : 1764320400.125}') \
-        == 1764320400.125
-    assert commit_time('{"track" : "\\"ts\\" : 3", "ts" : 12.5, "x" : 1}') == 12.5
-    assert commit_time('{"seq" : 5, "ts" : null}') is None
-    assert commit_time('{"seq" : 5}') is None
+def vote(seq: int, ts: str) -> Any:
+    """A change as the trigger would announce it, committed at ``ts``."""
+    return parse_change(
+        f'{{"eid" : 1, "event" : "E", "track" : "T", "artist" : "A", "tid" : 2, "up" : true, '
+        f'"op" : "insert", "vote" : {seq}, "prev" : null, "seq" : {seq}, '
+        f'"truncated" : false, "ts" : {ts}}}')
 
 
-def test_delay_is_observed_after_publishing_and_never_negative() -> None:
+@pytest.mark.logic
+def test_delay_is_observed_from_the_commit_time_and_never_negative() -> None:
     clock = Clock()
     clock.advance(1000.0)
     metrics = DaemonMetrics(clock, CollectorRegistry())
-    published: list[tuple[str, int, str]] = []
-    deliver = metrics.timed(lambda *change: published.append(change))
-    deliver("event_1", 1, '{"seq" : 1, "ts" : 999.75}')
-    deliver("event_1", 2, '{"seq" : 2, "ts" : 1000.5}')   # the database's clock is ahead
-    deliver("event_1", 3, '{"seq" : 3, "ts" : null}')
-    assert [seq for _, seq, _ in published] == [1, 2, 3]
+    metrics.observe_delay("event_1", vote(1, "999.75"))
+    metrics.observe_delay("event_1", vote(2, "1000.5"))   # the database's clock is ahead
+    metrics.observe_delay("event_1", vote(3, "null"))     # an old trigger: no commit time
     registry = metrics.registry
     assert registry.get_sample_value("partysense_delivery_delay_seconds_count") == 2
     assert registry.get_sample_value("partysense_delivery_delay_seconds_sum") == 0.25
@@ -203,8 +209,9 @@ def test_delay_is_observed_after_publishing_and_never_negative() -> None:
                                      {"le": "0.001"}) == 1
 
 
+@pytest.mark.logic
 def test_each_daemon_has_its_own_registry() -> None:
     first, second = DaemonMetrics(Clock()), DaemonMetrics(Clock())
-    first.timed(lambda *change: None)("firehose", 1, '{"ts" : 0}')
+    first.observe_delay("firehose", vote(1, "0"))
     assert first.registry is not second.registry
     assert second.registry.get_sample_value("partysense_delivery_delay_seconds_count") == 0

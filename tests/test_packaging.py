@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import support
-from tests.support import Daemon
+from harness import daemon as harness_daemon
+from harness.daemon import Daemon
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.daemon, pytest.mark.slow]
 
 
 def run(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> str:
@@ -123,7 +123,7 @@ def test_installed_files(installed: Path, tmp_path: Path) -> None:
     for unwanted in ("twisted/__init__.py", "twisted/plugins/__init__.py",
                      "twisted/plugins/dropin.cache"):
         assert unwanted not in files
-    assert not any(name.startswith(("tests/", "bench/", "sql/")) for name in files)
+    assert not any(name.startswith(("tests/", "bench/", "harness/", "sql/")) for name in files)
     # Imported from the virtualenv, not from the checkout...
     assert found["partysense"].startswith(str(installed))
     # ...and the SQL read from the installed package is the checkout's.
@@ -134,7 +134,8 @@ def test_installed_files(installed: Path, tmp_path: Path) -> None:
 def test_installed_daemon_serves(installed: Path, db_dsn: str, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The installed twistd runs the service, with the page from the wheel."""
-    monkeypatch.setattr(support, "twistd_command", lambda: [str(installed / "bin" / "twistd")])
+    monkeypatch.setattr(harness_daemon, "twistd_command",
+                        lambda: [str(installed / "bin" / "twistd")])
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PARTYSENSE_DSN")}
     with Daemon(db_dsn, outside(tmp_path), env=env) as daemon:
         with urllib.request.urlopen(daemon.url + "/", timeout=10) as response:

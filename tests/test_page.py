@@ -3,7 +3,7 @@
 The page speaks partysense.v2: it opens with the event's snapshot, applies
 each change, and after a reconnect resumes from the highest seq it applied.
 Every wait below is a condition with a deadline (Playwright's ``expect`` or
-``tests.support.wait_for``); screenshots land in artifacts/screenshots/.
+``harness.daemon.wait_for``); screenshots land in artifacts/screenshots/.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Locator, expect
 
+from harness.daemon import Daemon, wait_for
 from tests.browser import FULL_HD, SHOWN_TALLIES, as_sql_says, chromium, screenshot
-from tests.support import Daemon, Party, free_port, wait_for
+from tests.support import Party
+from tests.test_dbcli import refused_port
 
 HOSTILE_TRACK = '<script>alert(1)</script> "quotes" 🎉'
 HOSTILE_ARTIST = '<img src=x onerror="window.__pwned = true">'
@@ -91,6 +93,7 @@ def screen(browser: Any) -> Iterator[Screen]:
         context.close()
 
 
+@pytest.mark.browser
 def test_page_opens_with_the_snapshot_and_moves_with_each_vote(
         daemon: Daemon, party: Party, screen: Screen) -> None:
     event_id = party.event("Friday")
@@ -125,6 +128,7 @@ def test_page_opens_with_the_snapshot_and_moves_with_each_vote(
     assert screen.problems == []
 
 
+@pytest.mark.browser
 def test_hostile_names_show_as_text(daemon: Daemon, party: Party, screen: Screen) -> None:
     event_id = party.event(HOSTILE_TITLE)
     before = party.track(HOSTILE_TRACK, HOSTILE_ARTIST)
@@ -149,6 +153,7 @@ def test_hostile_names_show_as_text(daemon: Daemon, party: Party, screen: Screen
     assert screen.problems == []
 
 
+@pytest.mark.browser
 def test_page_recovers_by_itself_after_the_daemon_restarts(
         daemon: Daemon, party: Party, screen: Screen) -> None:
     event_id = party.event("Marathon")
@@ -187,6 +192,7 @@ def test_page_recovers_by_itself_after_the_daemon_restarts(
     assert screen.problems == []
 
 
+@pytest.mark.browser
 def test_offline_shows_offline_and_catches_up(
         daemon: Daemon, party: Party, screen: Screen) -> None:
     event_id = party.event("Flaky Wi-Fi")
@@ -207,6 +213,7 @@ def test_offline_shows_offline_and_catches_up(
     assert screen.problems == []
 
 
+@pytest.mark.browser
 def test_screenshots_of_a_busy_party(daemon: Daemon, party: Party, screen: Screen) -> None:
     event_id = party.event('Friday "Fever" 🎉')
     names = [("One More Time", "Daft Punk"), ("Blue Monday", "New Order"),
@@ -247,6 +254,7 @@ def get_json(url: str) -> tuple[int, Any]:
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.browser
 def test_every_event_then_pick_one_from_the_list(
         daemon: Daemon, party: Party, screen: Screen) -> None:
     quiet = party.event("Quiet night")
@@ -278,6 +286,7 @@ def test_every_event_then_pick_one_from_the_list(
     assert screen.problems == []
 
 
+@pytest.mark.browser
 def test_every_event_opens_with_the_latest_votes(
         daemon: Daemon, party: Party, screen: Screen) -> None:
     """The firehose has no snapshot; the page replays the last changes instead of a blank feed."""
@@ -298,13 +307,15 @@ def test_every_event_opens_with_the_latest_votes(
     assert screen.problems == []
 
 
+@pytest.mark.daemon
 def test_event_list_is_503_json_while_the_database_is_unreachable(tmp_path: Path) -> None:
-    nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
-    daemon = Daemon(nowhere, tmp_path).start(wait=False)
-    try:
-        wait_for(daemon.health, 30, "the daemon's HTTP port")
-        code, body = get_json(daemon.url + "/api/events")
-        assert code == 503 and body["error"] == "unavailable"
-        assert "Traceback" not in daemon.log()
-    finally:
-        daemon.stop()
+    with refused_port() as port:  # held, so that nobody else listens there meanwhile
+        daemon = Daemon(f"postgresql://nobody@127.0.0.1:{port}/nothing", tmp_path)
+        daemon.start(wait=False)
+        try:
+            wait_for(daemon.health, 30, "the daemon's HTTP port")
+            code, body = get_json(daemon.url + "/api/events")
+            assert code == 503 and body["error"] == "unavailable"
+            assert "Traceback" not in daemon.log()
+        finally:
+            daemon.stop()

@@ -22,8 +22,11 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 from websockets.sync.client import connect
 
+from harness.daemon import Daemon, wait_for
 from partysense.sqlfiles import execute_autocommit
-from tests.support import Daemon, Party, wait_for
+from tests.support import Party
+
+pytestmark = pytest.mark.daemon
 
 OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 

@@ -14,12 +14,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
-from partysense.hub import Hub
+from partysense.adapters.autobahn_adapter import Frame, prepare
 from partysense.protocol import Limits, LiveFactory, LiveProtocol
 from tests.rawws import frame
 from tests.wire import (
@@ -29,6 +28,7 @@ from tests.wire import (
     TEXT,
     Transport,
     close_code,
+    factory_without_database,
     handshake,
     messages,
     opened,
@@ -36,10 +36,11 @@ from tests.wire import (
     server_frames,
 )
 
+pytestmark = pytest.mark.logic
+
 
 def make_factory(clock: Clock, **limits: Any) -> LiveFactory:
-    factory = LiveFactory(Hub(), None, None, clock,  # type: ignore[arg-type]
-                          Limits(ping_interval=0, **limits))
+    factory = factory_without_database(clock, Limits(ping_interval=0, **limits))
     # Autobahn's own timers run on the global reactor: none in these tests.
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
     return factory
@@ -58,14 +59,14 @@ def client(clock: Clock) -> Iterator[tuple[LiveProtocol, Transport]]:
     yield protocol, transport
 
 
-def change(size: int = 20) -> PreparedMessage:
-    return PreparedMessage(b'{"seq": 1, "x": "' + b"y" * size + b'"}', False, False, True)
+def change(size: int = 20) -> Frame:
+    return prepare(b'{"seq": 1, "x": "' + b"y" * size + b'"}')
 
 
 def test_a_change_of_this_turn_goes_before_the_close_that_answers_the_client(
         client: tuple[LiveProtocol, Transport], clock: Clock) -> None:
     protocol, transport = client
-    protocol.send_prepared(change())  # waits in the turn writer
+    protocol.send_frame(change())  # waits in the turn writer
     protocol.dataReceived(frame(struct.pack("!H", 1000), opcode=CLOSE))  # Autobahn answers
     clock.advance(0)
     opcodes = [opcode for opcode, _ in server_frames(transport.value())]
@@ -75,7 +76,7 @@ def test_a_change_of_this_turn_goes_before_the_close_that_answers_the_client(
 def test_a_change_of_this_turn_goes_before_our_own_close(
         client: tuple[LiveProtocol, Transport], clock: Clock) -> None:
     protocol, transport = client
-    protocol.send_prepared(change())
+    protocol.send_frame(change())
     protocol.close_with(1001, "server shutting down")
     clock.advance(0)
     assert [opcode for opcode, _ in server_frames(transport.value())] == [TEXT, CLOSE]
@@ -84,7 +85,7 @@ def test_a_change_of_this_turn_goes_before_our_own_close(
 def test_a_change_of_this_turn_goes_before_a_pong(
         client: tuple[LiveProtocol, Transport], clock: Clock) -> None:
     protocol, transport = client
-    protocol.send_prepared(change())
+    protocol.send_frame(change())
     protocol.dataReceived(frame(b"hello", opcode=PING))
     clock.advance(0)
     assert [opcode for opcode, _ in server_frames(transport.value())] == [TEXT, PONG]
@@ -135,12 +136,13 @@ def test_a_turn_of_many_changes_for_a_stalled_client_stays_bounded(clock: Clock)
         protocol.dataReceived(handshake())
         assert protocol.state == protocol.STATE_OPEN
         for _ in range(5000):  # about 1.5 MB, in one turn, to a client that never reads
-            protocol.send_prepared(change(290))
+            protocol.send_frame(change(290))
         clock.advance(0)
-        held = len(server.dataBuffer) + server._tempDataLen + protocol._backlog_bytes
+        assert protocol.outbox is not None
+        held = len(server.dataBuffer) + server._tempDataLen + protocol.outbox.waiting_bytes
         limit = factory.limits.max_queue_bytes
         assert held <= limit + 128 * 1024
-        assert factory.slow_closed == 1 and protocol.state != protocol.STATE_OPEN
+        assert factory.counters.slow_closed == 1 and protocol.state != protocol.STATE_OPEN
     finally:
         server.stopReading()
         server.stopWriting()

@@ -3,8 +3,9 @@
 The run command is run for real in a fresh clone: it makes a virtualenv,
 installs the project, starts twistd with the embedded PostgreSQL and the demo
 party; a WebSocket client must then see a vote, and SIGTERM must stop both
-twistd and the PostgreSQL it started. Only the port number is changed, so
-that a daemon someone is running on 18854 does not get in the way.
+twistd and the PostgreSQL it started. Only the port number is changed (to 0:
+twistd binds a free port and logs which), so that a daemon someone is running
+on 18854 does not get in the way.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+from harness.daemon import reported_port, wait_for
 from partysense.embedded import default_data_dir
-from tests.support import free_port, wait_for
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 README = CHECKOUT / "README.md"
@@ -45,6 +46,7 @@ def twistd_part(command: str) -> list[str]:
     return shlex.split(command.split("&&")[-1])
 
 
+@pytest.mark.logic
 def test_both_commands_are_there_and_well_formed() -> None:
     run_command, test_command = readme_command("run-command"), readme_command("test-command")
     words = twistd_part(run_command)
@@ -88,7 +90,7 @@ class ReadmeRun:
     def __init__(self, clone: Path, command: str) -> None:
         self.clone = clone
         self.command = command
-        self.port = int(twistd_part(command)[-1])
+        self.port = 0  # until twistd says which port it bound ("Site starting on PORT")
         self.output = clone.parent / "run-command.out"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -109,6 +111,10 @@ class ReadmeRun:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"the run command exited ({self.process.returncode}):\n"
                                  f"{self.text()}")
+        if not self.port:
+            self.port = reported_port(self.output.read_text("utf-8", "replace")) or 0
+            if not self.port:
+                return None
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
                                         timeout=2) as response:
@@ -132,6 +138,7 @@ class ReadmeRun:
             wait_for(lambda: not alive(pid), 30, "the embedded PostgreSQL to stop")
 
 
+@pytest.mark.daemon
 @pytest.mark.slow
 @pytest.mark.embedded_only
 def test_run_command_in_a_fresh_clone(tmp_path: Path) -> None:
@@ -139,9 +146,8 @@ def test_run_command_in_a_fresh_clone(tmp_path: Path) -> None:
     subprocess.run(["git", "clone", "--quiet", str(CHECKOUT), str(clone)], check=True,
                    timeout=120)
     command = readme_command("run-command")
-    port = free_port()
-    command = re.sub(rf"--port {DEMO_PORT}\b", f"--port {port}", command)
-    assert f"--port {port}" in command
+    command = re.sub(rf"--port {DEMO_PORT}\b", "--port 0", command)
+    assert "--port 0" in command
     data_dir = default_data_dir()
     if postmaster_pid(data_dir) is not None:
         # Someone's demo is running there (the daemon would adopt it, and
@@ -152,7 +158,7 @@ def test_run_command_in_a_fresh_clone(tmp_path: Path) -> None:
     run.start()
     try:
         wait_for(lambda: run.health() == 200, 90, "the new user's daemon to be healthy")
-        with connect(f"ws://127.0.0.1:{port}/", open_timeout=10) as client:
+        with connect(f"ws://127.0.0.1:{run.port}/", open_timeout=10) as client:
             client.send(json.dumps({"event": "ALL"}))
             vote = json.loads(client.recv(timeout=30))  # the demo party votes
         assert {"eid", "event", "track", "artist", "tid", "up", "op", "seq"} <= set(vote)

@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.faultkit import listener_backends, wait_subscribed
+from harness.daemon import Daemon, wait_for
+from harness.faults import listener_backends, wait_subscribed
 from tests.rawws import open_raw, send_text
-from tests.support import Daemon, Party, wait_for
+from tests.support import Party
 
 EXIT_WITHIN = 5.0  # seconds from SIGTERM to exit, whatever the clients do
 
@@ -53,12 +55,13 @@ class Polite:
         self._thread.join(10)
 
 
+@pytest.mark.daemon
 def test_sigterm_closes_everybody_and_exits_in_time(db_dsn: str, party: Party,
                                                     tmp_path: Path) -> None:
     event_id = party.event("Last dance")
     track_id = party.track()
     daemon = Daemon(db_dsn, tmp_path, "--no-demo").start()
-    pidfile = tmp_path / f"twistd-{daemon.port}.pid"
+    pidfile = daemon.pid_path
     assert pidfile.exists()
     rude: list[socket.socket] = []
     try:
@@ -78,12 +81,12 @@ def test_sigterm_closes_everybody_and_exits_in_time(db_dsn: str, party: Party,
         assert listener_backends(db_dsn) == 1
 
         assert daemon.process is not None
-        sent = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
-        code = daemon.process.wait(EXIT_WITHIN + 5)
-        took = time.monotonic() - sent
-        print(f"twistd exited {took:.2f} s after SIGTERM with 3 deaf clients")
-        assert took <= EXIT_WITHIN, f"twistd took {took:.2f} s to exit"
+        try:  # the deadline is the promise: out within EXIT_WITHIN, deaf clients or not
+            code = daemon.process.wait(EXIT_WITHIN)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"twistd still running {EXIT_WITHIN} s after SIGTERM:\n"
+                                 f"{daemon.log()[-3000:]}") from None
         # Twisted ends by re-raising the signal that stopped it, as a shell expects.
         assert code in (0, -signal.SIGTERM), daemon.log()
 
@@ -129,12 +132,13 @@ class _Client:
             raise RuntimeError("transport already gone")
 
 
+@pytest.mark.logic
 def test_stopping_waits_for_answers_drops_the_deaf_and_survives_failures() -> None:
     from types import SimpleNamespace
 
     from twisted.internet import task
 
-    from partysense.protocol import ClientsService
+    from partysense.tap import ClientsService
 
     clock = task.Clock()
     factory: Any = SimpleNamespace(clients=set())

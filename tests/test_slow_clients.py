@@ -7,10 +7,14 @@ import threading
 from pathlib import Path
 
 import psutil
+import pytest
 from websockets.sync.client import connect
 
+from harness.daemon import Daemon, wait_for
 from tests.rawws import open_raw, read_frame, send_text
-from tests.support import Daemon, Party, wait_for
+from tests.support import Party
+
+pytestmark = pytest.mark.daemon
 
 VOTES = 8000
 STALLED = 10

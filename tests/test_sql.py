@@ -18,8 +18,10 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from partysense.listener import CATCH_UP_QUERY
+from partysense.changelog import REPLAY_QUERY, replay_params
 from tests.support import Party
+
+pytestmark = pytest.mark.database
 
 AWKWARD = [
     'Friday "Fever"',
@@ -134,6 +136,7 @@ def test_oversized_payload_is_truncated_and_the_vote_commits(
     vote_id = party.vote(event_id, track_id, up=False)  # must not raise
     assert party.query("SELECT is_positive FROM event_vote WHERE id = %s", (vote_id,)) == [
         (False,)]
+    live = []
     for op in ("insert", "update"):
         _, payload, raw = heard.next()
         assert payload["op"] == op and payload["vote"] == vote_id
@@ -142,6 +145,10 @@ def test_oversized_payload_is_truncated_and_the_vote_commits(
         assert payload["event"] == ("T" + filler * 3000)[:300]
         assert payload["track"] == ("N" + filler * 3000)[:300]
         assert payload["artist"] == ("A" + filler * 3000)[:300]
+        live.append(raw)
+    # What the daemon reads back from the log is what was notified, shortened alike.
+    replayed = [row[0] for row in party.query(REPLAY_QUERY, replay_params(0, [event_id], 10))]
+    assert replayed == live
 
 
 def test_payload_just_under_the_limit_is_not_truncated(party: Party, listen: Any) -> None:
@@ -316,7 +323,7 @@ def test_catch_up_query_rebuilds_the_live_payload(party: Party, listen: Any) -> 
     vote_id = party.vote(event_id, track_id, up=False)
     party.query("DELETE FROM event_vote WHERE id = %s", (vote_id,))
     live = [heard.next()[2] for _ in range(3)]
-    replayed = [row[2] for row in party.query(CATCH_UP_QUERY, {"after": 0, "limit": 100})]
+    replayed = [row[0] for row in party.query(REPLAY_QUERY, replay_params(0, None, 100))]
     assert replayed == live
 
 

@@ -6,7 +6,11 @@ tallies gives what ``GROUP BY`` says, whatever statement removed the votes.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import Party, nonzero, tally
+
+pytestmark = pytest.mark.database
 
 
 def tallies_from_log(party: Party, event_id: int) -> dict[int, tuple[int, int]]:

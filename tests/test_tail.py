@@ -15,8 +15,9 @@ from datetime import datetime
 
 import pytest
 
-from partysense.tail import describe
-from tests.support import Daemon, Party
+from harness.daemon import Daemon
+from partysense.tailformat import describe
+from tests.support import Party
 
 HOSTILE = 'Tab\tand\nnewline "quoted" <b>'
 
@@ -73,6 +74,7 @@ def tail(*args: str) -> Iterator[Tail]:
                 process.wait()
 
 
+@pytest.mark.daemon
 def test_tail_from_the_database(party: Party, db_dsn: str) -> None:
     event_id, other = party.event('Friday "Fever"'), party.event("Other")
     track_id = party.track(HOSTILE, "Band")
@@ -91,6 +93,7 @@ def test_tail_from_the_database(party: Party, db_dsn: str) -> None:
     assert one.out.empty(), "a change of another event reached --event"
 
 
+@pytest.mark.daemon
 def test_tail_prints_raw_json(party: Party, db_dsn: str) -> None:
     event_id, track_id = party.event(), party.track()
     with tail("--event", str(event_id), "--dsn", db_dsn, "--json") as raw:
@@ -99,6 +102,7 @@ def test_tail_prints_raw_json(party: Party, db_dsn: str) -> None:
         assert raw.line().startswith('{"eid" : ' + str(event_id) + ', ')
 
 
+@pytest.mark.daemon
 def test_tail_through_a_running_daemon(daemon: Daemon, party: Party) -> None:
     event_id = party.event("Live")
     track_id = party.track("Song", "Band")
@@ -112,12 +116,14 @@ def test_tail_through_a_running_daemon(daemon: Daemon, party: Party) -> None:
         assert " update up->down \"Song\"" in watching.line()
 
 
+@pytest.mark.daemon
 def test_tail_of_an_unknown_event_through_a_daemon_fails(daemon: Daemon) -> None:
     with tail("--event", "424242", "--url", daemon.ws_url) as watching:
         assert "unknown_event" in watching.wait_for_err("the daemon says")
         assert watching.process.wait(10) == 1
 
 
+@pytest.mark.daemon
 def test_tail_when_the_daemon_goes_away(daemon: Daemon) -> None:
     with tail("--event", "ALL", "--url", daemon.ws_url) as watching:
         watching.wait_for_err("watching event ALL")
@@ -126,6 +132,7 @@ def test_tail_when_the_daemon_goes_away(daemon: Daemon) -> None:
         assert watching.process.wait(10) == 1
 
 
+@pytest.mark.daemon
 @pytest.mark.parametrize(("args", "complaint"), [
     (["--event", "x1"], "not an event id or ALL"),
     (["--event", "0"], "not an event id or ALL"),
@@ -140,6 +147,7 @@ def test_tail_refuses_bad_arguments(args: list[str], complaint: str) -> None:
     assert done.returncode == 2 and complaint in done.stderr
 
 
+@pytest.mark.logic
 def test_a_line_per_kind_of_change() -> None:
     base = {"eid": 1, "event": "E", "track": None, "artist": "A", "tid": 7, "vote": 42,
             "seq": 9, "ts": datetime(2026, 1, 2, 3, 4, 5, 678000).timestamp()}
@@ -148,6 +156,7 @@ def test_a_line_per_kind_of_change() -> None:
     assert "insert up" in describe({**base, "op": "insert", "up": True, "prev": None})
 
 
+@pytest.mark.daemon
 def test_ctrl_c_ends_a_tail_quietly(daemon: Daemon, db_dsn: str) -> None:
     for args, ready in ((["--url", daemon.ws_url], "watching event ALL"),
                         (["--dsn", db_dsn], "listening on firehose")):

@@ -23,8 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.sync.client import connect
 
-from tests.support import Daemon, Party, wait_for
+from harness.daemon import Daemon, wait_for
+from tests.support import Party
 from tests.test_tail import tail
+
+pytestmark = pytest.mark.daemon
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
@@ -58,11 +61,11 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 def tls_daemon(db_dsn: str, tmp_path: Path) -> Iterator[tuple[Daemon, ssl.SSLContext, Path]]:
     key, cert = self_signed(tmp_path)
     daemon = Daemon(db_dsn, tmp_path)
-    # A second --port wins over the helper's tcp: one.
-    daemon.extra = ["--port",
-                    f"ssl:{daemon.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+    # A second --port wins over the helper's tcp: one; port 0 here too, and
+    # the port it got is logged as "Site (TLS) starting on PORT".
+    daemon.extra = ["--port", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
     trust = ssl.create_default_context(cafile=str(cert))
-    daemon.start(wait=False)
+    daemon.start(wait=False)  # until it listens: /healthz is asked over TLS below
     try:
         wait_for(lambda: https_health(daemon, trust) == 200, 30, "the daemon to answer on TLS")
         yield daemon, trust, cert

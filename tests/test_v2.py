@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support import Daemon, Party, nonzero, tally, wait_for
+from harness.daemon import Daemon, wait_for
+from tests.support import Party, nonzero, tally
+
+pytestmark = pytest.mark.daemon
 
 
 def v2(daemon: Daemon) -> ClientConnection:

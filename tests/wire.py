@@ -14,7 +14,10 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from partysense.protocol import LiveFactory, LiveProtocol
+from partysense.dialect import ClientCounters, Shared
+from partysense.hub import Hub
+from partysense.protocol import Limits, LiveFactory, LiveProtocol
+from partysense.tap import dialect_table
 from tests.rawws import frame
 
 TEXT, CLOSE, PING, PONG = 1, 8, 9, 10
@@ -32,6 +35,34 @@ class Transport(StringTransport):
 
     def unregisterProducer(self) -> None:
         self.producer = None
+
+
+class NoDatabase:
+    """A listener stand-in for the hub: LISTENs are only noted."""
+
+    def __init__(self) -> None:
+        self.wanted: set[str] = set()
+
+    def listen(self, channel: str) -> None:
+        self.wanted.add(channel)
+
+    def unlisten(self, channel: str) -> None:
+        self.wanted.discard(channel)
+
+    def observe(self, observer: Any) -> None:
+        pass
+
+
+def factory_without_database(clock: Any, limits: Limits) -> LiveFactory:
+    """The real factory and dialects over a hub with no listener behind it.
+
+    Any request that would ask the database fails (None has no methods):
+    for the wire, not the data.
+    """
+    counters = ClientCounters()
+    shared = Shared(hub=Hub(NoDatabase()), listener=None, queries=None,  # type: ignore[arg-type]
+                    events=None, counters=counters)  # type: ignore[arg-type]
+    return LiveFactory(dialect_table(shared), clock, limits, counters)
 
 
 def handshake(subprotocol: str | None = None) -> bytes:

@@ -12,7 +12,8 @@
 - :func:`committed`: what the database says was committed, to compare with
   what a client received: the same (seq, vote, op) list, in the same order.
 
-Used by tests/test_faults.py and bench/recovery.py.
+Used by the tests (tests/test_faults.py and others), by the scenarios of
+harness/scenarios.py, and by bench/recovery.py.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from harness.daemon import Daemon, wait_for
 from partysense import sqlfiles
-from tests.support import Daemon, wait_for
 
 Change = tuple[int, int, str]  # (seq, vote id, op)
 
@@ -68,15 +69,23 @@ def last_seq(dsn: str) -> int:
         connection.close()
 
 
-def terminate_listener(dsn: str) -> int:
-    """pg_terminate_backend on the daemon's LISTEN connection; how many were killed."""
+# The daemon's two connections, by application_name (partysense/listener.py,
+# partysense/queries.py).
+LISTENER = "partysense-live"
+QUERIES = "partysense-live queries"
+
+
+def terminate_listener(dsn: str, application_name: str = LISTENER) -> int:
+    """pg_terminate_backend on the daemon's LISTEN connection (or its query
+    connection); how many were killed."""
     connection = psycopg2.connect(dsn)
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'partysense-live' AND datname = current_database()")
+                "WHERE application_name = %s AND datname = current_database()",
+                (application_name,))
             return int(cursor.fetchone()[0])
     finally:
         connection.close()
