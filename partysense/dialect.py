@@ -56,9 +56,11 @@ class Listening(Protocol):
     def whenListening(self, channel: str) -> defer.Deferred[None]: ...
 
 
-class Queries(Protocol):
-    def runInteraction(self, interaction: Callable[..., Any],
-                       *args: Any) -> defer.Deferred[Any]: ...
+class Reads(Protocol):
+    """Snapshots and replays of the change log (partysense/sharedreads.py)."""
+
+    def snapshot(self, event_id: int | None) -> defer.Deferred[Any]: ...
+    def replay(self, event_id: int | None, since: int) -> defer.Deferred[Any]: ...
 
 
 class Events(Protocol):
@@ -83,7 +85,7 @@ class Shared:
 
     hub: Hub
     listener: Listening
-    queries: Queries
+    reads: Reads
     events: Events
     counters: ClientCounters
     max_subscriptions: int = 32

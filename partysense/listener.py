@@ -3,18 +3,23 @@
 The service keeps the set of channels that have subscribers and makes its
 connection LISTEN to exactly those. Keeping the connection alive (deadlines,
 probe, backoff) is :class:`~partysense.pgservice.PostgresService`'s job;
-what this module adds is the LISTEN lifecycle: after every (re)connect it
-LISTENs again and replays from the change log what was committed while it
-was away, so observers see every change once, in commit order.
-Notifications carry a ``seq`` that follows commit order (sql/install.sql);
-that number is what makes the replay exact (docs/exactness.md).
+this module adds the LISTEN lifecycle and how changes are read.
 
-Each notification is parsed here, once, into a :class:`~partysense.change.Change`;
-a payload that is not one of our changes goes no further.
+A notification is a doorbell, not a message. Any role that can connect may
+NOTIFY on any channel (PostgreSQL has no permission for it), so what a
+notification says is never passed on: it only makes the listener read the
+change log (``partysense_change``, which only our triggers write) for what
+was committed after the last change it read. Changes go to the observers as
+the log has them, once each, in commit order; ``seq`` follows commit order
+(docs/exactness.md), so "after the last one read" is exact, and the same read
+catches up after a reconnect. A notification whose claimed change is not in
+the log (forged, or not one of ours at all) is counted and logged, at a
+bounded rate, and changes nothing (docs/security.md).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -29,15 +34,26 @@ from partysense.change import BadChange, Change, parse_change
 from partysense.channels import FIREHOSE, carries, channel_event, event_channel
 from partysense.dsn import DSNSource
 from partysense.pgservice import NotConnected, PostgresService, describe_error
+from partysense.quietlog import Quiet
 
-# Handed every change, with the channel it came on.
+# Handed every change, with the channel it is for.
 Observer = Callable[[str, Change], None]
 
-REPLAY_PAGE = 5000
+# What a notification said: channel, event id, seq, hash of its payload, its start.
+Claim = tuple[str, int, int, int, str]
+
+# Changes read at a time: a page's changes, their frames and their claims are
+# all in memory at once (a burst of 8,000 votes read as one page once cost
+# 35 MB).
+REPLAY_PAGE = 500
+# Recently read changes, (event, seq) -> a hash of the payload: a notification
+# often arrives after the read it rang for has already fetched its change, and
+# must not be taken for forged unless it says something else.
+RECENT = 20_000
 
 
 class ListenerService(PostgresService):
-    """Keeps one LISTEN connection alive and hands each change to its observers."""
+    """Keeps one LISTEN connection alive and hands each logged change to its observers."""
 
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
         super().__init__(dsn, reactor, role="listener", application_name="partysense-live",
@@ -45,17 +61,21 @@ class ListenerService(PostgresService):
         self._observers: list[Observer] = []
         self._wanted: set[str] = set()
         self._listening: set[str] = set()
-        # Per channel, the last seq handed on: the replay and the live
-        # stream overlap after a reconnect, and this drops the overlap.
-        self._channel_seq: dict[str, int] = {}
-        self.last_seq: int | None = None
-        self._syncing = False
-        self._catching_up = False
-        self._buffer: list[tuple[str, str]] = []
+        # Per channel, the newest seq committed before its LISTEN: changes up
+        # to it are not the channel's subscribers' business.
+        self._floor: dict[str, int] = {}
+        self.last_seq: int | None = None  # the newest change read from the log
+        self._syncing = False   # the work loop (LISTEN/UNLISTEN, reads) is running
+        self._rung = False      # a notification came: read the log
+        self._claims: list[Claim] = []
+        self._recent: dict[tuple[int, int], int] = {}
+        self._recent_order: deque[tuple[int, int]] = deque()
         self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
+        self._quiet = Quiet(self.log, reactor)
         self.notifications = 0
         self.replayed = 0
         self.bad_notifications = 0
+        self.reads = 0
 
     def observe(self, observer: Observer) -> None:
         """Hand every change to ``observer`` too, after those registered before."""
@@ -66,7 +86,7 @@ class ListenerService(PostgresService):
     def listen(self, channel: str) -> None:
         """Make sure ``channel`` is LISTENed (now, or as soon as connected)."""
         self._wanted.add(channel)
-        self._sync()
+        self._work()
 
     def unlisten(self, channel: str) -> None:
         """Stop listening to ``channel`` once its last subscriber has gone."""
@@ -76,7 +96,7 @@ class ListenerService(PostgresService):
             # for it any more, and no LISTEN will come to fire the waiters.
             for waiter in self._listen_waiters.pop(channel, []):
                 waiter.errback(NotConnected(f"{channel} is no longer wanted"))
-        self._sync()
+        self._work()
 
     @property
     def channels(self) -> frozenset[str]:
@@ -88,7 +108,7 @@ class ListenerService(PostgresService):
 
         Fails with NotConnected when there is no connection (or it is lost
         first). A snapshot taken after this fires misses nothing: every
-        later commit on the channel will be notified.
+        later commit on the channel will be read and handed on.
         """
         if not self.connected:
             return defer.fail(NotConnected(self.reason))
@@ -96,7 +116,7 @@ class ListenerService(PostgresService):
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._listen_waiters.setdefault(channel, []).append(waiter)
-        self._sync()
+        self._work()
         return waiter
 
     # -- a new connection -----------------------------------------------------
@@ -110,10 +130,11 @@ class ListenerService(PostgresService):
             "Listener connected; {count} channels listened, caught up to seq {seq}.",
             count=len(self._listening), seq=self.last_seq,
         )
-        self._sync()
+        self._work()
 
     def _forget(self, why: str) -> None:
         self._listening = set()
+        self._claims = []
         waiters, self._listen_waiters = self._listen_waiters, {}
         for channel_waiters in waiters.values():
             for waiter in channel_waiters:
@@ -121,90 +142,62 @@ class ListenerService(PostgresService):
 
     @defer.inlineCallbacks
     def _resume(self, connection: PgConnection) -> Any:
-        """LISTEN again and replay what was committed while we were away."""
-        self._catching_up = True
+        """LISTEN again and read what was committed while we were away."""
         self._listening = set()
-        for channel in list(self._channel_seq):
+        for channel in list(self._floor):
             if channel not in self._wanted:
-                del self._channel_seq[channel]
-        try:
-            for channel in sorted(self._wanted):
-                # Set before LISTEN is sent: a notification may arrive with
-                # the LISTEN's own answer, and it must not be taken for old.
-                self._channel_seq.setdefault(channel, self.last_seq or 0)
-                yield self._step(connection, connection.runOperation(_listen(channel)))
-                self._listened(channel)
-            rows = yield self._step(connection, connection.runQuery(changelog.BOUNDS_QUERY))
-            oldest, newest = rows[0]
-            if self.last_seq is None or not self._listening:
-                # Nobody to replay for: start from the newest change.
-                self.last_seq = newest
-            elif newest < self.last_seq:
-                self._log_went_back(newest)
-            else:
-                if oldest > self.last_seq + 1:
-                    self.log.warn(
-                        "The change log now starts at seq {oldest}, after seq {seq} that the "
-                        "listener had reached: changes committed during the outage may have "
-                        "been trimmed (an outage longer than --retention?).",
-                        oldest=oldest, seq=self.last_seq)
-                yield self._catch_up(connection)
-            buffered, self._buffer = self._buffer, []
-            for channel, payload in buffered:
-                self._dispatch(channel, payload)
-        finally:
-            self._catching_up = False
-            self._buffer = []
+                del self._floor[channel]
+        rows = yield self._step(connection, connection.runQuery(changelog.BOUNDS_QUERY))
+        oldest, newest = rows[0]
+        if self.last_seq is None:
+            self.last_seq = newest  # a first start: nothing to replay
+        elif newest < self.last_seq:
+            self._log_went_back(newest)
+        elif oldest > self.last_seq + 1:
+            self.log.warn(
+                "The change log now starts at seq {oldest}, after seq {seq} that the "
+                "listener had reached: changes committed during the outage may have "
+                "been trimmed (an outage longer than --retention?).",
+                oldest=oldest, seq=self.last_seq)
+        for channel in sorted(self._wanted):
+            # A channel listened before keeps its floor: what it missed is read
+            # below. A new one starts at the log's end before its LISTEN.
+            self._floor.setdefault(channel, newest)
+            yield self._step(connection, connection.runOperation(_listen(channel)))
+            self._listened(channel)
+        handed_on = self.notifications
+        while (yield self._step(connection, self._read(connection))):
+            pass
+        self.replayed += self.notifications - handed_on
 
     def _log_went_back(self, newest: int) -> None:
         """The database's change log ends before what we saw: start over from it.
 
         A restore from backup, a failover to a standby that had not received
         the last commits, or a reinstall. Without this, every new change
-        (numbered from the lower seq again) would be dropped as already seen.
+        (numbered from the lower seq again) would be taken as already read.
         """
         self.log.warn(
             "The change log ends at seq {newest}, before seq {seq} that the listener had "
             "already seen (database restored or failed over?); nothing can be replayed, "
             "counting again from {newest}.", newest=newest, seq=self.last_seq)
         self.last_seq = newest
-        for channel in self._channel_seq:
-            # Whatever arrives now was committed after our LISTEN: all new.
-            self._channel_seq[channel] = 0
+        for channel in self._floor:
+            self._floor[channel] = min(self._floor[channel], newest)
+        self._recent.clear()
+        self._recent_order.clear()
+
+    # -- the work loop: LISTEN/UNLISTEN and reads, one statement at a time ----
 
     @defer.inlineCallbacks
-    def _catch_up(self, connection: PgConnection) -> Any:
-        """Replay, page by page, every change after ``last_seq`` on our channels."""
-        events = None if FIREHOSE in self._listening else [
-            event for event in map(channel_event, self._listening) if event is not None]
-        replayed = 0
-        while True:
-            params = changelog.replay_params(self.last_seq or 0, events, REPLAY_PAGE)
-            rows = yield self._step(
-                connection, connection.runQuery(changelog.REPLAY_QUERY, params))
-            for change in changelog.parse_rows(rows):
-                self._replay(change)
-            replayed += len(rows)
-            if len(rows) < REPLAY_PAGE:
-                break
-        if replayed:
-            self.log.info(
-                "Replayed {count} changes committed while the listener was away.",
-                count=replayed,
-            )
+    def _work(self) -> Any:
+        """Keep LISTEN in step with the subscribers, and read the log when rung.
 
-    def _replay(self, change: Change) -> None:
-        for channel in (event_channel(change.event_id), FIREHOSE):
-            if channel in self._listening:
-                self.replayed += 1
-                self._dispatch_change(channel, change)
-        self.last_seq = max(self.last_seq or 0, change.seq)
-
-    # -- keeping LISTEN in step with the subscribers --------------------------
-
-    @defer.inlineCallbacks
-    def _sync(self) -> Any:
-        if self._syncing or self._catching_up or not self.connected:
+        One loop does both, so that a read always asks for the channels
+        LISTENed at that moment: a read that raced a LISTEN could skip the
+        new channel's first changes.
+        """
+        if self._syncing or not self.connected:
             return
         self._syncing = True
         try:
@@ -212,24 +205,35 @@ class ListenerService(PostgresService):
                 connection = self._connection
                 to_listen = sorted(self._wanted - self._listening)
                 to_unlisten = sorted(self._listening - self._wanted)
-                if not to_listen and not to_unlisten:
+                if to_listen:
+                    # The log's end before the LISTENs: what commits after them
+                    # is past it. (A change that commits in between is handed
+                    # on too: early, never missing.)
+                    rows = yield self._watch(
+                        connection.runQuery(changelog.BOUNDS_QUERY), connection)
+                    for channel in to_listen:
+                        self._floor[channel] = rows[0][1]
+                        yield self._watch(connection.runOperation(_listen(channel)), connection)
+                        self._listened(channel)
+                elif to_unlisten:
+                    for channel in to_unlisten:
+                        # Not listening from now: a new subscriber's whenListening
+                        # must wait for the LISTEN that follows, not snapshot
+                        # between this UNLISTEN and that LISTEN.
+                        self._listening.discard(channel)
+                        yield self._watch(connection.runOperation(
+                            sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))), connection)
+                        if channel not in self._wanted:
+                            self._floor.pop(channel, None)
+                elif self._rung:
+                    self._rung = False
+                    if (yield self._watch(self._read(connection), connection)):
+                        self._rung = True  # a full page: there is more
+                else:
                     break
-                for channel in to_listen:
-                    # Before LISTEN is sent, as in _resume.
-                    self._channel_seq[channel] = self.last_seq or 0
-                    yield self._watch(connection.runOperation(_listen(channel)), connection)
-                    self._listened(channel)
-                for channel in to_unlisten:
-                    # Not listening from now: a new subscriber's whenListening
-                    # must wait for the LISTEN that follows, not snapshot
-                    # between this UNLISTEN and that LISTEN.
-                    self._listening.discard(channel)
-                    yield self._watch(connection.runOperation(
-                        sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))), connection)
-                    if channel not in self._wanted:
-                        self._channel_seq.pop(channel, None)
         except Exception as error:
-            self.log.warn("LISTEN/UNLISTEN failed: {why}", why=describe_error(error))
+            self.log.warn("LISTEN/UNLISTEN or reading the change log failed: {why}",
+                          why=describe_error(error))
         finally:
             self._syncing = False
 
@@ -238,46 +242,82 @@ class ListenerService(PostgresService):
         for waiter in self._listen_waiters.pop(channel, []):
             waiter.callback(None)
 
+    @defer.inlineCallbacks
+    def _read(self, connection: PgConnection) -> Any:
+        """Read one page of changes after ``last_seq`` on our channels; True if full."""
+        claims, self._claims = self._claims, []
+        if not self._listening:
+            return False
+        events = None if FIREHOSE in self._listening else [
+            event for event in map(channel_event, self._listening) if event is not None]
+        params = changelog.replay_params(self.last_seq or 0, events, REPLAY_PAGE)
+        rows = yield connection.runQuery(changelog.REPLAY_QUERY, params)
+        self.reads += 1
+        for change in changelog.parse_rows(rows):
+            self._hand_on(change)
+        full = len(rows) == REPLAY_PAGE
+        self._check(claims, undecided_after=self.last_seq if full else None)
+        return full
+
+    def _hand_on(self, change: Change) -> None:
+        self.last_seq = max(self.last_seq or 0, change.seq)
+        key = (change.event_id, change.seq)
+        if len(self._recent_order) >= RECENT:
+            self._recent.pop(self._recent_order.popleft(), None)
+        self._recent_order.append(key)
+        self._recent[key] = hash(change.payload)
+        for channel in (event_channel(change.event_id), FIREHOSE):
+            if channel in self._listening and change.seq > self._floor.get(channel, 0):
+                self.notifications += 1
+                for observer in self._observers:
+                    try:
+                        observer(channel, change)
+                    except Exception:
+                        self.log.failure("Delivering change {seq} on {channel} failed",
+                                         seq=change.seq, channel=channel)
+
+    def _check(self, claims: list[Claim], undecided_after: int | None) -> None:
+        """A claim rang before the read: its change must now have been read.
+
+        PostgreSQL delivers a notification only once its transaction is
+        visible, so a read that starts after it arrived sees the change.
+        """
+        for claim in claims:
+            channel, event_id, seq, said, start = claim
+            logged = self._recent.get((event_id, seq))
+            if logged == said:
+                continue
+            if logged is None and undecided_after is not None and seq > undecided_after:
+                self._claims.append(claim)  # the next page decides
+            elif channel in self._listening:
+                why = ("is not in the change log" if logged is None else
+                       "differs from the change log (or a name changed since)")
+                self._forged(channel, f"change {seq} of event {event_id} {why}", start)
+
     # -- notifications --------------------------------------------------------
 
     def _on_notify(self, connection: PgConnection, notify: Any) -> None:
-        if connection is not self._connection:
-            return  # a late read from a connection already given up
-        if self._catching_up:
-            self._buffer.append((notify.channel, notify.payload))
-        else:
-            self._dispatch(notify.channel, notify.payload)
-
-    def _dispatch(self, channel: str, payload: str) -> None:
+        if connection is not self._connection or notify.channel not in self._floor:
+            return  # a late read from a connection given up, or a channel we dropped
         try:
-            change = parse_change(payload)
-            if not carries(channel, change.event_id):
-                raise BadChange(f"a change of event {change.event_id} on {channel}")
+            claim = parse_change(notify.payload)
+            if not carries(notify.channel, claim.event_id):
+                raise BadChange(f"a change of event {claim.event_id} on {notify.channel}")
         except BadChange as error:
-            self.bad_notifications += 1
-            self.log.warn(
-                "Ignored a notification on {channel} that is not a vote change ({why}): "
-                "{payload!r}", channel=channel, why=str(error), payload=payload[:200],
-            )
-            return
-        # Only channels LISTENed (or being LISTENed) on this connection have
-        # an entry; a notification can arrive in the same read as the answer
-        # to its LISTEN, before _listening says so.
-        if channel in self._channel_seq:
-            self._dispatch_change(channel, change)
-        self.last_seq = max(self.last_seq or 0, change.seq)
+            self._forged(notify.channel, str(error), notify.payload[:200])
+        else:
+            self._claims.append((notify.channel, claim.event_id, claim.seq,
+                                 hash(claim.payload), notify.payload[:200]))
+        # Even a bad payload rings: reading the log costs one query and can
+        # only ever find real changes.
+        self._rung = True
+        self._work()
 
-    def _dispatch_change(self, channel: str, change: Change) -> None:
-        if change.seq <= self._channel_seq.get(channel, 0):
-            return  # already delivered: the replay and the live stream overlap
-        self._channel_seq[channel] = change.seq
-        self.notifications += 1
-        for observer in self._observers:
-            try:
-                observer(channel, change)
-            except Exception:
-                self.log.failure("Delivering change {seq} on {channel} failed",
-                                 seq=change.seq, channel=channel)
+    def _forged(self, channel: str, why: str, payload: Any) -> None:
+        self.bad_notifications += 1
+        self._quiet.warn(
+            channel, "Ignored a notification on {channel} that is not a vote change of ours "
+            "({why}): {payload!r}", channel=channel, why=why, payload=payload)
 
 
 def _listen(channel: str) -> sql.Composed:

@@ -37,6 +37,7 @@ from partysense.protocol import Limits, LiveFactory
 from partysense.queries import QueryService
 from partysense.retention import RetentionService
 from partysense.seed import SeedSession
+from partysense.sharedreads import SharedReads
 from partysense.v2 import SUBPROTOCOL, V2Session
 from partysense.web import make_site
 
@@ -178,7 +179,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     limits = limits_from(options)
     counters = ClientCounters()
-    shared = Shared(hub=hub, listener=listener, queries=queries,
+    shared = Shared(hub=hub, listener=listener, reads=SharedReads(queries),
                     events=EventDirectory(queries.runQuery, reactor), counters=counters,
                     max_subscriptions=limits.max_subscriptions)
     factory = LiveFactory(dialect_table(shared), reactor, limits, counters)

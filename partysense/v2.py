@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from partysense.adapters.autobahn_adapter import Frame, prepare
 from partysense.change import Change
-from partysense.changelog import Replay, Snapshot, replay_since, take_snapshot
+from partysense.changelog import Replay, Snapshot
 from partysense.channels import channel_event, channel_for
 from partysense.dialect import Client, Shared
 from partysense.errors import ClientError, first_line, is_utf8
@@ -194,12 +194,12 @@ class V2Session:
             self._subs[channel] = subscription
             self._shared.hub.subscribe(channel, subscription)
             yield self._shared.listener.whenListening(channel)
-            queries = self._shared.queries
+            reads = self._shared.reads
             if since is None:
-                snapshot = yield queries.runInteraction(take_snapshot, event_id)
+                snapshot = yield reads.snapshot(event_id)
                 self._started(subscription, request_id, snapshot, reset=False)
             else:
-                replay: Replay = yield queries.runInteraction(replay_since, event_id, since)
+                replay: Replay = yield reads.replay(event_id, since)
                 if replay.snapshot is not None:
                     self._started(subscription, request_id, replay.snapshot, reset=True)
                 elif self._subs.get(channel) is subscription:

@@ -119,4 +119,5 @@ def test_a_payload_that_is_not_a_change_is_counted_and_never_sent(
         raw.close()
     wait_for(lambda: value(scrape(daemon), "partysense_bad_notifications_total") == 3, 10,
              "the three bad notifications to be counted")
-    assert daemon.log().count("is not a vote change") == 3
+    # Logged, at a bounded rate: one line per channel per 10 s.
+    assert daemon.log().count("is not a vote change") == 1

@@ -32,6 +32,7 @@ from partysense.listener import ListenerService
 from partysense.pgservice import NotConnected
 from partysense.protocol import Limits, LiveFactory, LiveProtocol
 from partysense.queries import QueryService
+from partysense.sharedreads import SharedReads
 from partysense.tap import dialect_table
 from tests.support import Party, eventually
 from tests.wire import Transport, messages, opened, send_json
@@ -88,7 +89,7 @@ async def wired(db_dsn: str) -> Any:
     hub = Hub(listener)
     events = WatchedEvents(queries.runQuery, reactor)
     counters = ClientCounters()
-    shared = Shared(hub=hub, listener=listener, queries=queries, events=events,
+    shared = Shared(hub=hub, listener=listener, reads=SharedReads(queries), events=events,
                     counters=counters)
     factory = LiveFactory(dialect_table(shared), reactor, Limits(ping_interval=0), counters)
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)

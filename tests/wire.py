@@ -60,7 +60,7 @@ def factory_without_database(clock: Any, limits: Limits) -> LiveFactory:
     for the wire, not the data.
     """
     counters = ClientCounters()
-    shared = Shared(hub=Hub(NoDatabase()), listener=None, queries=None,  # type: ignore[arg-type]
+    shared = Shared(hub=Hub(NoDatabase()), listener=None, reads=None,  # type: ignore[arg-type]
                     events=None, counters=counters)  # type: ignore[arg-type]
     return LiveFactory(dialect_table(shared), clock, limits, counters)
 

@@ -1,0 +1,100 @@
+"""Snapshots and replays asked for at the same moment share one query.
+
+When a venue's Wi-Fi comes back, every phone of the party subscribes again
+within a second: one snapshot transaction each would be O(clients) queries.
+Here, per event, one query runs at a time; everyone who asks while it runs
+waits for the next one, which then serves them all. So a storm costs about
+two queries per event, not one per client.
+
+Why not hand a late asker the result of the query already running: its
+snapshot may have been taken before the asker's subscription reached the hub,
+and the changes committed in between would reach neither. A query that
+starts after every one of its askers has subscribed is exact for all of them
+(docs/exactness.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from partysense.changelog import Replay, replay_since, take_snapshot
+
+
+class Queries(Protocol):
+    def runInteraction(self, interaction: Callable[..., Any],
+                       *args: Any) -> defer.Deferred[Any]: ...
+
+
+class _Batches:
+    """Per key, one query at a time; askers during it share the next."""
+
+    def __init__(self, run: Callable[[Any, list[Any]], defer.Deferred[Any]],
+                 answer: Callable[[Any, Any], Any]) -> None:
+        self._run = run          # (key, the askers' arguments) -> the shared result
+        self._answer = answer    # (shared result, one asker's argument) -> its answer
+        self._running: set[Any] = set()
+        self._waiting: dict[Any, list[tuple[Any, defer.Deferred[Any]]]] = {}
+        self.queries = 0
+
+    def ask(self, key: Any, argument: Any) -> defer.Deferred[Any]:
+        answer: defer.Deferred[Any] = defer.Deferred()
+        self._waiting.setdefault(key, []).append((argument, answer))
+        if key not in self._running:
+            self._start(key)
+        return answer
+
+    def _start(self, key: Any) -> None:
+        askers = self._waiting.pop(key, [])
+        if not askers:
+            return
+        self._running.add(key)
+        self.queries += 1
+        self._run(key, [argument for argument, _ in askers]).addBoth(
+            self._answered, key, askers)
+
+    def _answered(self, result: Any, key: Any,
+                  askers: list[tuple[Any, defer.Deferred[Any]]]) -> None:
+        self._running.discard(key)
+        for argument, answer in askers:
+            if isinstance(result, Failure):
+                answer.errback(result)
+            else:
+                answer.callback(self._answer(result, argument))
+        self._start(key)  # those who asked meanwhile
+
+
+class SharedReads:
+    """Snapshots and replays of the change log, shared by concurrent askers."""
+
+    def __init__(self, queries: Queries) -> None:
+        self._queries = queries
+        self._snapshots = _Batches(self._snapshot, lambda snapshot, _: snapshot)
+        self._replays = _Batches(self._replay, lambda replay, _: replay)
+
+    @property
+    def queries(self) -> int:
+        """Queries run so far (for tests and the bench)."""
+        return self._snapshots.queries + self._replays.queries
+
+    def snapshot(self, event_id: int | None) -> defer.Deferred[Any]:
+        """The event's tallies and their cursor (the firehose: the cursor only)."""
+        return self._snapshots.ask(event_id, None)
+
+    def replay(self, event_id: int | None, since: int) -> defer.Deferred[Replay]:
+        """The changes after ``since``, or a fresh snapshot when the log cannot tell.
+
+        Shared by those who resume from the same cursor: after a restart, the
+        phones that were up to date all resume from the same one.
+        """
+        return self._replays.ask((event_id, since), None)
+
+    def _snapshot(self, event_id: int | None, _: list[Any]) -> defer.Deferred[Any]:
+        return self._queries.runInteraction(take_snapshot, event_id)
+
+    def _replay(self, key: tuple[int | None, int], _: list[Any]) -> defer.Deferred[Any]:
+        event_id, since = key
+        return self._queries.runInteraction(replay_since, event_id, since)

@@ -1,0 +1,97 @@
+"""Snapshots and replays asked for at once share a query (partysense/sharedreads.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from harness.faults import event_with_track
+from partysense.changelog import take_snapshot
+from partysense.queries import QueryService
+from partysense.sharedreads import SharedReads
+from tests.support import Party
+
+
+class ManualQueries:
+    """Interactions that answer when the test says."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def runInteraction(self, interaction: Any, *args: Any) -> defer.Deferred[Any]:
+        answer: defer.Deferred[Any] = defer.Deferred()
+        self.running.append((interaction, args, answer))
+        return answer
+
+
+@pytest.mark.logic
+def test_a_storm_of_askers_costs_two_queries_per_event() -> None:
+    queries = ManualQueries()
+    reads = SharedReads(queries)
+    first = [reads.snapshot(7) for _ in range(1000)][:1]
+    assert len(queries.running) == 1  # the first asker's query runs at once
+    later = [reads.snapshot(7) for _ in range(1000)]
+    other = reads.snapshot(8)
+    assert [args for _, args, _ in queries.running] == [(7,), (8,)]
+    queries.running[0][2].callback("snapshot at 1")
+    assert first[0].result == "snapshot at 1"
+    # Those who asked while it ran were not handed it: the next one serves them all.
+    assert not later[0].called and len(queries.running) == 3
+    assert queries.running[2][0] is take_snapshot
+    queries.running[2][2].callback("snapshot at 2")
+    assert {d.result for d in later} == {"snapshot at 2"}
+    queries.running[1][2].callback("snapshot of 8")
+    assert other.result == "snapshot of 8"
+    assert reads.queries == 3
+
+
+@pytest.mark.logic
+def test_replays_are_shared_by_askers_of_the_same_cursor_only() -> None:
+    queries = ManualQueries()
+    reads = SharedReads(queries)
+    same = [reads.replay(7, 100), reads.replay(7, 100)]
+    other = reads.replay(7, 90)
+    assert sorted(args for _, args, _ in queries.running) == [(7, 90), (7, 100)]
+    for _, args, answer in queries.running:
+        answer.callback(f"after {args[1]}")
+    assert [d.result for d in same] == ["after 100", "after 100"]
+    assert other.result == "after 90"
+
+
+@pytest.mark.logic
+def test_a_failed_query_fails_its_askers_and_the_next_batch_runs() -> None:
+    queries = ManualQueries()
+    reads = SharedReads(queries)
+    first = reads.snapshot(7)
+    waiting = reads.snapshot(7)
+    queries.running[0][2].errback(RuntimeError("lost"))
+    failures: list[Any] = []
+    first.addErrback(failures.append)
+    assert failures and failures[0].check(RuntimeError)
+    assert len(queries.running) == 2 and not waiting.called
+
+
+@pytest.mark.database
+@pytest_twisted.ensureDeferred
+async def test_concurrent_snapshots_of_a_real_event_agree_with_sql(
+        db_dsn: str, party: Party) -> None:
+    from twisted.internet import reactor
+
+    event_id, track_id = event_with_track(db_dsn)
+    for up in (True, False, True):
+        party.vote(event_id, track_id, up=up)
+    queries = QueryService(db_dsn, reactor)
+    queries.startService()
+    try:
+        await queries.whenConnected()
+        reads = SharedReads(queries)
+        snapshots = await defer.gatherResults([reads.snapshot(event_id) for _ in range(500)])
+        assert reads.queries <= 2
+        tallies = {t["tid"]: (t["up"], t["down"]) for t in snapshots[0].tracks}
+        assert tallies == party.tallies(event_id)
+        assert {s.cursor for s in snapshots} <= {snapshots[0].cursor, snapshots[-1].cursor}
+    finally:
+        await queries.stopService()
