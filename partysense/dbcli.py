@@ -12,7 +12,7 @@ import sys
 import psycopg2
 
 from partysense import dsn as dsnlib
-from partysense import sqlfiles, tail
+from partysense import sqlfiles, tail, tokencli
 from partysense.errors import first_line
 
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--demo-schema", action="store_true",
                          help="also create the stand-in PartySense tables (not on the real DB)")
     tail.add_parser(commands)
+    tokencli.add_parser(commands)
     return parser
 
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "tail":
         return tail.run(args)
+    if args.command == "token":
+        return tokencli.run(args)
     try:
         dsn = dsnlib.dsn_from(args.dsn)
     except dsnlib.DSNError as error:

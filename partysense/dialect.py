@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from partysense.adapters.autobahn_adapter import Frame
 from partysense.hub import Hub
+from partysense.tokens import OPEN, Tokens
 
 
 class Client(Protocol):
@@ -27,10 +29,14 @@ class Client(Protocol):
     def peer(self) -> str | None: ...
     @property
     def is_live(self) -> bool: ...
+    @property
+    def url_token(self) -> str | None: ...
     def send_frame(self, frame: Frame) -> None: ...
     def send_json(self, body: dict[str, Any]) -> None: ...
     def stream(self, frames: Iterable[Frame]) -> defer.Deferred[None]: ...
     def too_slow(self) -> None: ...
+    def log_refused(self, kind: str, message: str) -> None: ...
+    def close_with(self, code: int, reason: str) -> None: ...
 
 
 class Session(Protocol):
@@ -88,4 +94,6 @@ class Shared:
     reads: Reads
     events: Events
     counters: ClientCounters
+    clock: IReactorTime
     max_subscriptions: int = 32
+    tokens: Tokens = OPEN

@@ -66,13 +66,15 @@ def may_hold_password(dsn: str) -> bool:
 
 
 def redact(dsn: str) -> str:
-    """The DSN as key=value words with any password replaced by ``***``."""
+    """The DSN as key=value words with every password (``password``,
+    ``sslpassword``, anything named like one) replaced by ``***``."""
     try:
         params = parse_dsn(dsn)
     except Exception:
         return "<unparseable DSN>"
-    if "password" in params:
-        params["password"] = "***"
+    for key in params:
+        if "password" in key or "secret" in key:
+            params[key] = "***"
     return make_dsn(**params)
 
 

@@ -11,6 +11,8 @@
 | 1009 | too_big       | a message over the size limit                            |
 | 1013 | try_later     | the database is unreachable, or the server is full       |
 | 4004 | unknown_event | no such event in event_event                             |
+| 4401 | unauthorized  | no token, or one that is invalid or expired (tokens on)  |
+| 4403 | forbidden     | a valid token that does not name the event               |
 | 4008 | too_slow      | the client stopped reading; its queue passed the limit   |
 | 4029 | flood         | too many messages per second                             |
 """
@@ -25,6 +27,8 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 UNKNOWN_EVENT = 4004
+UNAUTHORIZED = 4401
+FORBIDDEN = 4403
 TOO_SLOW = 4008
 FLOOD = 4029
 

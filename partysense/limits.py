@@ -15,6 +15,28 @@ from twisted.logger import Logger
 log = Logger()
 
 
+# Files the daemon needs besides its clients: the listening sockets, two
+# database connections, logs, the embedded server's pipes, a margin.
+RESERVED_FILES = 64
+
+
+def clients_that_fit(max_clients: int, open_files: int) -> int:
+    """``max_clients``, lowered so that every client can have its socket.
+
+    Past the open-files limit a new client would get EMFILE from accept()
+    (Twisted logs it and drops it) instead of a clean 1013 "server full".
+    """
+    if open_files == resource.RLIM_INFINITY:
+        return max_clients
+    fits = max(1, open_files - RESERVED_FILES)
+    if max_clients > fits:
+        log.warn("--max-clients {wanted} is above what the open-files limit ({limit}) "
+                 "allows: serving at most {fits} clients (raise LimitNOFILE / ulimit -n).",
+                 wanted=max_clients, limit=open_files, fits=fits)
+        return fits
+    return max_clients
+
+
 def raise_open_files_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; return the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

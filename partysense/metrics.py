@@ -256,6 +256,9 @@ class MetricsPage(Resource):
     Not prometheus_client's MetricsResource: that one collects in a thread
     pool, where reading the reactor's sets of clients would race with it.
     A scrape only reads attributes, so it is quick enough to run inline.
+
+    Only the exact path answers: ``/metrics/``, ``/metrics/x`` or
+    ``/%6Detrics`` would slip past a proxy rule written for ``/metrics``.
     """
 
     isLeaf = True
@@ -265,6 +268,10 @@ class MetricsPage(Resource):
         self._registry = registry
 
     def render_GET(self, request: Request) -> bytes:
+        if request.uri.split(b"?", 1)[0] != b"/metrics":
+            request.setResponseCode(404)
+            request.setHeader("content-type", "text/plain; charset=utf-8")
+            return b"not found\n"
         encode, content_type = choose_encoder(request.getHeader("accept") or "")
         request.setHeader("content-type", content_type)
         request.setHeader("cache-control", "no-store")

@@ -46,6 +46,10 @@ class NotConnected(Exception):
     """The service has no database connection right now."""
 
 
+class Overloaded(NotConnected):
+    """Too many queries wait already: asked again later, this one may be answered."""
+
+
 def default_backoff() -> Callable[[int], float]:
     """Seconds to wait before retry ``attempt`` (0, 1, ...): 0.25 s doubling to 10 s.
 
@@ -86,6 +90,7 @@ class PostgresService(Service):
         probe_timeout: float = 4.0,
         backoff: Callable[[int], float] | None = None,
         resolve: Resolve | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         self._dsn = dsn
         self._reactor = reactor
@@ -97,6 +102,9 @@ class PostgresService(Service):
         self._backoff = backoff or default_backoff()
         self._resolve = resolve or resolve_in_thread(reactor)
         self._connection: PgConnection | None = None
+        self._max_waiting = max_waiting
+        self.waiting = 0     # queries and interactions not yet answered
+        self.refused = 0     # refused because max_waiting were waiting
         self._attempt = 0
         self._retry: IDelayedCall | None = None
         self._probe: LoopingCall | None = None
@@ -141,17 +149,31 @@ class PostgresService(Service):
         return waiter
 
     def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]:
-        """Run one query; NotConnected when there is no connection or it is lost."""
-        if self._connection is None or not self.connected:
-            return defer.fail(NotConnected(self.reason))
-        return self._watch(self._connection.runQuery(query, params), self._connection)
+        """Run one query; NotConnected when there is no connection or it is lost,
+        Overloaded when ``max_waiting`` queries wait already."""
+        return self._run(lambda connection: connection.runQuery(query, params))
 
     def runInteraction(self, interaction: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        """Run ``interaction(cursor, *args)`` in one transaction."""
-        if self._connection is None or not self.connected:
+        """Run ``interaction(cursor, *args)`` in one transaction (refused as runQuery)."""
+        return self._run(lambda connection: connection.runInteraction(interaction, *args))
+
+    def _run(self, start: Callable[[PgConnection], defer.Deferred[Any]]) -> defer.Deferred[Any]:
+        connection = self._connection
+        if connection is None or not self.connected:
             return defer.fail(NotConnected(self.reason))
-        return self._watch(
-            self._connection.runInteraction(interaction, *args), self._connection)
+        if self._max_waiting is not None and self.waiting >= self._max_waiting:
+            # Queued without end, work would wait for minutes and hold its
+            # clients' memory: better to say "busy, retry" at once.
+            self.refused += 1
+            return defer.fail(Overloaded(
+                f"the database is busy ({self.waiting} queries waiting)"))
+        self.waiting += 1
+
+        def answered(result: Any) -> Any:
+            self.waiting -= 1
+            return result
+
+        return self._watch(start(connection), connection).addBoth(answered)
 
     # -- service --------------------------------------------------------------
 

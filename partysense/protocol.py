@@ -30,6 +30,7 @@ from partysense.dialect import ClientCounters, MakeSession, Session
 from partysense.errors import ClientError
 from partysense.fastwrite import TurnWriter
 from partysense.outbox import Outbox
+from partysense.quietlog import Quiet
 
 
 @dataclass
@@ -43,6 +44,25 @@ class Limits:
     max_queue_bytes: int = 1024 * 1024
     ping_interval: float = 30.0
     allowed_origins: tuple[str, ...] = ()
+    # A venue's guests share one public address behind its NAT: this bounds
+    # one machine opening thousands of sockets, not a party.
+    max_connections_per_ip: int = 1024
+    # Requests read but not yet answered (a subscribe waits for the database):
+    # room for a page subscribing to its 32 events at once, not for a client
+    # that keeps sending while the database is slow.
+    max_pending_requests: int = 40
+
+
+def address_of(peer: str | None) -> str:
+    """The client's address without its port ("tcp4:1.2.3.4:5678" -> "1.2.3.4").
+
+    Behind --trusted-proxies Autobahn has already replaced the peer with the
+    address from X-Forwarded-For.
+    """
+    peer = peer or "?"
+    if peer.startswith(("tcp4:", "tcp6:")):
+        return peer[5:].rsplit(":", 1)[0]
+    return peer
 
 
 # The close codes Autobahn fails a connection with, as kinds of bad input.
@@ -60,7 +80,10 @@ class LiveProtocol(ServerProtocol):
         super().__init__()
         self.session: Session | None = None
         self.outbox: Outbox | None = None
+        self.address: str | None = None  # counted in factory.per_address while open
+        self.url_token: str | None = None
         self._queue: defer.Deferred[None] = defer.succeed(None)
+        self._pending = 0
         self._tokens = 0.0
         self._refilled = 0.0
 
@@ -71,6 +94,9 @@ class LiveProtocol(ServerProtocol):
     # -- Autobahn callbacks ---------------------------------------------------
 
     def onConnect(self, request: Any) -> str | None:
+        # ws://host/?token=... for clients that can only set the URL.
+        tokens = request.params.get("token") or [None]
+        self.url_token = tokens[0]
         dialects = self.factory.dialects
         for subprotocol in request.protocols:
             if subprotocol in dialects:
@@ -87,6 +113,14 @@ class LiveProtocol(ServerProtocol):
             self.refuse(ClientError("server_full", errors.TRY_AGAIN_LATER,
                                     f"server full ({limits.max_clients} clients); retry later"))
             return
+        address = address_of(self.peer)
+        if self.factory.per_address.get(address, 0) >= limits.max_connections_per_ip:
+            self.refuse(ClientError(
+                "too_many_connections", errors.TRY_AGAIN_LATER,
+                f"more than {limits.max_connections_per_ip} connections from your address"))
+            return
+        self.address = address
+        self.factory.per_address[address] = self.factory.per_address.get(address, 0) + 1
         self.factory.clients.add(self)
         self._tokens = 2 * limits.messages_per_second
         self._refilled = self.factory.clock.seconds()
@@ -109,9 +143,17 @@ class LiveProtocol(ServerProtocol):
                 "binary", errors.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text"
             ))
             return
+        if self._pending >= self.factory.limits.max_pending_requests:
+            # Each waits for the database: queued without end they would grow
+            # our memory at the client's pace, not the database's.
+            self.refuse(ClientError(
+                "flood", errors.FLOOD,
+                f"more than {self.factory.limits.max_pending_requests} requests waiting"))
+            return
         text = payload.decode("utf-8")  # Autobahn has checked it is UTF-8
         # One request at a time, in order: a second seed request moves the
         # subscription only after the first has been checked.
+        self._pending += 1
         self._queue.addCallback(lambda _: self._handle(text))
 
     def onPing(self, payload: bytes) -> None:
@@ -123,6 +165,11 @@ class LiveProtocol(ServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.clients.discard(self)
+        if self.address is not None:
+            left = self.factory.per_address.pop(self.address, 1) - 1
+            if left:
+                self.factory.per_address[self.address] = left
+            self.address = None
         # /metrics adds this to what the open clients have been sent so far.
         self.factory.counters.closed_client_bytes += self.bytes_sent
         if self.outbox is not None:
@@ -134,9 +181,15 @@ class LiveProtocol(ServerProtocol):
 
     def _handle(self, text: str) -> defer.Deferred[None]:
         if not self.is_live or self.session is None:
+            self._pending -= 1
             return defer.succeed(None)
         d = defer.maybeDeferred(self.session.received, text)
-        return d.addErrback(self._request_failed)
+        d.addErrback(self._request_failed)
+        return d.addBoth(self._answered)
+
+    def _answered(self, result: Any) -> Any:
+        self._pending -= 1
+        return result
 
     def _request_failed(self, failure: Any) -> None:
         if failure.check(ClientError):
@@ -208,15 +261,22 @@ class LiveProtocol(ServerProtocol):
     # -- closing --------------------------------------------------------------
 
     def refuse(self, error: ClientError) -> None:
-        """Close this client with the error's code and reason, logged once."""
-        self._log.info(
-            "Closing {peer} ({kind}, code {code}): {reason}",
+        """Close this client with the error's code and reason, logged once
+        (at most one line per address every 10 s: partysense/quietlog.py)."""
+        self.factory.quiet.info(
+            address_of(self.peer), "Closing {peer} ({kind}, code {code}): {reason}",
             peer=self.peer, kind=error.kind, code=error.code, reason=error.reason,
         )
         self.factory.counters.bad_input(error.kind)
         if self.session is not None:
             self.session.close()
         self.close_with(error.code, error.reason)
+
+    def log_refused(self, kind: str, message: str) -> None:
+        """A request refused with an error message (the connection stays)."""
+        self.factory.quiet.info(
+            address_of(self.peer), "Refused a request from {peer} ({kind}): {message}",
+            peer=self.peer, kind=kind, message=message)
 
     def refused_by_autobahn(self, code: int, reason: str) -> None:
         """Refused like any other bad input: logged once in our words, counted by kind."""
@@ -251,6 +311,9 @@ class LiveFactory(ServerFactory):
         self.writer = TurnWriter(clock)
         self.counters = counters if counters is not None else ClientCounters()
         self.clients: set[LiveProtocol] = set()
+        self.per_address: dict[str, int] = {}
+        # What clients did wrong, logged per address at a bounded rate.
+        self.quiet = Quiet(LiveProtocol._log, clock)
         self.setProtocolOptions(
             maxMessagePayloadSize=self.limits.max_message_bytes,
             maxFramePayloadSize=self.limits.max_message_bytes,

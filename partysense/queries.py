@@ -16,11 +16,17 @@ from twisted.internet.interfaces import IReactorTime
 from partysense.dsn import DSNSource
 from partysense.pgservice import PostgresService
 
+# Queries waiting on the connection at most; past it a client's request is
+# answered "unavailable" (v2) or 1013 (seed) at once. A snapshot takes a few
+# milliseconds: 1,000 waiting is seconds of work already.
+MAX_WAITING = 1000
+
 
 class QueryService(PostgresService):
     """A reconnecting connection for queries and short transactions."""
 
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
+        options.setdefault("max_waiting", MAX_WAITING)
         super().__init__(dsn, reactor, role="query connection",
                          application_name="partysense-live queries", **options)
 

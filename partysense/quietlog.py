@@ -29,6 +29,12 @@ class Quiet:
         self.held_back = 0
 
     def warn(self, key: Any, format: str, **fields: Any) -> None:
+        self._emit(self._log.warn, key, format, fields)
+
+    def info(self, key: Any, format: str, **fields: Any) -> None:
+        self._emit(self._log.info, key, format, fields)
+
+    def _emit(self, emit: Any, key: Any, format: str, fields: dict[str, Any]) -> None:
         now = self._clock.seconds()
         if now < self._next.get(key, 0.0):
             self._held[key] = self._held.get(key, 0) + 1
@@ -40,7 +46,7 @@ class Quiet:
         held = self._held.pop(key, 0)
         if held:
             format += " ({held} more like it in the last {interval:g} s not logged)"
-        self._log.warn(format, held=held, interval=self._interval, **fields)
+        emit(format, held=held, interval=self._interval, **fields)
 
     def _forget_old(self, now: float) -> None:
         for key in [key for key, until in self._next.items() if until <= now]:

@@ -9,6 +9,7 @@ No acknowledgements: a bad request closes the connection.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.internet import defer
@@ -19,8 +20,9 @@ from partysense.channels import channel_for
 from partysense.dialect import Client, Shared
 from partysense.errors import ClientError
 from partysense.hub import Delivery
-from partysense.pgservice import NotConnected
+from partysense.pgservice import NotConnected, Overloaded
 from partysense.subscription import parse_seed_request
+from partysense.tokens import Grant, TokenError
 
 
 def seed_frame(delivery: Delivery) -> Frame:
@@ -37,6 +39,7 @@ class SeedSession:
         self._client = client
         self._shared = shared
         self.channel: str | None = None
+        self._expiry: Any = None  # the timer that closes the client when its token expires
 
     @property
     def subscriptions(self) -> int:
@@ -48,7 +51,8 @@ class SeedSession:
     @defer.inlineCallbacks
     def received(self, text: str) -> Any:
         """Check the request against the database, then (re)subscribe."""
-        event_id = parse_seed_request(text)
+        event_id, token = parse_seed_request(text)
+        grant = self._authorize(event_id, token)
         listener = self._shared.listener
         try:
             if not listener.connected:
@@ -58,6 +62,9 @@ class SeedSession:
             if event_id is not None and not (yield self._shared.events.exists(event_id)):
                 raise ClientError("unknown_event", errors.UNKNOWN_EVENT,
                                   f"event {event_id} does not exist")
+        except Overloaded:
+            raise ClientError("try_later", errors.TRY_AGAIN_LATER,
+                              "the server is busy; retry soon") from None
         except NotConnected as error:
             raise ClientError("try_later", errors.TRY_AGAIN_LATER,
                               f"the database is unreachable ({error}); retry soon") from None
@@ -66,8 +73,30 @@ class SeedSession:
         self.close()
         self.channel = channel_for(event_id)
         self._shared.hub.subscribe(self.channel, self)
+        if grant.expires != math.inf:
+            clock = self._shared.clock
+            self._expiry = clock.callLater(max(0.0, grant.expires - clock.seconds()),
+                                           self._expired)
+
+    def _authorize(self, event_id: int | None, token: Any) -> Grant:
+        try:
+            grant = self._shared.tokens.grant(token or self._client.url_token,
+                                              self._shared.clock.seconds())
+            grant.check(event_id)
+        except TokenError as error:
+            code = errors.UNAUTHORIZED if error.kind == "unauthorized" else errors.FORBIDDEN
+            raise ClientError(error.kind, code, error.reason) from None
+        return grant
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.close()
+        self._client.close_with(errors.UNAUTHORIZED, "the token has expired")
 
     def close(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
         if self.channel is not None:
             self._shared.hub.unsubscribe(self.channel, self)
             self.channel = None

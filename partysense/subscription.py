@@ -46,15 +46,16 @@ def parse_event_id(value: Any) -> int | None:
     return event_id
 
 
-def parse_seed_request(text: str) -> int | None:
-    """A seed client's {"event": <id>} or {"event": "ALL"}: the event id or None."""
+def parse_seed_request(text: str) -> tuple[int | None, Any]:
+    """A seed client's {"event": <id>} or {"event": "ALL"}, with an optional
+    "token": the event id (None for every event) and the token."""
     message = parse_json(text)
     if not isinstance(message, dict) or "event" not in message:
         raise ClientError(
             "wrong_shape", POLICY_VIOLATION,
             'expected {"event": <event id>} or {"event": "ALL"}',
         )
-    return parse_event_id(message["event"])
+    return parse_event_id(message["event"]), message.get("token")
 
 
 def _short(value: Any) -> str:

@@ -31,7 +31,7 @@ from psycopg2.extensions import make_dsn
 from partysense import dsn as dsnlib
 from partysense.channels import channel_for
 from partysense.errors import first_line
-from partysense.tailformat import ALL, describe
+from partysense.tailformat import ALL, describe, printable
 
 
 def add_parser(commands: Any) -> None:
@@ -112,7 +112,7 @@ def _print(payload: str, raw: bool, out: IO[str]) -> None:
             line = describe(json.loads(payload))
         except (ValueError, TypeError, KeyError):
             line = f"(not a vote change) {payload}"
-    print(line, file=out, flush=True)
+    print(printable(line), file=out, flush=True)
 
 
 def tail_daemon(url: str, event_id: int | None, raw: bool, cafile: str | None,

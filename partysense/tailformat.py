@@ -7,6 +7,7 @@ one through a running daemon (partysense/watch.py).
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import datetime
 from typing import Any
 
@@ -37,3 +38,15 @@ def _direction(up: Any) -> str:
 
 def quoted(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def printable(text: str) -> str:
+    """``text`` with every control or format character written as ``\\uXXXX``.
+
+    What the tail prints comes from the database, and a NOTIFY from anyone:
+    an escape sequence must not reach the terminal (nor a bidi override turn
+    a line around).
+    """
+    return "".join(
+        f"\\u{ord(char):04x}" if unicodedata.category(char)[0] == "C" else char
+        for char in text)

@@ -24,13 +24,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from partysense import dsn as dsnlib
-from partysense import errors, workers
+from partysense import errors, tokens, workers
 from partysense.demo import DemoPartyService
 from partysense.dialect import ClientCounters, MakeSession, Shared
 from partysense.embedded import database_for
 from partysense.events import EventDirectory
 from partysense.hub import Hub
-from partysense.limits import raise_open_files_limit
+from partysense.limits import clients_that_fit, raise_open_files_limit
 from partysense.listener import ListenerService
 from partysense.metrics import DaemonMetrics
 from partysense.protocol import Limits, LiveFactory
@@ -94,9 +94,17 @@ class Options(usage.Options):
         ["allowed-origins", None, "",
          "Comma-separated Origins allowed to connect, e.g. https://party.example "
          "(default: any)."],
+        ["max-connections-per-ip", None, 1024,
+         "Most WebSocket clients from one address (behind --trusted-proxies: the "
+         "forwarded one); a venue's guests may share one NAT address.", int],
         ["trusted-proxies", None, 0,
          "Proxies in front (nginx, HAProxy) whose X-Forwarded-For is believed, so logs "
          "show clients' addresses (default: 0, the header is ignored).", int],
+        ["token-secret-file", None, None,
+         "Require signed tokens (HS256 JWT) for every subscription; the file holds the "
+         "shared secret, at least 32 bytes (docs/security.md)."],
+        ["token-public-key-file", None, None,
+         "Require signed tokens (RS256 or ES256 JWT): the PEM public key that checks them."],
         ["workers", None, 1,
          "Processes sharing the port, each with its own LISTEN connection (tcp: ports).",
          int],
@@ -116,10 +124,17 @@ class Options(usage.Options):
             raise usage.UsageError("--demo-rate must be positive")
         if self["trusted-proxies"] < 0:
             raise usage.UsageError("--trusted-proxies cannot be negative")
+        if self["max-connections-per-ip"] < 1:
+            raise usage.UsageError("--max-connections-per-ip must be at least 1")
         if self["demo"] and self["no-demo"]:
             raise usage.UsageError("--demo and --no-demo contradict each other")
         self["embedded"] = self["dsn"] is None
         self["run-demo"] = bool(self["demo"]) or (self["embedded"] and not self["no-demo"])
+        try:
+            self["tokens"] = tokens.from_files(self["token-secret-file"],
+                                               self["token-public-key-file"])
+        except ValueError as error:
+            raise usage.UsageError(f"tokens: {error}") from None
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1:
@@ -147,6 +162,7 @@ def limits_from(options: Options) -> Limits:
         max_queue_bytes=options["max-queue-bytes"],
         ping_interval=options["ping-interval"],
         allowed_origins=origins,
+        max_connections_per_ip=options["max-connections-per-ip"],
     )
 
 
@@ -161,7 +177,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    raise_open_files_limit()  # every client is an open file
+    open_files = raise_open_files_limit()  # every client is an open file
     if options["workers"] > 1:
         return workers.make_supervisor(options, reactor)
     top = service.MultiService()
@@ -178,16 +194,18 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     metrics = DaemonMetrics(reactor)
 
     limits = limits_from(options)
+    limits.max_clients = clients_that_fit(limits.max_clients, open_files)
     counters = ClientCounters()
     shared = Shared(hub=hub, listener=listener, reads=SharedReads(queries),
                     events=EventDirectory(queries.runQuery, reactor), counters=counters,
-                    max_subscriptions=limits.max_subscriptions)
+                    clock=reactor, max_subscriptions=limits.max_subscriptions,
+                    tokens=options["tokens"])
     factory = LiveFactory(dialect_table(shared), reactor, limits, counters)
     # Only the last N addresses of X-Forwarded-For were added by our proxies.
     factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
     metrics.watch(factory, hub, listener, queries, retention).setServiceParent(top)
-    site = make_site(factory, listener, queries, metrics=metrics.resource(),
-                     handshake_timeout=options["handshake-timeout"])
+    site = make_site(factory, listener, queries, metrics=metrics.resource(), clock=reactor,
+                     handshake_timeout=options["handshake-timeout"], tokens=options["tokens"])
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     # Added after the port, so stopped before it: clients hear 1001 first.
     ClientsService(factory, reactor).setServiceParent(top)
@@ -198,15 +216,18 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     log.info(
         "partysense-live listening on {port}, database: {where}, demo: {demo}, "
         "change log kept {retention:g} s; limits: "
-        "{max_clients} clients, {max_subscriptions} subscriptions each, messages up to "
+        "{max_clients} clients ({per_ip} per address), {max_subscriptions} subscriptions "
+        "each, messages up to "
         "{max_message} bytes and {rate:g}/s, {max_queue} bytes queued per slow client, "
-        "ping every {ping:g} s; Origins allowed: {origins}.",
+        "ping every {ping:g} s; Origins allowed: {origins}; tokens: {tokens}.",
         port=options["port"], where=where, embedded=options["embedded"],
         demo=options["run-demo"], retention=options["retention"],
-        max_clients=limits.max_clients, max_subscriptions=limits.max_subscriptions,
+        max_clients=limits.max_clients, per_ip=limits.max_connections_per_ip,
+        max_subscriptions=limits.max_subscriptions,
         max_message=limits.max_message_bytes, rate=limits.messages_per_second,
         max_queue=limits.max_queue_bytes, ping=limits.ping_interval,
         origins=", ".join(limits.allowed_origins) or "any (no --allowed-origins given)",
+        tokens=options["tokens"].describe(),
     )
     return top
 

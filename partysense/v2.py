@@ -8,6 +8,9 @@
     <- {"type": "subscribed", "event": 1, "cursor": 1240}, then every change after 1240
     -> {"type": "unsubscribe", "event": 1}   <- {"type": "unsubscribed", "event": 1}
     -> {"type": "ping"}                      <- {"type": "pong"}
+    -> {"type": "auth", "token": "<jwt>"}    <- {"type": "authorized", "expires": 1767225600}
+    <- {"type": "token_expired"}             send a fresh "auth" within 30 s, or
+    <- {"type": "unsubscribed", "event": 1, "reason": "token_expired"}
 
 Errors are messages ({"type": "error", "error": kind, "message": ...}); the
 connection stays open. The full description is docs/protocol.md.
@@ -16,12 +19,14 @@ connection stays open. The full description is docs/protocol.md.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from partysense.access import Access
 from partysense.adapters.autobahn_adapter import Frame, prepare
 from partysense.change import Change
 from partysense.changelog import Replay, Snapshot
@@ -29,14 +34,20 @@ from partysense.channels import channel_event, channel_for
 from partysense.dialect import Client, Shared
 from partysense.errors import ClientError, first_line, is_utf8
 from partysense.hub import Delivery
-from partysense.pgservice import NotConnected
+from partysense.pgservice import NotConnected, Overloaded
 from partysense.subscription import parse_event_id, parse_json
+from partysense.tokens import Grant, TokenError
 
 SUBPROTOCOL = "partysense.v2"
 # Live changes held for a subscription while its snapshot or replay is being
 # sent; a client that needs more than this is not keeping up.
 MAX_PENDING = 20000
 MAX_ID_LENGTH = 64
+# Each subscribe costs a snapshot or a replay, subscribing again to the same
+# event too: a burst of twice --max-subscriptions (a page opening its events
+# at once, then moving each once), then this many a second.
+SUBSCRIBES_PER_SECOND = 1.0
+SUBSCRIBE_BURST = 2
 
 
 def change_frame(channel: str, change: Change) -> Frame:
@@ -121,6 +132,10 @@ class V2Session:
         self._shared = shared
         self._subs: dict[str, Subscription] = {}
         self._closed = False
+        self._budget = float(SUBSCRIBE_BURST * shared.max_subscriptions)
+        self._budget_at = shared.clock.seconds()
+        self._access = Access(shared.tokens, shared.clock, client.url_token,
+                              expired=self._token_expired, lapsed=self._token_lapsed)
 
     @property
     def subscriptions(self) -> int:
@@ -138,10 +153,11 @@ class V2Session:
                 "subscribe": self._subscribe,
                 "unsubscribe": self._unsubscribe,
                 "ping": self._ping,
+                "auth": self._auth,
             }.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise BadRequest("bad_request",
-                                 'unknown "type": use subscribe, unsubscribe or ping')
+                                 'unknown "type": use subscribe, unsubscribe, ping or auth')
             d = defer.maybeDeferred(handler, request_id, message)
         except BadRequest as error:
             d = defer.fail(error)
@@ -153,8 +169,7 @@ class V2Session:
             return  # the client left while we worked on its request
         error = failure.value
         self._shared.counters.bad_input(error.kind)
-        self._log.info("v2 request from {peer} refused ({kind}): {message}",
-                       peer=self.client.peer, kind=error.kind, message=error.message)
+        self.client.log_refused(error.kind, error.message)
         self.send({"type": "error", "id": request_id, "error": error.kind,
                    "message": error.message})
 
@@ -168,6 +183,36 @@ class V2Session:
     def _ping(self, request_id: Any, message: dict) -> None:
         self.send({"type": "pong", "id": request_id})
 
+    def _auth(self, request_id: Any, message: dict) -> None:
+        grant = self._grant(message.get("token"), required=True)
+        for channel, subscription in list(self._subs.items()):
+            if not grant.allows(subscription.event_id):
+                self._end(channel, "forbidden")
+        expires = None if grant.expires == math.inf else int(grant.expires)
+        self.send({"type": "authorized", "expires": expires, "id": request_id})
+
+    def _grant(self, token: Any, required: bool = False) -> Grant:
+        if required and token is None:
+            raise BadRequest("bad_request", '"auth" needs a "token"')
+        try:
+            return self._access.grant(token)
+        except TokenError as error:
+            raise BadRequest(error.kind, error.reason) from None
+
+    def _token_expired(self) -> None:
+        self.send({"type": "token_expired"})
+
+    def _token_lapsed(self) -> None:
+        for channel in list(self._subs):
+            self._end(channel, "token_expired")
+
+    def _end(self, channel: str, reason: str) -> None:
+        subscription = self._subs.get(channel)
+        if subscription is not None:
+            self._drop(channel)
+            self.send({"type": "unsubscribed", "event": _event_name(subscription.event_id),
+                       "reason": reason})
+
     def _unsubscribe(self, request_id: Any, message: dict) -> None:
         event_id = _event(message)
         self._drop(channel_for(event_id))
@@ -180,6 +225,11 @@ class V2Session:
         if since is not None and (type(since) is not int or since < 0):
             raise BadRequest("bad_request", '"cursor" must be a non-negative integer')
         channel = channel_for(event_id)
+        try:
+            self._grant(message.get("token")).check(event_id)
+        except TokenError as error:
+            raise BadRequest(error.kind, error.reason) from None
+        self._spend_subscribe()
         self._drop(channel)  # subscribing again restarts the subscription
         if len(self._subs) >= self._shared.max_subscriptions:
             raise BadRequest("too_many_subscriptions",
@@ -206,6 +256,9 @@ class V2Session:
                     self.send({"type": "subscribed", "event": _event_name(event_id),
                                "cursor": since, "id": request_id})
                     yield subscription.start(since, replay.changes)
+        except Overloaded:
+            self._drop(channel)
+            raise BadRequest("unavailable", "the server is busy; retry soon") from None
         except (NotConnected, psycopg2.OperationalError, psycopg2.InterfaceError) as error:
             self._drop(channel)
             raise BadRequest("unavailable",
@@ -223,6 +276,17 @@ class V2Session:
             self._drop(channel)
             raise
 
+    def _spend_subscribe(self) -> None:
+        now = self._shared.clock.seconds()
+        burst = float(SUBSCRIBE_BURST * self._shared.max_subscriptions)
+        self._budget = min(burst, self._budget + (now - self._budget_at) * SUBSCRIBES_PER_SECOND)
+        self._budget_at = now
+        if self._budget < 1:
+            raise BadRequest("too_many_subscribes",
+                             f"more than {burst:g} subscribes at once, then "
+                             f"{SUBSCRIBES_PER_SECOND:g} a second; retry in a moment")
+        self._budget -= 1
+
     def _started(self, subscription: Subscription, request_id: Any, snapshot: Snapshot,
                  reset: bool) -> None:
         if self._subs.get(subscription.channel) is not subscription:
@@ -238,6 +302,7 @@ class V2Session:
 
     def close(self) -> None:
         self._closed = True
+        self._access.close()
         for channel in list(self._subs):
             self._drop(channel)
 

@@ -20,7 +20,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, ssl
 from twisted.python.failure import Failure
 
-from partysense.tailformat import ALL, V2_SUBPROTOCOL, describe, quoted
+from partysense.tailformat import ALL, V2_SUBPROTOCOL, describe, printable, quoted
 
 
 class TailProtocol(WebSocketClientProtocol):
@@ -39,26 +39,29 @@ class TailProtocol(WebSocketClientProtocol):
             message = json.loads(payload)
             kind = message["type"]
         except (ValueError, TypeError, KeyError):
-            print(f"(not a v2 message) {payload!r}", file=factory.err, flush=True)
+            print(f"(not a v2 message) {printable(repr(payload))}", file=factory.err,
+                  flush=True)
             return
         if kind == "change":
             if factory.raw:
-                print(payload.decode("utf-8"), file=factory.out, flush=True)
+                print(printable(payload.decode("utf-8")), file=factory.out, flush=True)
             else:
-                print(describe(message), file=factory.out, flush=True)
+                print(printable(describe(message)), file=factory.out, flush=True)
         elif kind in ("snapshot", "subscribed"):
-            print(_subscribed(message, self.factory.url), file=factory.err, flush=True)
+            for line in _subscribed(message, self.factory.url).splitlines():
+                print(printable(line), file=factory.err, flush=True)
         elif kind == "error":
-            print(f"partysense-db tail: the daemon says {message.get('error')}: "
-                  f"{message.get('message')}", file=factory.err, flush=True)
+            print(printable(f"partysense-db tail: the daemon says {message.get('error')}: "
+                            f"{message.get('message')}"), file=factory.err, flush=True)
             factory.code = 1
             self.sendClose(1000)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         factory = self.factory
         if factory.code is None:  # the daemon closed, or the connection broke
-            print(f"partysense-db tail: connection closed (code {code}: {reason or 'no reason'})",
-                  file=factory.err, flush=True)
+            print(printable(f"partysense-db tail: connection closed "
+                            f"(code {code}: {reason or 'no reason'})"), file=factory.err,
+                  flush=True)
             factory.code = 1
         if not factory.done.called:
             factory.done.callback(factory.code)

@@ -12,13 +12,17 @@ from importlib import resources
 from typing import Any, Protocol
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
+from partysense.httpguard import GuardedSite, site_of
 from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
+from partysense.tokens import OPEN, TokenError, Tokens
 
 
 class Connection(Protocol):
@@ -58,9 +62,10 @@ class PageOrWebSocket(Resource):
     def render(self, request: Request) -> Any:
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade == "websocket":
-            # The WebSocket takes the socket over: the HTTP channel's idle
-            # timer must not fire on it later.
+            # The WebSocket takes the socket over: neither the HTTP channel's
+            # idle timer nor the handshake deadline may fire on it later.
             request.channel.setTimeout(None)
+            site_of(request).upgraded(request.transport)
             return self._websocket.render(request)
         return self._page.render(request)
 
@@ -104,14 +109,50 @@ EVENTS_QUERY = "SELECT id, title FROM event_event ORDER BY id DESC LIMIT 500"
 
 class EventList(Resource):
     """``/api/events``: the newest events as ``[{"id": 3, "title": "..."}]``, for
-    the page's picker; 503 with a reason while the database is unreachable."""
+    the page's picker; 503 with a reason while the database is unreachable.
+
+    The list is read at most once every ``ttl`` seconds, and requests that
+    come while it is being read share that read: anyone can ask, as often as
+    they like, and the database answers a few times a minute.
+    """
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, queries: Queries) -> None:
+    def __init__(self, queries: Queries, clock: Any, tokens: Tokens = OPEN,
+                 ttl: float = 5.0) -> None:
         super().__init__()
         self._queries = queries
+        self._clock = clock
+        self._tokens = tokens
+        self._ttl = ttl
+        self._rows: Any = None
+        self._read_at = -ttl
+        self._reading: Any = None
+        self._waiters: list[defer.Deferred[Any]] = []
+        self.queries = 0
+
+    def _events(self) -> Any:
+        if self._rows is not None and self._clock.seconds() - self._read_at < self._ttl:
+            return defer.succeed(self._rows)
+        done: defer.Deferred[Any] = defer.Deferred()
+        self._waiters.append(done)  # first: the read may fail at once (no connection)
+        if self._reading is None:
+            self.queries += 1
+            self._reading = self._queries.runQuery(EVENTS_QUERY)
+            self._reading.addBoth(self._read)
+        return done
+
+    def _read(self, result: Any) -> None:
+        self._reading = None
+        if not isinstance(result, Failure):
+            self._rows, self._read_at = result, self._clock.seconds()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
     def render_GET(self, request: Request) -> Any:
         gone: list[bool] = []
@@ -131,9 +172,24 @@ class EventList(Resource):
                 self._log.failure("Listing events failed", failure)
             answer(503, {"error": "unavailable", "message": "the database is unreachable"})
 
-        self._queries.runQuery(EVENTS_QUERY).addCallbacks(
+        try:
+            # With tokens on, the list of every event needs a token for every event.
+            self._tokens.grant(bearer(request), self._clock.seconds()).check(None)
+        except TokenError as error:
+            answer(401 if error.kind == "unauthorized" else 403,
+                   {"error": error.kind, "message": error.reason})
+            return NOT_DONE_YET
+
+        self._events().addCallbacks(
             lambda rows: answer(200, [{"id": i, "title": t} for i, t in rows]), failed)
         return NOT_DONE_YET
+
+
+def bearer(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if any."""
+    header = request.getHeader("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def static_file(name: str) -> Data:
@@ -152,7 +208,8 @@ def static_folder() -> Resource:
 
 
 def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
-              metrics: Resource | None, handshake_timeout: float = 10.0) -> Site:
+              metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
+              tokens: Tokens = OPEN) -> GuardedSite:
     """The resource tree of the one port.
 
     ``handshake_timeout`` closes an HTTP connection that sends nothing (or
@@ -163,10 +220,10 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     root.putChild(b"healthz", Health(listener, queries, factory))
     root.putChild(b"static", static_folder())
     api = Resource()
-    api.putChild(b"events", EventList(queries))
+    api.putChild(b"events", EventList(queries, clock, tokens))
     root.putChild(b"api", api)
     if metrics is not None:
         root.putChild(b"metrics", metrics)
-    site = Site(root, timeout=handshake_timeout)
+    site = GuardedSite(root, clock, handshake_timeout)
     site.displayTracebacks = False
     return site

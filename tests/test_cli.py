@@ -199,6 +199,7 @@ def test_password_never_logged(db_dsn: str, tmp_path: Path, where: str) -> None:
 @pytest.mark.parametrize("dsn", [
     f"postgresql://someone:{SECRET}@127.0.0.1:{{port}}/x",
     f"host=127.0.0.1 port={{port}} dbname=x password={SECRET}",
+    f"host=127.0.0.1 port={{port}} dbname=x sslpassword={SECRET}",
 ])
 def test_password_not_logged_when_the_database_is_unreachable(tmp_path: Path, dsn: str) -> None:
     with refused_port() as port:
@@ -326,3 +327,12 @@ def test_tcp_and_tls_ports_get_a_deep_accept_queue(port: str, description: str) 
     """The systemd unit's tcp:18854:interface=127.0.0.1 listened with Twisted's 50."""
     assert endpoint_description(port) == description
 
+
+
+@pytest.mark.logic
+def test_redact_hides_every_password_like_key() -> None:
+    from partysense.dsn import redact
+
+    shown = redact(f"host=db user=u password={SECRET} sslpassword={SECRET} sslmode=require")
+    assert SECRET not in shown
+    assert "password=***" in shown and "sslpassword=***" in shown and "sslmode=require" in shown

@@ -112,4 +112,5 @@ def test_an_unfinished_handshake_times_out(db_dsn: str, tmp_path: Path) -> None:
         finally:
             sock.close()
         # ...because the handshake timed out, not for another reason.
-        wait_for(lambda: "Timing out client" in daemon.log(), 10, "the timeout in the log")
+        wait_for(lambda: "no WebSocket upgrade within 2 s" in daemon.log(), 10,
+                 "the timeout in the log")

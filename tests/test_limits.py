@@ -34,3 +34,11 @@ def test_soft_limit_is_raised_to_the_hard_one(low_soft_limit: int) -> None:
 def test_raising_twice_changes_nothing(low_soft_limit: int) -> None:
     first = raise_open_files_limit()
     assert raise_open_files_limit() == first
+
+
+def test_max_clients_is_lowered_below_the_open_files_limit() -> None:
+    from partysense.limits import RESERVED_FILES, clients_that_fit
+
+    assert clients_that_fit(100_000, 20_000) == 20_000 - RESERVED_FILES
+    assert clients_that_fit(500, 20_000) == 500
+    assert clients_that_fit(100_000, resource.RLIM_INFINITY) == 100_000

@@ -90,7 +90,7 @@ async def wired(db_dsn: str) -> Any:
     events = WatchedEvents(queries.runQuery, reactor)
     counters = ClientCounters()
     shared = Shared(hub=hub, listener=listener, reads=SharedReads(queries), events=events,
-                    counters=counters)
+                    counters=counters, clock=reactor)
     factory = LiveFactory(dialect_table(shared), reactor, Limits(ping_interval=0), counters)
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
     listener.startService()
@@ -309,7 +309,9 @@ async def test_a_busy_connection_is_not_taken_for_a_silent_one(db_dsn: str) -> N
     """The probe waits in line behind clients' queries; answers still coming mean alive."""
     from twisted.internet import reactor
 
-    service = ProbeWatchedQueries(db_dsn, reactor, probe_interval=0.3, probe_timeout=1.0)
+    # No cap on waiting queries here: the point is a long queue.
+    service = ProbeWatchedQueries(db_dsn, reactor, probe_interval=0.3, probe_timeout=1.0,
+                                  max_waiting=None)
     service.startService()
     try:
         await service.whenConnected()

@@ -171,3 +171,31 @@ def test_ctrl_c_ends_a_tail_quietly(daemon: Daemon, db_dsn: str) -> None:
                 except queue.Empty:
                     break
             assert not [line for line in left if "closed" in line or "Traceback" in line], left
+
+
+@pytest.mark.daemon
+@pytest.mark.parametrize("raw", [False, True])
+def test_tail_escapes_what_a_forged_notification_would_print(
+        party: Party, db_dsn: str, raw: bool) -> None:
+    import psycopg2
+
+    escape = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202e"  # title, clear screen, CSI, bidi override
+    with tail("--event", "ALL", "--dsn", db_dsn, *(["--json"] if raw else [])) as watching:
+        watching.wait_for_err("listening on firehose")
+        connection = psycopg2.connect(db_dsn)
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify('firehose', %s)", ("not json " + escape,))
+        connection.close()
+        line = watching.line()
+    assert not any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F or char == "\u202e"
+                   for char in line), repr(line)
+    assert "\\u001b]0;owned\\u0007" in line
+
+
+@pytest.mark.logic
+def test_printable_escapes_control_and_format_characters_only() -> None:
+    from partysense.tailformat import printable
+
+    assert printable("Café 🎉 \"x\" <b>") == "Café 🎉 \"x\" <b>"
+    assert printable("a\x1bb\x9bc\u200ed\ne") == "a\\u001bb\\u009bc\\u200ed\\u000ae"

@@ -53,15 +53,17 @@ class NoDatabase:
         pass
 
 
-def factory_without_database(clock: Any, limits: Limits) -> LiveFactory:
+def factory_without_database(clock: Any, limits: Limits, events: Any = None,
+                             listener: Any = None) -> LiveFactory:
     """The real factory and dialects over a hub with no listener behind it.
 
-    Any request that would ask the database fails (None has no methods):
-    for the wire, not the data.
+    Any request that would ask the database fails (None has no methods),
+    unless the test hands in stand-ins: for the wire, not the data.
     """
     counters = ClientCounters()
-    shared = Shared(hub=Hub(NoDatabase()), listener=None, reads=None,  # type: ignore[arg-type]
-                    events=None, counters=counters)  # type: ignore[arg-type]
+    shared = Shared(hub=Hub(NoDatabase()), listener=listener, reads=None,
+                    events=events, counters=counters, clock=clock,
+                    max_subscriptions=limits.max_subscriptions)
     return LiveFactory(dialect_table(shared), clock, limits, counters)
 
 
@@ -70,9 +72,10 @@ def handshake(subprotocol: str | None = None) -> bytes:
     return (_HANDSHAKE + extra + "\r\n").encode("ascii")
 
 
-def opened(factory: LiveFactory, transport: Any, subprotocol: str | None = None) -> LiveProtocol:
+def opened(factory: LiveFactory, transport: Any, subprotocol: str | None = None,
+           host: str = "127.0.0.1") -> LiveProtocol:
     """A protocol of ``factory`` on ``transport``, past its opening handshake."""
-    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, 40000))
     protocol.makeConnection(transport)
     protocol.dataReceived(handshake(subprotocol))
     assert protocol.state == protocol.STATE_OPEN

@@ -22,6 +22,10 @@
   const RANKING_LENGTH = 100;
   const MERGE_WITHIN_MS = 10000;    // Django's insert-then-update shows as one vote
   const BACKFILL_CHANGES = 20;      // every event's view opens with the latest votes
+  // A signed access token, when the daemon requires one, from the URL's
+  // fragment (/?event=3#token=...): a fragment is never sent to a server, so
+  // it reaches no proxy's or daemon's log.
+  const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token");
 
   const byId = (id) => document.getElementById(id);
   const ui = {
@@ -260,6 +264,7 @@
     const id = "s" + link.nextId++;
     const request = {type: "subscribe", event: model.selection, id};
     if (model.ready && model.cursor !== null) request.cursor = model.cursor;
+    if (TOKEN) request.token = TOKEN;
     link.pending = id;
     link.subscribedTo = model.selection;
     send(request);
@@ -571,7 +576,8 @@
 
   async function loadEvents() {
     try {
-      const response = await fetch("/api/events", {cache: "no-store"});
+      const headers = TOKEN ? {Authorization: "Bearer " + TOKEN} : {};
+      const response = await fetch("/api/events", {cache: "no-store", headers});
       if (!response.ok) return;
       const events = await response.json();
       if (!Array.isArray(events)) return;

@@ -1,0 +1,149 @@
+"""The HTTP side of the one port, guarded: what a stranger can make it do is bounded.
+
+- A fixed deadline from accept to the WebSocket upgrade: Twisted's idle timer
+  restarts on every byte, so a client trickling one header byte every few
+  seconds (slowloris) held its connection forever. Plain HTTP requests
+  (the page, /healthz, /metrics) are answered in milliseconds; a keep-alive
+  connection is closed at the deadline and the browser opens another.
+- Connections not yet upgraded are counted; past ``max_handshaking`` a new
+  one is closed at once.
+- No request has a body: one that announces one (Content-Length or
+  Transfer-Encoding) gets 413 before its body is read, and the socket is
+  closed (Twisted spooled any body to a temporary file: 30 MB in 0.5 s).
+- Only GET and HEAD: anything else is 405.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel, combinedLogFormatter
+from twisted.web.server import Request, Site
+
+from partysense.quietlog import Quiet
+
+# Connections accepted in the last --handshake-timeout seconds and not yet
+# upgraded: room for a venue's whole party reconnecting at once.
+MAX_HANDSHAKING = 20_000
+
+ALLOWED_METHODS = (b"GET", b"HEAD")
+
+
+def site_of(request: Request) -> GuardedSite:
+    """The site whose connection ``request`` came on (Site.buildProtocol sets it)."""
+    channel: Any = request.channel
+    site: GuardedSite = channel.site
+    return site
+
+
+TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*")
+
+
+def without_tokens(timestamp: str, request: Any) -> str:
+    """The access log line, with any ``token=`` in the URL as ``***``: a token
+    in a log is a key anyone who reads the log may use."""
+    uri = request.uri
+    request.uri = TOKEN_IN_QUERY.sub(rb"\1***", uri)
+    try:
+        return str(combinedLogFormatter(timestamp, request))
+    finally:
+        request.uri = uri
+
+
+class GuardedRequest(Request):
+    def gotLength(self, length: int | None) -> None:
+        if length or self.requestHeaders.hasHeader(b"transfer-encoding"):
+            site_of(self).refuse_body(self)
+            length = 0  # nothing of the body is kept, whatever arrives before the close
+        super().gotLength(length)
+
+    def process(self) -> None:
+        site_of(self).answered(self.transport)
+        if self.method not in ALLOWED_METHODS:
+            self.setResponseCode(405)
+            self.setHeader(b"allow", b"GET, HEAD")
+            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            self.write(b"only GET and HEAD\n")
+            self.finish()
+            return
+        super().process()
+
+
+class GuardedSite(Site):
+    """A Site whose connections have a fixed deadline until they upgrade."""
+
+    requestFactory = GuardedRequest
+    # HTTP/1.1 channels themselves, not twisted.web's wrapper that can switch
+    # to HTTP/2 after ALPN: a WebSocket is an HTTP/1.1 upgrade, and the
+    # deadline needs the channel's own transport.
+    protocol = HTTPChannel  # type: ignore[assignment]
+    _log = Logger()
+
+    def __init__(self, resource: Any, clock: IReactorTime, handshake_timeout: float,
+                 max_handshaking: int = MAX_HANDSHAKING, **kwargs: Any) -> None:
+        # No idle timer of Twisted's: it restarts on every byte. The fixed
+        # deadline below replaces it.
+        super().__init__(resource, timeout=None, logFormatter=without_tokens, **kwargs)
+        self._clock = clock
+        self._handshake_timeout = handshake_timeout
+        self._max_handshaking = max_handshaking
+        self._quiet = Quiet(self._log, clock)
+        self.handshaking = 0
+        self._upgraded: set[Any] = set()
+        self._answered: set[Any] = set()
+        self.refused = {"handshake_timeout": 0, "handshaking": 0, "body": 0}
+
+    def logPrefix(self) -> str:
+        # "Site starting on 18854", as a plain twisted.web site says it: the
+        # line operators and the test harness read the bound port from.
+        return "Site"
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.handshaking >= self._max_handshaking:
+            self.refused["handshaking"] += 1
+            self._quiet.warn("handshaking", "Refused a connection from {addr}: "
+                             "{count} connections are waiting to upgrade already.",
+                             addr=addr, count=self.handshaking)
+            return None  # Twisted closes the socket at once
+        channel = super().buildProtocol(addr)
+        self.handshaking += 1
+        self._clock.callLater(self._handshake_timeout, self._deadline, channel)
+        return channel
+
+    def upgraded(self, transport: Any) -> None:
+        """The connection on ``transport`` is a WebSocket now: no deadline."""
+        self._upgraded.add(transport)
+
+    def answered(self, transport: Any) -> None:
+        """A whole request came on ``transport``: at the deadline it is only idle."""
+        self._answered.add(transport)
+
+    def _deadline(self, channel: Any) -> None:
+        self.handshaking -= 1
+        transport: Any = getattr(channel, "transport", None)  # None: never connected
+        if transport in self._upgraded:
+            self._upgraded.discard(transport)
+            return
+        if transport in self._answered:
+            # A browser's or a scraper's keep-alive connection: it opens another.
+            self._answered.discard(transport)
+            if getattr(transport, "connected", False):
+                transport.loseConnection()
+            return
+        if transport is not None and getattr(transport, "connected", False):
+            self.refused["handshake_timeout"] += 1
+            self._quiet.warn("handshake_timeout", "Closed {peer}: no WebSocket upgrade within "
+                             "{timeout:g} s of connecting (--handshake-timeout).",
+                             peer=transport.getPeer(), timeout=self._handshake_timeout)
+            transport.loseConnection()
+
+    def refuse_body(self, request: Request) -> None:
+        self.refused["body"] += 1
+        transport: Any = request.channel.transport
+        transport.pauseProducing()  # read no more of it
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n"
+                        b"Connection: close\r\n\r\n")
+        transport.loseConnection()

@@ -1,0 +1,64 @@
+"""``partysense-db token``: print a signed access token for some events.
+
+    partysense-db token --secret-file /etc/partysense-live/token.secret --event 3 --ttl 6h
+    partysense-db token --secret-file ... --all --ttl 30m      every event and the firehose
+
+The token is an HS256 JWT for a daemon started with the same
+``--token-secret-file``. Handy for a DJ screen or a test; the PartySense app
+mints its guests' tokens itself (docs/security.md shows the Django view).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def add_parser(commands: Any) -> None:
+    token = commands.add_parser("token", help="print a signed access token (HS256 JWT)")
+    token.add_argument("--secret-file", required=True,
+                       help="the file the daemon's --token-secret-file names")
+    which = token.add_mutually_exclusive_group(required=True)
+    which.add_argument("--event", type=positive_id, action="append",
+                       help="an event the token gives access to (repeat for more)")
+    which.add_argument("--all", action="store_true",
+                       help="every event and the firehose")
+    token.add_argument("--ttl", type=duration, default=duration("6h"),
+                       help="how long it is valid: 90s, 30m, 6h, 2d (default: 6h)")
+
+
+def positive_id(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"not an event id: {text!r}")
+    return int(text)
+
+
+def duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 90s, 30m, 6h, 2d)")
+    return float(match.group(1)) * UNITS[match.group(2) or "s"]
+
+
+def run(args: argparse.Namespace, out: IO[str] | None = None,
+        err: IO[str] | None = None) -> int:
+    from partysense.tokens import mint  # late: partysense-db install needs no JWT
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        secret = Path(args.secret_file).read_bytes().strip()
+    except OSError as error:
+        print(f"partysense-db token: cannot read {args.secret_file}: {error.strerror}", file=err)
+        return 2
+    if len(secret) < 32:
+        print("partysense-db token: the secret must be at least 32 bytes", file=err)
+        return 2
+    print(mint(secret, None if args.all else args.event, args.ttl, time.time()), file=out)
+    return 0
