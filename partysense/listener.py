@@ -50,6 +50,9 @@ REPLAY_PAGE = 500
 # often arrives after the read it rang for has already fetched its change, and
 # must not be taken for forged unless it says something else.
 RECENT = 20_000
+# Claims waiting for the next read: a flood of NOTIFYs while a read is slow
+# must not grow our memory; past this, claims are not checked (still read).
+MAX_CLAIMS = 10_000
 
 
 class ListenerService(PostgresService):
@@ -306,8 +309,9 @@ class ListenerService(PostgresService):
         except BadChange as error:
             self._forged(notify.channel, str(error), notify.payload[:200])
         else:
-            self._claims.append((notify.channel, claim.event_id, claim.seq,
-                                 hash(claim.payload), notify.payload[:200]))
+            if len(self._claims) < MAX_CLAIMS:
+                self._claims.append((notify.channel, claim.event_id, claim.seq,
+                                     hash(claim.payload), notify.payload[:200]))
         # Even a bad payload rings: reading the log costs one query and can
         # only ever find real changes.
         self._rung = True
