@@ -65,20 +65,11 @@ TALLY_QUERY = """
 TITLE_QUERY = "SELECT title FROM event_event WHERE id = %s"
 
 # Trimmed in batches, oldest first, so that one pass never holds a
-# connection for long. The newest change is never deleted: a v2 snapshot's
-# cursor is max(seq), and an empty log would make every cursor look too old
-# to resume from.
-TRIM_QUERY = """
-    WITH doomed AS (
-        SELECT seq FROM partysense_change
-        WHERE committed_at < now() - %(keep)s * interval '1 second'
-          AND seq < (SELECT max(seq) FROM partysense_change)
-        ORDER BY committed_at
-        LIMIT %(batch)s
-    ), trimmed AS (
-        DELETE FROM partysense_change c USING doomed d WHERE c.seq = d.seq RETURNING 1
-    ) SELECT count(*) FROM trimmed
-"""
+# connection for long, by partysense_trim() (sql/install.sql): it runs as its
+# owner, so the daemon's role needs no DELETE on the log. The newest change is
+# never deleted: a v2 snapshot's cursor is max(seq), and an empty log would
+# make every cursor look too old to resume from.
+TRIM_QUERY = "SELECT partysense_trim(%(keep)s, %(batch)s)"
 TRIM_BATCH = 5000
 
 # A client this far behind gets a fresh snapshot instead of a replay.

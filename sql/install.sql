@@ -65,11 +65,15 @@ CREATE OR REPLACE FUNCTION partysense_payload(
     )::text
 $$;
 
--- Record one change and announce it on event_<id> and firehose.
+-- Record one change and announce it on event_<id> and firehose. SECURITY
+-- DEFINER: it runs as the role that installed it, so the app's role needs
+-- EXECUTE on it and nothing on the change log: only this function writes
+-- there, and the daemon believes only the log (docs/security.md). Nobody else
+-- may call it (REVOKE below), or anybody could record a vote that never was.
 DROP FUNCTION IF EXISTS partysense_record(text, integer, integer, integer, boolean, boolean);
 CREATE OR REPLACE FUNCTION partysense_record(
     p_op text, p_vote bigint, p_event bigint, p_track bigint, p_up boolean, p_prev boolean
-) RETURNS void LANGUAGE plpgsql AS $$
+) RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     v_seq bigint;
     v_committed timestamptz;
@@ -173,3 +177,39 @@ DROP TRIGGER IF EXISTS partysense_vote_truncate ON event_vote;
 CREATE TRIGGER partysense_vote_truncate
     BEFORE TRUNCATE ON event_vote
     FOR EACH STATEMENT EXECUTE FUNCTION partysense_vote_truncated();
+
+-- Trimming the change log (the daemon's --retention), oldest first, in
+-- batches, never the newest change (a v2 cursor is max(seq)). SECURITY
+-- DEFINER so that the daemon's role needs EXECUTE on it and no DELETE on the
+-- log: it can only ever remove changes older than it asks, never the recent
+-- ones nor chosen ones.
+CREATE OR REPLACE FUNCTION partysense_trim(p_keep double precision, p_batch integer)
+RETURNS bigint LANGUAGE sql SECURITY DEFINER AS $$
+    WITH doomed AS (
+        SELECT seq FROM partysense_change
+        WHERE committed_at < now() - greatest(p_keep, 0) * interval '1 second'
+          AND seq < (SELECT max(seq) FROM partysense_change)
+        ORDER BY committed_at
+        LIMIT greatest(p_batch, 0)
+    ), trimmed AS (
+        DELETE FROM partysense_change c USING doomed d WHERE c.seq = d.seq RETURNING 1
+    ) SELECT count(*) FROM trimmed
+$$;
+
+-- Functions that run as their owner are called by whom we say, and find
+-- our tables, and pg_catalog's functions, whatever the caller's search_path.
+REVOKE ALL ON FUNCTION partysense_record(text, bigint, bigint, bigint, boolean, boolean)
+    FROM PUBLIC;
+REVOKE ALL ON FUNCTION partysense_trim(double precision, integer) FROM PUBLIC;
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION partysense_record(text, bigint, bigint, bigint, boolean, '
+                   'boolean) SET search_path = pg_catalog, %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION partysense_trim(double precision, integer) '
+                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION partysense_vote_changed() '
+                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION partysense_vote_truncated() '
+                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
+END;
+$$;

@@ -137,6 +137,19 @@ def test_the_daemon_runs_on_the_documented_grants(
     with daemon_role.connect() as probe, probe.cursor() as cursor:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             cursor.execute("SELECT * FROM music_track")
+    # Only the columns it uses, and no DELETE on the log (it trims through a function
+    # that keeps recent changes), and it cannot record a change.
+    for forbidden in ("SELECT user_id FROM event_vote",
+                      "DELETE FROM partysense_change",
+                      "SELECT partysense_record('insert', 1, 1, 1, true, NULL)"):
+        with daemon_role.connect() as probe, probe.cursor() as cursor:
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cursor.execute(forbidden)
+    # The app's role votes through the trigger, but cannot write the log itself.
+    with writer.connect() as probe, probe.cursor() as cursor:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cursor.execute("INSERT INTO partysense_change (op, vote_id, event_id, track_id, up)"
+                           " VALUES ('insert', 1, %s, %s, true)", (event_id, track_id))
 
     # --retention 1: the trim runs every second, as this role.
     with Daemon(daemon_role.dsn, tmp_path, "--retention", "1", env=daemon_role.env()) as daemon:

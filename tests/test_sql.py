@@ -327,6 +327,28 @@ def test_catch_up_query_rebuilds_the_live_payload(party: Party, listen: Any) -> 
     assert replayed == live
 
 
+def test_the_triggers_ignore_the_callers_search_path(party: Party, listen: Any) -> None:
+    """A role that puts its own partysense_change (or music_view) first in the search_path
+    of the voting session changes nothing: the functions fix their own."""
+    heard = listen("firehose")
+    event_id, track_id = party.event("Real"), party.track("Real song", "Real band")
+    party.query("CREATE SCHEMA planted")
+    party.query("CREATE TABLE planted.partysense_change (LIKE public.partysense_change "
+                "INCLUDING ALL)")
+    party.query("CREATE VIEW planted.music_view AS SELECT id, 'PLANTED'::text AS name, "
+                "'PLANTED'::text AS artist FROM public.music_track")
+    party.query("SET search_path = planted, public")
+    try:
+        party.vote(event_id, track_id)
+    finally:
+        party.query("RESET search_path")
+    _, payload, _ = heard.next()
+    assert (payload["track"], payload["artist"]) == ("Real song", "Real band")
+    assert party.query("SELECT count(*) FROM planted.partysense_change") == [(0,)]
+    assert party.query("SELECT count(*) FROM public.partysense_change WHERE event_id = %s",
+                       (event_id,)) == [(1,)]
+
+
 def test_install_drops_the_seed_triggers(party: Party) -> None:
     from partysense import sqlfiles
 
