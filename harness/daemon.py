@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 # What twisted.internet.tcp.Port logs once it listens, with the real port.
 SITE_STARTING = re.compile(r"\bSite(?: \(TLS\))? starting on (\d+)\b")
+# The same for --admin-port.
+ADMIN_STARTING = re.compile(r"\bAdminSite(?: \(TLS\))? starting on (\d+)\b")
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
@@ -44,9 +46,9 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         time.sleep(0.02)
 
 
-def reported_port(text: str) -> int | None:
+def reported_port(text: str, pattern: re.Pattern[str] = SITE_STARTING) -> int | None:
     """The port in the first "Site starting on PORT" line of a twistd log, if any."""
-    found = SITE_STARTING.search(text)
+    found = pattern.search(text)
     return int(found.group(1)) if found else None
 
 
@@ -67,10 +69,12 @@ class Daemon:
     """
 
     def __init__(self, dsn: str | None, workdir: Path, *extra: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, admin: bool = True) -> None:
         self.dsn = dsn
         self.workdir = workdir
         self.port = 0
+        self.admin_port = 0  # --admin-port, given unless --workers (or the test) says
+        self.admin = admin
         self.extra = list(extra)
         self.env = env
         name = f"twistd-{next(_numbers)}"
@@ -86,6 +90,14 @@ class Daemon:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Where /metrics and the detailed /healthz are (the public port without one)."""
+        return f"http://127.0.0.1:{self.admin_port}" if self.admin_port else self.url
+
+    def uses_admin_port(self) -> bool:
+        return self.admin and "--workers" not in self.extra and "--admin-port" not in self.extra
 
     def start(self, wait: bool = True) -> Daemon:
         """Start twistd and wait until it says which port it listens on; with
@@ -108,6 +120,8 @@ class Daemon:
         ]
         if self.dsn is not None:
             args += ["--dsn", self.dsn]
+        if self.uses_admin_port():
+            args += ["--admin-port", f"tcp:{self.admin_port}:interface=127.0.0.1"]
         env = dict(os.environ if self.env is None else self.env)
         if self.dsn is not None:
             env.pop("PARTYSENSE_DSN", None)
@@ -124,11 +138,15 @@ class Daemon:
                                      f"listening:\n{self.log()}")
             return port
         self.port = wait_for(reported, timeout, "twistd to report the port it listens on")
+        if self.uses_admin_port():
+            self.admin_port = wait_for(
+                lambda: reported_port(self.log()[self._run_starts_at:], ADMIN_STARTING),
+                timeout, "twistd to report its admin port")
         return self.port
 
     def health(self) -> tuple[int, dict[str, Any]] | None:
         try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+            with urllib.request.urlopen(self.admin_url + "/healthz", timeout=2) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())

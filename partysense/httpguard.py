@@ -83,7 +83,9 @@ class GuardedSite(Site):
     _log = Logger()
 
     def __init__(self, resource: Any, clock: IReactorTime, handshake_timeout: float,
-                 max_handshaking: int = MAX_HANDSHAKING, **kwargs: Any) -> None:
+                 max_handshaking: int = MAX_HANDSHAKING, name: str = "Site",
+                 **kwargs: Any) -> None:
+        self._name = name
         # No idle timer of Twisted's: it restarts on every byte. The fixed
         # deadline below replaces it.
         super().__init__(resource, timeout=None, logFormatter=without_tokens, **kwargs)
@@ -97,9 +99,10 @@ class GuardedSite(Site):
         self.refused = {"handshake_timeout": 0, "handshaking": 0, "body": 0}
 
     def logPrefix(self) -> str:
-        # "Site starting on 18854", as a plain twisted.web site says it: the
-        # line operators and the test harness read the bound port from.
-        return "Site"
+        # "Site starting on 18854", as a plain twisted.web site says it (and
+        # "AdminSite starting on 9854"): the lines operators and the test
+        # harness read the bound ports from.
+        return self._name
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.handshaking >= self._max_handshaking:

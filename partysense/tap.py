@@ -39,7 +39,7 @@ from partysense.retention import RetentionService
 from partysense.seed import SeedSession
 from partysense.sharedreads import SharedReads
 from partysense.v2 import SUBPROTOCOL, V2Session
-from partysense.web import make_site
+from partysense.web import make_admin_site, make_site
 
 log = Logger()
 
@@ -100,6 +100,10 @@ class Options(usage.Options):
         ["trusted-proxies", None, 0,
          "Proxies in front (nginx, HAProxy) whose X-Forwarded-For is believed, so logs "
          "show clients' addresses (default: 0, the header is ignored).", int],
+        ["admin-port", None, None,
+         "Serve /metrics and a detailed /healthz here, apart from the public port: a "
+         "port number (127.0.0.1 only) or an endpoint, e.g. tcp:9854:interface=127.0.0.1. "
+         "Default: none (/metrics on the public port; its /healthz says ok or not)."],
         ["token-secret-file", None, None,
          "Require signed tokens (HS256 JWT) for every subscription; the file holds the "
          "shared secret, at least 32 bytes (docs/security.md)."],
@@ -139,6 +143,11 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1:
             workers.listening_address(self["port"])  # only a tcp: port can be shared
+            if self["admin-port"]:
+                raise usage.UsageError("--admin-port does not work with --workers yet "
+                                       "(each worker would need its own)")
+        if self["admin-port"] and self["admin-port"].isdigit():
+            self["admin-port"] = f"tcp:{self['admin-port']}:interface=127.0.0.1"
 
 
 def normalise_origin(origin: str) -> str:
@@ -204,9 +213,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # Only the last N addresses of X-Forwarded-For were added by our proxies.
     factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
     metrics.watch(factory, hub, listener, queries, retention).setServiceParent(top)
-    site = make_site(factory, listener, queries, metrics=metrics.resource(), clock=reactor,
+    admin_port = options["admin-port"]
+    site = make_site(factory, listener, queries,
+                     metrics=None if admin_port else metrics.resource(), clock=reactor,
                      handshake_timeout=options["handshake-timeout"], tokens=options["tokens"])
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
+    if admin_port:
+        admin = make_admin_site(factory, listener, queries, metrics.resource(), reactor)
+        strports.service(admin_port, admin, reactor=reactor).setServiceParent(top)
     # Added after the port, so stopped before it: clients hear 1001 first.
     ClientsService(factory, reactor).setServiceParent(top)
 
@@ -219,7 +233,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "{max_clients} clients ({per_ip} per address), {max_subscriptions} subscriptions "
         "each, messages up to "
         "{max_message} bytes and {rate:g}/s, {max_queue} bytes queued per slow client, "
-        "ping every {ping:g} s; Origins allowed: {origins}; tokens: {tokens}.",
+        "ping every {ping:g} s; Origins allowed: {origins}; tokens: {tokens}; "
+        "/metrics and detailed health: {admin}.",
         port=options["port"], where=where, embedded=options["embedded"],
         demo=options["run-demo"], retention=options["retention"],
         max_clients=limits.max_clients, per_ip=limits.max_connections_per_ip,
@@ -228,6 +243,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         max_queue=limits.max_queue_bytes, ping=limits.ping_interval,
         origins=", ".join(limits.allowed_origins) or "any (no --allowed-origins given)",
         tokens=options["tokens"].describe(),
+        admin=admin_port or "on the public port (no --admin-port)",
     )
     return top
 

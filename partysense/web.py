@@ -71,33 +71,39 @@ class PageOrWebSocket(Resource):
 
 
 class Health(Resource):
-    """``/healthz``: 200 when both database connections are up, 503 with the reason.
+    """``/healthz``: 200 when both database connections are up, else 503.
 
     Both: without the listener no vote arrives; without the query
-    connection no v2 client gets its snapshot.
+    connection no v2 client gets its snapshot. On the public port it says
+    that and nothing else (libpq's errors name hosts and users; the channels
+    say which events are watched); ``detailed`` (the --admin-port) says why,
+    and more.
     """
 
     isLeaf = True
 
-    def __init__(self, listener: Listener, queries: Connection, factory: LiveFactory) -> None:
+    def __init__(self, listener: Listener, queries: Connection, factory: LiveFactory,
+                 detailed: bool = False) -> None:
         super().__init__()
         self._listener = listener
         self._queries = queries
         self._factory = factory
+        self._detailed = detailed
 
     def render_GET(self, request: Request) -> bytes:
         healthy = self._listener.connected and self._queries.connected
-        reason = self._listener.reason or (
-            "" if self._queries.connected else f"query connection: {self._queries.reason}")
-        body = {
-            "status": "ok" if healthy else "unavailable",
-            "listener": self._listener.state,
-            "queries": self._queries.state,
-            "reason": reason,
-            "channels": sorted(self._listener.channels),
-            "clients": len(self._factory.clients),
-            "pid": os.getpid(),  # which process answered (several with --workers)
-        }
+        body: dict[str, Any] = {"status": "ok" if healthy else "unavailable"}
+        if self._detailed:
+            body.update({
+                "listener": self._listener.state,
+                "queries": self._queries.state,
+                "reason": self._listener.reason or (
+                    "" if self._queries.connected
+                    else f"query connection: {self._queries.reason}"),
+                "channels": sorted(self._listener.channels),
+                "clients": len(self._factory.clients),
+                "pid": os.getpid(),  # which process answered (several with --workers)
+            })
         request.setResponseCode(200 if healthy else 503)
         request.setHeader("content-type", "application/json")
         request.setHeader("cache-control", "no-store")
@@ -210,10 +216,11 @@ def static_folder() -> Resource:
 def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
               metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
               tokens: Tokens = OPEN) -> GuardedSite:
-    """The resource tree of the one port.
+    """The resource tree of the public port.
 
-    ``handshake_timeout`` closes an HTTP connection that sends nothing (or
-    an unfinished request) for that long; upgraded WebSockets are exempt.
+    ``metrics`` is served at /metrics here only when there is no admin port.
+    ``handshake_timeout`` closes an HTTP connection that has not upgraded to
+    a WebSocket that long after connecting (partysense/httpguard.py).
     """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
@@ -225,5 +232,16 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     if metrics is not None:
         root.putChild(b"metrics", metrics)
     site = GuardedSite(root, clock, handshake_timeout)
+    site.displayTracebacks = False
+    return site
+
+
+def make_admin_site(factory: LiveFactory, listener: Listener, queries: Queries,
+                    metrics: Resource, clock: Any) -> GuardedSite:
+    """The --admin-port: /metrics and a detailed /healthz, for operators only."""
+    root = Resource()
+    root.putChild(b"healthz", Health(listener, queries, factory, detailed=True))
+    root.putChild(b"metrics", metrics)
+    site = GuardedSite(root, clock, handshake_timeout=10.0, name="AdminSite")
     site.displayTracebacks = False
     return site

@@ -37,6 +37,9 @@ class Twistd(Daemon):
         fill = {"port": 0, "pidfile": self.pid_path, "logfile": self.log_path}
         self.args = [a.format(**fill) for a in twistd_args + ["partysense-live"] + plugin_args]
 
+    def uses_admin_port(self) -> bool:
+        return "--admin-port" in self.args
+
     def start(self, wait: bool = True) -> Twistd:
         """Start twistd; with ``wait``, wait until it listens and is healthy."""
         self.spawn()
@@ -204,6 +207,7 @@ def test_password_never_logged(db_dsn: str, tmp_path: Path, where: str) -> None:
 def test_password_not_logged_when_the_database_is_unreachable(tmp_path: Path, dsn: str) -> None:
     with refused_port() as port:
         daemon = Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
+                                               "--admin-port", "tcp:0:interface=127.0.0.1",
                                                "--dsn", dsn.format(port=port)],
                         env=env_without_dsn())
         daemon.start(wait=False)
@@ -284,6 +288,7 @@ def test_missing_install_step_is_a_503_that_names_the_fix(empty_db_dsn: str,
         cursor.execute(sqlfiles.read_sql(sqlfiles.DEMO_SCHEMA_SCRIPT))
     connection.close()
     daemon = Twistd(tmp_path, FOREGROUND, ["--port", "tcp:{port}:interface=127.0.0.1",
+                                           "--admin-port", "tcp:0:interface=127.0.0.1",
                                            "--dsn", empty_db_dsn], env=env_without_dsn())
     daemon.start(wait=False)
     try:

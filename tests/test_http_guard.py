@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -74,11 +75,27 @@ def test_only_get_and_head(daemon: Daemon) -> None:
 
 
 @pytest.mark.daemon
-@pytest.mark.parametrize("path", [b"/metrics/", b"/metrics/x", b"/%6Detrics", b"/metrics%2F"])
-def test_metrics_answer_only_their_exact_path(daemon: Daemon, path: bytes) -> None:
-    assert request(daemon.port, b"GET " + path + b" HTTP/1.0\r\n\r\n").startswith(
-        b"HTTP/1.0 404 ")
-    assert request(daemon.port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
+def test_metrics_answer_only_their_exact_path(db_dsn: str, tmp_path: Path) -> None:
+    with Daemon(db_dsn, tmp_path, admin=False) as daemon:  # /metrics on the public port
+        for path in (b"/metrics/", b"/metrics/x", b"/%6Detrics", b"/metrics%2F"):
+            assert request(daemon.port, b"GET " + path + b" HTTP/1.0\r\n\r\n").startswith(
+                b"HTTP/1.0 404 "), path
+        assert request(daemon.port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(
+            b"HTTP/1.0 200 ")
+
+
+@pytest.mark.daemon
+def test_the_public_port_says_ok_or_not_and_the_admin_port_says_why(daemon: Daemon) -> None:
+    public = request(daemon.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert public.startswith(b"HTTP/1.0 200 ")
+    assert json.loads(public.split(b"\r\n\r\n", 1)[1]) == {"status": "ok"}
+    # With --admin-port, /metrics is there only.
+    assert request(daemon.port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404 ")
+    admin = request(daemon.admin_port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert admin.startswith(b"HTTP/1.0 200 ") and b"partysense_listener_up 1.0" in admin
+    status, detailed = daemon.health()  # the admin port's
+    assert status == 200 and {"listener", "queries", "reason", "channels", "clients",
+                              "pid"} <= detailed.keys()
 
 
 @pytest.mark.logic

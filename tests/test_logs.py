@@ -31,6 +31,7 @@ class JSONLogDaemon(Daemon):
         args = twistd_command() + [
             "-n", "--pidfile", "", "--logger", "partysense.logs.json_observer",
             "partysense-live", "--port", f"tcp:{self.port}:interface=127.0.0.1",
+            "--admin-port", f"tcp:{self.admin_port}:interface=127.0.0.1",
             "--dsn", str(self.dsn), *self.extra,
         ]
         env = dict(os.environ)

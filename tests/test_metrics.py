@@ -41,7 +41,7 @@ EVERY_METRIC = [
 
 
 def scrape(daemon: Daemon) -> Samples:
-    with urllib.request.urlopen(daemon.url + "/metrics", timeout=5) as response:
+    with urllib.request.urlopen(daemon.admin_url + "/metrics", timeout=5) as response:
         assert response.headers["content-type"].startswith("text/plain")
         text = response.read().decode("utf-8")
     return {

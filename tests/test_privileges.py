@@ -116,7 +116,7 @@ def vote_as(writer: Role, event_id: int, track_id: int, up: bool) -> int:
 
 
 def metric(daemon: Daemon, name: str) -> float | None:
-    with urllib.request.urlopen(daemon.url + "/metrics", timeout=5) as response:
+    with urllib.request.urlopen(daemon.admin_url + "/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])

@@ -60,7 +60,7 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def tls_daemon(db_dsn: str, tmp_path: Path) -> Iterator[tuple[Daemon, ssl.SSLContext, Path]]:
     key, cert = self_signed(tmp_path)
-    daemon = Daemon(db_dsn, tmp_path)
+    daemon = Daemon(db_dsn, tmp_path, admin=False)  # /metrics over TLS on the one port
     # A second --port wins over the helper's tcp: one; port 0 here too, and
     # the port it got is logged as "Site (TLS) starting on PORT".
     daemon.extra = ["--port", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
