@@ -65,7 +65,8 @@ class Listening(Protocol):
 class Reads(Protocol):
     """Snapshots and replays of the change log (partysense/sharedreads.py)."""
 
-    def snapshot(self, event_id: int | None) -> defer.Deferred[Any]: ...
+    def snapshot(self, event_id: int | None) -> defer.Deferred[Any]:
+        """(Snapshot, changes since its cursor)."""
     def replay(self, event_id: int | None, since: int) -> defer.Deferred[Any]: ...
 
 

@@ -11,6 +11,14 @@ snapshot may have been taken before the asker's subscription reached the hub,
 and the changes committed in between would reach neither. A query that
 starts after every one of its askers has subscribed is exact for all of them
 (docs/exactness.md).
+
+An event's tallies are also reused for ``reuse`` seconds (1 s): a GROUP BY
+over a big event's votes is the one expensive question a client can ask, and
+a client looping on it must not make everybody else's snapshots wait. A
+reused snapshot comes with the changes committed since its cursor, read from
+the log (a cheap range scan, itself shared): tallies as of the cursor plus
+those changes are exactly what a fresh snapshot would say, and the
+subscription sends them before going live.
 """
 
 from __future__ import annotations
@@ -19,9 +27,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from partysense.changelog import Replay, replay_since, take_snapshot
+from partysense.change import Change
+from partysense.changelog import Replay, Snapshot, replay_since, take_snapshot
+
+REUSE = 1.0  # seconds an event's snapshot is reused (with the changes since)
+MAX_KEPT = 10_000  # snapshots kept at once
 
 
 class Queries(Protocol):
@@ -70,8 +83,11 @@ class _Batches:
 class SharedReads:
     """Snapshots and replays of the change log, shared by concurrent askers."""
 
-    def __init__(self, queries: Queries) -> None:
+    def __init__(self, queries: Queries, clock: IReactorTime, reuse: float = REUSE) -> None:
         self._queries = queries
+        self._clock = clock
+        self._reuse = reuse
+        self._kept: dict[int, tuple[Snapshot, float]] = {}
         self._snapshots = _Batches(self._snapshot, lambda snapshot, _: snapshot)
         self._replays = _Batches(self._replay, lambda replay, _: replay)
 
@@ -80,9 +96,16 @@ class SharedReads:
         """Queries run so far (for tests and the bench)."""
         return self._snapshots.queries + self._replays.queries
 
-    def snapshot(self, event_id: int | None) -> defer.Deferred[Any]:
-        """The event's tallies and their cursor (the firehose: the cursor only)."""
-        return self._snapshots.ask(event_id, None)
+    def snapshot(self, event_id: int | None) -> defer.Deferred[tuple[Snapshot, list[Change]]]:
+        """The event's tallies and their cursor (the firehose: the cursor only),
+        with the changes since that cursor to send after them."""
+        kept = self._kept.get(event_id) if event_id is not None else None
+        if kept is not None and self._clock.seconds() - kept[1] < self._reuse:
+            snapshot = kept[0]
+            return self.replay(event_id, snapshot.cursor).addCallback(
+                lambda replay: (replay.snapshot, []) if replay.snapshot is not None
+                else (snapshot, replay.changes))
+        return self._snapshots.ask(event_id, None).addCallback(lambda snapshot: (snapshot, []))
 
     def replay(self, event_id: int | None, since: int) -> defer.Deferred[Replay]:
         """The changes after ``since``, or a fresh snapshot when the log cannot tell.
@@ -93,7 +116,16 @@ class SharedReads:
         return self._replays.ask((event_id, since), None)
 
     def _snapshot(self, event_id: int | None, _: list[Any]) -> defer.Deferred[Any]:
-        return self._queries.runInteraction(take_snapshot, event_id)
+        return self._queries.runInteraction(take_snapshot, event_id).addCallback(
+            self._keep, event_id)
+
+    def _keep(self, snapshot: Snapshot, event_id: int | None) -> Snapshot:
+        if event_id is not None:
+            if len(self._kept) >= MAX_KEPT:
+                del self._kept[next(iter(self._kept))]  # the oldest
+            self._kept.pop(event_id, None)
+            self._kept[event_id] = (snapshot, self._clock.seconds())
+        return snapshot
 
     def _replay(self, key: tuple[int | None, int], _: list[Any]) -> defer.Deferred[Any]:
         event_id, since = key

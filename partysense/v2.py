@@ -32,6 +32,7 @@ from partysense.change import Change
 from partysense.changelog import Replay, Snapshot
 from partysense.channels import channel_event, channel_for
 from partysense.dialect import Client, Shared
+from partysense import errors
 from partysense.errors import ClientError, first_line, is_utf8
 from partysense.hub import Delivery
 from partysense.pgservice import NotConnected, Overloaded
@@ -44,10 +45,13 @@ SUBPROTOCOL = "partysense.v2"
 MAX_PENDING = 20000
 MAX_ID_LENGTH = 64
 # Each subscribe costs a snapshot or a replay, subscribing again to the same
-# event too: a burst of twice --max-subscriptions (a page opening its events
-# at once, then moving each once), then this many a second.
+# event too: a burst of --max-subscriptions and a few more (a page opening its
+# events at once, and moving a few), then this many a second.
 SUBSCRIBES_PER_SECOND = 1.0
-SUBSCRIBE_BURST = 2
+SUBSCRIBE_SPARE = 8
+# A client told "too_many_subscribes" this many times in a row that keeps on
+# is closed (4029): answering its loop would cost everybody else's CPU.
+MAX_REFUSED_SUBSCRIBES = 4
 
 
 def change_frame(channel: str, change: Change) -> Frame:
@@ -132,8 +136,9 @@ class V2Session:
         self._shared = shared
         self._subs: dict[str, Subscription] = {}
         self._closed = False
-        self._budget = float(SUBSCRIBE_BURST * shared.max_subscriptions)
+        self._budget = float(shared.max_subscriptions + SUBSCRIBE_SPARE)
         self._budget_at = shared.clock.seconds()
+        self._refused_in_a_row = 0
         self._access = Access(shared.tokens, shared.clock, client.url_token,
                               expired=self._token_expired, lapsed=self._token_lapsed)
 
@@ -246,8 +251,9 @@ class V2Session:
             yield self._shared.listener.whenListening(channel)
             reads = self._shared.reads
             if since is None:
-                snapshot = yield reads.snapshot(event_id)
-                self._started(subscription, request_id, snapshot, reset=False)
+                snapshot, since_then = yield reads.snapshot(event_id)
+                self._started(subscription, request_id, snapshot, reset=False,
+                              replayed=since_then)
             else:
                 replay: Replay = yield reads.replay(event_id, since)
                 if replay.snapshot is not None:
@@ -278,21 +284,26 @@ class V2Session:
 
     def _spend_subscribe(self) -> None:
         now = self._shared.clock.seconds()
-        burst = float(SUBSCRIBE_BURST * self._shared.max_subscriptions)
+        burst = float(self._shared.max_subscriptions + SUBSCRIBE_SPARE)
         self._budget = min(burst, self._budget + (now - self._budget_at) * SUBSCRIBES_PER_SECOND)
         self._budget_at = now
         if self._budget < 1:
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row > MAX_REFUSED_SUBSCRIBES:
+                raise ClientError("flood", errors.FLOOD,
+                                  "kept subscribing past its budget of subscribes")
             raise BadRequest("too_many_subscribes",
                              f"more than {burst:g} subscribes at once, then "
                              f"{SUBSCRIBES_PER_SECOND:g} a second; retry in a moment")
+        self._refused_in_a_row = 0
         self._budget -= 1
 
     def _started(self, subscription: Subscription, request_id: Any, snapshot: Snapshot,
-                 reset: bool) -> None:
+                 reset: bool, replayed: list[Change] | None = None) -> None:
         if self._subs.get(subscription.channel) is not subscription:
             return  # unsubscribed (or closed) while the snapshot was taken
         self.send(snapshot.message(subscription.event_id, request_id, reset=reset))
-        subscription.start(snapshot.cursor, [])
+        subscription.start(snapshot.cursor, replayed or [])
 
     def _drop(self, channel: str) -> None:
         subscription = self._subs.pop(channel, None)

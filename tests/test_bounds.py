@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon
@@ -74,12 +75,12 @@ def test_subscribing_again_counts_against_the_subscribe_budget() -> None:
     clock = Clock()
     limits = Limits(ping_interval=0, max_subscriptions=4, messages_per_second=1000)
     protocol, transport = client(clock, limits, Events(answer=False))
-    for _ in range(10):  # the same event over and over: a snapshot each, before
+    for _ in range(14):  # the same event over and over: a snapshot each, before
         send_json(protocol, {"type": "subscribe", "event": 1})
     clock.advance(0)
     errors = [m["error"] for m in messages(transport)]
-    # A burst of twice --max-subscriptions, then one a second.
-    assert errors == ["unknown_event"] * 8 + ["too_many_subscribes"] * 2
+    # A burst of --max-subscriptions and 8 more, then one a second.
+    assert errors == ["unknown_event"] * 12 + ["too_many_subscribes"] * 2
     transport.clear()
     clock.advance(1.0)  # one more a second
     send_json(protocol, {"type": "subscribe", "event": 1})
@@ -190,18 +191,19 @@ def test_a_snapshot_loop_is_held_to_the_subscribe_budget(
     party.vote(event_id, party.track())
     with Daemon(db_dsn, tmp_path, "--max-subscriptions", "8") as daemon, \
             connect(daemon.ws_url, subprotocols=["partysense.v2"], open_timeout=10) as attacker:
-        sent = 39  # all at once: with the ping below, the message rate limit's burst of 40
-        for _ in range(sent):
+        for _ in range(40):  # the message rate limit's burst, all at once
             attacker.send(json.dumps({"type": "subscribe", "event": event_id}))
-        answers = [json.loads(attacker.recv(timeout=10)) for _ in range(sent)]
-        attacker.send(json.dumps({"type": "ping"}))
-        assert json.loads(attacker.recv(timeout=10))["type"] == "pong"  # still connected
+        answers = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                answers.append(json.loads(attacker.recv(timeout=10)))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4029
     snapshots = sum(a["type"] == "snapshot" for a in answers)
     refused = sum(a.get("error") == "too_many_subscribes" for a in answers)
-    assert snapshots + refused == sent
-    # A burst of twice --max-subscriptions (16), then one a second (the answers
-    # take well under the few seconds that would add more).
-    assert 16 <= snapshots <= 19 and refused >= 20
+    # A burst of --max-subscriptions and 8 more (16; one more a second, and the
+    # answers take far less), then "too_many_subscribes" 4 times, then closed.
+    assert 16 <= snapshots <= 18 and 4 <= refused <= 4 * (snapshots - 15)
+    assert snapshots + refused == len(answers)
 
 
 @pytest.mark.logic

@@ -319,3 +319,32 @@ def test_event_list_is_503_json_while_the_database_is_unreachable(tmp_path: Path
             assert "Traceback" not in daemon.log()
         finally:
             daemon.stop()
+
+
+@pytest.mark.browser
+def test_a_private_party_page_takes_its_token_from_the_fragment(
+        db_dsn: str, tmp_path: Path, party: Party, screen: Screen) -> None:
+    import time
+
+    import jwt
+
+    secret = b"k" * 40  # made here, for this test only
+    (tmp_path / "token.secret").write_bytes(secret)
+    event_id, track_id = party.event("Private"), party.track("Hush", "Quiet")
+    party.vote(event_id, track_id)
+    token = jwt.encode({"events": [event_id], "exp": int(time.time()) + 600}, secret,
+                       algorithm="HS256")
+    with Daemon(db_dsn, tmp_path, "--token-secret-file", str(tmp_path / "token.secret")) \
+            as daemon:
+        # Without the token the daemon refuses, and the page says why.
+        screen.open(daemon, event_id)
+        expect(screen.page.locator("#notice")).to_contain_text("token", timeout=15 * SECONDS)
+        # With it, in the fragment (never sent to the server): the tallies, then a vote.
+        screen.page.goto(f"{daemon.url}/?event={event_id}#token={token}")
+        screen.page.reload()  # a new fragment alone is no new page load
+        screen.expect_state("live")
+        screen.expect_tallies(party.tallies(event_id))
+        party.vote(event_id, track_id, up=False, user_id=2)
+        screen.expect_tallies(party.tallies(event_id))
+        assert token not in daemon.log()
+    assert screen.problems == []

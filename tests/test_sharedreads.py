@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from harness.faults import event_with_track
-from partysense.changelog import take_snapshot
+from partysense.changelog import Replay, Snapshot, replay_since, take_snapshot
 from partysense.queries import QueryService
 from partysense.sharedreads import SharedReads
 from tests.support import Party
@@ -27,31 +28,54 @@ class ManualQueries:
         return answer
 
 
+def snapshot(cursor: int) -> Snapshot:
+    return Snapshot(cursor=cursor, title="E", tracks=[])
+
+
 @pytest.mark.logic
 def test_a_storm_of_askers_costs_two_queries_per_event() -> None:
     queries = ManualQueries()
-    reads = SharedReads(queries)
+    reads = SharedReads(queries, Clock(), reuse=0.0)
     first = [reads.snapshot(7) for _ in range(1000)][:1]
     assert len(queries.running) == 1  # the first asker's query runs at once
     later = [reads.snapshot(7) for _ in range(1000)]
     other = reads.snapshot(8)
     assert [args for _, args, _ in queries.running] == [(7,), (8,)]
-    queries.running[0][2].callback("snapshot at 1")
-    assert first[0].result == "snapshot at 1"
+    queries.running[0][2].callback(snapshot(1))
+    assert first[0].result == (snapshot(1), [])
     # Those who asked while it ran were not handed it: the next one serves them all.
     assert not later[0].called and len(queries.running) == 3
     assert queries.running[2][0] is take_snapshot
-    queries.running[2][2].callback("snapshot at 2")
-    assert {d.result for d in later} == {"snapshot at 2"}
-    queries.running[1][2].callback("snapshot of 8")
-    assert other.result == "snapshot of 8"
+    queries.running[2][2].callback(snapshot(2))
+    assert {d.result[0].cursor for d in later} == {2}
+    queries.running[1][2].callback(snapshot(80))
+    assert other.result == (snapshot(80), [])
     assert reads.queries == 3
+
+
+@pytest.mark.logic
+def test_for_a_second_an_events_tallies_are_reused_with_the_changes_since() -> None:
+    clock = Clock()
+    queries = ManualQueries()
+    reads = SharedReads(queries, clock, reuse=1.0)
+    reads.snapshot(7)
+    queries.running[0][2].callback(snapshot(100))
+    clock.advance(0.5)
+    again = reads.snapshot(7)
+    # No second GROUP BY: the changes after the kept snapshot's cursor instead.
+    interaction, args, answer = queries.running[1]
+    assert (interaction, args) == (replay_since, (7, 100))
+    answer.callback(Replay(changes=["change 101", "change 102"]))  # type: ignore[list-item]
+    assert again.result == (snapshot(100), ["change 101", "change 102"])
+    clock.advance(0.5)  # a second old: asked afresh
+    reads.snapshot(7)
+    assert queries.running[2][0] is take_snapshot
 
 
 @pytest.mark.logic
 def test_replays_are_shared_by_askers_of_the_same_cursor_only() -> None:
     queries = ManualQueries()
-    reads = SharedReads(queries)
+    reads = SharedReads(queries, Clock())
     same = [reads.replay(7, 100), reads.replay(7, 100)]
     other = reads.replay(7, 90)
     assert sorted(args for _, args, _ in queries.running) == [(7, 90), (7, 100)]
@@ -64,7 +88,7 @@ def test_replays_are_shared_by_askers_of_the_same_cursor_only() -> None:
 @pytest.mark.logic
 def test_a_failed_query_fails_its_askers_and_the_next_batch_runs() -> None:
     queries = ManualQueries()
-    reads = SharedReads(queries)
+    reads = SharedReads(queries, Clock())
     first = reads.snapshot(7)
     waiting = reads.snapshot(7)
     queries.running[0][2].errback(RuntimeError("lost"))
@@ -87,9 +111,10 @@ async def test_concurrent_snapshots_of_a_real_event_agree_with_sql(
     queries.startService()
     try:
         await queries.whenConnected()
-        reads = SharedReads(queries)
-        snapshots = await defer.gatherResults([reads.snapshot(event_id) for _ in range(500)])
+        reads = SharedReads(queries, reactor)
+        answers = await defer.gatherResults([reads.snapshot(event_id) for _ in range(500)])
         assert reads.queries <= 2
+        snapshots = [snapshot for snapshot, _ in answers]
         tallies = {t["tid"]: (t["up"], t["down"]) for t in snapshots[0].tracks}
         assert tallies == party.tallies(event_id)
         assert {s.cursor for s in snapshots} <= {snapshots[0].cursor, snapshots[-1].cursor}
