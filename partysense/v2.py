@@ -26,13 +26,13 @@ import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from partysense import errors
 from partysense.access import Access
 from partysense.adapters.autobahn_adapter import Frame, prepare
 from partysense.change import Change
 from partysense.changelog import Replay, Snapshot
 from partysense.channels import channel_event, channel_for
 from partysense.dialect import Client, Shared
-from partysense import errors
 from partysense.errors import ClientError, first_line, is_utf8
 from partysense.hub import Delivery
 from partysense.pgservice import NotConnected, Overloaded
