@@ -215,3 +215,27 @@ def test_the_event_list_answers_at_once_when_the_database_is_away() -> None:
     request = DummyRequest([b""])
     EventList(Away(), Clock()).render_GET(request)
     assert request.finished and request.responseCode == 503
+
+
+@pytest.mark.logic
+def test_behind_trusted_proxies_the_forwarded_address_is_counted() -> None:
+    clock = Clock()
+    factory = factory_without_database(clock, Limits(ping_interval=0, max_connections_per_ip=1))
+    factory.setProtocolOptions(trustXForwardedFor=1)
+    proxy = IPv4Address("TCP", "192.0.2.1", 40000)  # every client comes through it
+
+    def through_proxy(client: str) -> Transport:
+        transport = Transport(peerAddress=proxy)
+        protocol = factory.buildProtocol(proxy)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(handshake().replace(
+            b"\r\n\r\n", f"\r\nX-Forwarded-For: 203.0.113.9, {client}\r\n\r\n".encode()))
+        clock.advance(0)
+        return transport
+
+    through_proxy("198.51.100.7")
+    through_proxy("198.51.100.8")  # another guest behind the same proxy: let in
+    refused = through_proxy("198.51.100.7")  # the first guest's second connection
+    assert b"more than 1 connections from your address" in refused.value()
+    # Only the last --trusted-proxies addresses count: 203.0.113.9 was the client's own claim.
+    assert factory.per_address == {"198.51.100.7": 1, "198.51.100.8": 1}
