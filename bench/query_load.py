@@ -201,6 +201,15 @@ def postmaster_pid(dsn: str) -> int:
         connection.close()
 
 
+def end_process(process: Any) -> None:
+    """Wait a little for a child process to finish, then kill it."""
+    if process is not None:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+
 # -- the abusers (a child process) -------------------------------------------
 
 @dataclass
@@ -351,12 +360,8 @@ class Abusers:
             self.close()
 
     def close(self) -> None:
-        if self.process is not None:
-            self.process.join(10)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(5)
-            self.process = None
+        end_process(self.process)
+        self.process = None
 
 
 # -- the innocent clients -----------------------------------------------------
@@ -510,12 +515,8 @@ class InnocentSeeds:
 
     def close(self) -> None:
         self.stop.set()
-        if self.process is not None:
-            self.process.join(10)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(5)
-            self.process = None
+        end_process(self.process)
+        self.process = None
 
 
 class SnapshotProbe:
