@@ -114,7 +114,8 @@ class ListenerService(PostgresService):
         later commit on the channel will be read and handed on.
         """
         if not self.connected:
-            return defer.fail(NotConnected(self.reason))
+            # Connecting (within --grace): LISTENed as soon as connected.
+            return self.whenAvailable().addCallback(lambda _: self.whenListening(channel))
         if channel in self._listening:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()

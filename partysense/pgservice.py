@@ -91,6 +91,7 @@ class PostgresService(Service):
         backoff: Callable[[int], float] | None = None,
         resolve: Resolve | None = None,
         max_waiting: int | None = None,
+        grace: float = 0.0,
     ) -> None:
         self._dsn = dsn
         self._reactor = reactor
@@ -103,12 +104,18 @@ class PostgresService(Service):
         self._resolve = resolve or resolve_in_thread(reactor)
         self._connection: PgConnection | None = None
         self._max_waiting = max_waiting
+        # While connecting for the first time, or for this long after losing
+        # the connection, work waits for it instead of failing at once: the
+        # port opens before the database answers, and phones that reconnect
+        # first must not be turned away (docs/operations.md, --grace).
+        self._grace = grace
+        self._down_since: float | None = None
         self.waiting = 0     # queries and interactions not yet answered
         self.refused = 0     # refused because max_waiting were waiting
         self._attempt = 0
         self._retry: IDelayedCall | None = None
         self._probe: LoopingCall | None = None
-        self._waiting: list[defer.Deferred[None]] = []
+        self._waiting: dict[defer.Deferred[None], None] = {}
         self.state = "stopped"
         self.reason = "not started"
         self.reconnects = 0
@@ -141,12 +148,32 @@ class PostgresService(Service):
             return defer.succeed(None)
 
         def forget(waiter: defer.Deferred[None]) -> None:
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
+            self._waiting.pop(waiter, None)
 
         waiter: defer.Deferred[None] = defer.Deferred(forget)
-        self._waiting.append(waiter)
+        self._waiting[waiter] = None
         return waiter
+
+    def whenAvailable(self) -> defer.Deferred[None]:
+        """Fires once connected: at once, or within what is left of the grace
+        period since the connection went down (or the service started);
+        NotConnected past it."""
+        if self.connected:
+            return defer.succeed(None)
+        left = self._grace_left()
+        if left <= 0:
+            return defer.fail(NotConnected(self.reason))
+
+        def too_late(failure: Failure) -> Failure:
+            failure.trap(defer.TimeoutError)
+            return Failure(NotConnected(self.reason))
+
+        return self.whenConnected().addTimeout(left, self._reactor).addErrback(too_late)
+
+    def _grace_left(self) -> float:
+        if self._down_since is None or not self.running:
+            return 0.0
+        return self._down_since + self._grace - self._reactor.seconds()
 
     def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]:
         """Run one query; NotConnected when there is no connection or it is lost,
@@ -159,26 +186,34 @@ class PostgresService(Service):
 
     def _run(self, start: Callable[[PgConnection], defer.Deferred[Any]]) -> defer.Deferred[Any]:
         connection = self._connection
-        if connection is None or not self.connected:
-            return defer.fail(NotConnected(self.reason))
         if self._max_waiting is not None and self.waiting >= self._max_waiting:
             # Queued without end, work would wait for minutes and hold its
             # clients' memory: better to say "busy, retry" at once.
             self.refused += 1
             return defer.fail(Overloaded(
                 f"the database is busy ({self.waiting} queries waiting)"))
+        if connection is None or not self.connected:
+            if self._grace_left() > 0:  # connecting: wait for it, within the grace
+                return self._counted(self.whenAvailable()).addCallback(
+                    lambda _: self._run(start))
+            return defer.fail(NotConnected(self.reason))
+        return self._counted(self._watch(start(connection), connection))
+
+    def _counted(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """``d``, counted in ``waiting`` until it fires."""
         self.waiting += 1
 
         def answered(result: Any) -> Any:
             self.waiting -= 1
             return result
 
-        return self._watch(start(connection), connection).addBoth(answered)
+        return d.addBoth(answered)
 
     # -- service --------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        self._down_since = self._reactor.seconds()
         self._set_state("connecting", "connecting to the database")
         self._connect()
 
@@ -197,7 +232,7 @@ class PostgresService(Service):
             self.log.info("{Role} stopped; its PostgreSQL connection is closed.",
                           Role=self.role.capitalize())
         self._forget("service stopped")
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = list(self._waiting), {}
         for waiter in waiting:
             waiter.errback(NotConnected("service stopped"))
         return defer.succeed(None)
@@ -236,10 +271,11 @@ class PostgresService(Service):
         if self._attempt:
             self.reconnects += 1
         self._attempt = 0
+        self._down_since = None
         self._set_state("connected", "")
         self._start_probe()
         self._ready()
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = list(self._waiting), {}
         for waiter in waiting:
             waiter.callback(None)
 
@@ -290,6 +326,8 @@ class PostgresService(Service):
         if connection is not None and connection is not self._connection:
             return
         self._connection = None
+        if self._down_since is None:
+            self._down_since = self._reactor.seconds()
         self._stop_probe()
         self._forget(why)
         if not self.running:

@@ -55,10 +55,10 @@ class SeedSession:
         grant = self._authorize(event_id, token)
         listener = self._shared.listener
         try:
-            if not listener.connected:
-                # Subscribed now, a client would silently miss what commits
-                # before the listener is back: better to say "try later".
-                raise NotConnected(listener.reason)
+            # Held while the listener connects (within --grace): subscribed
+            # while it is away for longer, a client would silently miss what
+            # commits before it is back: better to say "try later".
+            yield listener.whenAvailable()
             if event_id is not None and not (yield self._shared.events.exists(event_id)):
                 raise ClientError("unknown_event", errors.UNKNOWN_EVENT,
                                   f"event {event_id} does not exist")

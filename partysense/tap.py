@@ -38,6 +38,7 @@ from partysense.queries import QueryService
 from partysense.retention import RetentionService
 from partysense.seed import SeedSession
 from partysense.sharedreads import SharedReads
+from partysense.systemd import SystemdNotifier
 from partysense.v2 import SUBPROTOCOL, V2Session
 from partysense.web import make_admin_site, make_site
 
@@ -89,6 +90,9 @@ class Options(usage.Options):
          "Most bytes queued for a client that is not reading; 4008 past it.", int],
         ["ping-interval", None, 30.0,
          "Seconds between keepalive pings; a client silent as long again is dropped.", float],
+        ["grace", None, 10.0,
+         "Seconds a subscription waits for the database while the daemon connects, or "
+         "after it lost the connection, before it is refused (1013 / unavailable).", float],
         ["handshake-timeout", None, 10.0,
          "Seconds an HTTP connection may stay idle or unfinished before the upgrade.", float],
         ["allowed-origins", None, "",
@@ -128,6 +132,8 @@ class Options(usage.Options):
             raise usage.UsageError("--demo-rate must be positive")
         if self["trusted-proxies"] < 0:
             raise usage.UsageError("--trusted-proxies cannot be negative")
+        if self["grace"] < 0:
+            raise usage.UsageError("--grace cannot be negative")
         if self["max-connections-per-ip"] < 1:
             raise usage.UsageError("--max-connections-per-ip must be at least 1")
         if self["demo"] and self["no-demo"]:
@@ -193,9 +199,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     dsn, where = database_for(options["dsn"], options["data-dir"], top)
 
-    listener = ListenerService(dsn, reactor)
+    listener = ListenerService(dsn, reactor, grace=options["grace"])
     listener.setServiceParent(top)
-    queries = QueryService(dsn, reactor)
+    queries = QueryService(dsn, reactor, grace=options["grace"])
     queries.setServiceParent(top)
     retention = RetentionService(queries, reactor, options["retention"])
     retention.setServiceParent(top)
@@ -226,6 +232,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     if options["run-demo"]:
         DemoPartyService(dsn, options["demo-rate"]).setServiceParent(top)
+    # Last: started once the port listens, stopped first (STOPPING=1).
+    SystemdNotifier(lambda: defer.gatherResults(
+        [listener.whenConnected(), queries.whenConnected()], consumeErrors=True)
+    ).setServiceParent(top)
 
     log.info(
         "partysense-live listening on {port}, database: {where}, demo: {demo}, "

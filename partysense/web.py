@@ -141,8 +141,11 @@ class EventList(Resource):
     def _events(self) -> Any:
         if self._rows is not None and self._clock.seconds() - self._read_at < self._ttl:
             return defer.succeed(self._rows)
+        if not self._queries.connected:
+            # The picker can say "try again"; no need to hold the request.
+            return defer.fail(NotConnected("the database is unreachable"))
         done: defer.Deferred[Any] = defer.Deferred()
-        self._waiters.append(done)  # first: the read may fail at once (no connection)
+        self._waiters.append(done)  # first: the read may fail at once
         if self._reading is None:
             self.queries += 1
             self._reading = self._queries.runQuery(EVENTS_QUERY)

@@ -183,7 +183,7 @@ def test_when_connected_can_be_cancelled_and_is_forgotten() -> None:
     waiter = service.whenConnected()
     waiter.cancel()
     assert _failure_of(waiter).check(defer.CancelledError)
-    assert service._waiting == []
+    assert not service._waiting
     service.stopService()
 
 
@@ -524,3 +524,44 @@ def test_a_deadline_drops_a_connection_that_really_is_silent() -> None:
     clock.advance(4.0)
     clock.advance(0)
     assert connection.dropped == ["silent"]
+
+
+# -- the grace: work waits for a connection that is on its way -----------------------
+
+
+@pytest.mark.logic
+def test_within_the_grace_work_waits_for_the_connection_and_past_it_fails() -> None:
+    clock = task.Clock()
+    service = QueryService(no_database, clock, grace=10.0, backoff=lambda attempt: 1.0)
+    service.startService()
+    try:
+        waiting = service.whenAvailable()
+        query = service.runQuery("SELECT 1")
+        assert not waiting.called and not query.called  # held, not refused
+        assert service.waiting == 1
+        clock.advance(9.9)
+        assert not waiting.called
+        clock.advance(0.2)  # the grace is over, still no database
+        failures: list[Any] = []
+        waiting.addErrback(failures.append)
+        query.addErrback(failures.append)
+        assert [f.type for f in failures] == [NotConnected, NotConnected]
+        assert service.waiting == 0
+        late = service.whenAvailable()  # past the grace: at once
+        late.addErrback(failures.append)
+        assert failures[-1].type is NotConnected
+    finally:
+        service.stopService()
+
+
+@pytest.mark.logic
+def test_without_a_grace_work_is_refused_at_once() -> None:
+    clock = task.Clock()
+    service = ListenerService(no_database, clock)  # grace 0: the services' default
+    service.startService()
+    try:
+        failures: list[Any] = []
+        service.whenListening("event_1").addErrback(failures.append)
+        assert failures and failures[0].type is NotConnected
+    finally:
+        service.stopService()

@@ -9,6 +9,7 @@ TCP connection that never even sent its handshake.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -156,3 +157,31 @@ def test_stopping_waits_for_answers_drops_the_deaf_and_survives_failures() -> No
     assert stopped.called, "the grace period ends even when a client cannot be closed"
     assert deaf.dropped and broken.dropped
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.daemon
+def test_systemd_hears_ready_once_serving_and_stopping_at_shutdown(
+        db_dsn: str, tmp_path: Path) -> None:
+    """Type=notify: READY=1 once the port listens and the database is connected."""
+    address = str(tmp_path / "notify.sock")
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(address)
+    systemd.settimeout(0.1)
+    heard: list[str] = []
+
+    def listen() -> list[str]:
+        try:
+            heard.append(systemd.recv(4096).decode())
+        except TimeoutError:
+            pass
+        return heard
+
+    env = dict(os.environ, NOTIFY_SOCKET=address)
+    daemon = Daemon(db_dsn, tmp_path, env=env).start()
+    try:
+        wait_for(lambda: any("READY=1" in h for h in listen()), 15, "READY=1")
+        assert daemon.health()[0] == 200
+    finally:
+        daemon.stop()
+    wait_for(lambda: any("STOPPING=1" in h for h in listen()), 15, "STOPPING=1")
+    systemd.close()
