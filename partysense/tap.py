@@ -7,8 +7,10 @@
     ├── RetentionService          trims the change log
     ├── QueueUsagePoller          pg_notification_queue_usage() for /metrics
     ├── StreamServerEndpointService  the web port: WebSocket, page, health
+    ├── StreamServerEndpointService  --admin-port: /metrics and a detailed /healthz
     ├── ClientsService            closes every client (1001) at shutdown
-    └── DemoPartyService          with --demo (the default on the embedded DB)
+    ├── DemoPartyService          with --demo (the default on the embedded DB)
+    └── SystemdNotifier           READY=1 / STOPPING=1 under systemd (Type=notify)
 
 Everything is wired here, at construction: no object is patched later.
 """
