@@ -38,7 +38,8 @@ class Access:
     def grant(self, token: Any = None) -> Grant:
         """The grant to use now: ``token``'s if given (it becomes the connection's),
         else the one held, else the URL's. TokenError when none is valid."""
-        if token is None and self._grant is not None and not self._lapsed_already():
+        if token is None and self._grant is not None and \
+                self._grant.expires > self._clock.seconds():
             return self._grant
         grant = self._tokens.grant(token if token is not None else self._url_token,
                                    self._clock.seconds())
@@ -47,10 +48,6 @@ class Access:
 
     def close(self) -> None:
         self._cancel()
-
-    def _lapsed_already(self) -> bool:
-        return self._grant is not None and self._grant.expires + self._grace <= \
-            self._clock.seconds()
 
     def _hold(self, grant: Grant) -> None:
         self._cancel()

@@ -61,7 +61,7 @@ class GuardedRequest(Request):
         super().gotLength(length)
 
     def process(self) -> None:
-        site_of(self).answered(self.transport)
+        site_of(self).answered(self.channel)
         if self.method not in ALLOWED_METHODS:
             self.setResponseCode(405)
             self.setHeader(b"allow", b"GET, HEAD")
@@ -94,8 +94,9 @@ class GuardedSite(Site):
         self._max_handshaking = max_handshaking
         self._quiet = Quiet(self._log, clock)
         self.handshaking = 0
-        self._upgraded: set[Any] = set()
-        self._answered: set[Any] = set()
+        # Each connection until its deadline: "new", "answered" (a whole request
+        # came), "upgraded" (a WebSocket now). Dropped at the deadline: bounded.
+        self._pending: dict[Any, str] = {}
         self.refused = {"handshake_timeout": 0, "handshaking": 0, "body": 0}
 
     def logPrefix(self) -> str:
@@ -113,35 +114,35 @@ class GuardedSite(Site):
             return None  # Twisted closes the socket at once
         channel = super().buildProtocol(addr)
         self.handshaking += 1
+        self._pending[channel] = "new"
         self._clock.callLater(self._handshake_timeout, self._deadline, channel)
         return channel
 
-    def upgraded(self, transport: Any) -> None:
-        """The connection on ``transport`` is a WebSocket now: no deadline."""
-        self._upgraded.add(transport)
+    def upgraded(self, channel: Any) -> None:
+        """The connection of ``channel`` is a WebSocket now: no deadline."""
+        if channel in self._pending:
+            self._pending[channel] = "upgraded"
 
-    def answered(self, transport: Any) -> None:
-        """A whole request came on ``transport``: at the deadline it is only idle."""
-        self._answered.add(transport)
+    def answered(self, channel: Any) -> None:
+        """A whole request came on ``channel``: at the deadline it is only idle."""
+        if self._pending.get(channel) == "new":
+            self._pending[channel] = "answered"
 
     def _deadline(self, channel: Any) -> None:
         self.handshaking -= 1
+        state = self._pending.pop(channel, "new")
         transport: Any = getattr(channel, "transport", None)  # None: never connected
-        if transport in self._upgraded:
-            self._upgraded.discard(transport)
+        if state == "upgraded" or transport is None or not getattr(transport, "connected", False):
             return
-        if transport in self._answered:
+        if state == "answered":
             # A browser's or a scraper's keep-alive connection: it opens another.
-            self._answered.discard(transport)
-            if getattr(transport, "connected", False):
-                transport.loseConnection()
-            return
-        if transport is not None and getattr(transport, "connected", False):
-            self.refused["handshake_timeout"] += 1
-            self._quiet.warn("handshake_timeout", "Closed {peer}: no WebSocket upgrade within "
-                             "{timeout:g} s of connecting (--handshake-timeout).",
-                             peer=transport.getPeer(), timeout=self._handshake_timeout)
             transport.loseConnection()
+            return
+        self.refused["handshake_timeout"] += 1
+        self._quiet.warn("handshake_timeout", "Closed {peer}: no WebSocket upgrade within "
+                         "{timeout:g} s of connecting (--handshake-timeout).",
+                         peer=transport.getPeer(), timeout=self._handshake_timeout)
+        transport.loseConnection()
 
     def refuse_body(self, request: Request) -> None:
         self.refused["body"] += 1

@@ -65,7 +65,7 @@ class PageOrWebSocket(Resource):
             # The WebSocket takes the socket over: neither the HTTP channel's
             # idle timer nor the handshake deadline may fire on it later.
             request.channel.setTimeout(None)
-            site_of(request).upgraded(request.transport)
+            site_of(request).upgraded(request.channel)
             return self._websocket.render(request)
         return self._page.render(request)
 

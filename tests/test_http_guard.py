@@ -108,4 +108,5 @@ def test_connections_waiting_to_upgrade_are_capped() -> None:
     assert site.buildProtocol(address) is None  # closed at once
     assert site.refused["handshaking"] == 1
     clock.advance(10.0)  # their deadlines passed
-    assert site.handshaking == 0 and site.buildProtocol(address) is not None
+    assert site.handshaking == 0 and not site._pending  # nothing kept per connection
+    assert site.buildProtocol(address) is not None

@@ -284,3 +284,15 @@ def test_partysense_db_token_mints_what_the_daemon_accepts(
     with connect(guarded.ws_url, subprotocols=["partysense.v2"], open_timeout=10) as client:
         client.send(json.dumps({"type": "subscribe", "event": event_id, "token": minted}))
         assert json.loads(client.recv(timeout=10))["type"] == "snapshot"
+
+
+@pytest.mark.logic
+def test_an_expired_grant_does_not_let_in_a_new_subscription(tokens: Tokens) -> None:
+    clock = Clock()
+    clock.advance(time.time())
+    access = Access(tokens, clock, None, expired=lambda: None, lapsed=lambda: None)
+    access.grant(hs256({"exp": int(clock.seconds()) + 10, "events": [1]}))
+    assert access.grant().allows(1)  # the connection's grant, while valid
+    clock.advance(11)  # expired, within the grace: what is subscribed goes on, nothing new
+    with pytest.raises(TokenError, match="required"):
+        access.grant()
