@@ -102,13 +102,10 @@ def test_public_keys_accept_their_algorithm_only(tmp_path: Path, kind: str) -> N
     tokens = from_files(None, str(tmp_path / "key.pem"))
     good = jwt.encode({"exp": soon(), "events": [1]}, private, algorithm=algorithm)
     assert tokens.grant(good, time.time()).allows(1)
-    # The classic confusion: HS256 "signed" with the public key as the secret.
-    forged = jwt.api_jws.PyJWS().encode(
-        json.dumps({"exp": soon(), "events": "*"}).encode(), b"unused", algorithm="HS256")
-    forged_with_pem = _hs256_raw({"exp": soon(), "events": "*"}, pem)
-    for token in (forged, forged_with_pem):
-        with pytest.raises(TokenError):
-            tokens.grant(token, time.time())
+    # The classic confusion: HS256 "signed" with the public key as the secret
+    # (PyJWT itself refuses to make one, hence the HMAC by hand).
+    with pytest.raises(TokenError):
+        tokens.grant(_hs256_raw({"exp": soon(), "events": "*"}, pem), time.time())
 
 
 def _hs256_raw(claims: dict[str, Any], key: bytes) -> str:
