@@ -19,7 +19,6 @@ bounded rate, and changes nothing (docs/security.md).
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -71,8 +70,7 @@ class ListenerService(PostgresService):
         self._syncing = False   # the work loop (LISTEN/UNLISTEN, reads) is running
         self._rung = False      # a notification came: read the log
         self._claims: list[Claim] = []
-        self._recent: dict[tuple[int, int], int] = {}
-        self._recent_order: deque[tuple[int, int]] = deque()
+        self._recent: dict[tuple[int, int], int] = {}  # insertion order: oldest first
         self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
         self._quiet = Quiet(self.log, reactor)
         self.notifications = 0
@@ -189,7 +187,6 @@ class ListenerService(PostgresService):
         for channel in self._floor:
             self._floor[channel] = min(self._floor[channel], newest)
         self._recent.clear()
-        self._recent_order.clear()
 
     # -- the work loop: LISTEN/UNLISTEN and reads, one statement at a time ----
 
@@ -266,9 +263,8 @@ class ListenerService(PostgresService):
     def _hand_on(self, change: Change) -> None:
         self.last_seq = max(self.last_seq or 0, change.seq)
         key = (change.event_id, change.seq)
-        if len(self._recent_order) >= RECENT:
-            self._recent.pop(self._recent_order.popleft(), None)
-        self._recent_order.append(key)
+        if len(self._recent) >= RECENT:
+            del self._recent[next(iter(self._recent))]  # the oldest
         self._recent[key] = hash(change.payload)
         for channel in (event_channel(change.event_id), FIREHOSE):
             if channel in self._listening and change.seq > self._floor.get(channel, 0):

@@ -14,7 +14,6 @@ import argparse
 import re
 import sys
 import time
-from pathlib import Path
 from typing import IO, Any
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -48,17 +47,14 @@ def duration(text: str) -> float:
 
 def run(args: argparse.Namespace, out: IO[str] | None = None,
         err: IO[str] | None = None) -> int:
-    from partysense.tokens import mint  # late: partysense-db install needs no JWT
+    from partysense.tokens import mint, read_secret  # late: install needs no JWT
 
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        secret = Path(args.secret_file).read_bytes().strip()
-    except OSError as error:
-        print(f"partysense-db token: cannot read {args.secret_file}: {error.strerror}", file=err)
-        return 2
-    if len(secret) < 32:
-        print("partysense-db token: the secret must be at least 32 bytes", file=err)
+        secret = read_secret(args.secret_file)
+    except ValueError as error:
+        print(f"partysense-db token: {error}", file=err)
         return 2
     print(mint(secret, None if args.all else args.event, args.ttl, time.time()), file=out)
     return 0

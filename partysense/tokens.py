@@ -102,10 +102,7 @@ def from_files(secret_file: str | None, public_key_file: str | None) -> Tokens:
     if secret_file and public_key_file:
         raise ValueError("give --token-secret-file or --token-public-key-file, not both")
     if secret_file:
-        secret = _read(secret_file).strip()
-        if len(secret) < 32:
-            raise ValueError("the token secret must be at least 32 bytes (256 bits)")
-        return Tokens(secret, "HS256")
+        return Tokens(read_secret(secret_file), "HS256")
     if public_key_file:
         key = load_pem_public_key(_read(public_key_file))
         if isinstance(key, rsa.RSAPublicKey):
@@ -114,6 +111,14 @@ def from_files(secret_file: str | None, public_key_file: str | None) -> Tokens:
             return Tokens(key, "ES256")
         raise ValueError("the public key must be an RSA or an EC (P-256) key")
     return OPEN
+
+
+def read_secret(path: str) -> bytes:
+    """The HS256 secret in ``path``; ValueError if unreadable or under 32 bytes."""
+    secret = _read(path).strip()
+    if len(secret) < 32:
+        raise ValueError("the token secret must be at least 32 bytes (256 bits)")
+    return secret
 
 
 def mint(secret: bytes, events: list[int] | None, ttl: float, now: float) -> str:
