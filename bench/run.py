@@ -47,6 +47,7 @@ class Scenario:
     loadgens: int = 1              # load generator processes
     sources: int = 1               # 127.0.0.x source addresses
     workers: int = 1               # partysense-live --workers
+    write_delay: float = 0.0       # partysense-live --write-delay (milliseconds)
     targets: tuple[str, ...] = TARGETS
 
     def describe(self) -> str:
@@ -56,6 +57,8 @@ class Scenario:
             text += f", {self.stalled} stalled"
         if self.workers != 1:
             text += f", --workers {self.workers}"
+        if self.write_delay:
+            text += f", --write-delay {self.write_delay:g}"
         return text
 
 
@@ -87,7 +90,8 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
     if target == "node":
         service = services.start_node(dsn, workdir)
     else:
-        service = services.start_partysense(dsn, workdir, workers=scenario.workers)
+        service = services.start_partysense(dsn, workdir, workers=scenario.workers,
+                                            write_delay=scenario.write_delay)
     gens = None
     rss_before = _rss(service.pid)
     try:
@@ -356,8 +360,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dsn", help="an admin DSN (may CREATE DATABASE); default: embedded")
     for name, kind in (("clients", int), ("events", int), ("firehose", float),
                        ("rate", float), ("duration", float), ("stalled", int),
-                       ("loadgens", int), ("sources", int), ("workers", int)):
-        parser.add_argument(f"--{name}", type=kind, help=f"override the scenario's {name}")
+                       ("loadgens", int), ("sources", int), ("workers", int),
+                       ("write_delay", float)):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                            help=f"override the scenario's {name}")
     parser.add_argument("--targets", help="comma-separated: node,partysense")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--markdown", type=Path, help="write the tables here")
@@ -377,7 +383,8 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
         scenario = SCENARIOS[name]
         overrides = {key: getattr(args, key) for key in
                      ("clients", "events", "firehose", "rate", "duration", "stalled",
-                      "loadgens", "sources", "workers") if getattr(args, key) is not None}
+                      "loadgens", "sources", "workers", "write_delay")
+                     if getattr(args, key) is not None}
         if args.targets:
             overrides["targets"] = tuple(t for t in args.targets.split(",") if t in TARGETS)
         chosen.append(replace(scenario, **overrides))

@@ -95,7 +95,7 @@ def _healthy(port: int) -> bool:
 
 
 def start_partysense(dsn: str, workdir: Path, workers: int = 1,
-                     backlog: int = 4096) -> Running:
+                     backlog: int = 4096, write_delay: float = 0.0) -> Running:
     """twistd on port 0: the kernel picks a free port, and Twisted logs which
     ("Site starting on PORT"; with --workers, relayed from a worker)."""
     twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
@@ -106,6 +106,8 @@ def start_partysense(dsn: str, workdir: Path, workers: int = 1,
             "--port", f"tcp:0:interface=127.0.0.1:backlog={backlog}", "--dsn", dsn]
     if workers != 1:
         args += ["--workers", str(workers)]
+    if write_delay:
+        args += ["--write-delay", f"{write_delay:g}"]
     env = dict(os.environ)
     env.pop("PARTYSENSE_DSN", None)
     process = subprocess.Popen(args, cwd=workdir, env=env, stdin=subprocess.DEVNULL)

@@ -1,4 +1,4 @@
-"""A client's frames of one reactor turn leave in one ``send()``.
+"""A client's frames of one reactor turn (or of ``--write-delay``) leave in one ``send()``.
 
 Each batch goes out with ``write_now`` (partysense/adapters/twisted_adapter.py),
 which skips the reactor round trip when the socket's buffer is empty.
@@ -22,10 +22,20 @@ class TurnWriter:
     the daemon, the fewer system calls per frame. Every frame of a protocol
     must go through the same writer, or order is lost; ``flush_one`` sends a
     client's frames before something written around the writer (a close).
+
+    With a ``delay`` (``--write-delay``) the frames wait that long instead of
+    one turn, so that even at a party's pace several share a ``send()``.
     """
 
-    def __init__(self, clock: Any, flush_bytes: int = 64 * 1024) -> None:
+    def __init__(self, clock: Any, flush_bytes: int = 64 * 1024, delay: float = 0.0) -> None:
         self._clock = clock
+        # --write-delay: a send() costs the same CPU for one frame as for
+        # sixteen (the receiver's TCP work is charged to the sender on
+        # loopback, and a syscall's fixed cost dominates small frames), so
+        # frames may wait up to this long to share one. One timer for the
+        # whole writer, started by the first frame waiting: no frame waits
+        # longer than ``delay``, and nothing is scheduled per client.
+        self._delay = delay
         # A client's frames go out early once they reach this (a transport's
         # own bufferSize): a catch-up can hand a client thousands of frames in
         # one turn, and only the transport, by pausing its producer, tells the
@@ -42,7 +52,7 @@ class TurnWriter:
             frames = self._pending[transport] = []
             if not self._scheduled:
                 self._scheduled = True
-                self._clock.callLater(0, self.flush)
+                self._clock.callLater(self._delay, self.flush)
         frames.append(data)
         size = self._pending_bytes[transport] = self._pending_bytes.get(transport, 0) + len(data)
         if size >= self._flush_bytes:

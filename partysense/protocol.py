@@ -51,6 +51,9 @@ class Limits:
     # room for a page subscribing to its 32 events at once, not for a client
     # that keeps sending while the database is slow.
     max_pending_requests: int = 40
+    # --write-delay, in seconds: how long a client's frames may wait to
+    # leave together in one send() (partysense/fastwrite.py). 0: one turn.
+    write_delay: float = 0.0
 
 
 def address_of(peer: str | None) -> str:
@@ -308,7 +311,7 @@ class LiveFactory(ServerFactory):
         super().__init__(**kwargs)
         self.dialects = dialects
         self.clock = clock
-        self.writer = TurnWriter(clock)
+        self.writer = TurnWriter(clock, delay=self.limits.write_delay)
         self.counters = counters if counters is not None else ClientCounters()
         self.clients: set[LiveProtocol] = set()
         self.per_address: dict[str, int] = {}

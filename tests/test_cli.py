@@ -13,6 +13,7 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
+from twisted.python import usage
 
 from harness.daemon import Daemon, twistd_command, wait_for
 from partysense import sqlfiles
@@ -332,6 +333,23 @@ def test_tcp_and_tls_ports_get_a_deep_accept_queue(port: str, description: str) 
     """The systemd unit's tcp:18854:interface=127.0.0.1 listened with Twisted's 50."""
     assert endpoint_description(port) == description
 
+
+
+@pytest.mark.logic
+@pytest.mark.parametrize(("milliseconds", "seconds"), [("0", 0.0), ("5", 0.005), ("20", 0.02)])
+def test_write_delay_is_given_in_milliseconds(milliseconds: str, seconds: float) -> None:
+    from partysense.tap import limits_from
+
+    options = Options()
+    options.parseOptions(["--dsn", "dbname=x", "--write-delay", milliseconds])
+    assert limits_from(options).write_delay == pytest.approx(seconds)
+
+
+@pytest.mark.logic
+@pytest.mark.parametrize("milliseconds", ["-1", "5000", "soon"])
+def test_write_delay_out_of_range_is_a_usage_error(milliseconds: str) -> None:
+    with pytest.raises(usage.UsageError, match="write-delay"):
+        Options().parseOptions(["--dsn", "dbname=x", "--write-delay", milliseconds])
 
 
 @pytest.mark.logic

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
+from harness.faults import committed
 from tests.support import Party
 
 pytestmark = pytest.mark.daemon
@@ -81,3 +83,28 @@ def test_bad_input_closes_only_that_client(daemon: Daemon, party: Party, frame: 
         party.vote(event_id, track_id)
         assert json.loads(bystander.recv(timeout=10))["eid"] == event_id
     assert "Traceback" not in daemon.log()
+
+
+def test_with_a_write_delay_every_vote_still_arrives_once_in_order(
+        db_dsn: str, tmp_path: Path, party: Party) -> None:
+    """--write-delay holds a client's frames to send them together: none is lost or doubled."""
+    from tests.test_exact_tallies import Watcher
+
+    event_id = party.event("Delayed")
+    tracks = [party.track(f"Track {n}") for n in range(3)]
+    party.vote(event_id, tracks[0])  # before the v2 client: in its snapshot
+    with Daemon(db_dsn, tmp_path, "--write-delay", "50") as daemon:
+        # The seed client first: its subscription is what brings the channel up.
+        with subscribed(daemon, {"event": event_id}, channels=1) as seed:
+            watcher = Watcher(daemon, event_id)
+            after = committed(db_dsn, event_id)[-1][0]
+            for n in range(40):
+                party.vote(event_id, tracks[n % 3], up=n % 4 != 0)
+            log = [change for change in committed(db_dsn, event_id) if change[0] > after]
+            received = [json.loads(seed.recv(timeout=10)) for _ in log]
+        expected = party.tallies(event_id)
+        wait_for(lambda: watcher.tallies() == expected, 10,
+                 f"v2 tallies {watcher.tallies()} to equal SQL {expected}")
+        watcher.disconnect()
+        assert watcher.problems == []
+    assert [(m["seq"], m["vote"], m["op"]) for m in received] == log

@@ -74,3 +74,37 @@ def test_write_now_on_a_real_socket_sends_everything_once() -> None:
         server.stopReading()
         left.close()
         right.close()
+
+
+def test_with_a_write_delay_frames_wait_that_long_then_leave_in_one_send() -> None:
+    clock = Clock()
+    writer = TurnWriter(clock, delay=0.020)
+    one, two = CountingTransport(), CountingTransport()
+    writer.write(one, b"a")
+    clock.advance(0.010)
+    writer.write(one, b"b")
+    writer.write(two, b"x")
+    clock.advance(0.009)
+    assert one.value() == b"" and two.value() == b""  # still within the 20 ms
+    clock.advance(0.001)
+    assert (one.value(), one.writes) == (b"ab", 1)
+    assert (two.value(), two.writes) == (b"x", 1)
+    # The next frame starts a new window: none waits longer than the delay.
+    writer.write(two, b"y")
+    clock.advance(0.019)
+    assert two.value() == b"x"
+    clock.advance(0.001)
+    assert (two.value(), two.writes) == (b"xy", 2)
+    assert not clock.getDelayedCalls()  # one timer for the writer, none left
+
+
+def test_a_write_delay_still_sends_a_full_buffer_at_once() -> None:
+    clock = Clock()
+    writer = TurnWriter(clock, flush_bytes=10, delay=0.5)
+    transport = CountingTransport()
+    writer.write(transport, b"12345")
+    assert transport.value() == b""
+    writer.write(transport, b"67890")
+    assert (transport.value(), transport.writes) == (b"1234567890", 1)
+    clock.advance(0.5)
+    assert transport.writes == 1  # nothing was left to send
