@@ -1,7 +1,8 @@
 """The hub: which subscribers want which channel, and fan-out.
 
-A change is encoded once per wire format and the same frame is sent to every
-subscriber of the channel. The hub also tells the listener when a channel
+A channel's subscribers are kept in groups, one per wire format. A change is
+encoded once per group, before its loop, and the same frame is handed to
+every subscriber of the group. The hub also tells the listener when a channel
 gets its first subscriber or loses its last one.
 """
 
@@ -46,9 +47,18 @@ class Delivery:
 
 
 class Subscriber(Protocol):
-    """What the hub needs of a subscription."""
+    """What the hub needs of a subscription.
 
-    def deliver(self, delivery: Delivery) -> None: ...
+    ``wire_format`` names its group; ``encode`` makes the group's frame for a
+    change (a ``staticmethod``: it is called once per change, for everybody).
+    """
+
+    wire_format: str
+
+    @staticmethod
+    def encode(delivery: Delivery) -> Any: ...
+
+    def deliver(self, delivery: Delivery, frame: Any) -> None: ...
 
 
 class Hub:
@@ -62,23 +72,27 @@ class Hub:
 
     def __init__(self, channels: Channels) -> None:
         self._channels = channels
-        self._subscribers: dict[str, dict[Subscriber, None]] = {}
+        # channel -> wire format -> subscribers (a dict: ordered, O(1) removal)
+        self._subscribers: dict[str, dict[str, dict[Subscriber, None]]] = {}
         self.frames_sent = 0
         channels.observe(self.publish)
 
     def subscribe(self, channel: str, subscriber: Subscriber) -> None:
-        subscribers = self._subscribers.get(channel)
-        if subscribers is None:
-            subscribers = self._subscribers[channel] = {}
+        groups = self._subscribers.get(channel)
+        if groups is None:
+            groups = self._subscribers[channel] = {}
             self._channels.listen(channel)
-        subscribers[subscriber] = None
+        groups.setdefault(subscriber.wire_format, {})[subscriber] = None
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
-        subscribers = self._subscribers.get(channel)
-        if subscribers is None or subscriber not in subscribers:
+        groups = self._subscribers.get(channel)
+        group = groups.get(subscriber.wire_format) if groups is not None else None
+        if groups is None or group is None or subscriber not in group:
             return
-        del subscribers[subscriber]
-        if not subscribers:
+        del group[subscriber]
+        if not group:
+            del groups[subscriber.wire_format]
+        if not groups:
             del self._subscribers[channel]
             self._channels.unlisten(channel)
 
@@ -88,14 +102,17 @@ class Hub:
 
     def publish(self, channel: str, change: Change) -> None:
         """Hand one change to every subscriber of ``channel``."""
-        subscribers = self._subscribers.get(channel)
-        if not subscribers:
+        groups = self._subscribers.get(channel)
+        if not groups:
             return
         delivery = Delivery(channel, change)
-        # A copy: a subscriber may unsubscribe (close) while we deliver.
-        for subscriber in list(subscribers):
-            try:
-                subscriber.deliver(delivery)
-            except Exception:
-                self.log.failure("Delivering to {subscriber} failed", subscriber=subscriber)
-        self.frames_sent += len(subscribers)
+        for group in list(groups.values()):
+            # A copy: a subscriber may unsubscribe (close) while we deliver.
+            subscribers = list(group)
+            frame = delivery.frame(subscribers[0].wire_format, subscribers[0].encode)
+            for subscriber in subscribers:
+                try:
+                    subscriber.deliver(delivery, frame)
+                except Exception:
+                    self.log.failure("Delivering to {subscriber} failed", subscriber=subscriber)
+            self.frames_sent += len(subscribers)

@@ -34,6 +34,12 @@ class SeedSession:
     """One seed client's single subscription."""
 
     dialect = "seed"
+    wire_format = "seed"
+
+    @staticmethod
+    def encode(delivery: Delivery) -> Frame:
+        """The frame of a change, made once for every subscriber (partysense/hub.py)."""
+        return seed_frame(delivery)
 
     def __init__(self, client: Client, shared: Shared) -> None:
         self._client = client
@@ -45,8 +51,8 @@ class SeedSession:
     def subscriptions(self) -> int:
         return 0 if self.channel is None else 1
 
-    def deliver(self, delivery: Delivery) -> None:
-        self._client.send_frame(delivery.frame("seed", seed_frame))
+    def deliver(self, delivery: Delivery, frame: Frame) -> None:
+        self._client.send_frame(frame)
 
     @defer.inlineCallbacks
     def received(self, text: str) -> Any:

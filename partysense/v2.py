@@ -88,7 +88,7 @@ class Subscription:
         self.event_id = event_id
         self.cursor: int | None = None
         self.active = True
-        self._pending: list[Delivery] = []
+        self._pending: list[tuple[Delivery, Frame]] = []
 
     def stop(self) -> None:
         """Unsubscribed, subscribed again or closed: nothing more is sent for it.
@@ -100,16 +100,23 @@ class Subscription:
         self.active = False
         self._pending = []
 
-    def deliver(self, delivery: Delivery) -> None:
+    wire_format = "v2"
+
+    @staticmethod
+    def encode(delivery: Delivery) -> Frame:
+        """The frame of a change, made once for every subscriber (partysense/hub.py)."""
+        return v2_frame(delivery)
+
+    def deliver(self, delivery: Delivery, frame: Frame) -> None:
         if not self.active:
             return
         if self.cursor is None:
-            self._pending.append(delivery)
+            self._pending.append((delivery, frame))
             if len(self._pending) > MAX_PENDING:
                 self._session.client.too_slow()
         elif delivery.seq > self.cursor:
             self.cursor = delivery.seq
-            self._session.client.send_frame(delivery.frame("v2", v2_frame))
+            self._session.client.send_frame(frame)
 
     def start(self, cursor: int, replayed: list[Change]) -> defer.Deferred[None]:
         """Send the replayed changes after ``cursor`` at the client's pace, then go live."""
@@ -121,8 +128,8 @@ class Subscription:
     def _go_live(self, cursor: int) -> None:
         self.cursor = cursor
         pending, self._pending = self._pending, []
-        for change in pending:
-            self.deliver(change)
+        for delivery, frame in pending:
+            self.deliver(delivery, frame)
 
 
 class V2Session:
