@@ -173,3 +173,58 @@ def _fresh(cursor: Any, event_id: int | None, newest: int) -> Any:
     if event_id is None:
         return defer.succeed(Snapshot(cursor=newest))
     return _tallies(cursor, event_id, newest)
+
+
+# Votes cast (inserts) per minute in one event over the last 30 minutes, the
+# current minute last: always exactly PULSE_MINUTES rows, and the cursor (the
+# log's newest seq in the same statement's snapshot) that the counts include,
+# so a page adds only the changes after it. The window's first seq (one step
+# down the committed_at index; committed_at follows seq, both are set under
+# the commit lock) lets the planner read only this event's rows through
+# (event_id, seq) when that is cheaper than every event's last 30 minutes.
+# The bounds are written out, not joined from a CTE: an expression of now()
+# is an index condition, a joined value was a filter over the whole index
+# (EXPLAIN, 200,000 changes: 128 ms before, 0.7 ms now).
+PULSE_MINUTES = 30
+PULSE_QUERY = """
+    WITH first AS (
+        SELECT coalesce((SELECT seq FROM partysense_change
+                         WHERE committed_at >= date_trunc('minute', now()) - interval '29 minutes'
+                         ORDER BY committed_at LIMIT 1), 9223372036854775807) AS seq
+    ), counted AS (
+        SELECT date_trunc('minute', c.committed_at) AS minute, count(*) AS votes
+        FROM partysense_change c
+        WHERE c.event_id = %(event)s AND c.seq >= (SELECT seq FROM first)
+          AND c.committed_at >= date_trunc('minute', now()) - interval '29 minutes'
+          AND c.op = 'insert'
+        GROUP BY 1
+    )
+    SELECT extract(epoch FROM m.minute)::bigint, coalesce(counted.votes, 0),
+           (SELECT coalesce(max(seq), 0) FROM partysense_change),
+           extract(epoch FROM now())::float8
+    FROM generate_series(date_trunc('minute', now()) - interval '29 minutes',
+                         date_trunc('minute', now()), interval '1 minute') AS m(minute)
+    LEFT JOIN counted ON counted.minute = m.minute
+    ORDER BY m.minute
+"""
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """Votes per minute (``votes[i]`` in the minute starting ``start + 60 i``),
+    counted up to ``cursor``, read at ``now`` (epoch seconds, database clock)."""
+
+    start: int
+    votes: list[int]
+    cursor: int
+    now: float
+
+
+def pulse_params(event_id: int) -> dict[str, Any]:
+    return {"event": event_id}
+
+
+def parse_pulse(rows: list[tuple[Any, ...]]) -> Pulse:
+    """PULSE_QUERY's rows as a Pulse."""
+    return Pulse(start=int(rows[0][0]), votes=[int(row[1]) for row in rows],
+                 cursor=int(rows[0][2]), now=float(rows[0][3]))

@@ -53,6 +53,13 @@ def without_tokens(timestamp: str, request: Any) -> str:
         request.uri = uri
 
 
+def bearer(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if any."""
+    header = request.getHeader("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 class GuardedRequest(Request):
     def gotLength(self, length: int | None) -> None:
         if length or self.requestHeaders.hasHeader(b"transfer-encoding"):

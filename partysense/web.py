@@ -15,13 +15,15 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
-from partysense.httpguard import GuardedSite, site_of
+from partysense.clientjs import ClientScript
+from partysense.httpguard import GuardedSite, bearer, site_of
 from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
+from partysense.pulse import EventPulse, PulseReads, event_id_of
 from partysense.tokens import OPEN, TokenError, Tokens
 
 
@@ -122,12 +124,12 @@ class EventList(Resource):
     they like, and the database answers a few times a minute.
     """
 
-    isLeaf = True
     _log = Logger()
 
     def __init__(self, queries: Queries, clock: Any, tokens: Tokens = OPEN,
-                 ttl: float = 5.0) -> None:
+                 ttl: float = 5.0, pulse: Resource | None = None) -> None:
         super().__init__()
+        self._pulse = pulse
         self._queries = queries
         self._clock = clock
         self._tokens = tokens
@@ -137,6 +139,14 @@ class EventList(Resource):
         self._reading: Any = None
         self._waiters: list[defer.Deferred[Any]] = []
         self.queries = 0
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        # /api/events/ is the list; /api/events/<id>/pulse an event's pulse.
+        if path == b"":
+            return self
+        if self._pulse is not None and event_id_of(path) is not None:
+            return self._pulse
+        return NoResource()
 
     def _events(self) -> Any:
         if self._rows is not None and self._clock.seconds() - self._read_at < self._ttl:
@@ -194,25 +204,21 @@ class EventList(Resource):
         return NOT_DONE_YET
 
 
-def bearer(request: Request) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, if any."""
-    header = request.getHeader("authorization") or ""
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def static_file(name: str) -> Data:
-    """A file from partysense/static, read once at start-up."""
+def static_file(name: str, client: ClientScript | None = None) -> Data:
+    """A file from partysense/static, read once at start-up (a script's import
+    of /client.js versioned)."""
     body = resources.files("partysense").joinpath("static", name).read_bytes()
     suffix = name[name.rfind("."):]
+    if client is not None and suffix == ".js":
+        body = client.versioned(body)
     return Data(body, STATIC_TYPES.get(suffix, "application/octet-stream"))
 
 
-def static_folder() -> Resource:
+def static_folder(client: ClientScript) -> Resource:
     folder = Resource()
     for entry in resources.files("partysense").joinpath("static").iterdir():
-        if entry.is_file() and not entry.name.startswith("."):
-            folder.putChild(entry.name.encode("utf-8"), static_file(entry.name))
+        if entry.is_file() and not entry.name.startswith(".") and entry.name != "client.js":
+            folder.putChild(entry.name.encode("utf-8"), static_file(entry.name, client))
     return folder
 
 
@@ -228,9 +234,12 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
     root.putChild(b"healthz", Health(listener, queries, factory))
-    root.putChild(b"static", static_folder())
+    client = ClientScript.packaged()
+    root.putChild(b"client.js", client)  # at the root: docs/client.md
+    root.putChild(b"static", static_folder(client))
     api = Resource()
-    api.putChild(b"events", EventList(queries, clock, tokens))
+    pulse = EventPulse(PulseReads(queries, clock), clock, tokens)
+    api.putChild(b"events", EventList(queries, clock, tokens, pulse=pulse))
     root.putChild(b"api", api)
     if metrics is not None:
         root.putChild(b"metrics", metrics)
