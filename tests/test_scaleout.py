@@ -208,6 +208,13 @@ def disturbed(crowd: Crowd, before: dict[int, int]) -> list[Follower]:
     return [f for f in crowd.followers if f.disconnects > before[id(f)]]
 
 
+def wait_moved(crowd: Crowd, before: dict[int, int], count: int, what: str) -> None:
+    """Until ``count`` clients have lost their connection since ``before``, and
+    every client is subscribed again."""
+    wait_for(lambda: len(disturbed(crowd, before)) >= count, 30, what)
+    crowd.wait_live()
+
+
 # -- the tests -----------------------------------------------------------------------
 
 
@@ -221,9 +228,7 @@ def test_a_killed_daemons_clients_move_to_the_others(
     at = time.monotonic()
     cluster.kill(0)
     # Exactly the victim's clients lost their connection; the others' did not.
-    wait_for(lambda: len(disturbed(crowd, before)) >= victim_clients, 30,
-             "the killed daemon's clients to notice")
-    crowd.wait_live()
+    wait_moved(crowd, before, victim_clients, "the killed daemon's clients to notice")
     print(f"kill -9 of 1 daemon of 3: {comeback(crowd, at)}")
     assert len(disturbed(crowd, before)) == victim_clients
     assert cluster.lb.states()["live1"] == "DOWN"
@@ -246,9 +251,7 @@ def test_a_rolling_restart_loses_nothing(
         on_it = cluster.clients()[index]
         at = time.monotonic()
         cluster.restart(index)  # SIGTERM, start again, HAProxy sees it UP
-        wait_for(lambda b=before, n=on_it: len(disturbed(crowd, b)) >= n, 30,  # type: ignore[misc]
-                 f"the clients of {name} to notice its restart")
-        crowd.wait_live()
+        wait_moved(crowd, before, on_it, f"the clients of {name} to notice its restart")
         print(f"restart of {name}: {comeback(crowd, at)}")
         assert on_it > 0 and len(disturbed(crowd, before)) == on_it
         assert sum(cluster.clients()) == SEED_CLIENTS + V2_CLIENTS
@@ -281,12 +284,10 @@ def screen() -> Iterator[Screen]:
 
 def holder(cluster: Cluster) -> int:
     """The daemon the page's WebSocket is on: the only one with a client."""
-    def one() -> int | None:
+    def one() -> tuple[int] | None:  # a tuple: index 0 is an answer too
         counts = cluster.clients()
-        return counts.index(1) if sorted(counts) == [0] * (len(counts) - 1) + [1] else None
-    found = wait_for(lambda: (index := one()) is not None and (index,), 15,
-                     "exactly one daemon to hold the page's WebSocket")
-    return found[0]
+        return (counts.index(1),) if sorted(counts) == [0] * (len(counts) - 1) + [1] else None
+    return wait_for(one, 15, "exactly one daemon to hold the page's WebSocket")[0]
 
 
 @pytest.mark.browser
