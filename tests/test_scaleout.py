@@ -65,7 +65,7 @@ def cluster(db_dsn: str, tmp_path: Path) -> Iterator[Cluster]:
         assert "Traceback" not in "".join(d.log() for d in value.daemons)
 
 
-class Party4:
+class VotingParty:
     """The events and tracks voted on, the voters, and what SQL says."""
 
     def __init__(self, party: Party) -> None:
@@ -97,8 +97,8 @@ class Party4:
 
 
 @pytest.fixture
-def votes(party: Party) -> Iterator[Party4]:
-    value = Party4(party)
+def votes(party: Party) -> Iterator[VotingParty]:
+    value = VotingParty(party)
     yield value
     value.stop_voting()
 
@@ -135,7 +135,7 @@ def last_received(follower: Follower) -> int | None:
     return follower.cursor
 
 
-def settle_and_check(crowd: Crowd, votes: Party4) -> None:
+def settle_and_check(crowd: Crowd, votes: VotingParty) -> None:
     """Voting stops; every client gets to the last change of its channel; then
     each one is compared with the change log and SQL."""
     votes.stop_voting()
@@ -191,7 +191,7 @@ def comeback(crowd: Crowd, since: float) -> str:
             f"after the fault; failed attempts {crowd.refused() or 'none'}")
 
 
-def start_crowd(cluster: Cluster, votes: Party4, crowds: list[Crowd]) -> Crowd:
+def start_crowd(cluster: Cluster, votes: VotingParty, crowds: list[Crowd]) -> Crowd:
     crowd = Crowd(cluster.lb.ws_url, votes.followers())
     crowds.append(crowd)
     crowd.wait_live()
@@ -220,7 +220,7 @@ def wait_moved(crowd: Crowd, before: dict[int, int], count: int, what: str) -> N
 
 @pytest.mark.daemon
 def test_a_killed_daemons_clients_move_to_the_others(
-        cluster: Cluster, votes: Party4, crowds: list[Crowd]) -> None:
+        cluster: Cluster, votes: VotingParty, crowds: list[Crowd]) -> None:
     crowd = start_crowd(cluster, votes, crowds)
     before = {id(f): f.disconnects for f in crowd.followers}
     victim_clients = cluster.clients()[0]
@@ -244,7 +244,7 @@ def test_a_killed_daemons_clients_move_to_the_others(
 
 @pytest.mark.daemon
 def test_a_rolling_restart_loses_nothing(
-        cluster: Cluster, votes: Party4, crowds: list[Crowd]) -> None:
+        cluster: Cluster, votes: VotingParty, crowds: list[Crowd]) -> None:
     crowd = start_crowd(cluster, votes, crowds)
     for index, name in enumerate(cluster.names):
         before = {id(f): f.disconnects for f in crowd.followers}
