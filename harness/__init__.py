@@ -7,6 +7,10 @@
   and the checks that nothing was lost.
 - :mod:`harness.scenarios`: the database faults of tests/test_faults.py, which
   bench/recovery.py runs again to time the recovery.
+- :mod:`harness.balancer`: HAProxy with contrib/'s configuration in front of
+  several daemons (tests/test_scaleout.py).
+- :mod:`harness.crowd`: hundreds of seed and v2 clients that reconnect by
+  themselves, in one asyncio thread.
 
 Neither tests/ nor bench/ is imported from here; both import this.
 """

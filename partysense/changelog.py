@@ -136,6 +136,13 @@ def _tallies(cursor: Any, event_id: int, newest: int) -> Any:
 
 
 @defer.inlineCallbacks
+def log_end(cursor: Any) -> Any:
+    """txpostgres interaction: the newest seq committed (0 for an empty log)."""
+    yield cursor.execute(BOUNDS_QUERY)
+    return cursor.fetchone()[1]
+
+
+@defer.inlineCallbacks
 def take_snapshot(cursor: Any, event_id: int | None) -> Any:
     """txpostgres interaction: the event's tallies and the cursor they are valid at.
 

@@ -69,6 +69,7 @@ class Reads(Protocol):
     def snapshot(self, event_id: int | None) -> defer.Deferred[Any]:
         """(Snapshot, changes since its cursor)."""
     def replay(self, event_id: int | None, since: int) -> defer.Deferred[Any]: ...
+    def log_end(self) -> defer.Deferred[int]: ...
 
 
 class Events(Protocol):

@@ -5,6 +5,13 @@
     -> {"event": 2}      moves the subscription
 
 No acknowledgements: a bad request closes the connection.
+
+A subscription carries only what commits after its request: the log's end
+is read once the request is in, and changes up to it are not sent. Each
+daemon reads the log at its own pace; without that floor a client that
+reconnects (through a load balancer) to a daemon that has not yet read a
+change the previous daemon already sent it would get that change twice.
+The old service, which LISTENed once per client, never sent one twice.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import psycopg2
 from twisted.internet import defer
 
 from partysense import errors
@@ -45,6 +53,7 @@ class SeedSession:
         self._client = client
         self._shared = shared
         self.channel: str | None = None
+        self._floor = 0  # the log's end when the request came: older changes are not ours
         self._expiry: Any = None  # the timer that closes the client when its token expires
 
     @property
@@ -52,6 +61,8 @@ class SeedSession:
         return 0 if self.channel is None else 1
 
     def deliver(self, delivery: Delivery, frame: Frame) -> None:
+        if delivery.seq <= self._floor:
+            return  # committed before the request: maybe sent by another daemon already
         self._client.send_frame(frame)
 
     @defer.inlineCallbacks
@@ -68,15 +79,18 @@ class SeedSession:
             if event_id is not None and not (yield self._shared.events.exists(event_id)):
                 raise ClientError("unknown_event", errors.UNKNOWN_EVENT,
                                   f"event {event_id} does not exist")
+            # Read after the request came (shared by the requests of a storm).
+            floor = yield self._shared.reads.log_end()
         except Overloaded:
             raise ClientError("try_later", errors.TRY_AGAIN_LATER,
                               "the server is busy; retry soon") from None
-        except NotConnected as error:
+        except (NotConnected, psycopg2.OperationalError, psycopg2.InterfaceError) as error:
             raise ClientError("try_later", errors.TRY_AGAIN_LATER,
                               f"the database is unreachable ({error}); retry soon") from None
         if not self._client.is_live:
             return
         self.close()
+        self._floor = floor
         self.channel = channel_for(event_id)
         self._shared.hub.subscribe(self.channel, self)
         if grant.expires != math.inf:

@@ -1,4 +1,4 @@
-"""Snapshots and replays asked for at the same moment share one query.
+"""Snapshots, replays and the log's end asked for at the same moment share one query.
 
 When a venue's Wi-Fi comes back, every phone of the party subscribes again
 within a second: one snapshot transaction each would be O(clients) queries.
@@ -19,6 +19,9 @@ reused snapshot comes with the changes committed since its cursor, read from
 the log (a cheap range scan, itself shared): tallies as of the cursor plus
 those changes are exactly what a fresh snapshot would say, and the
 subscription sends them before going live.
+
+The log's end (a seed subscription's floor, partysense/seed.py) is shared
+the same way: one query at a time, those who ask meanwhile share the next.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from partysense.change import Change
-from partysense.changelog import Replay, Snapshot, replay_since, take_snapshot
+from partysense.changelog import Replay, Snapshot, log_end, replay_since, take_snapshot
 
 REUSE = 1.0  # seconds an event's snapshot is reused (with the changes since)
 MAX_KEPT = 10_000  # snapshots kept at once
@@ -90,11 +93,13 @@ class SharedReads:
         self._kept: dict[int, tuple[Snapshot, float]] = {}
         self._snapshots = _Batches(self._snapshot, lambda snapshot, _: snapshot)
         self._replays = _Batches(self._replay, lambda replay, _: replay)
+        self._ends = _Batches(lambda _key, _askers: self._queries.runInteraction(log_end),
+                              lambda end, _: end)
 
     @property
     def queries(self) -> int:
         """Queries run so far (for tests and the bench)."""
-        return self._snapshots.queries + self._replays.queries
+        return self._snapshots.queries + self._replays.queries + self._ends.queries
 
     def snapshot(self, event_id: int | None) -> defer.Deferred[tuple[Snapshot, list[Change]]]:
         """The event's tallies and their cursor (the firehose: the cursor only),
@@ -114,6 +119,14 @@ class SharedReads:
         phones that were up to date all resume from the same one.
         """
         return self._replays.ask((event_id, since), None)
+
+    def log_end(self) -> defer.Deferred[int]:
+        """The newest seq committed, read by a query that starts after this call.
+
+        A seed client's floor (partysense/seed.py): every change it can have
+        received from another daemon before it asked is at or below it.
+        """
+        return self._ends.ask(None, None)
 
     def _snapshot(self, event_id: int | None, _: list[Any]) -> defer.Deferred[Any]:
         return self._queries.runInteraction(take_snapshot, event_id).addCallback(
