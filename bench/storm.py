@@ -1,0 +1,381 @@
+"""The connect storm: N clients connect and subscribe at once; how long until all are served,
+and what each connection costs the daemon.
+
+    python -m bench.storm                                   # 10,000 clients, 20 % v2, 5 events
+    python -m bench.storm --clients 2000 --workers 1        # smaller
+    python -m bench.storm --tree /work/before10 --tree . --rounds 3 --markdown storm.md
+
+With several ``--tree``s each round runs every tree in turn (its own
+``.venv/bin/twistd``), so that before and after are measured in one sitting
+on the same box. docs/performance.md ("The connect storm") says what each
+figure means; in short, per run:
+
+1. A fresh database with K events, a fresh daemon, no client. A ticker
+   commits one vote per event every ``--tick`` seconds from now to the end:
+   a seed client is sent nothing until a vote arrives, so its first frame is
+   the first vote committed after its subscription was live.
+2. ``--pre`` seconds with no client: the daemon's CPU and statements per
+   tick of votes alone (subtracted below).
+3. Go: the load generator opens every connection (at most ``--concurrency``
+   handshakes in flight), each sends its subscription at once: ``{"event": E}``
+   (seed) or ``{"type": "subscribe", "event": E}`` (``partysense.v2``).
+   A client is ready at its first frame (seed) or its snapshot (v2).
+4. Settled when every client is ready. Then ``--tail`` seconds more of ticks
+   with everybody connected: the daemon's CPU per delivered frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg2
+
+from bench import database, services, statements
+from bench.clients import LoadGen
+from bench.run import Scenario, stop_profiler
+from bench.run import start_profiler as start_py_spy
+from partysense.limits import raise_open_files_limit
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+class Ticker:
+    """One vote per event every ``tick`` seconds, on a connection of its own."""
+
+    def __init__(self, dsn: str, events: list[int], tracks: list[int], tick: float) -> None:
+        self._connection = psycopg2.connect(dsn)
+        self._connection.autocommit = True
+        self._events, self._tracks, self._tick = events, tracks, tick
+        self.votes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        cursor = self._connection.cursor()
+        n = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            for event_id in self._events:
+                track = self._tracks[n % len(self._tracks)]
+                cursor.execute("INSERT INTO event_vote (event_id, track_id, user_id) "
+                               "VALUES (%s, %s, 0)", (event_id, track))
+                n += 1
+                self.votes = n
+            next_at += self._tick
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._connection.close()
+
+
+def cpu_and_rss(pid: int) -> tuple[float, float]:
+    """CPU seconds and resident bytes of a process tree (the daemon and its workers)."""
+    cpu = rss = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            with process.oneshot():
+                times = process.cpu_times()
+                cpu += times.user + times.system
+                rss += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return cpu, rss
+
+
+class Point:
+    """The counters at one moment: daemon CPU and RSS, votes, frames, statements."""
+
+    def __init__(self, pid: int, ticker: Ticker, frames: int,
+                 counts: statements.Statements) -> None:
+        self.at = time.monotonic()
+        self.cpu, self.rss = cpu_and_rss(pid)
+        self.votes = ticker.votes
+        self.frames = frames
+        self.statements = counts.read()
+
+
+def tree_label(tree: Path) -> str:
+    try:
+        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    return f"{tree.name}@{commit}" if commit else tree.name
+
+
+def run_one(tree: Path, args: argparse.Namespace, admin_dsn: str, workdir: Path,
+            profile_to: Path | None) -> dict[str, Any]:
+    with database.bench_database(admin_dsn) as dsn:
+        events, tracks = database.create_party(dsn, args.events)
+        counts = statements.Statements(dsn)
+        twistd = str(tree / ".venv" / "bin" / "twistd")
+        service = services.start_partysense(counts.daemon_dsn, workdir,
+                                             workers=args.workers, twistd=twistd)
+        ticker = Ticker(dsn, events, tracks, args.tick)
+        gen: LoadGen | None = None
+        profiler = None
+        try:
+            ticker.start()
+            time.sleep(1.0)  # the first ticks (the listener's first reads) are not "pre"
+            pre = Point(service.pid, ticker, 0, counts)
+            time.sleep(args.pre)
+            subscriptions = [events[n % len(events)] for n in range(args.clients)]
+            # Which clients speak v2: the same (seeded) choice for every tree,
+            # spread over the events and over the order of connecting.
+            chosen = set(random.Random(4).sample(range(args.clients),
+                                                 round(args.clients * args.v2)))
+            v2 = [int(n in chosen) for n in range(args.clients)]
+            sources = [f"127.0.0.{n + 1}"
+                       for n in range(max(1, math.ceil(args.clients / 1000)))]
+            gen = LoadGen({"port": service.port, "subscriptions": subscriptions, "v2": v2,
+                           "sourceAddresses": sources, "concurrency": args.concurrency,
+                           "handshakeTimeoutMs": args.timeout * 1000,
+                           "connectDeadlineMs": args.timeout * 1000, "waitForGo": True})
+            time.sleep(0.5)  # node has started
+            start = Point(service.pid, ticker, 0, counts)
+            profiler = start_profiler(profile_to, service.pid)
+            gen.send({"cmd": "go"})
+            deadline = time.monotonic() + args.timeout
+            while True:
+                state = gen.ask({"cmd": "frames"}, "frames", 30)
+                settled = state["ready"] >= args.clients - state["failed"] - state["dropped"]
+                if settled and state["open"] + state["failed"] >= args.clients:
+                    break
+                if time.monotonic() > deadline:
+                    log(f"  not settled in {args.timeout} s: {state}")
+                    break
+                time.sleep(0.05)
+            settle = Point(service.pid, ticker, state["frames"], counts)
+            stop_profiler(profiler)
+            profiler = None
+            time.sleep(args.tail)
+            tail = Point(service.pid, ticker, gen.ask({"cmd": "frames"}, "frames", 30)["frames"],
+                         counts)
+            ready = gen.ask({"cmd": "ready"}, "ready", 60)
+        finally:
+            stop_profiler(profiler)
+            ticker.stop()
+            if gen is not None:
+                gen.close()
+            exited = None if service.alive() else service.process.returncode
+            service.stop()
+            counts.close()
+    return summarise(tree, args, pre, start, settle, tail, ready, exited)
+
+
+def summarise(tree: Path, args: argparse.Namespace, pre: Point, start: Point, settle: Point,
+              tail: Point, ready: dict[str, Any], exited: int | None) -> dict[str, Any]:
+    seed_ready = sorted(ready["seedReadyNs"])
+    v2_ready = sorted(ready["v2ReadyNs"])
+    every = sorted(seed_ready + v2_ready)
+    snapshots = len(v2_ready)
+    # The daemon's CPU with no client, per vote of the ticker (idle work included).
+    pre_votes = max(1, start.votes - pre.votes)
+    cpu_per_vote = (start.cpu - pre.cpu) / pre_votes
+    # Per frame, with everybody connected: the tail, less its votes' own cost.
+    tail_frames = tail.frames - settle.frames
+    cpu_per_frame = ((tail.cpu - settle.cpu) - (tail.votes - settle.votes) * cpu_per_vote) \
+        / max(1, tail_frames)
+    storm_cpu = settle.cpu - start.cpu
+    storm_votes = settle.votes - start.votes
+    vote_frames = settle.frames - snapshots
+    net_cpu = storm_cpu - storm_votes * cpu_per_vote - vote_frames * cpu_per_frame
+    served = len(every)
+    storm_statements = statements.difference(start.statements, settle.statements)
+    kinds = statements.by_kind(storm_statements)
+    return {
+        "tree": tree_label(tree), "clients": args.clients, "events": args.events,
+        "v2_share": args.v2, "workers": args.workers, "tick_s": args.tick,
+        "connected": ready["open"], "failed": ready["failed"], "dropped": ready["dropped"],
+        "failures": ready["failures"], "drop_codes": ready["dropCodes"],
+        "ready": served, "ready_seed": len(seed_ready), "ready_v2": snapshots,
+        "all_open_s": max(ready["openNs"], default=0) / 1e9,
+        "settle_s": (every[-1] / 1e9) if every else math.nan,
+        "ready_p50_s": _quantile(every, 0.5), "ready_p99_s": _quantile(every, 0.99),
+        "seed_settle_s": (seed_ready[-1] / 1e9) if seed_ready else math.nan,
+        "v2_settle_s": (v2_ready[-1] / 1e9) if v2_ready else math.nan,
+        "storm_window_s": settle.at - start.at,
+        "daemon_cpu_s": storm_cpu,
+        "daemon_cpu_net_s": net_cpu,
+        "cpu_per_vote_ms": cpu_per_vote * 1e3,
+        "cpu_per_frame_us": cpu_per_frame * 1e6,
+        "votes_during_storm": storm_votes, "vote_frames_during_storm": vote_frames,
+        "cpu_per_client_us": net_cpu * 1e6 / max(1, served),
+        "connects_per_cpu_s": served / net_cpu if net_cpu > 0 else math.nan,
+        "connects_per_cpu_s_raw": served / storm_cpu if storm_cpu > 0 else math.nan,
+        "statements": kinds,
+        "statement_texts": storm_statements,
+        "rss_before_mb": start.rss / 2**20, "rss_settled_mb": settle.rss / 2**20,
+        "rss_per_client_kb": (settle.rss - start.rss) / 1024 / max(1, ready["open"]),
+        "load_average": os.getloadavg()[0],
+        "daemon_exited": exited,
+    }
+
+
+def _quantile(ordered_ns: list[int], q: float) -> float:
+    if not ordered_ns:
+        return math.nan
+    return ordered_ns[min(len(ordered_ns) - 1, int(q * len(ordered_ns)))] / 1e9
+
+
+def start_profiler(directory: Path | None, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy on the daemon (its workers too) during the storm, if asked for."""
+    return start_py_spy(directory, "partysense", Scenario("storm"), pid)
+
+
+# -- printing ---------------------------------------------------------------
+
+def _s(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f} s"
+
+
+ROWS: list[tuple[str, Any]] = [
+    ("clients connected / failed / dropped",
+     lambda r: f"{r['connected']} / {r['failed']} / {r['dropped']}"),
+    ("ready: seed (first frame) + v2 (snapshot)",
+     lambda r: f"{r['ready_seed']} + {r['ready_v2']}"),
+    ("every connection open after", lambda r: _s(r["all_open_s"])),
+    ("settled (every client ready) after", lambda r: _s(r["settle_s"])),
+    ("  seed / v2 ready (last)", lambda r: f"{_s(r['seed_settle_s'])} / {_s(r['v2_settle_s'])}"),
+    ("  a client ready after, p50 / p99",
+     lambda r: f"{_s(r['ready_p50_s'])} / {_s(r['ready_p99_s'])}"),
+    ("daemon CPU during the storm (less the ticker's votes and frames)",
+     lambda r: f"{r['daemon_cpu_s']:.2f} s ({r['daemon_cpu_net_s']:.2f} s)"),
+    ("daemon CPU per connect + subscribe", lambda r: f"{r['cpu_per_client_us']:.0f} µs"),
+    ("**connects per daemon CPU-second**", lambda r: f"**{r['connects_per_cpu_s']:.0f}**"),
+    ("  the same, nothing subtracted", lambda r: f"{r['connects_per_cpu_s_raw']:.0f}"),
+    ("ticker: votes / their frames during the storm",
+     lambda r: f"{r['votes_during_storm']} / {r['vote_frames_during_storm']}"),
+    ("  daemon CPU per tick's vote with no client / per frame, all connected",
+     lambda r: f"{r['cpu_per_vote_ms']:.2f} ms / {r['cpu_per_frame_us']:.1f} µs"),
+    ("daemon statements during the storm",
+     lambda r: "n/a" if r["statements"] is None else str(r["statements"]["all"])),
+    ("  snapshots / change-log reads / event lookups / other",
+     lambda r: "n/a" if r["statements"] is None else
+     "{snapshots} / {change-log reads} / {event lookups} / {other}".format(**r["statements"])),
+    ("daemon RSS before -> settled", lambda r: f"{r['rss_before_mb']:.0f} -> "
+                                               f"{r['rss_settled_mb']:.0f} MB"),
+    ("daemon RSS per client", lambda r: f"{r['rss_per_client_kb']:.1f} KB"),
+    ("box load average (1 min, at the end)", lambda r: f"{r['load_average']:.1f}"),
+]
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["| | " + " | ".join(f"{r['tree']}" for r in results) + " |",
+             "|---|" + "---|" * len(results)]
+    for label, render in ROWS:
+        cells = []
+        for result in results:
+            try:
+                cells.append(str(render(result)))
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                cells.append("-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def medians(results: list[dict[str, Any]]) -> str:
+    """Per tree: the median connects per CPU-second and settle time over its rounds."""
+    lines = []
+    trees = list(dict.fromkeys(r["tree"] for r in results))
+    for tree in trees:
+        mine = [r for r in results if r["tree"] == tree]
+        rate = statistics.median(r["connects_per_cpu_s"] for r in mine)
+        settle = statistics.median(r["settle_s"] for r in mine)
+        lines.append(f"- {tree}: {len(mine)} run(s), median {rate:.0f} connects per "
+                     f"daemon CPU-second, settled in {settle:.2f} s")
+    if len(trees) > 1:
+        first = statistics.median(r["connects_per_cpu_s"] for r in results
+                                  if r["tree"] == trees[0])
+        last = statistics.median(r["connects_per_cpu_s"] for r in results
+                                 if r["tree"] == trees[-1])
+        lines.append(f"- {trees[-1]} / {trees[0]}: {last / first:.2f}× the connects per "
+                     "daemon CPU-second")
+    return "\n".join(lines) + "\n"
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=5)
+    parser.add_argument("--v2", type=float, default=0.2, help="share of partysense.v2 clients")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tree", type=Path, action="append",
+                        help="a checkout with its .venv to run (repeat to compare; "
+                             "default: this one)")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--tick", type=float, default=0.25,
+                        help="seconds between the ticker's votes (one per event)")
+    parser.add_argument("--pre", type=float, default=3.0)
+    parser.add_argument("--tail", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=1000,
+                        help="handshakes in flight at once")
+    parser.add_argument("--timeout", type=int, default=180)
+    parser.add_argument("--dsn", help="an admin DSN (may CREATE DATABASE); default: embedded "
+                                      "(with pg_stat_statements loaded)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--keep-logs", type=Path)
+    parser.add_argument("--profile", type=Path, help="py-spy the daemon during the storm")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    raise_open_files_limit()
+    trees = [tree.resolve() for tree in (args.tree or [HERE])]
+    for tree in trees:
+        if not (tree / ".venv" / "bin" / "twistd").exists():
+            raise SystemExit(f"{tree}/.venv/bin/twistd: no such file")
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="partysense-storm-") as scratch, \
+            statements.server(args.dsn) as admin_dsn:
+        workdir = args.keep_logs or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for round_number in range(args.rounds):
+            for tree in trees:
+                log(f"== round {round_number + 1}, {tree_label(tree)}: {args.clients} clients "
+                    f"({args.v2:.0%} v2), {args.events} events, --workers {args.workers}")
+                profile_to = (args.profile / f"{tree.name}-{round_number + 1}"
+                              if args.profile else None)
+                result = run_one(tree, args, admin_dsn, workdir, profile_to)
+                log(f"   settled in {result['settle_s']:.2f} s, "
+                    f"{result['connects_per_cpu_s']:.0f} connects per CPU-second")
+                results.append(result)
+    command = "python -m bench.storm " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = (f"Run {started}: `{command}`\n\n{table(results)}\n{medians(results)}")
+    print(text, flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    if args.markdown:
+        args.markdown.write_text(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
