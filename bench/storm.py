@@ -53,12 +53,13 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 class Ticker:
-    """One vote per event every ``tick`` seconds, on a connection of its own."""
+    """One vote per event every ``interval`` seconds, on a connection of its own."""
 
-    def __init__(self, dsn: str, events: list[int], tracks: list[int], tick: float) -> None:
+    def __init__(self, dsn: str, events: list[int], tracks: list[int], interval: float) -> None:
         self._connection = psycopg2.connect(dsn)
         self._connection.autocommit = True
-        self._events, self._tracks, self._tick = events, tracks, tick
+        self._events, self._tracks = events, tracks
+        self.interval = interval  # may change while it runs
         self.votes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -69,45 +70,51 @@ class Ticker:
     def _run(self) -> None:
         cursor = self._connection.cursor()
         n = 0
-        next_at = time.monotonic()
         while not self._stop.is_set():
+            started = time.monotonic()
             for event_id in self._events:
                 track = self._tracks[n % len(self._tracks)]
                 cursor.execute("INSERT INTO event_vote (event_id, track_id, user_id) "
                                "VALUES (%s, %s, 0)", (event_id, track))
                 n += 1
                 self.votes = n
-            next_at += self._tick
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+            self._stop.wait(max(0.0, started + self.interval - time.monotonic()))
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self._connection.close()
 
 
-def cpu_and_rss(pid: int) -> tuple[float, float]:
-    """CPU seconds and resident bytes of a process tree (the daemon and its workers)."""
+def cpu_and_rss(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds and resident bytes of process trees (the daemon and its workers)."""
     cpu = rss = 0.0
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
+    for pid in pids:
         try:
-            with process.oneshot():
-                times = process.cpu_times()
-                cpu += times.user + times.system
-                rss += process.memory_info().rss
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             continue
+        for process in tree:
+            try:
+                with process.oneshot():
+                    times = process.cpu_times()
+                    cpu += times.user + times.system
+                    rss += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
     return cpu, rss
 
 
 class Point:
-    """The counters at one moment: daemon CPU and RSS, votes, frames, statements."""
+    """The counters at one moment: CPU and RSS, votes, frames received, statements."""
 
-    def __init__(self, pid: int, ticker: Ticker, frames: int,
+    def __init__(self, daemon: int, loadgen: int | None, ticker: Ticker, frames: int,
                  counts: statements.Statements) -> None:
         self.at = time.monotonic()
-        self.cpu, self.rss = cpu_and_rss(pid)
+        self.cpu, self.rss = cpu_and_rss([daemon])
+        self.loadgen_cpu = cpu_and_rss([loadgen])[0] if loadgen else 0.0
         self.votes = ticker.votes
         self.frames = frames
         self.statements = counts.read()
@@ -122,6 +129,19 @@ def tree_label(tree: Path) -> str:
     return f"{tree.name}@{commit}" if commit else tree.name
 
 
+def clients_config(args: argparse.Namespace, events: list[int], port: int) -> dict[str, Any]:
+    """The load generator's clients: events in turn; which speak v2, the same
+    (seeded) choice for every tree, spread over the events and the order of
+    connecting; 1,000 per source address (the daemon allows 1,024 per address)."""
+    chosen = set(random.Random(4).sample(range(args.clients), round(args.clients * args.v2)))
+    return {"port": port, "subscriptions": [events[n % len(events)] for n in range(args.clients)],
+            "v2": [int(n in chosen) for n in range(args.clients)],
+            "sourceAddresses": [f"127.0.0.{n + 1}"
+                                for n in range(max(1, math.ceil(args.clients / 1000)))],
+            "concurrency": args.concurrency, "handshakeTimeoutMs": args.timeout * 1000,
+            "connectDeadlineMs": args.timeout * 1000, "waitForGo": True}
+
+
 def run_one(tree: Path, args: argparse.Namespace, admin_dsn: str, workdir: Path,
             profile_to: Path | None) -> dict[str, Any]:
     with database.bench_database(admin_dsn) as dsn:
@@ -134,42 +154,39 @@ def run_one(tree: Path, args: argparse.Namespace, admin_dsn: str, workdir: Path,
         gen: LoadGen | None = None
         profiler = None
         try:
-            ticker.start()
-            time.sleep(1.0)  # the first ticks (the listener's first reads) are not "pre"
-            pre = Point(service.pid, ticker, 0, counts)
+            gen = LoadGen(clients_config(args, events, service.port))
+            time.sleep(1.0)  # the daemon's first moments and node's start are not "idle"
+
+            def point(frames: int = 0) -> Point:
+                assert gen is not None
+                return Point(service.pid, gen.pid, ticker, frames, counts)
+
+            idle = point()
             time.sleep(args.pre)
-            subscriptions = [events[n % len(events)] for n in range(args.clients)]
-            # Which clients speak v2: the same (seeded) choice for every tree,
-            # spread over the events and over the order of connecting.
-            chosen = set(random.Random(4).sample(range(args.clients),
-                                                 round(args.clients * args.v2)))
-            v2 = [int(n in chosen) for n in range(args.clients)]
-            sources = [f"127.0.0.{n + 1}"
-                       for n in range(max(1, math.ceil(args.clients / 1000)))]
-            gen = LoadGen({"port": service.port, "subscriptions": subscriptions, "v2": v2,
-                           "sourceAddresses": sources, "concurrency": args.concurrency,
-                           "handshakeTimeoutMs": args.timeout * 1000,
-                           "connectDeadlineMs": args.timeout * 1000, "waitForGo": True})
-            time.sleep(0.5)  # node has started
-            start = Point(service.pid, ticker, 0, counts)
+            start = point()
             profiler = start_profiler(profile_to, service.pid)
             gen.send({"cmd": "go"})
             deadline = time.monotonic() + args.timeout
             while True:
                 state = gen.ask({"cmd": "frames"}, "frames", 30)
-                settled = state["ready"] >= args.clients - state["failed"] - state["dropped"]
-                if settled and state["open"] + state["failed"] >= args.clients:
+                all_open = state["open"] + state["failed"] >= args.clients
+                if all_open and not ticker.votes and not ticker._thread.is_alive():
+                    ticker.start()  # every seed client has subscribed: votes for them
+                if all_open and state["ready"] >= args.clients - state["failed"] - state["dropped"]:
                     break
                 if time.monotonic() > deadline:
                     log(f"  not settled in {args.timeout} s: {state}")
                     break
-                time.sleep(0.05)
-            settle = Point(service.pid, ticker, state["frames"], counts)
+                time.sleep(0.02)
+            settle = point(state["frames"])
             stop_profiler(profiler)
             profiler = None
+            # With everybody connected: the daemon's CPU per frame of the ticker.
+            ticker.interval = args.tail_tick
+            time.sleep(args.tail_tick)
+            before_tail = point(gen.ask({"cmd": "frames"}, "frames", 30)["frames"])
             time.sleep(args.tail)
-            tail = Point(service.pid, ticker, gen.ask({"cmd": "frames"}, "frames", 30)["frames"],
-                         counts)
+            tail = point(gen.ask({"cmd": "frames"}, "frames", 30)["frames"])
             ready = gen.ask({"cmd": "ready"}, "ready", 60)
         finally:
             stop_profiler(profiler)
@@ -179,29 +196,28 @@ def run_one(tree: Path, args: argparse.Namespace, admin_dsn: str, workdir: Path,
             exited = None if service.alive() else service.process.returncode
             service.stop()
             counts.close()
-    return summarise(tree, args, pre, start, settle, tail, ready, exited)
+    return summarise(tree, args, idle, start, settle, before_tail, tail, ready, exited)
 
 
-def summarise(tree: Path, args: argparse.Namespace, pre: Point, start: Point, settle: Point,
-              tail: Point, ready: dict[str, Any], exited: int | None) -> dict[str, Any]:
+def summarise(tree: Path, args: argparse.Namespace, idle: Point, start: Point, settle: Point,
+              before_tail: Point, tail: Point, ready: dict[str, Any],
+              exited: int | None) -> dict[str, Any]:
     seed_ready = sorted(ready["seedReadyNs"])
     v2_ready = sorted(ready["v2ReadyNs"])
     every = sorted(seed_ready + v2_ready)
     snapshots = len(v2_ready)
-    # The daemon's CPU with no client, per vote of the ticker (idle work included).
-    pre_votes = max(1, start.votes - pre.votes)
-    cpu_per_vote = (start.cpu - pre.cpu) / pre_votes
-    # Per frame, with everybody connected: the tail, less its votes' own cost.
-    tail_frames = tail.frames - settle.frames
-    cpu_per_frame = ((tail.cpu - settle.cpu) - (tail.votes - settle.votes) * cpu_per_vote) \
+    idle_cpu_per_s = (start.cpu - idle.cpu) / (start.at - idle.at)
+    # Per frame of the ticker, everybody connected, less what the idle daemon spends.
+    tail_s = tail.at - before_tail.at
+    tail_frames = tail.frames - before_tail.frames
+    cpu_per_frame = max(0.0, (tail.cpu - before_tail.cpu) - idle_cpu_per_s * tail_s) \
         / max(1, tail_frames)
     storm_cpu = settle.cpu - start.cpu
-    storm_votes = settle.votes - start.votes
     vote_frames = settle.frames - snapshots
-    net_cpu = storm_cpu - storm_votes * cpu_per_vote - vote_frames * cpu_per_frame
+    net_cpu = storm_cpu - vote_frames * cpu_per_frame
     served = len(every)
-    storm_statements = statements.difference(start.statements, settle.statements)
-    kinds = statements.by_kind(storm_statements)
+    window = settle.at - start.at
+    kinds = statements.by_kind(statements.difference(start.statements, settle.statements))
     return {
         "tree": tree_label(tree), "clients": args.clients, "events": args.events,
         "v2_share": args.v2, "workers": args.workers, "tick_s": args.tick,
@@ -210,20 +226,25 @@ def summarise(tree: Path, args: argparse.Namespace, pre: Point, start: Point, se
         "ready": served, "ready_seed": len(seed_ready), "ready_v2": snapshots,
         "all_open_s": max(ready["openNs"], default=0) / 1e9,
         "settle_s": (every[-1] / 1e9) if every else math.nan,
-        "ready_p50_s": _quantile(every, 0.5), "ready_p99_s": _quantile(every, 0.99),
+        "v2_p50_s": _quantile(v2_ready, 0.5), "v2_p99_s": _quantile(v2_ready, 0.99),
+        # From its handshake's answer to its snapshot, per v2 client.
+        "v2_wait_p50_s": _quantile(sorted(ready["v2WaitNs"]), 0.5),
+        "v2_wait_p99_s": _quantile(sorted(ready["v2WaitNs"]), 0.99),
         "seed_settle_s": (seed_ready[-1] / 1e9) if seed_ready else math.nan,
         "v2_settle_s": (v2_ready[-1] / 1e9) if v2_ready else math.nan,
-        "storm_window_s": settle.at - start.at,
+        "storm_window_s": window,
         "daemon_cpu_s": storm_cpu,
         "daemon_cpu_net_s": net_cpu,
-        "cpu_per_vote_ms": cpu_per_vote * 1e3,
+        "daemon_cores": storm_cpu / window if window > 0 else math.nan,
+        "idle_cpu_per_s": idle_cpu_per_s,
         "cpu_per_frame_us": cpu_per_frame * 1e6,
-        "votes_during_storm": storm_votes, "vote_frames_during_storm": vote_frames,
+        "votes_during_storm": settle.votes - start.votes, "vote_frames_during_storm": vote_frames,
         "cpu_per_client_us": net_cpu * 1e6 / max(1, served),
         "connects_per_cpu_s": served / net_cpu if net_cpu > 0 else math.nan,
         "connects_per_cpu_s_raw": served / storm_cpu if storm_cpu > 0 else math.nan,
+        "loadgen_cpu_s": settle.loadgen_cpu - start.loadgen_cpu,
         "statements": kinds,
-        "statement_texts": storm_statements,
+        "statement_texts": statements.difference(start.statements, settle.statements),
         "rss_before_mb": start.rss / 2**20, "rss_settled_mb": settle.rss / 2**20,
         "rss_per_client_kb": (settle.rss - start.rss) / 1024 / max(1, ready["open"]),
         "load_average": os.getloadavg()[0],
@@ -254,19 +275,22 @@ ROWS: list[tuple[str, Any]] = [
     ("ready: seed (first frame) + v2 (snapshot)",
      lambda r: f"{r['ready_seed']} + {r['ready_v2']}"),
     ("every connection open after", lambda r: _s(r["all_open_s"])),
-    ("settled (every client ready) after", lambda r: _s(r["settle_s"])),
-    ("  seed / v2 ready (last)", lambda r: f"{_s(r['seed_settle_s'])} / {_s(r['v2_settle_s'])}"),
-    ("  a client ready after, p50 / p99",
-     lambda r: f"{_s(r['ready_p50_s'])} / {_s(r['ready_p99_s'])}"),
-    ("daemon CPU during the storm (less the ticker's votes and frames)",
-     lambda r: f"{r['daemon_cpu_s']:.2f} s ({r['daemon_cpu_net_s']:.2f} s)"),
+    ("**settled** (every client ready) after", lambda r: f"**{_s(r['settle_s'])}**"),
+    ("  last seed / last v2 ready", lambda r: f"{_s(r['seed_settle_s'])} / "
+                                              f"{_s(r['v2_settle_s'])}"),
+    ("  v2 snapshot p50 / p99", lambda r: f"{_s(r['v2_p50_s'])} / {_s(r['v2_p99_s'])}"),
+    ("  v2 from handshake to snapshot p50 / p99",
+     lambda r: f"{_s(r['v2_wait_p50_s'])} / {_s(r['v2_wait_p99_s'])}"),
+    ("daemon CPU during the storm (less the ticker's frames)",
+     lambda r: f"{r['daemon_cpu_s']:.2f} s ({r['daemon_cpu_net_s']:.2f} s), "
+               f"{r['daemon_cores']:.2f} cores"),
     ("daemon CPU per connect + subscribe", lambda r: f"{r['cpu_per_client_us']:.0f} µs"),
     ("**connects per daemon CPU-second**", lambda r: f"**{r['connects_per_cpu_s']:.0f}**"),
     ("  the same, nothing subtracted", lambda r: f"{r['connects_per_cpu_s_raw']:.0f}"),
-    ("ticker: votes / their frames during the storm",
+    ("ticker: votes / frames during the storm",
      lambda r: f"{r['votes_during_storm']} / {r['vote_frames_during_storm']}"),
-    ("  daemon CPU per tick's vote with no client / per frame, all connected",
-     lambda r: f"{r['cpu_per_vote_ms']:.2f} ms / {r['cpu_per_frame_us']:.1f} µs"),
+    ("  daemon CPU per frame (all connected) / idle",
+     lambda r: f"{r['cpu_per_frame_us']:.1f} µs / {r['idle_cpu_per_s'] * 1e3:.0f} ms/s"),
     ("daemon statements during the storm",
      lambda r: "n/a" if r["statements"] is None else str(r["statements"]["all"])),
     ("  snapshots / change-log reads / event lookups / other",
@@ -275,6 +299,7 @@ ROWS: list[tuple[str, Any]] = [
     ("daemon RSS before -> settled", lambda r: f"{r['rss_before_mb']:.0f} -> "
                                                f"{r['rss_settled_mb']:.0f} MB"),
     ("daemon RSS per client", lambda r: f"{r['rss_per_client_kb']:.1f} KB"),
+    ("load generator CPU during the storm", lambda r: f"{r['loadgen_cpu_s']:.2f} s"),
     ("box load average (1 min, at the end)", lambda r: f"{r['load_average']:.1f}"),
 ]
 
@@ -328,10 +353,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a checkout with its .venv to run (repeat to compare; "
                              "default: this one)")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--tick", type=float, default=0.25,
-                        help="seconds between the ticker's votes (one per event)")
-    parser.add_argument("--pre", type=float, default=3.0)
-    parser.add_argument("--tail", type=float, default=3.0)
+    parser.add_argument("--tick", type=float, default=0.1,
+                        help="seconds between the ticker's votes (one per event), from the "
+                             "moment every client is connected until every one is ready")
+    parser.add_argument("--pre", type=float, default=2.0,
+                        help="seconds of the idle daemon measured before the storm")
+    parser.add_argument("--tail", type=float, default=2.0,
+                        help="seconds of ticks after the storm (CPU per frame)")
+    parser.add_argument("--tail-tick", type=float, default=0.5,
+                        help="seconds between the ticks after the storm")
     parser.add_argument("--concurrency", type=int, default=1000,
                         help="handshakes in flight at once")
     parser.add_argument("--timeout", type=int, default=180)

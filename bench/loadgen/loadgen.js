@@ -283,6 +283,7 @@ function ready() {
           open: stats.open, failed: stats.failed, dropped: stats.dropped,
           failures: stats.failures, dropCodes: stats.dropCodes, ready: readyCount,
           seedReadyNs: times(false), v2ReadyNs: times(true), frames: framesTotal,
+          v2WaitNs: fast.filter((c) => c.readyAt && c.v2).map((c) => c.readyAt - c.openAt),
           openNs: fast.filter((c) => c.openAt).map((c) => c.openAt - startedNs)};
 }
 
