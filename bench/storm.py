@@ -61,6 +61,7 @@ class Ticker:
         self._events, self._tracks = events, tracks
         self.interval = interval  # may change while it runs
         self.votes = 0
+        self.active = threading.Event()  # ticks only while set
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -71,6 +72,8 @@ class Ticker:
         cursor = self._connection.cursor()
         n = 0
         while not self._stop.is_set():
+            if not self.active.wait(0.05):
+                continue
             started = time.monotonic()
             for event_id in self._events:
                 track = self._tracks[n % len(self._tracks)]
@@ -154,7 +157,10 @@ def run_one(tree: Path, args: argparse.Namespace, admin_dsn: str, workdir: Path,
         gen: LoadGen | None = None
         profiler = None
         try:
-            gen = LoadGen(clients_config(args, events, service.port))
+            config = clients_config(args, events, service.port)
+            seed_clients = args.clients - sum(config["v2"])
+            gen = LoadGen(config)
+            ticker.start()
             time.sleep(1.0)  # the daemon's first moments and node's start are not "idle"
 
             def point(frames: int = 0) -> Point:
@@ -170,8 +176,12 @@ def run_one(tree: Path, args: argparse.Namespace, admin_dsn: str, workdir: Path,
             while True:
                 state = gen.ask({"cmd": "frames"}, "frames", 30)
                 all_open = state["open"] + state["failed"] >= args.clients
-                if all_open and not ticker.votes and not ticker._thread.is_alive():
-                    ticker.start()  # every seed client has subscribed: votes for them
+                # Votes from the moment every seed client has sent its
+                # subscription until each has had one: v2 clients need none.
+                if all_open and state["readySeed"] < seed_clients - state["failed"]:
+                    ticker.active.set()
+                else:
+                    ticker.active.clear()
                 if all_open and state["ready"] >= args.clients - state["failed"] - state["dropped"]:
                     break
                 if time.monotonic() > deadline:
@@ -183,6 +193,7 @@ def run_one(tree: Path, args: argparse.Namespace, admin_dsn: str, workdir: Path,
             profiler = None
             # With everybody connected: the daemon's CPU per frame of the ticker.
             ticker.interval = args.tail_tick
+            ticker.active.set()
             time.sleep(args.tail_tick)
             before_tail = point(gen.ask({"cmd": "frames"}, "frames", 30)["frames"])
             time.sleep(args.tail)

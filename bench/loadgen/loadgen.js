@@ -115,6 +115,7 @@ function countInto(table, key) { table[key] = (table[key] || 0) + 1; }
 const SNAPSHOTS = [Buffer.from('"type":"snapshot"'), Buffer.from('"type": "snapshot"')];
 let startedNs = 0;         // when the first connection was started
 let readyCount = 0;
+let readySeed = 0;
 
 class Client {
   constructor(index, subscription, sourceAddress, stalled, v2) {
@@ -229,6 +230,7 @@ class Client {
       if (!this.readyAt && (!this.v2 || SNAPSHOTS.some((s) => payload.indexOf(s) >= 0))) {
         this.readyAt = at;
         readyCount++;
+        if (!this.v2) readySeed++;
       }
       this.frames++;
       framesTotal++;
@@ -408,7 +410,7 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
   } else if (command.cmd === 'ready') {
     emit(ready());
   } else if (command.cmd === 'frames') {
-    emit({type: 'frames', frames: framesTotal, ready: readyCount, open: stats.open,
+    emit({type: 'frames', frames: framesTotal, ready: readyCount, readySeed, open: stats.open,
           failed: stats.failed, dropped: stats.dropped});
   } else if (command.cmd === 'measure') {
     measureFirst = command.first;
