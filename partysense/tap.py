@@ -216,7 +216,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     limits = limits_from(options)
     limits.max_clients = clients_that_fit(limits.max_clients, open_files)
     counters = ClientCounters()
-    shared = Shared(hub=hub, listener=listener, reads=SharedReads(queries, reactor),
+    reads = SharedReads(queries, reactor, listener=listener)
+    shared = Shared(hub=hub, listener=listener, reads=reads,
                     events=EventDirectory(queries.runQuery, reactor), counters=counters,
                     clock=reactor, max_subscriptions=limits.max_subscriptions,
                     tokens=options["tokens"])
