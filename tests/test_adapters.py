@@ -142,6 +142,11 @@ def test_autobahn_protocol_write_path(protocol: WebSocketServerProtocol) -> None
     stats = getattr(protocol, "trafficStats", None)
     canary("autobahn", "WebSocketProtocol.trafficStats.outgoingOctetsWireLevel",
            isinstance(getattr(stats, "outgoingOctetsWireLevel", None), int), "a byte count")
+    canary("autobahn", "WebSocketProtocol.trafficStats.preopenOutgoingOctetsWireLevel",
+           isinstance(getattr(stats, "preopenOutgoingOctetsWireLevel", None), int),
+           "a byte count")
+    canary("autobahn", "WebSocketProtocol.logOctets", isinstance(protocol.logOctets, bool),
+           "an option: log every octet sent")
 
 
 def test_autobahn_fail_connection_hook(protocol: WebSocketServerProtocol) -> None:
@@ -190,3 +195,19 @@ def test_autobahn_settings_reach_connections_without_per_connection_formatting(
     # Autobahn formats what it copied for a debug line: nothing is left to copy.
     canary("autobahn", "WebSocketProtocol._connectionMade's pformat of CONFIG_ATTRS",
            all(value == [] for value in formatted), "a list of the options copied")
+
+
+def test_autobahn_handshake_answer_goes_out_whole_and_counted() -> None:
+    factory = autobahn_adapter.ServerFactory()
+    factory.protocol = autobahn_adapter.ServerProtocol
+    factory.setProtocolOptions(openHandshakeTimeout=0)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\n")
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer  # RFC 6455's example accept
+    assert protocol.trafficStats.preopenOutgoingOctetsWireLevel == len(answer)

@@ -14,9 +14,13 @@ the closing handshake; we need a few things it offers no public way to do:
 - the factory's settings handed to its protocol class once, not copied (and
   formatted for a debug line) on every connection (``CONFIG_ATTRS``).
 
+- the handshake's answer sent at once, as our frames are (``sendData`` in
+  the connecting state, ``trafficStats.preopenOutgoingOctetsWireLevel``).
+
 Private names used: ``PreparedMessage.payloadHybi``, ``send_queue``,
 ``sendData``, ``trafficStats``, ``_fail_connection``, ``failedByMe``,
-``allowNullOrigin``, ``CONFIG_ATTRS``. Canaries: tests/test_adapters.py.
+``allowNullOrigin``, ``CONFIG_ATTRS``, ``logOctets``. Canaries:
+tests/test_adapters.py.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
+
+from partysense.adapters.twisted_adapter import write_now
 
 # A text message as it goes on the wire, frame header included.
 Frame = bytes
@@ -70,6 +76,13 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         self.before_autobahn_writes()
+        if self.state == self.STATE_CONNECTING and not (sync or chopsize or self.send_queue
+                                                        or getattr(self, "logOctets", True)):
+            # The handshake's answer: sent at once (write_now), not after a
+            # reactor round trip, and without Autobahn's debug line for it.
+            write_now(self.transport, data)
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+            return
         super().sendData(data, sync, chopsize)
 
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
