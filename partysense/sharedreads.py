@@ -25,7 +25,9 @@ changes up to the log's newest seq N when they were read). While the listener
 has read nothing past N, and listens on the event from before N, an asker
 needs no query at all: every change after N is yet to be handed on, so it
 reaches the asker's subscription (registered before it asks) live. During a
-storm the queries are then a few per event and per vote, not per client.
+storm the queries are then a few per event and per vote, not per client. Such
+a read is used past its second too, while it has few changes after its
+tallies: an event nobody votes on costs one snapshot, not one a second.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from partysense.changelog import Replay, Snapshot, replay_since, take_snapshot
 from partysense.channels import channel_for
 
 REUSE = 1.0  # seconds an event's snapshot is reused (with the changes since)
+# Past REUSE, a kept read that still holds is used as long as it has no more
+# changes than this to send after its tallies.
+FEW_CHANGES = 100
 MAX_KEPT = 10_000  # snapshots kept at once
 
 
@@ -152,6 +157,17 @@ class SharedReads:
             return kept
         return None
 
+    def _still_good(self, event_id: int | None) -> Kept | None:
+        """A kept read that answers an asker as it is: it holds, and it is
+        young or has few changes to send after its tallies (an event nobody
+        votes on keeps its read, however old)."""
+        kept = self._kept.get(event_id) if event_id is not None else None
+        if kept is None or not self._holds(event_id, kept):
+            return None
+        if self._clock.seconds() - kept.at < self._reuse or len(kept.changes) <= FEW_CHANGES:
+            return kept
+        return None
+
     def _holds(self, event_id: int | None, kept: Kept) -> bool:
         """Nothing of the event after ``kept.newest`` has been handed on yet."""
         listener = self._listener
@@ -160,8 +176,8 @@ class SharedReads:
 
     def _snapshot(self, event_id: int | None, _: list[Any]) -> defer.Deferred[Any]:
         # Askers who waited for the previous batch may find its answer still holds.
-        kept = self._fresh(event_id)
-        if kept is not None and self._holds(event_id, kept):
+        kept = self._still_good(event_id)
+        if kept is not None:
             self.from_memory += 1
             return defer.succeed((kept.snapshot, list(kept.changes)))
         self.queries += 1
@@ -180,8 +196,8 @@ class SharedReads:
 
     def _replay(self, key: tuple[int | None, int], _: list[Any]) -> defer.Deferred[Any]:
         event_id, since = key
-        kept = self._fresh(event_id)
-        if kept is not None and kept.snapshot.cursor == since and self._holds(event_id, kept):
+        kept = self._still_good(event_id)
+        if kept is not None and kept.snapshot.cursor == since:
             self.from_memory += 1
             return defer.succeed(Replay(list(kept.changes), newest=kept.newest))
         self.queries += 1

@@ -194,3 +194,20 @@ def test_nothing_kept_holds_once_the_log_went_back() -> None:
     listener.read_up_to = 40  # nothing after 40 read: yet the kept 100 is another history
     reads.snapshot(7)
     assert len(queries.running) == 2 and queries.running[1][0] is replay_since
+
+
+@pytest.mark.logic
+def test_a_kept_read_that_holds_outlives_its_second_while_it_has_few_changes() -> None:
+    clock = Clock()
+    queries = ManualQueries()
+    listener = Listener()
+    listener.read_up_to = 100
+    reads = SharedReads(queries, clock, reuse=1.0, listener=listener)
+    reads.snapshot(7)
+    queries.running[0][2].callback(snapshot(100))
+    clock.advance(60.0)  # nobody voted for a minute
+    assert reads.snapshot(7).result == (snapshot(100), [])
+    assert len(queries.running) == 1
+    listener.read_up_to = 101  # a vote: read from the log again
+    reads.snapshot(7)
+    assert len(queries.running) == 2 and queries.running[1][0] is take_snapshot
