@@ -82,6 +82,7 @@ class Statements:
         try:
             with self._connection.cursor() as cursor:
                 cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                cursor.execute(READ, (ROLE,))  # fails unless the server loads the module
                 cursor.execute("SELECT current_user, "
                                "EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (ROLE,))
                 user, exists = cursor.fetchone()
@@ -89,7 +90,6 @@ class Statements:
                     cursor.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ROLE)))
                 cursor.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(user),
                                                                 sql.Identifier(ROLE)))
-                cursor.execute(READ, (ROLE,))
             self.available = True
             self.daemon_dsn = make_dsn(dsn, user=ROLE)
         except psycopg2.Error:

@@ -150,7 +150,7 @@ def run_one(tree: Path, args: argparse.Namespace, admin_dsn: str, workdir: Path,
     with database.bench_database(admin_dsn) as dsn:
         events, tracks = database.create_party(dsn, args.events)
         counts = statements.Statements(dsn)
-        twistd = str(tree / ".venv" / "bin" / "twistd")
+        twistd = str(tree / ".venv" / "bin" / "twistd") if tree != HERE else None
         service = services.start_partysense(counts.daemon_dsn, workdir,
                                              workers=args.workers, twistd=twistd)
         ticker = Ticker(dsn, events, tracks, args.tick)
@@ -361,8 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--v2", type=float, default=0.2, help="share of partysense.v2 clients")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tree", type=Path, action="append",
-                        help="a checkout with its .venv to run (repeat to compare; "
-                             "default: this one)")
+                        help="a checkout whose .venv/bin/twistd to run (repeat to compare); "
+                             "this checkout runs this interpreter's twistd")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--tick", type=float, default=0.1,
                         help="seconds between the ticker's votes (one per event), from the "
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     raise_open_files_limit()
     trees = [tree.resolve() for tree in (args.tree or [HERE])]
     for tree in trees:
-        if not (tree / ".venv" / "bin" / "twistd").exists():
+        if tree != HERE and not (tree / ".venv" / "bin" / "twistd").exists():
             raise SystemExit(f"{tree}/.venv/bin/twistd: no such file")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     results = []
