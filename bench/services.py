@@ -95,10 +95,15 @@ def _healthy(port: int) -> bool:
 
 
 def start_partysense(dsn: str, workdir: Path, workers: int = 1,
-                     backlog: int = 4096, write_delay: float = 0.0) -> Running:
+                     backlog: int = 4096, write_delay: float = 0.0,
+                     twistd: str | None = None) -> Running:
     """twistd on port 0: the kernel picks a free port, and Twisted logs which
-    ("Site starting on PORT"; with --workers, relayed from a worker)."""
-    twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+    ("Site starting on PORT"; with --workers, relayed from a worker).
+
+    ``twistd``: another tree's (its venv's) to compare with, e.g. the code
+    before a change (bench/storm.py --tree); default: this interpreter's.
+    """
+    twistd = twistd or shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
     handle, name = tempfile.mkstemp(prefix="partysense-", suffix=".log", dir=workdir)
     os.close(handle)
     log_path = Path(name)

@@ -117,10 +117,15 @@ class Snapshot:
 
 @dataclass
 class Replay:
-    """Changes after a cursor, or ``snapshot`` when the log cannot provide them."""
+    """Changes after a cursor, or ``snapshot`` when the log cannot provide them.
+
+    ``newest``: the log's newest seq when they were read; the changes are
+    all of the event's up to it (None: not said).
+    """
 
     changes: list[Change]
     snapshot: Snapshot | None = None
+    newest: int | None = None
 
 
 @defer.inlineCallbacks
@@ -173,7 +178,7 @@ def replay_since(cursor: Any, event_id: int | None, since: int) -> Any:
     rows = cursor.fetchall()
     if len(rows) > MAX_REPLAY:
         return Replay([], (yield _fresh(cursor, event_id, newest)))
-    return Replay(parse_rows(rows))
+    return Replay(parse_rows(rows), newest=newest)
 
 
 def _fresh(cursor: Any, event_id: int | None, newest: int) -> Any:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel, combinedLogFormatter
+from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request, Site
 
 from partysense.quietlog import Quiet
+from partysense.upgrade import UpgradingChannel
 
 # Connections accepted in the last --handshake-timeout seconds and not yet
 # upgraded: room for a venue's whole party reconnecting at once.
@@ -85,8 +86,10 @@ class GuardedSite(Site):
     requestFactory = GuardedRequest
     # HTTP/1.1 channels themselves, not twisted.web's wrapper that can switch
     # to HTTP/2 after ALPN: a WebSocket is an HTTP/1.1 upgrade, and the
-    # deadline needs the channel's own transport.
-    protocol = HTTPChannel  # type: ignore[assignment]
+    # deadline needs the channel's own transport. Upgrades for / go to
+    # ``websocket`` (a protocol factory) unparsed (partysense/upgrade.py).
+    protocol = UpgradingChannel  # type: ignore[assignment]
+    websocket: IProtocolFactory | None = None
     _log = Logger()
 
     def __init__(self, resource: Any, clock: IReactorTime, handshake_timeout: float,

@@ -104,6 +104,18 @@ class ListenerService(PostgresService):
         """The channels LISTENed on the current connection."""
         return frozenset(self._listening)
 
+    def complete_after(self, channel: str, seq: int) -> bool:
+        """Every change on ``channel`` after ``seq`` is yet to be handed on.
+
+        True when ``channel`` is LISTENed on the current connection from
+        before ``seq`` (its floor) and no change after ``seq`` has been read:
+        the reads go in seq order, so each such change will be handed on to
+        whoever subscribes to the channel now. What a client was sent up to
+        ``seq`` is then all it needs from the log (partysense/sharedreads.py).
+        """
+        return (self.connected and channel in self._listening
+                and self._floor.get(channel, 0) <= seq and (self.last_seq or 0) <= seq)
+
     def whenListening(self, channel: str) -> defer.Deferred[None]:
         """Fires once ``channel`` is LISTENed on the current connection.
 

@@ -324,7 +324,10 @@ class LiveFactory(ServerFactory):
             perMessageCompressionAccept=None,  # prepared frames need it off
             autoPingInterval=self.limits.ping_interval,
             autoPingTimeout=self.limits.ping_interval,
-            openHandshakeTimeout=10,
+            # No timer per connection: Autobahn is handed a whole request by
+            # the HTTP side (which has its own deadline, partysense/httpguard.py)
+            # and answers it at once, so its opening handshake never waits.
+            openHandshakeTimeout=0,
             closeHandshakeTimeout=3,
             allowedOrigins=list(self.limits.allowed_origins) or ["*"],
         )

@@ -20,6 +20,15 @@ the log (a cheap range scan, itself shared): tallies as of the cursor plus
 those changes are exactly what a fresh snapshot would say, and the
 subscription sends them before going live.
 
+What was read is kept as "the event as of seq N" (the tallies, and the
+changes up to the log's newest seq N when they were read). While the listener
+has read nothing past N, and listens on the event from before N, an asker
+needs no query at all: every change after N is yet to be handed on, so it
+reaches the asker's subscription (registered before it asks) live. During a
+storm the queries are then a few per event and per vote, not per client. Such
+a read is used past its second too, while it has few changes after its
+tallies: an event nobody votes on costs one snapshot, not one a second.
+
 The log's end (a seed subscription's floor, partysense/seed.py) is shared
 the same way: one query at a time, those who ask meanwhile share the next.
 """
@@ -27,6 +36,7 @@ the same way: one query at a time, those who ask meanwhile share the next.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -35,14 +45,39 @@ from twisted.python.failure import Failure
 
 from partysense.change import Change
 from partysense.changelog import Replay, Snapshot, log_end, replay_since, take_snapshot
+from partysense.channels import channel_for
 
 REUSE = 1.0  # seconds an event's snapshot is reused (with the changes since)
+# Past REUSE, a kept read that still holds is used as long as it has no more
+# changes than this to send after its tallies.
+FEW_CHANGES = 100
 MAX_KEPT = 10_000  # snapshots kept at once
 
 
 class Queries(Protocol):
     def runInteraction(self, interaction: Callable[..., Any],
                        *args: Any) -> defer.Deferred[Any]: ...
+
+
+class Listener(Protocol):
+    # The newest seq read; it only goes back when the database's log did
+    # (a restore): what was kept before then no longer holds.
+    last_seq: int | None
+
+    def complete_after(self, channel: str, seq: int) -> bool:
+        """Every change on ``channel`` after ``seq`` is yet to be handed on."""
+
+
+@dataclass
+class Kept:
+    """An event as of ``newest``: its tallies at ``snapshot.cursor`` and its
+    changes after that cursor up to ``newest``."""
+
+    snapshot: Snapshot
+    at: float  # when the tallies were read
+    changes: list[Change] = field(default_factory=list)
+    newest: int = 0
+    listener_seq: int = 0  # the listener's last_seq then
 
 
 class _Batches:
@@ -84,33 +119,33 @@ class _Batches:
 
 
 class SharedReads:
-    """Snapshots and replays of the change log, shared by concurrent askers."""
+    """Snapshots and replays of the change log, shared by concurrent askers.
 
-    def __init__(self, queries: Queries, clock: IReactorTime, reuse: float = REUSE) -> None:
+    ``listener``: what tells whether a kept read still holds (None: never;
+    every asker of a kept event then costs a shared replay).
+    """
+
+    def __init__(self, queries: Queries, clock: IReactorTime, reuse: float = REUSE,
+                 listener: Listener | None = None) -> None:
         self._queries = queries
         self._clock = clock
         self._reuse = reuse
-        self._kept: dict[int, tuple[Snapshot, float]] = {}
-        self._snapshots = _Batches(self._snapshot, lambda snapshot, _: snapshot)
+        self._listener = listener
+        self._kept: dict[int, Kept] = {}
+        self._snapshots = _Batches(self._snapshot, lambda answer, _: answer)
         self._replays = _Batches(self._replay, lambda replay, _: replay)
-        self._ends = _Batches(lambda _key, _askers: self._queries.runInteraction(log_end),
-                              lambda end, _: end)
-
-    @property
-    def queries(self) -> int:
-        """Queries run so far (for tests and the bench)."""
-        return self._snapshots.queries + self._replays.queries + self._ends.queries
+        self._ends = _Batches(self._log_end, lambda end, _: end)
+        self.queries = 0   # queries run so far (for tests and the bench)
+        self.from_memory = 0  # answers that needed none
 
     def snapshot(self, event_id: int | None) -> defer.Deferred[tuple[Snapshot, list[Change]]]:
         """The event's tallies and their cursor (the firehose: the cursor only),
         with the changes since that cursor to send after them."""
-        kept = self._kept.get(event_id) if event_id is not None else None
-        if kept is not None and self._clock.seconds() - kept[1] < self._reuse:
-            snapshot = kept[0]
-            return self.replay(event_id, snapshot.cursor).addCallback(
-                lambda replay: (replay.snapshot, []) if replay.snapshot is not None
-                else (snapshot, replay.changes))
-        return self._snapshots.ask(event_id, None).addCallback(lambda snapshot: (snapshot, []))
+        kept = self._fresh(event_id)
+        if kept is not None and not self._holds(event_id, kept):
+            return self.replay(event_id, kept.snapshot.cursor).addCallback(
+                self._replayed, event_id, kept)
+        return self._snapshots.ask(event_id, None)
 
     def replay(self, event_id: int | None, since: int) -> defer.Deferred[Replay]:
         """The changes after ``since``, or a fresh snapshot when the log cannot tell.
@@ -128,18 +163,68 @@ class SharedReads:
         """
         return self._ends.ask(None, None)
 
+    def _fresh(self, event_id: int | None) -> Kept | None:
+        kept = self._kept.get(event_id) if event_id is not None else None
+        if kept is not None and self._clock.seconds() - kept.at < self._reuse:
+            return kept
+        return None
+
+    def _still_good(self, event_id: int | None) -> Kept | None:
+        """A kept read that answers an asker as it is: it holds, and it is
+        young or has few changes to send after its tallies (an event nobody
+        votes on keeps its read, however old)."""
+        kept = self._kept.get(event_id) if event_id is not None else None
+        if kept is None or not self._holds(event_id, kept):
+            return None
+        if self._clock.seconds() - kept.at < self._reuse or len(kept.changes) <= FEW_CHANGES:
+            return kept
+        return None
+
+    def _holds(self, event_id: int | None, kept: Kept) -> bool:
+        """Nothing of the event after ``kept.newest`` has been handed on yet."""
+        listener = self._listener
+        return (listener is not None and (listener.last_seq or 0) >= kept.listener_seq
+                and listener.complete_after(channel_for(event_id), kept.newest))
+
+    def _log_end(self, _key: Any, _askers: list[Any]) -> defer.Deferred[Any]:
+        self.queries += 1
+        return self._queries.runInteraction(log_end)
+
     def _snapshot(self, event_id: int | None, _: list[Any]) -> defer.Deferred[Any]:
+        # Askers who waited for the previous batch may find its answer still holds.
+        kept = self._still_good(event_id)
+        if kept is not None:
+            self.from_memory += 1
+            return defer.succeed((kept.snapshot, list(kept.changes)))
+        self.queries += 1
         return self._queries.runInteraction(take_snapshot, event_id).addCallback(
             self._keep, event_id)
 
-    def _keep(self, snapshot: Snapshot, event_id: int | None) -> Snapshot:
+    def _keep(self, snapshot: Snapshot, event_id: int | None) -> tuple[Snapshot, list[Change]]:
         if event_id is not None:
             if len(self._kept) >= MAX_KEPT:
                 del self._kept[next(iter(self._kept))]  # the oldest
             self._kept.pop(event_id, None)
-            self._kept[event_id] = (snapshot, self._clock.seconds())
-        return snapshot
+            listener_seq = (self._listener.last_seq or 0) if self._listener is not None else 0
+            self._kept[event_id] = Kept(snapshot, self._clock.seconds(), [], snapshot.cursor,
+                                        listener_seq)
+        return snapshot, []
 
     def _replay(self, key: tuple[int | None, int], _: list[Any]) -> defer.Deferred[Any]:
         event_id, since = key
+        kept = self._still_good(event_id)
+        if kept is not None and kept.snapshot.cursor == since:
+            self.from_memory += 1
+            return defer.succeed(Replay(list(kept.changes), newest=kept.newest))
+        self.queries += 1
         return self._queries.runInteraction(replay_since, event_id, since)
+
+    def _replayed(self, replay: Replay, event_id: int | None,
+                  kept: Kept) -> tuple[Snapshot, list[Change]]:
+        if replay.snapshot is not None:
+            return replay.snapshot, []
+        if replay.newest is not None and replay.newest > kept.newest \
+                and self._kept.get(event_id) is kept:  # type: ignore[arg-type]
+            # The kept tallies plus these are the event as of replay.newest.
+            kept.changes, kept.newest = replay.changes, replay.newest
+        return kept.snapshot, replay.changes

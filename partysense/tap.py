@@ -27,6 +27,7 @@ from twisted.python import usage
 
 from partysense import dsn as dsnlib
 from partysense import errors, tokens, workers
+from partysense.collector import CollectorService
 from partysense.demo import DemoPartyService
 from partysense.dialect import ClientCounters, MakeSession, Shared
 from partysense.embedded import database_for
@@ -217,6 +218,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["workers"] > 1:
         return workers.make_supervisor(options, reactor)
     top = service.MultiService()
+    # First: what the assembly made is frozen before anything else starts.
+    CollectorService().setServiceParent(top)
 
     dsn, where = database_for(options["dsn"], options["data-dir"], top)
 
@@ -232,7 +235,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     limits = limits_from(options)
     limits.max_clients = clients_that_fit(limits.max_clients, open_files)
     counters = ClientCounters()
-    shared = Shared(hub=hub, listener=listener, reads=SharedReads(queries, reactor),
+    reads = SharedReads(queries, reactor, listener=listener)
+    shared = Shared(hub=hub, listener=listener, reads=reads,
                     events=EventDirectory(queries.runQuery, reactor), counters=counters,
                     clock=reactor, max_subscriptions=limits.max_subscriptions,
                     tokens=options["tokens"])

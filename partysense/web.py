@@ -244,6 +244,7 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     if metrics is not None:
         root.putChild(b"metrics", metrics)
     site = GuardedSite(root, clock, handshake_timeout)
+    site.websocket = factory  # whole upgrade requests for / skip twisted.web
     site.displayTracebacks = False
     return site
 

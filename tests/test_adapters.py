@@ -142,6 +142,11 @@ def test_autobahn_protocol_write_path(protocol: WebSocketServerProtocol) -> None
     stats = getattr(protocol, "trafficStats", None)
     canary("autobahn", "WebSocketProtocol.trafficStats.outgoingOctetsWireLevel",
            isinstance(getattr(stats, "outgoingOctetsWireLevel", None), int), "a byte count")
+    canary("autobahn", "WebSocketProtocol.trafficStats.preopenOutgoingOctetsWireLevel",
+           isinstance(getattr(stats, "preopenOutgoingOctetsWireLevel", None), int),
+           "a byte count")
+    canary("autobahn", "WebSocketProtocol.logOctets", isinstance(protocol.logOctets, bool),
+           "an option: log every octet sent")
 
 
 def test_autobahn_fail_connection_hook(protocol: WebSocketServerProtocol) -> None:
@@ -159,3 +164,50 @@ def test_autobahn_allow_null_origin_is_a_protocol_option() -> None:
     canary("autobahn", "WebSocketServerFactory.allowNullOrigin",
            getattr(factory, "allowNullOrigin", None) is True,
            "set by setProtocolOptions(allowNullOrigin=...)")
+
+
+def test_autobahn_config_attrs_are_what_a_connection_copies() -> None:
+    names = getattr(WebSocketServerProtocol, "CONFIG_ATTRS", None)
+    canary("autobahn", "WebSocketServerProtocol.CONFIG_ATTRS",
+           isinstance(names, (list, tuple)) and "autoPingInterval" in names
+           and "maxMessagePayloadSize" in names,
+           "the names of the options _connectionMade copies from the factory")
+
+
+def test_autobahn_settings_reach_connections_without_per_connection_formatting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    formatted: list[Any] = []
+    monkeypatch.setattr(autobahn_protocol, "pformat",
+                        lambda value, *args, **kwargs: formatted.append(value) or "")
+    factory = autobahn_adapter.ServerFactory()
+    factory.protocol = autobahn_adapter.ServerProtocol
+    factory.setProtocolOptions(autoPingInterval=7, maxMessagePayloadSize=123)
+    factory.setProtocolOptions(autoPingInterval=9)  # the later call wins
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    assert isinstance(protocol, autobahn_adapter.ServerProtocol)
+    assert (protocol.autoPingInterval, protocol.maxMessagePayloadSize) == (9, 123)
+    assert protocol.openHandshakeTimeout == factory.openHandshakeTimeout
+    # A function-valued option stays the function, not a method of the protocol.
+    assert protocol.perMessageCompressionAccept([]) is None
+    # Autobahn formats what it copied for a debug line: nothing is left to copy.
+    canary("autobahn", "WebSocketProtocol._connectionMade's pformat of CONFIG_ATTRS",
+           all(value == [] for value in formatted), "a list of the options copied")
+
+
+def test_autobahn_handshake_answer_goes_out_whole_and_counted() -> None:
+    factory = autobahn_adapter.ServerFactory()
+    factory.protocol = autobahn_adapter.ServerProtocol
+    factory.setProtocolOptions(openHandshakeTimeout=0)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\n")
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer  # RFC 6455's example accept
+    assert protocol.trafficStats.preopenOutgoingOctetsWireLevel == len(answer)

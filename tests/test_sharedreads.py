@@ -120,3 +120,94 @@ async def test_concurrent_snapshots_of_a_real_event_agree_with_sql(
         assert {s.cursor for s in snapshots} <= {snapshots[0].cursor, snapshots[-1].cursor}
     finally:
         await queries.stopService()
+
+
+class Listener:
+    """Says whether nothing after a seq has been handed on, as the test sets it."""
+
+    def __init__(self) -> None:
+        self.read_up_to = 0
+        self.asked: list[tuple[str, int]] = []
+
+    @property
+    def last_seq(self) -> int:
+        return self.read_up_to
+
+    def complete_after(self, channel: str, seq: int) -> bool:
+        self.asked.append((channel, seq))
+        return self.read_up_to <= seq
+
+
+@pytest.mark.logic
+def test_while_the_listener_has_read_nothing_newer_a_kept_read_needs_no_query() -> None:
+    clock = Clock()
+    queries = ManualQueries()
+    listener = Listener()
+    listener.read_up_to = 100
+    reads = SharedReads(queries, clock, reuse=1.0, listener=listener)
+    first = reads.snapshot(7)
+    waited = [reads.snapshot(7) for _ in range(500)]  # asked while the first ran
+    queries.running[0][2].callback(snapshot(100))
+    later = [reads.snapshot(7) for _ in range(500)]
+    assert len(queries.running) == 1 and reads.queries == 1
+    assert all(d.result == (snapshot(100), []) for d in [first, *waited, *later])
+    assert listener.asked[-1] == ("event_7", 100)
+    resumed = reads.replay(7, 100)  # a v2 client resuming from that cursor
+    assert resumed.result.changes == [] and len(queries.running) == 1
+
+
+@pytest.mark.logic
+def test_once_the_listener_has_read_past_it_a_kept_read_is_brought_up_to_date() -> None:
+    clock = Clock()
+    queries = ManualQueries()
+    listener = Listener()
+    reads = SharedReads(queries, clock, reuse=1.0, listener=listener)
+    reads.snapshot(7)
+    queries.running[0][2].callback(snapshot(100))
+    listener.read_up_to = 102  # changes 101 and 102 were handed on before these asked
+    asked = [reads.snapshot(7) for _ in range(3)]
+    interaction, args, answer = queries.running[1]
+    assert (interaction, args) == (replay_since, (7, 100))
+    answer.callback(Replay(changes=["change 101", "change 102"], newest=102))  # type: ignore[list-item]
+    assert all(d.result == (snapshot(100), ["change 101", "change 102"]) for d in asked)
+    # The event as of 102 is known now: the next asker needs no query.
+    again = reads.snapshot(7)
+    assert again.result == (snapshot(100), ["change 101", "change 102"])
+    assert len(queries.running) == 2
+    listener.read_up_to = 103
+    reads.snapshot(7)
+    assert len(queries.running) == 3  # change 103: read from the log again
+    clock.advance(1.0)  # the tallies are a second old: a fresh GROUP BY
+    reads.snapshot(7)
+    assert queries.running[3][0] is take_snapshot
+
+
+@pytest.mark.logic
+def test_nothing_kept_holds_once_the_log_went_back() -> None:
+    """A restored database: the listener counts again from a lower seq."""
+    queries = ManualQueries()
+    listener = Listener()
+    listener.read_up_to = 100
+    reads = SharedReads(queries, Clock(), reuse=1.0, listener=listener)
+    reads.snapshot(7)
+    queries.running[0][2].callback(snapshot(100))
+    listener.read_up_to = 40  # nothing after 40 read: yet the kept 100 is another history
+    reads.snapshot(7)
+    assert len(queries.running) == 2 and queries.running[1][0] is replay_since
+
+
+@pytest.mark.logic
+def test_a_kept_read_that_holds_outlives_its_second_while_it_has_few_changes() -> None:
+    clock = Clock()
+    queries = ManualQueries()
+    listener = Listener()
+    listener.read_up_to = 100
+    reads = SharedReads(queries, clock, reuse=1.0, listener=listener)
+    reads.snapshot(7)
+    queries.running[0][2].callback(snapshot(100))
+    clock.advance(60.0)  # nobody voted for a minute
+    assert reads.snapshot(7).result == (snapshot(100), [])
+    assert len(queries.running) == 1
+    listener.read_up_to = 101  # a vote: read from the log again
+    reads.snapshot(7)
+    assert len(queries.running) == 2 and queries.running[1][0] is take_snapshot

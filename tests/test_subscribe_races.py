@@ -89,7 +89,8 @@ async def wired(db_dsn: str) -> Any:
     hub = Hub(listener)
     events = WatchedEvents(queries.runQuery, reactor)
     counters = ClientCounters()
-    shared = Shared(hub=hub, listener=listener, reads=SharedReads(queries, reactor), events=events,
+    reads = SharedReads(queries, reactor, listener=listener)
+    shared = Shared(hub=hub, listener=listener, reads=reads, events=events,
                     counters=counters, clock=reactor)
     factory = LiveFactory(dialect_table(shared), reactor, Limits(ping_interval=0), counters)
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
@@ -402,3 +403,34 @@ def test_seed_request_cut_off_by_a_lost_database_is_try_later(
             code, reason = closed.rcvd.code, closed.rcvd.reason
     assert code == 1013 and "unreachable" in reason, reason
     assert "Request from" not in daemon.log()  # no traceback: not our error
+
+
+@pytest.mark.database
+@pytest_twisted.ensureDeferred
+async def test_complete_after_holds_until_a_later_change_is_read(
+        db_dsn: str, party: Party) -> None:
+    """What lets a storm of v2 subscribers share one read (partysense/sharedreads.py)."""
+    event_id = party.event()
+    track = party.track()
+    party.vote(event_id, track)
+    channel = f"event_{event_id}"
+    service = _listener(db_dsn)
+    seen: list[int] = []
+    service.observe(lambda _, change: seen.append(change.seq))
+    service.startService()
+    try:
+        await service.whenConnected()
+        assert not service.complete_after(channel, 10**9)  # not listened yet
+        service.listen(channel)
+        await service.whenListening(channel)
+        rows = await service.runQuery("SELECT max(seq) FROM partysense_change")
+        newest = rows[0][0]
+        assert service.complete_after(channel, newest)
+        party.query("INSERT INTO event_vote (event_id, track_id, user_id, is_positive) "
+                    "VALUES (%s, %s, 2, true)", (event_id, track))  # one change
+        await eventually(lambda: seen, "the new change to be read")
+        assert len(seen) == 1 and seen[0] > newest
+        assert not service.complete_after(channel, newest)  # it was handed on already
+        assert service.complete_after(channel, seen[-1])
+    finally:
+        service.stopService()

@@ -14,6 +14,11 @@
 //   -> {"cmd": "measure", "first": vote_id, "last": vote_id}
 //   -> {"cmd": "finish", "votes": "/path/votes.json", "settleMs": 3000, "maxWaitMs": 30000}
 //   <- {"type": "result", ...}      then the process exits
+// The storm (bench/storm.py) adds:
+//   config "v2": [0|1 per subscription] (1: a partysense.v2 client, which is
+//     ready at its snapshot; a seed client is ready at its first frame),
+//   config "waitForGo": true: connect nobody until -> {"cmd": "go"}
+//   -> {"cmd": "ready"}             <- {"type": "ready", "ready": n, "readyNs": [...], ...}
 // Times are CLOCK_MONOTONIC nanoseconds (process.hrtime), the same clock as
 // Python's time.monotonic_ns(), so the generator's t0 and our arrival compare.
 'use strict';
@@ -33,6 +38,8 @@ const defaults = {
   concurrency: 256,         // handshakes in flight at once
   handshakeTimeoutMs: 15000,
   connectDeadlineMs: 120000,
+  v2: [],                   // per subscription: 1 for a partysense.v2 client
+  waitForGo: false,
 };
 const config = Object.assign({}, defaults, JSON.parse(process.argv[2] || '{}'));
 
@@ -104,11 +111,20 @@ const stats = {open: 0, failed: 0, dropped: 0, failures: {}, dropCodes: {}};
 
 function countInto(table, key) { table[key] = (table[key] || 0) + 1; }
 
+// The daemon writes JSON with or without a space after the colon.
+const SNAPSHOTS = [Buffer.from('"type":"snapshot"'), Buffer.from('"type": "snapshot"')];
+let startedNs = 0;         // when the first connection was started
+let readyCount = 0;
+let readySeed = 0;
+
 class Client {
-  constructor(index, subscription, sourceAddress, stalled) {
+  constructor(index, subscription, sourceAddress, stalled, v2) {
     this.index = index;
     this.subscription = subscription;
     this.stalled = stalled;
+    this.v2 = v2;
+    this.readyAt = 0;       // seed: its first frame; v2: its snapshot
+    this.openAt = 0;
     this.state = 'connecting';
     this.frames = 0;
     this.closeCode = null;
@@ -124,6 +140,7 @@ class Client {
     this.socket.on('connect', () => this.socket.write(
       `GET ${config.path} HTTP/1.1\r\nHost: ${config.host}:${config.port}\r\n` +
       'Upgrade: websocket\r\nConnection: Upgrade\r\n' +
+      (this.v2 ? 'Sec-WebSocket-Protocol: partysense.v2\r\n' : '') +
       `Sec-WebSocket-Key: ${this.key}\r\nSec-WebSocket-Version: 13\r\n\r\n`));
     this.socket.on('data', (data) => this.onData(data));
     this.socket.on('error', (error) => this.lost(error.code || String(error)));
@@ -166,8 +183,11 @@ class Client {
       }
       clearTimeout(this.timer);
       this.state = 'open';
+      this.openAt = now();
       if (!this.stalled) stats.open++;
-      this.socket.write(clientFrame(1, Buffer.from(JSON.stringify({event: this.subscription}))));
+      const request = this.v2 ? {type: 'subscribe', event: this.subscription}
+                              : {event: this.subscription};
+      this.socket.write(clientFrame(1, Buffer.from(JSON.stringify(request))));
       if (this.stalled) this.socket.pause();  // connected, subscribed, never reading
       this.done();
       if (rest.length) this.onData(rest);
@@ -207,6 +227,11 @@ class Client {
       opcode = 1;
     }
     if (opcode === 1) {
+      if (!this.readyAt && (!this.v2 || SNAPSHOTS.some((s) => payload.indexOf(s) >= 0))) {
+        this.readyAt = at;
+        readyCount++;
+        if (!this.v2) readySeed++;
+      }
       this.frames++;
       framesTotal++;
       lastFrameAt = at;
@@ -226,6 +251,7 @@ class Client {
 
 async function connectAll() {
   const started = now();
+  startedNs = started;
   const deadline = Date.now() + config.connectDeadlineMs;
   const plan = config.subscriptions.map((s) => [s, false])
     .concat(config.stalled.map((s) => [s, true]));
@@ -235,7 +261,8 @@ async function connectAll() {
       const index = next++;
       const [subscription, stalled] = plan[index];
       const source = config.sourceAddresses[index % config.sourceAddresses.length];
-      const client = new Client(index, subscription, source, stalled);
+      const client = new Client(index, subscription, source, stalled,
+                                !stalled && Boolean(config.v2[index]));
       clients.push(client);
       await client.opened;
     }
@@ -247,6 +274,19 @@ async function connectAll() {
   emit({type: 'connected', open: stats.open, failed: stats.failed,
         stalled: clients.filter((c) => c.stalled && c.state === 'open').length,
         failures: stats.failures, seconds: (now() - started) / 1e9});
+}
+
+// The storm's verdict so far: who is ready, and when (ns after startedNs).
+function ready() {
+  const fast = clients.filter((c) => !c.stalled);
+  const times = (v2) => fast.filter((c) => c.readyAt && c.v2 === v2)
+    .map((c) => c.readyAt - startedNs);
+  return {type: 'ready', startedNs, clients: config.subscriptions.length,
+          open: stats.open, failed: stats.failed, dropped: stats.dropped,
+          failures: stats.failures, dropCodes: stats.dropCodes, ready: readyCount,
+          seedReadyNs: times(false), v2ReadyNs: times(true), frames: framesTotal,
+          v2WaitNs: fast.filter((c) => c.readyAt && c.v2).map((c) => c.readyAt - c.openAt),
+          openNs: fast.filter((c) => c.openAt).map((c) => c.openAt - startedNs)};
 }
 
 function status() {
@@ -365,6 +405,13 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
   const command = JSON.parse(line);
   if (command.cmd === 'status') {
     emit(status());
+  } else if (command.cmd === 'go') {
+    go();
+  } else if (command.cmd === 'ready') {
+    emit(ready());
+  } else if (command.cmd === 'frames') {
+    emit({type: 'frames', frames: framesTotal, ready: readyCount, readySeed, open: stats.open,
+          failed: stats.failed, dropped: stats.dropped});
   } else if (command.cmd === 'measure') {
     measureFirst = command.first;
     measureLast = command.last;
@@ -373,4 +420,7 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
   }
 }).on('close', () => process.exit(0));
 
-connectAll().catch((error) => { emit({type: 'error', error: String(error)}); process.exit(1); });
+function go() {
+  connectAll().catch((error) => { emit({type: 'error', error: String(error)}); process.exit(1); });
+}
+if (!config.waitForGo) go();

@@ -10,19 +10,28 @@ the closing handshake; we need a few things it offers no public way to do:
   (``trafficStats.outgoingOctetsWireLevel``);
 - Autobahn's own refusals (message too big, bad UTF-8, bad framing) handed
   to us to log and count our way (``_fail_connection``, ``failedByMe``);
-- ``allowNullOrigin`` kept across calls (``setProtocolOptions`` resets it).
+- ``allowNullOrigin`` kept across calls (``setProtocolOptions`` resets it);
+- the factory's settings handed to its protocol class once, not copied (and
+  formatted for a debug line) on every connection (``CONFIG_ATTRS``).
+
+- the handshake's answer sent at once, as our frames are (``sendData`` in
+  the connecting state, ``trafficStats.preopenOutgoingOctetsWireLevel``).
 
 Private names used: ``PreparedMessage.payloadHybi``, ``send_queue``,
 ``sendData``, ``trafficStats``, ``_fail_connection``, ``failedByMe``,
-``allowNullOrigin``. Canaries: tests/test_adapters.py.
+``allowNullOrigin``, ``CONFIG_ATTRS``, ``logOctets``. Canaries:
+tests/test_adapters.py.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
+
+from partysense.adapters.twisted_adapter import write_now
 
 # A text message as it goes on the wire, frame header included.
 Frame = bytes
@@ -71,6 +80,13 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         self.before_autobahn_writes()
+        if self.state == self.STATE_CONNECTING and not (sync or chopsize or self.send_queue
+                                                        or getattr(self, "logOctets", True)):
+            # The handshake's answer: sent at once (write_now), not after a
+            # reactor round trip, and without Autobahn's debug line for it.
+            write_now(self.transport, data)
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+            return
         super().sendData(data, sync, chopsize)
 
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
@@ -92,11 +108,39 @@ class ServerProtocol(WebSocketServerProtocol):
 
 
 class ServerFactory(WebSocketServerFactory):
-    """Autobahn's server factory; ``allow_null_origin`` survives every setProtocolOptions."""
+    """Autobahn's server factory; ``allow_null_origin`` survives every setProtocolOptions.
+
+    Its settings are given to its connections once, not on every connection:
+    Autobahn's ``_connectionMade`` copies each of ``CONFIG_ATTRS`` (30-odd
+    options) from the factory to the new protocol and ``pformat``s the lot
+    for a debug line, logged or not: about a quarter of the daemon's CPU while
+    thousands of clients connect. Here every setProtocolOptions makes a
+    subclass of the protocol class holding the settings as class attributes,
+    with nothing left in ``CONFIG_ATTRS`` to copy (or to format).
+    """
 
     allow_null_origin = False
+    _settled: Any = None  # (the class made by _settle_protocol, the class it extends)
 
     def setProtocolOptions(self, *args: Any, **options: Any) -> None:
         # Autobahn turns allowNullOrigin off on every call that does not name it.
         options.setdefault("allowNullOrigin", self.allow_null_origin)
         super().setProtocolOptions(*args, **options)
+        self._settle_protocol()
+
+    def _settle_protocol(self) -> None:
+        made: Any
+        base: Any
+        made, base = self._settled or (None, None)
+        if self.protocol is not made:  # a protocol class set since: settle that one
+            base = self.protocol
+        # A function among them (perMessageCompressionAccept) must stay a plain
+        # attribute: as a class attribute it would become a method.
+        settings = {name: staticmethod(value) if inspect.isfunction(value) else value
+                    for name, value in ((name, getattr(self, name))
+                                        for name in base.CONFIG_ATTRS)}
+        made = type(base.__name__, (base,), {
+            **settings, "CONFIG_ATTRS": (), "__module__": base.__module__,
+            "__doc__": base.__doc__})
+        self._settled = (made, base)
+        self.protocol = made

@@ -1,0 +1,112 @@
+"""WebSocket upgrades handed to Autobahn before twisted.web parses them (partysense/upgrade.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+from twisted.web.static import Data
+
+from partysense.httpguard import GuardedSite
+from partysense.protocol import Limits, LiveProtocol
+from partysense.upgrade import MAX_HEAD, is_websocket_upgrade
+from partysense.web import PageOrWebSocket
+from tests.wire import Transport, factory_without_database
+
+pytestmark = pytest.mark.logic
+
+HEAD = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+@pytest.mark.parametrize("data", [
+    HEAD,
+    HEAD.replace(b"GET / ", b"GET /?token=abc ").replace(b"Upgrade: websocket",
+                                                         b"UPGRADE:  WebSocket"),
+    HEAD + b"\x81\x85rest-of-a-frame",  # a subscribe sent before the answer
+])
+def test_whole_upgrade_requests_for_the_root_go_straight(data: bytes) -> None:
+    assert is_websocket_upgrade(data)
+
+
+@pytest.mark.parametrize("data", [
+    HEAD[:-2],                                                  # the head not yet whole
+    HEAD.replace(b"GET / ", b"POST / "),
+    HEAD.replace(b"GET / ", b"HEAD / "),
+    HEAD.replace(b"GET / ", b"GET /healthz "),
+    HEAD.replace(b"GET / ", b"GET //x "),
+    HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    HEAD.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+    HEAD.replace(b"Upgrade: websocket\r\n", b""),
+    HEAD.replace(b"Host:", b"Content-Length: 5\r\nHost:"),
+    HEAD.replace(b"Host:", b"Transfer-Encoding: chunked\r\nHost:"),
+    HEAD.replace(b"Host: localhost\r\n", b"Host: localhost\r\n folded\r\n"),
+    HEAD.replace(b"Host:", b"X-Pad: " + b"x" * MAX_HEAD + b"\r\nHost:"),
+    b"GET /\r\n\r\n",
+])
+def test_anything_else_takes_the_usual_way(data: bytes) -> None:
+    assert not is_websocket_upgrade(data)
+
+
+class Page(Data):
+    def __init__(self) -> None:
+        super().__init__(b"the page", "text/plain")
+        self.rendered = 0
+
+    def render(self, request: Any) -> bytes:
+        self.rendered += 1
+        return super().render(request)  # type: ignore[no-any-return]
+
+
+def site_and_page() -> tuple[GuardedSite, Page, Any]:
+    clock = Clock()
+    factory = factory_without_database(clock, Limits())
+    page = Page()
+    root = Resource()
+    root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), page))
+    site = GuardedSite(root, clock, handshake_timeout=10.0)
+    site.websocket = factory
+    return site, page, factory
+
+
+def connect(site: GuardedSite) -> tuple[Any, Transport]:
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000))
+    transport = Transport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
+    transport.protocol = channel  # as a TCP transport names its protocol
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+@pytest.mark.parametrize("pieces", [[HEAD], [HEAD[:40], HEAD[40:]]],
+                         ids=["one read: straight", "two reads: through twisted.web"])
+def test_either_way_the_client_is_a_websocket_and_the_guard_knows(pieces: list[bytes]) -> None:
+    site, page, factory = site_and_page()
+    channel, transport = connect(site)
+    for piece in pieces:
+        channel.dataReceived(piece)
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    assert isinstance(transport.protocol, LiveProtocol)
+    assert transport.protocol in factory.clients
+    assert site._pending[channel] == "upgraded"  # no handshake deadline for it now
+    assert page.rendered == 0
+
+
+def test_a_plain_request_for_the_root_is_the_page() -> None:
+    site, page, factory = site_and_page()
+    channel, transport = connect(site)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    assert page.rendered == 1 and not factory.clients
+
+
+def test_a_bad_handshake_is_refused_as_before() -> None:
+    site, _, factory = site_and_page()
+    channel, transport = connect(site)
+    channel.dataReceived(HEAD.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 7"))
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert not factory.clients
