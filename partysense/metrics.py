@@ -165,11 +165,13 @@ class LiveCollector(Collector):
         factory, hub, listener = self._factory, self._hub, self._listener
         clients = list(factory.clients)
         yield GaugeMetricFamily(
-            "partysense_clients", "WebSocket clients connected (handshake done).",
+            "partysense_clients",
+            "Clients connected: WebSockets (handshake done) and SSE streams.",
             value=len(clients))
         by_dialect = GaugeMetricFamily(
             "partysense_clients_by_protocol",
-            "WebSocket clients connected, by dialect: seed (no subprotocol) or v2.",
+            "Clients connected, by dialect: seed (no subprotocol), v2, or sse "
+            "(Server-Sent Events).",
             labels=["protocol"])
         for name, count in sorted(factory.clients_by_dialect().items()):
             by_dialect.add_metric([name], count)

@@ -22,7 +22,8 @@ from twisted.web.static import Data
 from partysense.httpguard import GuardedSite, site_of
 from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
-from partysense.tokens import OPEN, TokenError, Tokens
+from partysense.sse import EventStreams, Streams
+from partysense.tokens import OPEN, TokenError, Tokens, bearer_token
 
 
 class Connection(Protocol):
@@ -196,9 +197,7 @@ class EventList(Resource):
 
 def bearer(request: Request) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if any."""
-    header = request.getHeader("authorization") or ""
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    return bearer_token(request.getHeader("authorization"))
 
 
 def static_file(name: str) -> Data:
@@ -218,12 +217,13 @@ def static_folder() -> Resource:
 
 def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
               metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
-              tokens: Tokens = OPEN) -> GuardedSite:
+              tokens: Tokens = OPEN, streams: Streams | None = None) -> GuardedSite:
     """The resource tree of the public port.
 
     ``metrics`` is served at /metrics here only when there is no admin port.
     ``handshake_timeout`` closes an HTTP connection that has not upgraded to
     a WebSocket that long after connecting (partysense/httpguard.py).
+    ``streams``: the Server-Sent Events at /events/<id>/stream (partysense/sse.py).
     """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
@@ -232,6 +232,8 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     api = Resource()
     api.putChild(b"events", EventList(queries, clock, tokens))
     root.putChild(b"api", api)
+    if streams is not None:
+        root.putChild(b"events", EventStreams(streams))
     if metrics is not None:
         root.putChild(b"metrics", metrics)
     site = GuardedSite(root, clock, handshake_timeout)
