@@ -192,11 +192,11 @@ class LiveCollector(Collector):
             "dropped and logged.",
             value=listener.bad_notifications)
         yield CounterMetricFamily(
-            "partysense_frames_sent", "Change frames handed to WebSocket clients.",
+            "partysense_frames_sent", "Changes handed to clients (WebSocket frames, SSE events).",
             value=hub.frames_sent)
         yield CounterMetricFamily(
             "partysense_sent_bytes",
-            "Bytes written to open WebSocket connections, frame headers included.",
+            "Bytes written to clients, WebSocket frame headers and SSE chunks included.",
             value=sum(client.bytes_sent for client in clients)
             + factory.counters.closed_client_bytes)
         yield CounterMetricFamily(

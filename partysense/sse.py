@@ -325,6 +325,10 @@ class Stream:
             self._refuse(refusal)
 
     def _refuse(self, refusal: Refused) -> None:
+        # The handshake deadline no longer watches this connection (open()):
+        # it must not stay behind as an idle keep-alive one.
+        self._request.setHeader("connection", "close")
+        self._request.channel.persistent = False
         self._factory.counters.bad_input(refusal.kind)
         self._factory.quiet.info(self.address, "Refused an SSE stream from {peer} ({kind}): "
                                  "{reason}", peer=self.address, kind=refusal.kind,

@@ -74,7 +74,7 @@ class Stream:
 
     def _read(self) -> None:
         try:
-            while True:
+            while not self.finished:
                 data = self.sock.recv(65536)
                 if not data:
                     break

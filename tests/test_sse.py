@@ -86,6 +86,8 @@ def test_a_reconnect_resumes_exactly_while_votes_flow(daemon: Daemon, party: Par
         wait_for(lambda: len(again.changes()) >= 40, 15, "the replay and live changes")
         cut = len(everything.changes())
         everything.close()
+        closed_at = noise.votes
+        wait_for(lambda: noise.votes >= closed_at + 10, 15, "votes while the firehose is away")
         all_again = Stream(daemon.port, "/events/ALL/stream",
                            {"Last-Event-ID": everything.events[cut - 1]["id"]})
         voter.stop()
@@ -99,7 +101,8 @@ def test_a_reconnect_resumes_exactly_while_votes_flow(daemon: Daemon, party: Par
         wait_for(lambda: seqs(all_again) and seqs(all_again)[-1] >= expected_all[-1], 15,
                  "the firehose's last change")
         assert seqs(everything)[:cut] + seqs(all_again) == expected_all
-        assert {c["eid"] for c in all_again.changes()} == {event_id, other}
+        assert {c["eid"] for c in everything.changes()[:cut] + all_again.changes()} == {
+            event_id, other}
         again.close()
         all_again.close()
     finally:
@@ -141,6 +144,48 @@ def test_bad_requests_are_refused_clearly(daemon: Daemon, path: str, headers: di
     assert refused.json_body()["error"] == kind
     refused.close()
     assert daemon.health()[1]["clients"] == 0
+
+
+def test_a_refusal_after_the_lookup_closes_its_connection(daemon: Daemon) -> None:
+    """Streams are exempt from the handshake deadline: a refused one must not stay
+    behind as an idle keep-alive connection."""
+    refused = Stream(daemon.port, "/events/424242/stream", read=False)
+    assert refused.json_body()["error"] == "unknown_event"
+    refused.sock.settimeout(10)
+    assert refused.sock.recv(1) == b""
+    refused.close()
+
+
+def test_cors_for_pages_on_other_origins(db_dsn: str, tmp_path: Path, party: Party) -> None:
+    path = f"/events/{party.event()}/stream"
+    with Daemon(db_dsn, tmp_path, "--allowed-origins", "https://party.example") as daemon:
+        allowed = Stream(daemon.port, path, {"Origin": "https://party.example"})
+        assert allowed.status == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://party.example"
+        allowed.close()
+        other = Stream(daemon.port, path, {"Origin": "https://evil.example"}, read=False)
+        assert other.status == 403 and other.json_body()["error"] == "origin_not_allowed"
+        other.close()
+    with Daemon(db_dsn, tmp_path) as daemon:
+        anyone = Stream(daemon.port, path, {"Origin": "https://overlay.example"})
+        assert anyone.status == 200 and anyone.headers["access-control-allow-origin"] == "*"
+        anyone.close()
+
+
+def test_a_stream_ends_when_its_token_expires(db_dsn: str, tmp_path: Path,
+                                              party: Party) -> None:
+    event_id = party.event()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    token = jwt.encode({"exp": int(time.time()) + 2, "events": [event_id]}, SECRET,
+                       algorithm="HS256")
+    with Daemon(db_dsn, tmp_path, "--token-secret-file", str(secret)) as daemon:
+        stream = Stream(daemon.port, f"/events/{event_id}/stream?token={token}")
+        assert stream.status == 200
+        wait_for(lambda: stream.finished, 15, "the stream to end at the token's exp")
+        assert [e["event"] for e in stream.events] == ["token_expired"]
+        stream.close()
+        wait_for(lambda: daemon.health()[1]["clients"] == 0, 10, "the stream to be let go")
 
 
 def test_tokens_bearer_or_query(db_dsn: str, tmp_path: Path, party: Party) -> None:
