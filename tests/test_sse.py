@@ -19,6 +19,7 @@ from harness.daemon import Daemon, wait_for
 from harness.faults import Voter, committed, last_seq
 from tests.sse import Stream
 from tests.support import Party
+from tests.test_dbcli import refused_port
 
 pytestmark = pytest.mark.daemon
 
@@ -186,6 +187,22 @@ def test_a_stream_ends_when_its_token_expires(db_dsn: str, tmp_path: Path,
         assert [e["event"] for e in stream.events] == ["token_expired"]
         stream.close()
         wait_for(lambda: daemon.health()[1]["clients"] == 0, 10, "the stream to be let go")
+
+
+def test_without_the_database_a_stream_is_told_to_retry(tmp_path: Path) -> None:
+    with refused_port() as port:
+        dsn = f"host=127.0.0.1 port={port} dbname=gone user=nobody connect_timeout=1"
+        daemon = Daemon(dsn, tmp_path, "--grace", "1")
+        daemon.start(wait=False)
+        try:
+            refused = Stream(daemon.port, "/events/ALL/stream", read=False)  # after --grace
+            assert refused.status == 503
+            assert refused.json_body()["error"] == "unavailable"
+            assert refused.headers["retry-after"] == "5"
+            refused.close()
+            assert daemon.health()[0] == 503  # up, and saying why not healthy
+        finally:
+            daemon.stop()
 
 
 def test_tokens_bearer_or_query(db_dsn: str, tmp_path: Path, party: Party) -> None:
