@@ -26,7 +26,6 @@ copy and frame each write again): docs/protocol.md, "Server-Sent Events".
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -40,21 +39,29 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from partysense.adapters.twisted_adapter import write_now
 from partysense.change import Change
-from partysense.channels import MAX_EVENT_ID, channel_for
+from partysense.channels import channel_for
 from partysense.dialect import Shared
-from partysense.errors import ClientError, first_line
+from partysense.errors import first_line
 from partysense.httpguard import site_of
 from partysense.hub import Delivery
 from partysense.outbox import Outbox
 from partysense.pgservice import NotConnected, Overloaded
 from partysense.protocol import LiveFactory
-from partysense.subscription import parse_event_id
-from partysense.tokens import Grant, TokenError, bearer_token
+from partysense.sserequest import (
+    Refused,
+    allow_origin,
+    answer,
+    client_address,
+    compact,
+    event_of,
+    last_event_id,
+    token_of,
+)
+from partysense.tokens import Grant, TokenError
 from partysense.v2 import MAX_PENDING, change_json
 
 KEEPALIVE = 15.0      # seconds between ": keepalive" comments (proxies close idle streams)
 RETRY_MS = 2000       # how long browsers wait before reconnecting
-MAX_ID_DIGITS = 19    # Last-Event-ID: a seq, at most 2^63 - 1
 
 
 def chunk(data: bytes) -> bytes:
@@ -80,16 +87,6 @@ def sse_chunked_frame(delivery: Delivery) -> bytes:
 
 KEEPALIVE_LINE = b": keepalive\n\n"
 TOKEN_EXPIRED = b'event: token_expired\ndata: {"type":"token_expired"}\n\n'
-
-
-class Refused(Exception):
-    """An answer instead of a stream: a status, a kind and a message."""
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
 
 
 class Streams:
@@ -122,7 +119,6 @@ class Stream:
     """One client's event stream; a hub subscriber and one of the factory's clients."""
 
     dialect = "sse"
-    subscriptions = 1
     _log = Logger()
 
     def __init__(self, streams: Streams, request: Request, event_id: int | None,
@@ -148,10 +144,6 @@ class Stream:
         limits = self._factory.limits
         self.outbox = Outbox(self._write, lambda: self.is_live, limits.max_queue_bytes,
                              self.too_slow)
-
-    @property
-    def peer(self) -> str:
-        return self.address
 
     @property
     def is_live(self) -> bool:
@@ -215,7 +207,7 @@ class Stream:
         head = b"retry: %d\nid: %d\n\n" % (RETRY_MS, cursor)
         if reset is not None:
             body = reset.message(self.event_id, None, reset=True)
-            head += b"id: %d\nevent: reset\ndata: %s\n\n" % (cursor, _compact(body))
+            head += b"id: %d\nevent: reset\ndata: %s\n\n" % (cursor, compact(body))
         request.write(head)  # the status line and headers, then this
         if request.chunked:
             self._format, self._encode, self._wrap = "sse/chunked", sse_chunked_frame, chunk
@@ -355,20 +347,6 @@ def _plain(data: bytes) -> bytes:
     return data
 
 
-def _compact(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def answer(request: Request, refusal: Refused) -> None:
-    request.setResponseCode(refusal.status)
-    request.setHeader("content-type", "application/json")
-    request.setHeader("cache-control", "no-store")
-    if refusal.status in (429, 503):
-        request.setHeader("retry-after", "5")
-    request.write(_compact({"error": refusal.kind, "message": refusal.message}) + b"\n")
-    request.finish()
-
-
 class EventStreams(Resource):
     """``/events/<id>/stream`` and ``/events/ALL/stream``."""
 
@@ -384,10 +362,10 @@ class EventStreams(Resource):
         address = client_address(request, int(getattr(factory, "trustXForwardedFor", 0)))
         try:
             allow_origin(request, factory.limits.allowed_origins)
-            event_id = _event_of(request.postpath or [])
+            event_id = event_of(request.postpath or [])
             since = last_event_id(request)
             try:
-                grant = streams.shared.tokens.grant(_token(request),
+                grant = streams.shared.tokens.grant(token_of(request),
                                                     streams.shared.clock.seconds())
                 grant.check(event_id)
             except TokenError as error:
@@ -411,69 +389,3 @@ class EventStreams(Resource):
         request.setResponseCode(405)
         request.setHeader("allow", "GET")
         return b""
-
-
-def allow_origin(request: Request, allowed: tuple[str, ...]) -> None:
-    """CORS for pages on other origins (an overlay): any, or --allowed-origins only.
-
-    Browsers send an EventSource's Last-Event-ID without a preflight; the
-    response needs only Access-Control-Allow-Origin. No Origin: not a browser.
-    """
-    origin = request.getHeader("origin")
-    if not allowed:
-        request.setHeader("access-control-allow-origin", "*")
-        return
-    request.setHeader("vary", "origin")
-    if origin is None:
-        return
-    scheme, _, rest = origin.partition("://")
-    port = {"http": ":80", "https": ":443"}.get(scheme.lower(), "")
-    if origin in allowed or (rest and ":" not in rest and origin + port in allowed):
-        request.setHeader("access-control-allow-origin", origin)
-        return
-    raise Refused(403, "origin_not_allowed", f"Origin {origin[:100]} is not allowed")
-
-
-def _event_of(postpath: list[bytes]) -> int | None:
-    if len(postpath) != 2 or postpath[1] != b"stream":
-        raise Refused(404, "not_found", "the streams are /events/<id>/stream and "
-                                        "/events/ALL/stream")
-    try:
-        return parse_event_id(postpath[0].decode("ascii"))
-    except (UnicodeDecodeError, ClientError):
-        raise Refused(400, "bad_event_id", f"the event must be a positive integer up to "
-                                           f"{MAX_EVENT_ID} or ALL") from None
-
-
-def last_event_id(request: Request) -> int | None:
-    """The seq to resume after: the Last-Event-ID header (a browser's newest),
-    else ?last_event_id= (a new EventSource carrying an old stream's place)."""
-    value: Any = request.getHeader("last-event-id")
-    if not value:
-        values = request.args.get(b"last_event_id") or [b""]
-        value = values[0].decode("ascii", "replace")
-    if not value:
-        return None
-    value = value.strip()
-    if not (value.isascii() and value.isdigit() and len(value) <= MAX_ID_DIGITS
-            and int(value) <= MAX_EVENT_ID):
-        raise Refused(400, "bad_last_event_id",
-                      "Last-Event-ID must be the id of an event this stream sent (a seq)")
-    return int(value)
-
-
-def _token(request: Request) -> str | None:
-    header = bearer_token(request.getHeader("authorization"))
-    if header is not None:
-        return header
-    values = request.args.get(b"token")
-    return values[0].decode("utf-8", "replace") if values else None
-
-
-def client_address(request: Request, trusted_proxies: int) -> str:
-    """The client's address; behind --trusted-proxies, X-Forwarded-For's as Autobahn reads it."""
-    forwarded = request.getHeader("x-forwarded-for") if trusted_proxies else None
-    if forwarded:
-        return [a.strip() for a in forwarded.split(",")][-trusted_proxies:][0]
-    peer: Any = request.getClientAddress()
-    return str(getattr(peer, "host", peer))

@@ -311,3 +311,16 @@ def test_metrics_count_streams(daemon: Daemon, party: Party) -> None:
         text = page.read().decode()
     assert 'partysense_clients_by_protocol{protocol="sse"} 1.0' in text
     stream.close()
+
+
+def test_each_worker_serves_its_own_streams(db_dsn: str, tmp_path: Path, party: Party) -> None:
+    event_id, track = party.event(), party.track()
+    with Daemon(db_dsn, tmp_path, "--workers", "2") as daemon:
+        streams = [Stream(daemon.port, f"/events/{event_id}/stream") for _ in range(4)]
+        for stream in streams:
+            wait_for(lambda s=stream: s.ids, 10, "every stream to start")
+        vote = party.vote(event_id, track)
+        expected = [seq for seq, v, _ in committed(party.dsn, event_id) if v == vote]
+        for stream in streams:
+            wait_for(lambda s=stream: seqs(s) == expected, 10, "the vote at every stream")
+            stream.close()

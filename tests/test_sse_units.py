@@ -12,15 +12,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from partysense.change import parse_change
 from partysense.hub import Delivery
-from partysense.sse import (
-    Refused,
-    Streams,
-    allow_origin,
-    chunk,
-    last_event_id,
-    sse_chunked_frame,
-    sse_frame,
-)
+from partysense.sse import Streams, chunk, sse_chunked_frame, sse_frame
+from partysense.sserequest import Refused, allow_origin, last_event_id
 from partysense.v2 import change_json
 from tests.test_change import RECORDED
 
