@@ -376,7 +376,7 @@ class EventStreams(Resource):
                 raise Refused(503 if refused.kind == "server_full" else 429, refused.kind,
                               refused.reason)
         except Refused as refusal:
-            if refusal.status != 404:
+            if refusal.kind != "not_found":
                 factory.counters.bad_input(refusal.kind)
             factory.quiet.info(address, "Refused an SSE stream from {peer} ({kind}): {reason}",
                                peer=address, kind=refusal.kind, reason=refusal.message)
