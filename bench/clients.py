@@ -83,7 +83,8 @@ class LoadGens:
     """Several load generators as one."""
 
     def __init__(self, port: int, subscriptions: list[Any], stalled: list[Any],
-                 processes: int, sources: list[str]) -> None:
+                 processes: int, sources: list[str], mode: str = "websocket") -> None:
+        """``mode``: "websocket" (seed clients) or "sse" (/events/<id>/stream)."""
         processes = max(1, min(processes, len(subscriptions) + len(stalled)))
         self.gens = [LoadGen({
             "port": port,
@@ -91,6 +92,7 @@ class LoadGens:
             "stalled": stalled[n::processes],
             "sourceAddresses": sources,
             "connectDeadlineMs": 180_000,
+            "mode": mode,
         }) for n in range(processes)]
 
     @property

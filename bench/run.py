@@ -84,7 +84,9 @@ def subscriptions(scenario: Scenario, events: list[int]) -> list[Any]:
 
 def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int], list[int]],
                generator: Generator, own_backends: list[int], workdir: Path,
-               profile: Path | None = None) -> dict[str, Any]:
+               profile: Path | None = None, mode: str = "websocket") -> dict[str, Any]:
+    """One service under one scenario; ``mode``: its clients are WebSockets or
+    SSE streams (bench/sse.py)."""
     events, _tracks = party
     monitor = Monitor(dsn, own_backends)
     if target == "node":
@@ -99,7 +101,7 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
                         for n in range(scenario.stalled)]
         sources = [f"127.0.0.{n + 1}" for n in range(scenario.sources)]
         gens = LoadGens(service.port, subscriptions(scenario, events), stalled_subs,
-                        scenario.loadgens, sources)
+                        scenario.loadgens, sources, mode)
         connected = gens.connected()
         log(f"  {target}: {connected['open']} connected, {connected['failed']} failed "
             f"in {connected['seconds']:.1f} s")
@@ -114,7 +116,7 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
         monitor.start(service.pid, gens.pids)
         profiler = start_profiler(profile, target, scenario, service.pid)
         sent = generator.run(ids, scenario.rate, deadline_s=scenario.duration * 1.5 + 5)
-        votes_path = workdir / f"votes-{target}.json"
+        votes_path = workdir / f"votes-{target}-{mode}.json"
         votes_path.write_text(json.dumps({"votes": sent.votes}))
         delivered = gens.finish(votes_path, settle_ms=3000, max_wait_ms=60_000)
         usage = monitor.stop()

@@ -24,6 +24,7 @@ from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request, Site
 
 from partysense.quietlog import Quiet
+from partysense.tokens import bearer_token
 from partysense.upgrade import UpgradingChannel
 
 # Connections accepted in the last --handshake-timeout seconds and not yet
@@ -56,9 +57,7 @@ def without_tokens(timestamp: str, request: Any) -> str:
 
 def bearer(request: Request) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if any."""
-    header = request.getHeader("authorization") or ""
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    return bearer_token(request.getHeader("authorization"))
 
 
 class GuardedRequest(Request):

@@ -49,14 +49,14 @@ class Delivery:
 class Subscriber(Protocol):
     """What the hub needs of a subscription.
 
-    ``wire_format`` names its group; ``encode`` makes the group's frame for a
-    change (a ``staticmethod``: it is called once per change, for everybody).
+    ``wire_format`` names its group and stays the same while subscribed;
+    ``encode`` makes the group's frame for a change: it is called on one
+    member of the group, once per change, for everybody.
     """
 
     wire_format: str
 
-    @staticmethod
-    def encode(delivery: Delivery) -> Any: ...
+    def encode(self, delivery: Delivery) -> Any: ...
 
     def deliver(self, delivery: Delivery, frame: Any) -> None: ...
 

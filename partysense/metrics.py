@@ -165,11 +165,13 @@ class LiveCollector(Collector):
         factory, hub, listener = self._factory, self._hub, self._listener
         clients = list(factory.clients)
         yield GaugeMetricFamily(
-            "partysense_clients", "WebSocket clients connected (handshake done).",
+            "partysense_clients",
+            "Clients connected: WebSockets (handshake done) and SSE streams.",
             value=len(clients))
         by_dialect = GaugeMetricFamily(
             "partysense_clients_by_protocol",
-            "WebSocket clients connected, by dialect: seed (no subprotocol) or v2.",
+            "Clients connected, by dialect: seed (no subprotocol), v2, or sse "
+            "(Server-Sent Events).",
             labels=["protocol"])
         for name, count in sorted(factory.clients_by_dialect().items()):
             by_dialect.add_metric([name], count)
@@ -190,11 +192,11 @@ class LiveCollector(Collector):
             "dropped and logged.",
             value=listener.bad_notifications)
         yield CounterMetricFamily(
-            "partysense_frames_sent", "Change frames handed to WebSocket clients.",
+            "partysense_frames_sent", "Changes handed to clients (WebSocket frames, SSE events).",
             value=hub.frames_sent)
         yield CounterMetricFamily(
             "partysense_sent_bytes",
-            "Bytes written to open WebSocket connections, frame headers included.",
+            "Bytes written to clients, WebSocket frame headers and SSE chunks included.",
             value=sum(client.bytes_sent for client in clients)
             + factory.counters.closed_client_bytes)
         yield CounterMetricFamily(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -112,19 +112,13 @@ class LiveProtocol(ServerProtocol):
         limits = self.factory.limits
         self.outbox = Outbox(self._write_frame, lambda: self.is_live,
                              limits.max_queue_bytes, self.too_slow)
-        if len(self.factory.clients) >= limits.max_clients:
-            self.refuse(ClientError("server_full", errors.TRY_AGAIN_LATER,
-                                    f"server full ({limits.max_clients} clients); retry later"))
-            return
         address = address_of(self.peer)
-        if self.factory.per_address.get(address, 0) >= limits.max_connections_per_ip:
-            self.refuse(ClientError(
-                "too_many_connections", errors.TRY_AGAIN_LATER,
-                f"more than {limits.max_connections_per_ip} connections from your address"))
+        refused = self.factory.admission(address)
+        if refused is not None:
+            self.refuse(refused)
             return
         self.address = address
-        self.factory.per_address[address] = self.factory.per_address.get(address, 0) + 1
-        self.factory.clients.add(self)
+        self.factory.enter(self, address)
         self._tokens = 2 * limits.messages_per_second
         self._refilled = self.factory.clock.seconds()
         # Behind twisted.web the HTTP channel is the socket's producer; the
@@ -167,12 +161,8 @@ class LiveProtocol(ServerProtocol):
             super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.clients.discard(self)
-        if self.address is not None:
-            left = self.factory.per_address.pop(self.address, 1) - 1
-            if left:
-                self.factory.per_address[self.address] = left
-            self.address = None
+        self.factory.leave(self, self.address)
+        self.address = None
         # /metrics adds this to what the open clients have been sent so far.
         self.factory.counters.closed_client_bytes += self.bytes_sent
         if self.outbox is not None:
@@ -298,6 +288,23 @@ class LiveProtocol(ServerProtocol):
             self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
 
 
+class Named(Protocol):
+    dialect: str
+
+
+class Connected(Protocol):
+    """What the factory needs of every open client: a WebSocket (LiveProtocol)
+    or an SSE stream (partysense/sse.py). Both count against the same limits,
+    are counted in /metrics and are closed at shutdown (tap.ClientsService)."""
+
+    @property
+    def session(self) -> Named | None: ...
+    @property
+    def bytes_sent(self) -> int: ...
+    def close_with(self, code: int, reason: str) -> None: ...
+    def dropConnection(self, abort: bool = False) -> None: ...
+
+
 class LiveFactory(ServerFactory):
     protocol = LiveProtocol  # type: ignore[assignment]
 
@@ -313,7 +320,7 @@ class LiveFactory(ServerFactory):
         self.clock = clock
         self.writer = TurnWriter(clock, delay=self.limits.write_delay)
         self.counters = counters if counters is not None else ClientCounters()
-        self.clients: set[LiveProtocol] = set()
+        self.clients: set[Connected] = set()
         self.per_address: dict[str, int] = {}
         # What clients did wrong, logged per address at a bounded rate.
         self.quiet = Quiet(LiveProtocol._log, clock)
@@ -332,8 +339,33 @@ class LiveFactory(ServerFactory):
             allowedOrigins=list(self.limits.allowed_origins) or ["*"],
         )
 
+    def admission(self, address: str) -> ClientError | None:
+        """Why a new client from ``address`` may not stay, or None if it may."""
+        limits = self.limits
+        if len(self.clients) >= limits.max_clients:
+            return ClientError("server_full", errors.TRY_AGAIN_LATER,
+                               f"server full ({limits.max_clients} clients); retry later")
+        if self.per_address.get(address, 0) >= limits.max_connections_per_ip:
+            return ClientError(
+                "too_many_connections", errors.TRY_AGAIN_LATER,
+                f"more than {limits.max_connections_per_ip} connections from your address")
+        return None
+
+    def enter(self, client: Connected, address: str) -> None:
+        """``client`` is open: counted until :meth:`leave`."""
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        self.clients.add(client)
+
+    def leave(self, client: Connected, address: str | None) -> None:
+        """``client`` is gone (``address``: None if it was never counted)."""
+        self.clients.discard(client)
+        if address is not None:
+            left = self.per_address.pop(address, 1) - 1
+            if left:
+                self.per_address[address] = left
+
     def clients_by_dialect(self) -> dict[str, int]:
-        counts = {"seed": 0, "v2": 0}
+        counts = {"seed": 0, "v2": 0, "sse": 0}
         for client in self.clients:
             if client.session is not None:
                 counts[client.session.dialect] = counts.get(client.session.dialect, 0) + 1

@@ -41,6 +41,7 @@ from partysense.queries import QueryService
 from partysense.retention import RetentionService
 from partysense.seed import SeedSession
 from partysense.sharedreads import SharedReads
+from partysense.sse import KEEPALIVE, Streams
 from partysense.systemd import SystemdNotifier
 from partysense.v2 import SUBPROTOCOL, V2Session
 from partysense.web import make_admin_site, make_site
@@ -131,6 +132,9 @@ class Options(usage.Options):
          "shared secret, at least 32 bytes (docs/security.md)."],
         ["token-public-key-file", None, None,
          "Require signed tokens (RS256 or ES256 JWT): the PEM public key that checks them."],
+        ["sse-keepalive", None, KEEPALIVE,
+         "Seconds between the comments that keep idle SSE streams open through proxies.",
+         float],
         ["workers", None, 1,
          "Processes sharing the port, each with its own LISTEN connection (tcp: ports).",
          int],
@@ -150,6 +154,8 @@ class Options(usage.Options):
             raise usage.UsageError("--demo-rate must be positive")
         if self["trusted-proxies"] < 0:
             raise usage.UsageError("--trusted-proxies cannot be negative")
+        if self["sse-keepalive"] <= 0:
+            raise usage.UsageError("--sse-keepalive must be positive")
         if self["grace"] < 0:
             raise usage.UsageError("--grace cannot be negative")
         if not 0 <= self["write-delay"] <= MAX_WRITE_DELAY_MS:
@@ -247,7 +253,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     admin_port = options["admin-port"]
     site = make_site(factory, listener, queries,
                      metrics=None if admin_port else metrics.resource(), clock=reactor,
-                     handshake_timeout=options["handshake-timeout"], tokens=options["tokens"])
+                     handshake_timeout=options["handshake-timeout"], tokens=options["tokens"],
+                     streams=Streams(factory, shared, keepalive=options["sse-keepalive"]))
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     if admin_port:
         admin = make_admin_site(factory, listener, queries, metrics.resource(), reactor)

@@ -97,6 +97,12 @@ class Tokens:
 OPEN = Tokens()
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, if any."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def from_files(secret_file: str | None, public_key_file: str | None) -> Tokens:
     """The daemon's Tokens from its options; ValueError says what is wrong."""
     if secret_file and public_key_file:

@@ -54,11 +54,18 @@ SUBSCRIBE_SPARE = 8
 MAX_REFUSED_SUBSCRIBES = 4
 
 
-def change_frame(channel: str, change: Change) -> Frame:
-    """A change message: "type" and "sub" (the subscription's event), then the change."""
+def change_json(channel: str, change: Change) -> bytes:
+    """A change message's JSON: "type" and "sub" (the subscription's event), then
+    the change. One line always (JSON escapes control characters): the SSE
+    stream (partysense/sse.py) sends the same bytes as its ``data:``."""
     event_id = channel_event(channel)
     body = {"type": "change", "sub": "ALL" if event_id is None else event_id, **change.fields()}
-    return prepare(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def change_frame(channel: str, change: Change) -> Frame:
+    """A change message, framed."""
+    return prepare(change_json(channel, change))
 
 
 def v2_frame(delivery: Delivery) -> Frame:

@@ -24,6 +24,7 @@ from partysense.httpguard import GuardedSite, bearer, site_of
 from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
 from partysense.pulse import EventPulse, PulseReads, event_id_of
+from partysense.sse import EventStreams, Streams
 from partysense.tokens import OPEN, TokenError, Tokens
 
 
@@ -224,12 +225,13 @@ def static_folder(client: ClientScript) -> Resource:
 
 def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
               metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
-              tokens: Tokens = OPEN) -> GuardedSite:
+              tokens: Tokens = OPEN, streams: Streams | None = None) -> GuardedSite:
     """The resource tree of the public port.
 
     ``metrics`` is served at /metrics here only when there is no admin port.
     ``handshake_timeout`` closes an HTTP connection that has not upgraded to
     a WebSocket that long after connecting (partysense/httpguard.py).
+    ``streams``: the Server-Sent Events at /events/<id>/stream (partysense/sse.py).
     """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
@@ -241,6 +243,8 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     pulse = EventPulse(PulseReads(queries, clock), clock, tokens)
     api.putChild(b"events", EventList(queries, clock, tokens, pulse=pulse))
     root.putChild(b"api", api)
+    if streams is not None:
+        root.putChild(b"events", EventStreams(streams))
     if metrics is not None:
         root.putChild(b"metrics", metrics)
     site = GuardedSite(root, clock, handshake_timeout)

@@ -36,3 +36,20 @@ def test_smoke_run_delivers_every_frame_once(admin_dsn: str, tmp_path: Path) -> 
         assert (result["frames_lost"], result["frames_duplicated"]) == (0, 0)
         assert result["frames_unexpected"] == 0
         assert result["latency_p50_s"] <= result["latency_max_s"]
+
+
+def test_sse_smoke_run_delivers_every_frame_once(admin_dsn: str, tmp_path: Path) -> None:
+    from bench import sse
+
+    output = tmp_path / "sse.json"
+    sse.main(["--clients", "6", "--rate", "20", "--duration", "2", "--dsn", admin_dsn,
+              "--json", str(output)])
+    results = json.loads(output.read_text())
+    for side in sse.SIDES:
+        result = results[side]
+        assert "error" not in result, result
+        assert result["clients_connected"] == 6
+        assert result["frames_expected"] > 0
+        assert result["frames_delivered"] == result["frames_expected"]
+        assert (result["frames_lost"], result["frames_duplicated"]) == (0, 0)
+        assert result["frames_unexpected"] == 0

@@ -1,5 +1,6 @@
 // The benchmark's WebSocket load generator: N seed clients (and S stalled ones)
-// against one service, counting and timing every frame.
+// against one service, counting and timing every frame. With "mode": "sse" the
+// clients are Server-Sent Events streams (GET /events/<id>/stream) instead.
 //
 // Why raw sockets and not the `ws` package: the receiving side must not be the
 // bottleneck. `ws` tops out near 50-60 k frames/s per process on the benchmark
@@ -40,6 +41,7 @@ const defaults = {
   connectDeadlineMs: 120000,
   v2: [],                   // per subscription: 1 for a partysense.v2 client
   waitForGo: false,
+  mode: 'websocket',        // or 'sse': GET /events/<id>/stream, one event per change
 };
 const config = Object.assign({}, defaults, JSON.parse(process.argv[2] || '{}'));
 
@@ -105,6 +107,57 @@ function clientFrame(opcode, payload) {
   return frame;
 }
 
+// -- Server-Sent Events: HTTP/1.1 chunks undone, then events split on a blank line --
+// Only `event: change` blocks count as frames; comments and the opening
+// `retry:`/`id:` block carry no vote. The vote id is found as in a WebSocket
+// frame: the data is the same JSON.
+const CHANGE = Buffer.from('event: change\n');
+class SseBody {
+  constructor(onEvent) {
+    this.onEvent = onEvent;
+    this.raw = null;     // undecoded bytes
+    this.left = 0;       // bytes of the current chunk still to come; -1: its CRLF
+    this.text = null;    // decoded bytes not yet ending in a blank line
+  }
+
+  feed(data) {
+    let raw = this.raw ? Buffer.concat([this.raw, data]) : data;
+    let offset = 0;
+    const parts = [];
+    while (offset < raw.length) {
+      if (this.left > 0) {
+        const take = Math.min(this.left, raw.length - offset);
+        parts.push(raw.subarray(offset, offset + take));
+        offset += take;
+        this.left -= take;
+        if (this.left === 0) this.left = -1;
+      } else if (this.left < 0) {
+        if (raw.length - offset < 2) break;
+        offset += 2;
+        this.left = 0;
+      } else {
+        const end = raw.indexOf('\r\n', offset);
+        if (end < 0) break;
+        this.left = parseInt(raw.toString('latin1', offset, end), 16);
+        offset = end + 2;
+        if (this.left === 0) { offset = raw.length; break; }  // the last chunk
+      }
+    }
+    this.raw = offset < raw.length ? Buffer.from(raw.subarray(offset)) : null;
+    if (!parts.length) return;
+    let text = this.text ? Buffer.concat([this.text, ...parts]) : Buffer.concat(parts);
+    let start = 0;
+    for (;;) {
+      const end = text.indexOf('\n\n', start);
+      if (end < 0) break;
+      const block = text.subarray(start, end + 1);
+      if (block.indexOf(CHANGE) >= 0) this.onEvent(block);
+      start = end + 2;
+    }
+    this.text = start < text.length ? Buffer.from(text.subarray(start)) : null;
+  }
+}
+
 // -- one connection ---------------------------------------------------------
 const clients = [];
 const stats = {open: 0, failed: 0, dropped: 0, failures: {}, dropCodes: {}};
@@ -137,11 +190,14 @@ class Client {
     this.done = null;
     this.opened = new Promise((resolve) => { this.done = resolve; });
     this.timer = setTimeout(() => this.fail('handshake timeout'), config.handshakeTimeoutMs);
-    this.socket.on('connect', () => this.socket.write(
-      `GET ${config.path} HTTP/1.1\r\nHost: ${config.host}:${config.port}\r\n` +
-      'Upgrade: websocket\r\nConnection: Upgrade\r\n' +
-      (this.v2 ? 'Sec-WebSocket-Protocol: partysense.v2\r\n' : '') +
-      `Sec-WebSocket-Key: ${this.key}\r\nSec-WebSocket-Version: 13\r\n\r\n`));
+    this.sse = config.mode === 'sse' ? new SseBody((block) => this.onChange(block, now())) : null;
+    this.socket.on('connect', () => this.socket.write(this.sse
+      ? `GET /events/${subscription}/stream HTTP/1.1\r\nHost: ${config.host}:${config.port}\r\n` +
+        'Accept: text/event-stream\r\n\r\n'
+      : `GET ${config.path} HTTP/1.1\r\nHost: ${config.host}:${config.port}\r\n` +
+        'Upgrade: websocket\r\nConnection: Upgrade\r\n' +
+        (this.v2 ? 'Sec-WebSocket-Protocol: partysense.v2\r\n' : '') +
+        `Sec-WebSocket-Key: ${this.key}\r\nSec-WebSocket-Version: 13\r\n\r\n`));
     this.socket.on('data', (data) => this.onData(data));
     this.socket.on('error', (error) => this.lost(error.code || String(error)));
     this.socket.on('close', () => this.lost('socket closed'));
@@ -177,7 +233,9 @@ class Client {
       this.buffer = null;
       const accept = crypto.createHash('sha1')
         .update(this.key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
-      if (!head.startsWith('HTTP/1.1 101') || !head.includes(accept)) {
+      const refused = this.sse ? !head.startsWith('HTTP/1.1 200')
+        : !head.startsWith('HTTP/1.1 101') || !head.includes(accept);
+      if (refused) {
         this.fail('handshake refused: ' + head.split('\r\n')[0]);
         return;
       }
@@ -185,12 +243,18 @@ class Client {
       this.state = 'open';
       this.openAt = now();
       if (!this.stalled) stats.open++;
-      const request = this.v2 ? {type: 'subscribe', event: this.subscription}
-                              : {event: this.subscription};
-      this.socket.write(clientFrame(1, Buffer.from(JSON.stringify(request))));
+      if (!this.sse) {
+        const request = this.v2 ? {type: 'subscribe', event: this.subscription}
+                                : {event: this.subscription};
+        this.socket.write(clientFrame(1, Buffer.from(JSON.stringify(request))));
+      }
       if (this.stalled) this.socket.pause();  // connected, subscribed, never reading
       this.done();
       if (rest.length) this.onData(rest);
+      return;
+    }
+    if (this.sse) {
+      this.sse.feed(data);
       return;
     }
     let buffer = this.buffer ? Buffer.concat([this.buffer, data]) : data;
@@ -217,6 +281,16 @@ class Client {
     this.buffer = offset < buffer.length ? Buffer.from(buffer.subarray(offset)) : null;
   }
 
+  onChange(payload, at) {
+    this.frames++;
+    framesTotal++;
+    lastFrameAt = at;
+    if (this.stalled) return;
+    const vote = voteId(payload);
+    record(this.index, vote, at);
+    if (vote >= measureFirst && vote <= measureLast) measuredFrames++;
+  }
+
   onFrame(fin, opcode, payload, at) {
     if (opcode === 0 || (opcode === 1 && !fin)) {  // a fragmented message
       this.fragments = this.fragments ? Buffer.concat([this.fragments, payload])
@@ -232,13 +306,7 @@ class Client {
         readyCount++;
         if (!this.v2) readySeed++;
       }
-      this.frames++;
-      framesTotal++;
-      lastFrameAt = at;
-      if (this.stalled) return;
-      const vote = voteId(payload);
-      record(this.index, vote, at);
-      if (vote >= measureFirst && vote <= measureLast) measuredFrames++;
+      this.onChange(payload, at);
     } else if (opcode === 8) {
       this.closeCode = payload.length >= 2 ? payload.readUInt16BE(0) : 1005;
       if (this.state === 'open') this.socket.end(clientFrame(8, payload.subarray(0, 2)));
