@@ -1,9 +1,8 @@
 """docs/client.md's Python consumers do what the page says they do.
 
 The WebSocket one runs as a script against the real daemon and must end on
-SQL's tallies; the SSE one is read against a stand-in for the SSE endpoint
-that follows docs/protocol.md's description of it (ids, ``event: change``,
-resume with ``Last-Event-ID``).
+SQL's tallies; the SSE one reads the daemon's real stream, and a stand-in
+that records what it is asked proves it resumes with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -125,3 +124,34 @@ def test_the_sse_consumer_reads_changes_and_resumes_with_last_event_id(fake_stre
         {"path": "/events/3/stream", "last": None, "auth": "Bearer t0k3n"},
         {"path": "/events/3/stream", "last": "11", "auth": "Bearer t0k3n"},
     ]
+
+
+@pytest.mark.daemon
+def test_the_sse_consumer_reads_the_daemons_stream_exactly(daemon: Daemon, party: Party) -> None:
+    from harness.faults import committed
+
+    event_id = party.event()
+    track = party.track("Hit")
+    namespace: dict[str, Any] = {}
+    exec(code_under("python-sse"), namespace)  # noqa: S102 (our own documentation)
+    changes = namespace["changes"](daemon.url, event_id)
+    got: queue.Queue[dict[str, Any]] = queue.Queue()
+    threading.Thread(target=lambda: [got.put(change) for change in changes], daemon=True).start()
+    first: list[dict[str, Any]] = []
+
+    def streaming() -> bool:
+        # A stream starts at the moment it opens: vote until a change comes through.
+        party.vote(event_id, track, user_id=100 + len(first))
+        try:
+            first.append(got.get(timeout=0.5))
+        except queue.Empty:
+            return False
+        return True
+
+    wait_for(streaming, 20, "the stream to carry a change")
+    for user in range(5):
+        party.vote(event_id, track, up=user % 2 == 0, user_id=user + 1)
+    log = [change for change in committed(party.dsn, event_id) if change[0] > first[0]["seq"]]
+    received = [got.get(timeout=15) for _ in log]
+    assert [(c["seq"], c["vote"], c["op"]) for c in received] == log
+    assert len(log) >= 5 and got.empty()
