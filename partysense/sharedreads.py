@@ -30,7 +30,8 @@ a read is used past its second too, while it has few changes after its
 tallies: an event nobody votes on costs one snapshot, not one a second.
 
 The log's end (a seed subscription's floor, partysense/seed.py) is shared
-the same way: one query at a time, those who ask meanwhile share the next.
+too: a read that started at most 50 ms before an asker asked serves it
+(partysense/floors.py says why that is exact enough).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from partysense import floors
 from partysense.change import Change
 from partysense.changelog import Replay, Snapshot, log_end, replay_since, take_snapshot
 from partysense.channels import channel_for
@@ -126,7 +128,7 @@ class SharedReads:
     """
 
     def __init__(self, queries: Queries, clock: IReactorTime, reuse: float = REUSE,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, floor_age: float = floors.AGE) -> None:
         self._queries = queries
         self._clock = clock
         self._reuse = reuse
@@ -134,7 +136,7 @@ class SharedReads:
         self._kept: dict[int, Kept] = {}
         self._snapshots = _Batches(self._snapshot, lambda answer, _: answer)
         self._replays = _Batches(self._replay, lambda replay, _: replay)
-        self._ends = _Batches(self._log_end, lambda end, _: end)
+        self._ends = floors.RecentLogEnd(self._log_end, clock, floor_age)
         self.queries = 0   # queries run so far (for tests and the bench)
         self.from_memory = 0  # answers that needed none
 
@@ -156,12 +158,9 @@ class SharedReads:
         return self._replays.ask((event_id, since), None)
 
     def log_end(self) -> defer.Deferred[int]:
-        """The newest seq committed, read by a query that starts after this call.
-
-        A seed client's floor (partysense/seed.py): every change it can have
-        received from another daemon before it asked is at or below it.
-        """
-        return self._ends.ask(None, None)
+        """The newest seq committed, read by a query that started at most
+        ``floor_age`` before this call: a seed client's floor (partysense/floors.py)."""
+        return self._ends.ask()
 
     def _fresh(self, event_id: int | None) -> Kept | None:
         kept = self._kept.get(event_id) if event_id is not None else None
@@ -186,7 +185,7 @@ class SharedReads:
         return (listener is not None and (listener.last_seq or 0) >= kept.listener_seq
                 and listener.complete_after(channel_for(event_id), kept.newest))
 
-    def _log_end(self, _key: Any, _askers: list[Any]) -> defer.Deferred[Any]:
+    def _log_end(self) -> defer.Deferred[Any]:
         self.queries += 1
         return self._queries.runInteraction(log_end)
 

@@ -110,3 +110,15 @@ def test_connections_waiting_to_upgrade_are_capped() -> None:
     clock.advance(10.0)  # their deadlines passed
     assert site.handshaking == 0 and not site._pending  # nothing kept per connection
     assert site.buildProtocol(address) is not None
+
+
+@pytest.mark.daemon
+def test_a_healthy_healthz_stays_out_of_the_access_log(daemon: Daemon) -> None:
+    """A balancer's health checks would fill the log; failing ones and the rest still show."""
+    for _ in range(3):
+        answer = request(daemon.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.0 200")
+    request(daemon.port, b"GET /healthz/nothing-here HTTP/1.0\r\n\r\n")
+    wait_for(lambda: '"GET /healthz/nothing-here HTTP/1.0" 404' in daemon.log(), 10,
+             "the 404 in the access log")
+    assert '"GET /healthz HTTP/1.0"' not in daemon.log()
