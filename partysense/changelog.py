@@ -25,6 +25,9 @@ log = Logger()
 REPEATABLE_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 BOUNDS_QUERY = "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM partysense_change"
+# The newest seq committed (0 for an empty log): one statement, no transaction
+# around it (a seed subscription's floor, partysense/floors.py).
+LOG_END_QUERY = "SELECT coalesce(max(seq), 0) FROM partysense_change"
 
 # Changes after %(after)s, oldest first: of every event when %(every)s, else
 # of %(events)s. The payload is rebuilt by the very function the trigger used,
@@ -138,13 +141,6 @@ def _tallies(cursor: Any, event_id: int, newest: int) -> Any:
         for tid, name, artist, up, down in cursor.fetchall()
     ]
     return Snapshot(cursor=newest, title=row[0] if row else None, tracks=tracks)
-
-
-@defer.inlineCallbacks
-def log_end(cursor: Any) -> Any:
-    """txpostgres interaction: the newest seq committed (0 for an empty log)."""
-    yield cursor.execute(BOUNDS_QUERY)
-    return cursor.fetchone()[1]
 
 
 @defer.inlineCallbacks

@@ -46,7 +46,13 @@ from twisted.python.failure import Failure
 
 from partysense import floors
 from partysense.change import Change
-from partysense.changelog import Replay, Snapshot, log_end, replay_since, take_snapshot
+from partysense.changelog import (
+    LOG_END_QUERY,
+    Replay,
+    Snapshot,
+    replay_since,
+    take_snapshot,
+)
 from partysense.channels import channel_for
 
 REUSE = 1.0  # seconds an event's snapshot is reused (with the changes since)
@@ -59,6 +65,7 @@ MAX_KEPT = 10_000  # snapshots kept at once
 class Queries(Protocol):
     def runInteraction(self, interaction: Callable[..., Any],
                        *args: Any) -> defer.Deferred[Any]: ...
+    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]: ...
 
 
 class Listener(Protocol):
@@ -187,7 +194,7 @@ class SharedReads:
 
     def _log_end(self) -> defer.Deferred[Any]:
         self.queries += 1
-        return self._queries.runInteraction(log_end)
+        return self._queries.runQuery(LOG_END_QUERY).addCallback(lambda rows: int(rows[0][0]))
 
     def _snapshot(self, event_id: int | None, _: list[Any]) -> defer.Deferred[Any]:
         # Askers who waited for the previous batch may find its answer still holds.
