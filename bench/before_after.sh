@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One sitting, before and after: the connect storm, the max scenario, --write-delay 0/5/20
+# and SSE against WebSockets (docs/performance.md quotes its figures).
+#
+#   BEFORE=/path/to/old/checkout bash bench/before_after.sh
+#
+# BEFORE is another checkout with its own .venv (python3 -m venv .venv && .venv/bin/pip
+# install -e '.[test]' --config-settings editable_mode=compat); this checkout is "after".
+# Results (JSON, text, storm.md) go to $OUT (default: bench-results/ here).
+set -u
+AFTER=$(cd "$(dirname "$0")/.." && pwd)
+BEFORE=${BEFORE:?set BEFORE to the checkout to compare with}
+OUT=${OUT:-$AFTER/bench-results}
+RUNS=${RUNS:-3}
+mkdir -p "$OUT"
+cd "$AFTER"
+note() { echo "[$(date +%T)] $*"; }
+
+note storm
+.venv/bin/python -m bench.storm --tree "$BEFORE" --tree "$AFTER" --rounds "$RUNS" \
+    --markdown "$OUT/storm.md" --json "$OUT/storm.json" > "$OUT/storm.txt" 2>&1
+for i in $(seq 1 "$RUNS"); do
+    for side in before after; do
+        dir=$BEFORE; [ "$side" = after ] && dir=$AFTER
+        (cd "$dir" && .venv/bin/python -m bench.run --scenario max --rate 400 --duration 10 \
+            --targets partysense --json "$OUT/max-$side-$i.json" > "$OUT/max-$side-$i.txt" 2>&1)
+        note "max $side $i: exit $?"
+    done
+done
+for i in 1 2; do
+    for delay in 0 5 20; do
+        .venv/bin/python -m bench.run --scenario max --rate 400 --duration 10 \
+            --targets partysense --write-delay "$delay" \
+            --json "$OUT/delay-$delay-$i.json" > "$OUT/delay-$delay-$i.txt" 2>&1
+        note "write-delay $delay, run $i: exit $?"
+    done
+done
+for i in 1 2; do
+    .venv/bin/python -m bench.sse --clients 1000 --rate 100 --duration 20 \
+        --json "$OUT/sse-$i.json" > "$OUT/sse-$i.txt" 2>&1
+    note "sse $i: exit $?"
+done
+note done
