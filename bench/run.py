@@ -48,6 +48,7 @@ class Scenario:
     sources: int = 1               # 127.0.0.x source addresses
     workers: int = 1               # partysense-live --workers
     write_delay: float = 0.0       # partysense-live --write-delay (milliseconds)
+    tree: str | None = None        # another checkout whose .venv's twistd to run (before/after)
     targets: tuple[str, ...] = TARGETS
 
     def describe(self) -> str:
@@ -92,8 +93,9 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
     if target == "node":
         service = services.start_node(dsn, workdir)
     else:
+        twistd = str(Path(scenario.tree) / ".venv" / "bin" / "twistd") if scenario.tree else None
         service = services.start_partysense(dsn, workdir, workers=scenario.workers,
-                                            write_delay=scenario.write_delay)
+                                            write_delay=scenario.write_delay, twistd=twistd)
     gens = None
     rss_before = _rss(service.pid)
     try:
@@ -367,6 +369,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
                             help=f"override the scenario's {name}")
     parser.add_argument("--targets", help="comma-separated: node,partysense")
+    parser.add_argument("--tree", help="run partysense-live from this checkout's .venv "
+                                       "(another version, for before/after in one sitting)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--markdown", type=Path, help="write the tables here")
     parser.add_argument("--keep-logs", type=Path,
@@ -387,6 +391,8 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
                      ("clients", "events", "firehose", "rate", "duration", "stalled",
                       "loadgens", "sources", "workers", "write_delay")
                      if getattr(args, key) is not None}
+        if args.tree:
+            overrides["tree"] = str(Path(args.tree).resolve())
         if args.targets:
             overrides["targets"] = tuple(t for t in args.targets.split(",") if t in TARGETS)
         chosen.append(replace(scenario, **overrides))

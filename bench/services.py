@@ -113,6 +113,9 @@ def start_partysense(dsn: str, workdir: Path, workers: int = 1,
         args += ["--workers", str(workers)]
     if write_delay:
         args += ["--write-delay", f"{write_delay:g}"]
+    # The load generators' clients come from a handful of loopback addresses
+    # (--sources), thousands each: not one machine opening too many sockets.
+    args += ["--max-connections-per-ip", "1000000"]
     env = dict(os.environ)
     env.pop("PARTYSENSE_DSN", None)
     process = subprocess.Popen(args, cwd=workdir, env=env, stdin=subprocess.DEVNULL)
