@@ -176,11 +176,13 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be at least 1")
         if self["workers"] > 1:
             workers.listening_address(self["port"])  # only a tcp: port can be shared
-            if self["admin-port"]:
-                raise usage.UsageError("--admin-port does not work with --workers yet "
-                                       "(each worker would need its own)")
         if self["admin-port"] and self["admin-port"].isdigit():
             self["admin-port"] = f"tcp:{self['admin-port']}:interface=127.0.0.1"
+        if self["workers"] > 1 and self["admin-port"]:
+            try:
+                workers.admin_port_for(self["admin-port"], self["workers"])
+            except ValueError as error:
+                raise usage.UsageError(str(error)) from None
 
 
 def normalise_origin(origin: str) -> str:

@@ -111,6 +111,32 @@ def child_arguments(options: usage.Options) -> list[str]:
     return arguments
 
 
+def admin_port_for(description: str, number: int) -> str:
+    """Worker ``number``'s --admin-port: the given tcp: port plus ``number`` - 1.
+
+    Each worker is a process of its own, with its own clients and figures, so
+    each answers /metrics and /healthz on its own port (9854, 9855, ...); port
+    0 stays 0 (each worker gets a free one and logs it).
+    """
+    kind, _, rest = description.partition(":")
+    port, sep, tail = rest.partition(":")
+    if kind not in ("tcp", "tcp6") or not port.isdigit():
+        raise ValueError("with --workers, --admin-port must be a tcp: port (a port per "
+                         f"worker counts up from it), not {description!r}")
+    if int(port) == 0:
+        return description
+    return f"{kind}:{int(port) + number - 1}{sep}{tail}"
+
+
+def for_worker(arguments: list[str], number: int) -> list[str]:
+    """The child's arguments with its own --admin-port."""
+    arguments = list(arguments)
+    for index, argument in enumerate(arguments[:-1]):
+        if argument == "--admin-port":
+            arguments[index + 1] = admin_port_for(arguments[index + 1], number)
+    return arguments
+
+
 def child_command(family: socket.AddressFamily, arguments: list[str]) -> list[str]:
     domain = "INET6" if family == socket.AF_INET6 else "INET"
     twistd = ["-n", "--pidfile=", "partysense-live",
@@ -202,7 +228,7 @@ class WorkersService(service.Service):
         # The DSN goes by environment, not argv: `ps` shows argv to everyone.
         env[dsnlib.DSN_ENVIRONMENT_VARIABLE] = self._resolved_dsn
         env["PARTYSENSE_WORKER"] = str(number)
-        command = child_command(self._family, self.arguments)
+        command = child_command(self._family, for_worker(self.arguments, number))
         self._reactor.spawnProcess(
             worker, command[0], command, env=env, path=os.getcwd(),
             childFDs={0: "w", 1: "r", 2: "r", CHILD_FD: self._socket.fileno()})

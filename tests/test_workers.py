@@ -6,17 +6,20 @@ import json
 import signal
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from twisted.python import usage
 from websockets.sync.client import ClientConnection, connect
 
-from harness.daemon import Daemon, wait_for
+from harness.daemon import ADMIN_STARTING, Daemon, wait_for
 from partysense.tap import Options
-from partysense.workers import child_arguments, listening_address
+from partysense.workers import admin_port_for, child_arguments, for_worker, listening_address
 from tests.support import Party
 
 
@@ -113,3 +116,73 @@ def test_workers_get_the_parents_options_but_not_its_port_database_or_demo() -> 
     assert arguments[arguments.index("--max-clients") + 1] == "7"
     assert arguments[arguments.index("--retention") + 1] == "60.0"
     assert not {"--port", "--dsn", "--workers", "--demo", "--data-dir"} & set(arguments)
+
+
+@pytest.mark.logic
+@pytest.mark.parametrize(("given", "number", "worker_gets"), [
+    ("tcp:9854:interface=127.0.0.1", 1, "tcp:9854:interface=127.0.0.1"),
+    ("tcp:9854:interface=127.0.0.1", 3, "tcp:9856:interface=127.0.0.1"),
+    ("tcp6:9854", 2, "tcp6:9855"),
+    ("tcp:0:interface=127.0.0.1", 4, "tcp:0:interface=127.0.0.1"),
+])
+def test_each_worker_serves_its_admin_port_counting_up(given: str, number: int,
+                                                         worker_gets: str) -> None:
+    assert admin_port_for(given, number) == worker_gets
+    options = Options()
+    options.parseOptions(["--workers", "4", "--dsn", "dbname=x", "--admin-port", given])
+    arguments = for_worker(child_arguments(options), number)
+    assert arguments[arguments.index("--admin-port") + 1] == worker_gets
+
+
+@pytest.mark.logic
+def test_a_bare_admin_port_number_counts_up_on_the_loopback() -> None:
+    options = Options()
+    options.parseOptions(["--workers", "2", "--dsn", "dbname=x", "--admin-port", "9854"])
+    arguments = for_worker(child_arguments(options), 2)
+    assert arguments[arguments.index("--admin-port") + 1] == "tcp:9855:interface=127.0.0.1"
+
+
+@pytest.mark.logic
+def test_with_workers_an_admin_port_that_cannot_count_up_is_refused() -> None:
+    with pytest.raises(usage.UsageError, match="admin-port must be a tcp: port"):
+        Options().parseOptions(["--workers", "2", "--dsn", "dbname=x",
+                                "--admin-port", "unix:/run/partysense-admin.sock"])
+
+
+def get(port: int, path: str) -> tuple[int, Any]:
+    """Status and body (JSON when it is) of a GET on the loopback."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            status, body = answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read().decode()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def ok(answer: tuple[int, Any]) -> tuple[int, Any] | None:
+    return answer if answer[0] == 200 else None
+
+
+@pytest.mark.daemon
+def test_every_worker_answers_metrics_and_health_on_its_own_admin_port(
+        db_dsn: str, tmp_path: Path) -> None:
+    with Daemon(db_dsn, tmp_path, "--workers", "2",
+                "--admin-port", "tcp:0:interface=127.0.0.1") as daemon:
+        ports = wait_for(lambda: sorted(set(map(int, ADMIN_STARTING.findall(daemon.log()))))
+                         if len(set(ADMIN_STARTING.findall(daemon.log()))) == 2 else None,
+                         30, "both workers' admin ports in the log")
+        pids = set()
+        for port in ports:
+            # Each worker's admin port opens before its database connections are up.
+            status, health = wait_for(lambda port=port: ok(get(port, "/healthz")), 30,
+                                      f"worker health on {port}")
+            assert status == 200 and health["listener"] and health["queries"]
+            pids.add(health["pid"])
+            status, metrics = get(port, "/metrics")
+            assert status == 200 and "partysense_listener_up 1.0" in metrics
+        assert pids == {worker.pid for worker in workers_of(daemon)}
+        # The public port leaves /metrics to the admin ports, whichever worker answers.
+        assert get(daemon.port, "/metrics")[0] == 404
