@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Locator, expect, sync_playwright
+
+from harness.daemon import Daemon, wait_for
 
 CHROMIUM_ARGS = [
     "--no-sandbox",                     # CI runs as root in a container
@@ -75,3 +77,54 @@ def screenshot(page: Any, name: str) -> list[Path]:
         page.screenshot(path=str(path), animations="disabled")
         saved.append(path)
     return saved
+
+
+SECONDS = 1000  # Playwright counts in milliseconds
+
+
+class Screen:
+    """One browser tab on the live page, and what went wrong in it."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.page = context.new_page()
+        self.problems: list[str] = []
+        self.page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
+        self.page.on("dialog", self._dialog)
+        # The page's Content-Security-Policy forbids inline script: a blocked
+        # attempt would show here even though it did not run.
+        self.page.on("console", lambda message: self.problems.append(message.text)
+                     if "Content Security Policy" in message.text else None)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.problems.append(f"dialog: {dialog.message}")
+        dialog.dismiss()
+
+    def open(self, daemon: Daemon, event: int | str) -> None:
+        self.page.goto(f"{daemon.url}/?event={event}")
+
+    @property
+    def status(self) -> Locator:
+        return self.page.locator("#status")
+
+    def expect_state(self, state: str, timeout: float = 15 * SECONDS) -> None:
+        expect(self.status).to_have_attribute("data-state", state, timeout=timeout)
+
+    def row(self, track_id: int) -> Locator:
+        return self.page.locator(f'#ranking li[data-tid="{track_id}"]')
+
+    @property
+    def feed(self) -> Locator:
+        return self.page.locator("#feed li")
+
+    def shown_tallies(self) -> dict[str, list[int]]:
+        return dict(self.page.evaluate(SHOWN_TALLIES))
+
+    def expect_tallies(self, tallies: dict[int, tuple[int, int]], timeout: float = 15.0) -> None:
+        """Wait until the page shows exactly ``tallies`` (``Party.tallies``)."""
+        wanted = as_sql_says(tallies)
+        try:
+            wait_for(lambda: self.shown_tallies() == wanted, timeout, "the page's tallies")
+        except AssertionError:
+            raise AssertionError(
+                f"the page shows {self.shown_tallies()}, SQL says {wanted}") from None

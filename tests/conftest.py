@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from psycopg2 import sql
@@ -139,3 +140,27 @@ def daemon(db_dsn: str, tmp_path: Path) -> Iterator[Daemon]:
     """``twistd -n partysense-live`` as a real process, on a port it bound itself."""
     with Daemon(db_dsn, tmp_path) as value:
         yield value
+
+
+# -- the browser tests' Chromium (tests/browser.py) -----------------------------
+# Imported when a test asks for them: most tests never start a browser.
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for a test module."""
+    from tests.browser import chromium
+
+    with chromium() as value:
+        yield value
+
+
+@pytest.fixture
+def screen(browser: Any) -> Iterator[Any]:
+    """A 1080p tab on the live page (tests.browser.Screen)."""
+    from tests.browser import FULL_HD, Screen
+
+    context = browser.new_context(viewport=FULL_HD)
+    try:
+        yield Screen(context)
+    finally:
+        context.close()

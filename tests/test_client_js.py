@@ -23,7 +23,6 @@ import pytest
 from harness.daemon import Daemon, wait_for
 from harness.faults import Voter
 from partysense.tokens import mint
-from tests.browser import chromium
 from tests.support import Party
 
 pytestmark = pytest.mark.browser
@@ -58,12 +57,6 @@ def embedding_page(daemon: Daemon) -> str:
 import {{connect}} from "{daemon.url}/client.js";
 window.partysense = {{connect}};
 </script>"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as value:
-        yield value
 
 
 @pytest.fixture

@@ -11,87 +11,20 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, expect
+from playwright.sync_api import expect
 
 from harness.daemon import Daemon, wait_for
-from tests.browser import FULL_HD, SHOWN_TALLIES, as_sql_says, chromium, screenshot
+from tests.browser import SECONDS, Screen, screenshot
 from tests.support import Party
 from tests.test_dbcli import refused_port
 
 HOSTILE_TRACK = '<script>alert(1)</script> "quotes" 🎉'
 HOSTILE_ARTIST = '<img src=x onerror="window.__pwned = true">'
 HOSTILE_TITLE = '<b onmouseover="window.__pwned = true">Fever</b> "night" 🎉'
-
-SECONDS = 1000  # Playwright counts in milliseconds
-
-
-class Screen:
-    """One browser tab on the live page, and what went wrong in it."""
-
-    def __init__(self, context: Any) -> None:
-        self.context = context
-        self.page = context.new_page()
-        self.problems: list[str] = []
-        self.page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
-        self.page.on("dialog", self._dialog)
-        # The page's Content-Security-Policy forbids inline script: a blocked
-        # attempt would show here even though it did not run.
-        self.page.on("console", lambda message: self.problems.append(message.text)
-                     if "Content Security Policy" in message.text else None)
-
-    def _dialog(self, dialog: Any) -> None:
-        self.problems.append(f"dialog: {dialog.message}")
-        dialog.dismiss()
-
-    def open(self, daemon: Daemon, event: int | str) -> None:
-        self.page.goto(f"{daemon.url}/?event={event}")
-
-    @property
-    def status(self) -> Locator:
-        return self.page.locator("#status")
-
-    def expect_state(self, state: str, timeout: float = 15 * SECONDS) -> None:
-        expect(self.status).to_have_attribute("data-state", state, timeout=timeout)
-
-    def row(self, track_id: int) -> Locator:
-        return self.page.locator(f'#ranking li[data-tid="{track_id}"]')
-
-    @property
-    def feed(self) -> Locator:
-        return self.page.locator("#feed li")
-
-    def shown_tallies(self) -> dict[str, list[int]]:
-        return dict(self.page.evaluate(SHOWN_TALLIES))
-
-    def expect_tallies(self, tallies: dict[int, tuple[int, int]], timeout: float = 15.0) -> None:
-        """Wait until the page shows exactly ``tallies`` (``Party.tallies``)."""
-        wanted = as_sql_says(tallies)
-        try:
-            wait_for(lambda: self.shown_tallies() == wanted, timeout, "the page's tallies")
-        except AssertionError:
-            raise AssertionError(
-                f"the page shows {self.shown_tallies()}, SQL says {wanted}") from None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as value:
-        yield value
-
-
-@pytest.fixture
-def screen(browser: Any) -> Iterator[Screen]:
-    context = browser.new_context(viewport=FULL_HD)
-    try:
-        yield Screen(context)
-    finally:
-        context.close()
-
 
 @pytest.mark.browser
 def test_page_opens_with_the_snapshot_and_moves_with_each_vote(

@@ -33,9 +33,8 @@ from harness.balancer import Cluster, haproxy_path
 from harness.crowd import Crowd, Follower, SeedFollower, V2Follower
 from harness.daemon import wait_for
 from harness.faults import Voter, committed
-from tests.browser import FULL_HD, chromium
+from tests.browser import FULL_HD, Screen, chromium
 from tests.support import Party
-from tests.test_page import Screen
 
 pytestmark = pytest.mark.slow  # and a layer per test: daemon, or browser for the page
 

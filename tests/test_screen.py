@@ -8,16 +8,13 @@ hour of a party behind it, ``screen-*`` the projector view
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
 from harness.daemon import Daemon, wait_for
-from tests.browser import FULL_HD, PHONE, chromium, screenshot
+from tests.browser import FULL_HD, PHONE, SECONDS, Screen, screenshot
 from tests.support import Party
-from tests.test_page import SECONDS, Screen
 
 pytestmark = pytest.mark.browser
 
@@ -27,21 +24,6 @@ NAMES = [("One More Time", "Daft Punk"), ("Blue Monday", "New Order"),
          ("Music Sounds Better with You", "Stardust"), ("Show Me Love", "Robin S"),
          ("Rhythm Is a Dancer", "Snap!"), ("Sandstorm", "Darude"),
          ("Blue (Da Ba Dee)", "Eiffel 65"), ("Freed from Desire", "Gala")]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as value:
-        yield value
-
-
-@pytest.fixture
-def screen(browser: Any) -> Iterator[Screen]:
-    context = browser.new_context(viewport=FULL_HD)
-    try:
-        yield Screen(context)
-    finally:
-        context.close()
 
 
 def half_an_hour_of_party(party: Party, event_id: int) -> list[int]:
