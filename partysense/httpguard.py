@@ -25,7 +25,7 @@ from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request, Site
 
 from partysense.quietlog import Quiet
-from partysense.tokens import bearer_token
+from partysense.tokens import TokenError, Tokens, bearer_token
 from partysense.upgrade import UpgradingChannel
 
 # Connections accepted in the last --handshake-timeout seconds and not yet
@@ -59,6 +59,18 @@ def without_tokens(timestamp: str, request: Any) -> str:
 def bearer(request: Request) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if any."""
     return bearer_token(request.getHeader("authorization"))
+
+
+def token_refusal(tokens: Tokens, request: Request, now: float,
+                  event_id: int | None) -> tuple[int, dict[str, str]] | None:
+    """The 401 or 403 (status, JSON body) for a request whose Bearer token does
+    not allow ``event_id`` (None: every event), or None when it does."""
+    try:
+        tokens.grant(bearer(request), now).check(event_id)
+    except TokenError as error:
+        return (401 if error.kind == "unauthorized" else 403,
+                {"error": error.kind, "message": error.reason})
+    return None
 
 
 class GuardedRequest(Request):

@@ -28,9 +28,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from partysense.changelog import PULSE_QUERY, Pulse, parse_pulse, pulse_params
 from partysense.channels import MAX_EVENT_ID
-from partysense.httpguard import bearer
+from partysense.httpguard import token_refusal
 from partysense.pgservice import NotConnected, Overloaded
-from partysense.tokens import OPEN, TokenError, Tokens
+from partysense.tokens import OPEN, Tokens
 
 TTL = 5.0            # seconds an event's pulse is reused
 MAX_RUNNING = 4      # events whose pulse is being read at once
@@ -139,11 +139,9 @@ class EventPulse(Resource):
         if event_id is None or request.postpath != [b"pulse"]:
             answer(404, {"error": "not_found", "message": "/api/events/<id>/pulse"})
             return NOT_DONE_YET
-        try:
-            self._tokens.grant(bearer(request), self._clock.seconds()).check(event_id)
-        except TokenError as error:
-            answer(401 if error.kind == "unauthorized" else 403,
-                   {"error": error.kind, "message": error.reason})
+        refusal = token_refusal(self._tokens, request, self._clock.seconds(), event_id)
+        if refusal is not None:
+            answer(*refusal)
             return NOT_DONE_YET
 
         def found(result: tuple[Pulse, float]) -> None:

@@ -20,12 +20,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
 from partysense.clientjs import ClientScript
-from partysense.httpguard import GuardedSite, bearer, site_of
+from partysense.httpguard import GuardedSite, site_of, token_refusal
 from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
 from partysense.pulse import EventPulse, PulseReads, event_id_of
 from partysense.sse import EventStreams, Streams
-from partysense.tokens import OPEN, TokenError, Tokens
+from partysense.tokens import OPEN, Tokens
 
 
 class Connection(Protocol):
@@ -192,12 +192,10 @@ class EventList(Resource):
                 self._log.failure("Listing events failed", failure)
             answer(503, {"error": "unavailable", "message": "the database is unreachable"})
 
-        try:
-            # With tokens on, the list of every event needs a token for every event.
-            self._tokens.grant(bearer(request), self._clock.seconds()).check(None)
-        except TokenError as error:
-            answer(401 if error.kind == "unauthorized" else 403,
-                   {"error": error.kind, "message": error.reason})
+        # With tokens on, the list of every event needs a token for every event.
+        refusal = token_refusal(self._tokens, request, self._clock.seconds(), None)
+        if refusal is not None:
+            answer(*refusal)
             return NOT_DONE_YET
 
         self._events().addCallbacks(
