@@ -1,25 +1,28 @@
-"""A seed subscription's floor: the log's end, read at most a moment before the request.
+"""A seed subscription's floor: the log's end, read at most a moment before it starts.
 
 Behind a load balancer a seed client that lost its daemon reconnects to
 another one, which may not yet have read a change the first one already
 sent it. Its subscription therefore starts past a floor: changes at or below
-it are not sent (partysense/seed.py). Which read of the log's end may serve:
+it are not sent (partysense/seed.py). The floor is asked for once the
+request has been checked (the database is there, the event exists), just
+before the subscription starts. Which read of the log's end may serve:
 
-- one that started *after* the request would drop what commits between the
-  request and the read: a lost vote, never acceptable;
-- one that started *before* it keeps everything committed after the request,
-  and may repeat only what committed between the read and the request. A
-  client can have had such a change from another daemon only if it received
-  it, lost that daemon and came back here, all after the read started: a
-  client that waits at least ``AGE`` before reconnecting never gets a change
-  twice (every reconnecting client waits longer: the page 250 ms at least).
+- a read that started *before* the asking: the subscription gets everything
+  committed after that read started, and may repeat only what committed in
+  between. A client can have had such a change from another daemon only if
+  it received it, lost that daemon and came back here, all after the read
+  started: a client that waits at least ``AGE`` before reconnecting never
+  gets a change twice (real clients wait longer: the page 250 ms at least);
+- with none that recent, a read that starts now: the subscription gets what
+  commits after now, as the old service's subscription got what committed
+  after its per-client LISTEN ran.
 
-So a read that started at most ``AGE`` before the asker asked (finished, or
-still running) serves it; otherwise a new read starts. However many seed
-clients subscribe, the log's end costs at most one query per ``AGE`` (plus
-those that run long), not one per client or per batch of clients.
+Either way the subscription starts at a moment between the request's
+arrival and its start, as every seed subscription always has (a request held
+while the daemon connects, --grace, starts when it is served). However many
+seed clients subscribe, the log's end costs at most one query per ``AGE``
+(plus those that run long), not one per client or per batch of clients.
 """
-
 from __future__ import annotations
 
 from collections.abc import Callable
