@@ -255,7 +255,10 @@ class SilentProxy:
     has died but the route is fine.
     """
 
-    def __init__(self, upstream_dsn: str) -> None:
+    def __init__(self, upstream_dsn: str, gate: threading.Event | None = None) -> None:
+        # ``gate``: connections wait in the listening socket's queue until it is
+        # set, as behind a slow network or a database that answers late.
+        self._gate = gate
         self._family, self._address = upstream_address(upstream_dsn)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)
@@ -288,6 +291,9 @@ class SilentProxy:
             return len(self._pairs)
 
     def _run(self) -> None:
+        while self._gate is not None and not self._gate.wait(0.05):
+            if self._stopping:
+                return
         while not self._stopping:
             with self._lock:
                 events = self._selector.select(timeout=0.05) if self._selector.get_map() else []
