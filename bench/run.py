@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -233,27 +234,43 @@ def summarise(target: str, scenario: Scenario, connected: dict[str, Any], sent: 
     }
 
 
-def run_scenario(scenario: Scenario, admin_dsn: str, workdir: Path,
-                 profile: Path | None = None) -> dict[str, Any]:
-    targets = [t for t in scenario.targets
-               if t != "node" or services.node_available()]
+# Runs one side of a comparison: (dsn, party, vote generator, its own backends) -> figures.
+Side = Callable[[str, tuple[list[int], list[int]], Generator, list[int]], dict[str, Any]]
+
+
+def run_sides(scenario: Scenario, admin_dsn: str, heading: str,
+              sides: dict[str, tuple[str, Side]]) -> dict[str, Any]:
+    """Each side in turn (name -> (its target, how to run it)) on one bench database,
+    party and vote generator; a side that crashes is a result, not the end."""
     results: dict[str, Any] = {"scenario": asdict(scenario), "describe": scenario.describe()}
-    log(f"== {scenario.name}: {scenario.describe()}")
+    log(heading)
     with database.bench_database(admin_dsn) as dsn:
         party = database.create_party(dsn, scenario.events)
         generator = Generator(dsn, *party)
         own = generator.connect(Generator.threads_for(scenario.rate))
         try:
-            for target in targets:
+            for name, (target, run) in sides.items():
                 try:
-                    results[target] = run_target(target, scenario, dsn, party, generator, own,
-                                                 workdir, profile)
-                except Exception as error:  # a crashed service is a result, not the end
-                    log(f"  {target}: FAILED: {error}")
-                    results[target] = {"target": target, "error": str(error)}
+                    results[name] = run(dsn, party, generator, own)
+                except Exception as error:
+                    log(f"  {name}: FAILED: {error}")
+                    results[name] = {"target": target, "error": str(error)}
         finally:
             generator.close()
     return results
+
+
+def run_scenario(scenario: Scenario, admin_dsn: str, workdir: Path,
+                 profile: Path | None = None) -> dict[str, Any]:
+    targets = [t for t in scenario.targets
+               if t != "node" or services.node_available()]
+
+    def side(target: str) -> Side:
+        return lambda dsn, party, generator, own: run_target(
+            target, scenario, dsn, party, generator, own, workdir, profile)
+
+    return run_sides(scenario, admin_dsn, f"== {scenario.name}: {scenario.describe()}",
+                     {target: (target, side(target)) for target in targets})
 
 
 # -- printing ---------------------------------------------------------------

@@ -20,37 +20,26 @@ import json
 import math
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bench import database
-from bench.run import ROWS, Scenario, _cell, log, run_target
-from bench.votes import Generator
+from bench.run import ROWS, Scenario, Side, _cell, log, run_sides, run_target
 from partysense.limits import raise_open_files_limit
 
 SIDES = ("websocket", "sse")
 
 
 def compare(scenario: Scenario, admin_dsn: str, workdir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {"scenario": asdict(scenario), "describe": scenario.describe()}
-    log(f"== SSE vs WebSocket: {scenario.describe()}")
-    with database.bench_database(admin_dsn) as dsn:
-        party = database.create_party(dsn, scenario.events)
-        generator = Generator(dsn, *party)
-        own = generator.connect(Generator.threads_for(scenario.rate))
-        try:
-            for side in SIDES:
-                log(f"  -- {side}")
-                try:
-                    results[side] = run_target("partysense", scenario, dsn, party, generator,
-                                               own, workdir, mode=side)
-                except Exception as error:  # a crashed side is a result, not the end
-                    log(f"  {side}: FAILED: {error}")
-                    results[side] = {"target": "partysense", "error": str(error)}
-        finally:
-            generator.close()
-    return results
+    def side(mode: str) -> Side:
+        def run(dsn: str, party: Any, generator: Any, own: list[int]) -> dict[str, Any]:
+            log(f"  -- {mode}")
+            return run_target("partysense", scenario, dsn, party, generator, own, workdir,
+                              mode=mode)
+        return run
+
+    return run_sides(scenario, admin_dsn, f"== SSE vs WebSocket: {scenario.describe()}",
+                     {mode: ("partysense", side(mode)) for mode in SIDES})
 
 
 def table(results: dict[str, Any]) -> str:
