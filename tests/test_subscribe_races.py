@@ -321,8 +321,13 @@ async def test_a_busy_connection_is_not_taken_for_a_silent_one(db_dsn: str) -> N
     service.startService()
     try:
         await service.whenConnected()
+        # A queue that takes 3 s in all (well past the probe's 0.3 s interval
+        # plus its 1 s deadline) while an answer comes every 20 ms: busy by
+        # construction, not by the machine's speed (20,000 "SELECT 1" were
+        # sometimes all answered before the deadline could pass).
         answers = await defer.DeferredList(
-            [service.runQuery("SELECT 1") for _ in range(20000)], consumeErrors=True)
+            [service.runQuery("SELECT pg_sleep(0.02)") for _ in range(150)],
+            consumeErrors=True)
         # A probe's deadline did pass behind the queue (else nothing was proven)...
         assert service.deadlines_passed_while_answering > 0, "not busy enough to prove anything"
         # ...and did not drop the connection.
