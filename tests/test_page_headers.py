@@ -7,11 +7,12 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.python import usage
 
-from harness.daemon import Daemon
+from harness.daemon import Daemon, wait_for
 from partysense.headers import SecurityHeaders, frame_ancestors_from
 from partysense.tap import Options
 
@@ -86,3 +87,43 @@ def test_frame_ancestors_accepts_sources_and_refuses_anything_else() -> None:
         Options().parseOptions(["--frame-ancestors", "https://a.example;default-src *"])
     assert SecurityHeaders().frame_options == "DENY"
     assert dict(SecurityHeaders(("'self'",)).items())[b"x-frame-options"] == b"SAMEORIGIN"
+
+
+
+# The DJ console: frames whatever page its URL names (?src=...).
+FRAMING_PAGE = """<!DOCTYPE html><meta charset="utf-8"><title>DJ console</title><body><script>
+const frame = document.createElement("iframe");
+frame.src = new URLSearchParams(location.search).get("src");
+frame.width = 800; frame.height = 600;
+document.body.append(frame);
+</script>"""
+
+
+def live_page_in_frame(page: Any, daemon: Daemon) -> bool:
+    """The daemon's page is shown in one of ``page``'s frames (its status line is there)."""
+    return any(frame.url.startswith(daemon.url) and frame.locator("#status").count() == 1
+               for frame in page.frames[1:])
+
+
+@pytest.mark.browser
+def test_chromium_frames_the_page_only_for_the_origins_named(
+        db_dsn: str, tmp_path: Path, browser: Any) -> None:
+    from tests.test_client_js import serving
+
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        refusals: list[str] = []
+        page.on("console", lambda message: refusals.append(message.text)
+                if "frame-ancestors" in message.text else None)
+        with serving(FRAMING_PAGE) as console_url:
+            console = console_url.rstrip("/")
+            with Daemon(db_dsn, tmp_path) as daemon:
+                page.goto(f"{console_url}?src={daemon.url}/")
+                wait_for(lambda: refusals, 15, "Chromium to refuse the frame (frame-ancestors)")
+                assert not live_page_in_frame(page, daemon)
+            with Daemon(db_dsn, tmp_path, "--frame-ancestors", console) as daemon:
+                page.goto(f"{console_url}?src={daemon.url}/")
+                wait_for(lambda: live_page_in_frame(page, daemon), 15, "the page in the frame")
+    finally:
+        context.close()
