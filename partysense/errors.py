@@ -13,6 +13,7 @@
 | 4004 | unknown_event | no such event in event_event                             |
 | 4401 | unauthorized  | no token, or one that is invalid or expired (tokens on)  |
 | 4403 | forbidden     | a valid token that does not name the event               |
+| 4403 | origin_not_allowed | a browser page whose Origin --allowed-origins refuses |
 | 4008 | too_slow      | the client stopped reading; its queue passed the limit   |
 | 4029 | flood         | too many messages per second                             |
 """

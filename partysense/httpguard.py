@@ -11,6 +11,9 @@
   Transfer-Encoding) gets 413 before its body is read, and the socket is
   closed (Twisted spooled any body to a temporary file: 30 MB in 0.5 s).
 - Only GET and HEAD: anything else is 405.
+- Every answer carries the site's security headers (partysense/headers.py:
+  Content-Security-Policy, nosniff, Referrer-Policy, framing), set before
+  the resource renders, which may add to them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from twisted.web import http
 from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request, Site
 
+from partysense.headers import SecurityHeaders
 from partysense.quietlog import Quiet
 from partysense.tokens import TokenError, Tokens, bearer_token
 from partysense.upgrade import UpgradingChannel
@@ -81,7 +85,10 @@ class GuardedRequest(Request):
         super().gotLength(length)
 
     def process(self) -> None:
-        site_of(self).answered(self.channel)
+        site = site_of(self)
+        site.answered(self.channel)
+        for name, value in site.headers:
+            self.setHeader(name, value)
         if self.method not in ALLOWED_METHODS:
             self.setResponseCode(405)
             self.setHeader(b"allow", b"GET, HEAD")
@@ -106,8 +113,9 @@ class GuardedSite(Site):
 
     def __init__(self, resource: Any, clock: IReactorTime, handshake_timeout: float,
                  max_handshaking: int = MAX_HANDSHAKING, name: str = "Site",
-                 **kwargs: Any) -> None:
+                 headers: SecurityHeaders | None = None, **kwargs: Any) -> None:
         self._name = name
+        self.headers = (headers or SecurityHeaders()).items()
         # No idle timer of Twisted's: it restarts on every byte. The fixed
         # deadline below replaces it.
         super().__init__(resource, timeout=None, logFormatter=without_tokens, **kwargs)

@@ -47,7 +47,7 @@ DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 # Kinds of bad input a client can send (partysense/errors.py), listed at 0
 # from the start so that rate() works from the first one.
 BAD_INPUT_KINDS = ("binary", "not_json", "wrong_shape", "bad_event_id", "too_big",
-                   "unknown_event", "flood", "protocol_error")
+                   "unknown_event", "flood", "protocol_error", "origin_not_allowed")
 
 # Counted with the bad inputs too; reported on their own.
 SLOW = "too_slow"

@@ -29,6 +29,7 @@ from partysense.adapters.twisted_adapter import write_now
 from partysense.dialect import ClientCounters, MakeSession, Session
 from partysense.errors import ClientError
 from partysense.fastwrite import TurnWriter
+from partysense.origins import AllowedOrigins
 from partysense.outbox import Outbox
 from partysense.quietlog import Quiet
 
@@ -85,6 +86,8 @@ class LiveProtocol(ServerProtocol):
         self.outbox: Outbox | None = None
         self.address: str | None = None  # counted in factory.per_address while open
         self.url_token: str | None = None
+        # Why this client is closed as soon as it is open (its page's Origin).
+        self.refusal: ClientError | None = None
         self._queue: defer.Deferred[None] = defer.succeed(None)
         self._pending = 0
         self._tokens = 0.0
@@ -100,15 +103,24 @@ class LiveProtocol(ServerProtocol):
         # ws://host/?token=... for clients that can only set the URL.
         tokens = request.params.get("token") or [None]
         self.url_token = tokens[0]
+        self.refusal = self.factory.origin_refusal(request.origin)
         dialects = self.factory.dialects
         for subprotocol in request.protocols:
             if subprotocol in dialects:
-                self.session = dialects[subprotocol](self)
+                # The subprotocol is agreed even when refused: a browser fails a
+                # handshake that does not echo it, and the page could not read why.
+                if self.refusal is None:
+                    self.session = dialects[subprotocol](self)
                 return str(subprotocol)
-        self.session = dialects[None](self)
+        if self.refusal is None:
+            self.session = dialects[None](self)
         return None
 
     def onOpen(self) -> None:
+        if self.refusal is not None:
+            # Open only to say why, then closed: never counted, no session.
+            self.refuse(self.refusal)
+            return
         limits = self.factory.limits
         self.outbox = Outbox(self._write_frame, lambda: self.is_live,
                              limits.max_queue_bytes, self.too_slow)
@@ -312,9 +324,11 @@ class LiveFactory(ServerFactory):
                  limits: Limits | None = None, counters: ClientCounters | None = None,
                  **kwargs: Any) -> None:
         self.limits = limits or Limits()
-        # With any Origin allowed, "null" is one too: the seed's example page
-        # opened from a file sends it.
-        self.allow_null_origin = not self.limits.allowed_origins
+        # Autobahn lets every Origin through ("null" too: the seed's example
+        # page opened from a file sends it); we check them (origin_refusal),
+        # so that a refused page hears why instead of a failed handshake.
+        self.allow_null_origin = True
+        self.origins = AllowedOrigins(self.limits.allowed_origins)
         super().__init__(**kwargs)
         self.dialects = dialects
         self.clock = clock
@@ -336,8 +350,17 @@ class LiveFactory(ServerFactory):
             # and answers it at once, so its opening handshake never waits.
             openHandshakeTimeout=0,
             closeHandshakeTimeout=3,
-            allowedOrigins=list(self.limits.allowed_origins) or ["*"],
+            allowedOrigins=["*"],
         )
+
+    def origin_refusal(self, origin: str | None) -> ClientError | None:
+        """Why a browser page of ``origin`` may not connect (--allowed-origins),
+        or None if it may. Closed at once with 4403 and the reason, like any
+        refusal: logged once per address at most every 10 s, counted by kind."""
+        if self.origins.allows(origin):
+            return None
+        return ClientError("origin_not_allowed", errors.FORBIDDEN,
+                           f"origin_not_allowed: pages of {origin!s:.80} may not connect here")
 
     def admission(self, address: str) -> ClientError | None:
         """Why a new client from ``address`` may not stay, or None if it may."""

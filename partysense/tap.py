@@ -32,6 +32,7 @@ from partysense.demo import DemoPartyService
 from partysense.dialect import ClientCounters, MakeSession, Shared
 from partysense.embedded import database_for
 from partysense.events import EventDirectory
+from partysense.headers import SecurityHeaders, frame_ancestors_from
 from partysense.hub import Hub
 from partysense.limits import clients_that_fit, raise_open_files_limit
 from partysense.listener import ListenerService
@@ -117,6 +118,9 @@ class Options(usage.Options):
         ["allowed-origins", None, "",
          "Comma-separated Origins allowed to connect, e.g. https://party.example "
          "(default: any)."],
+        ["frame-ancestors", None, "'none'",
+         "Who may show the page in a frame: 'none', 'self', or origins (comma-separated), "
+         "e.g. https://dj.example; sent as CSP frame-ancestors (and X-Frame-Options)."],
         ["max-connections-per-ip", None, 1024,
          "Most WebSocket clients from one address (behind --trusted-proxies: the "
          "forwarded one); a venue's guests may share one NAT address.", int],
@@ -163,6 +167,11 @@ class Options(usage.Options):
                 f"--write-delay must be between 0 and {MAX_WRITE_DELAY_MS} milliseconds")
         if self["max-connections-per-ip"] < 1:
             raise usage.UsageError("--max-connections-per-ip must be at least 1")
+        try:
+            self["security-headers"] = SecurityHeaders(
+                frame_ancestors_from(self["frame-ancestors"]))
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
         if self["demo"] and self["no-demo"]:
             raise usage.UsageError("--demo and --no-demo contradict each other")
         self["embedded"] = self["dsn"] is None
@@ -256,6 +265,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     site = make_site(factory, listener, queries,
                      metrics=None if admin_port else metrics.resource(), clock=reactor,
                      handshake_timeout=options["handshake-timeout"], tokens=options["tokens"],
+                     headers=options["security-headers"],
                      streams=Streams(factory, shared, keepalive=options["sse-keepalive"]))
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     if admin_port:
@@ -277,7 +287,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "{max_clients} clients ({per_ip} per address), {max_subscriptions} subscriptions "
         "each, messages up to "
         "{max_message} bytes and {rate:g}/s, {max_queue} bytes queued per slow client, "
-        "ping every {ping:g} s; Origins allowed: {origins}; tokens: {tokens}; "
+        "ping every {ping:g} s; Origins allowed: {origins}; the page may be framed by: "
+        "{frame_ancestors}; tokens: {tokens}; "
         "/metrics and detailed health: {admin}.",
         port=options["port"], where=where, embedded=options["embedded"],
         demo=options["run-demo"], retention=options["retention"],
@@ -286,6 +297,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         max_message=limits.max_message_bytes, rate=limits.messages_per_second,
         max_queue=limits.max_queue_bytes, ping=limits.ping_interval,
         origins=", ".join(limits.allowed_origins) or "any (no --allowed-origins given)",
+        frame_ancestors=" ".join(options["security-headers"].frame_ancestors),
         tokens=options["tokens"].describe(),
         admin=admin_port or "on the public port (no --admin-port)",
     )

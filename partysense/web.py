@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
 from partysense.clientjs import ClientScript
+from partysense.headers import SecurityHeaders
 from partysense.httpguard import GuardedSite, site_of, token_refusal
 from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
@@ -223,13 +224,16 @@ def static_folder(client: ClientScript) -> Resource:
 
 def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
               metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
-              tokens: Tokens = OPEN, streams: Streams | None = None) -> GuardedSite:
+              tokens: Tokens = OPEN, streams: Streams | None = None,
+              headers: SecurityHeaders | None = None) -> GuardedSite:
     """The resource tree of the public port.
 
     ``metrics`` is served at /metrics here only when there is no admin port.
     ``handshake_timeout`` closes an HTTP connection that has not upgraded to
     a WebSocket that long after connecting (partysense/httpguard.py).
     ``streams``: the Server-Sent Events at /events/<id>/stream (partysense/sse.py).
+    ``headers``: the security headers of every answer (--frame-ancestors;
+    partysense/headers.py).
     """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
@@ -245,7 +249,7 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
         root.putChild(b"events", EventStreams(streams))
     if metrics is not None:
         root.putChild(b"metrics", metrics)
-    site = GuardedSite(root, clock, handshake_timeout)
+    site = GuardedSite(root, clock, handshake_timeout, headers=headers)
     site.websocket = factory  # whole upgrade requests for / skip twisted.web
     site.displayTracebacks = False
     return site

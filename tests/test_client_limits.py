@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
@@ -72,10 +72,11 @@ def test_only_allowed_origins_may_connect(db_dsn: str, tmp_path: Path) -> None:
         with connect(daemon.ws_url, origin="https://party.example", open_timeout=10) as ok:
             ok.send(json.dumps({"event": "ALL"}))
             wait_for(lambda: daemon.health()[1]["channels"] == ["firehose"], 10, "subscribe")
-        with pytest.raises(InvalidStatus) as refused:
-            connect(daemon.ws_url, origin="https://evil.example", open_timeout=10)
-        assert refused.value.response.status_code == 400
-        assert "not allowed" in refused.value.response.reason_phrase
+        # Refused with a close code and a reason a page's script can read (a
+        # failed handshake tells a browser nothing): see test_refused_origin_*.
+        with connect(daemon.ws_url, origin="https://evil.example", open_timeout=10) as evil:
+            code, reason = closed_with(evil)
+        assert code == 4403 and reason.startswith("origin_not_allowed")
         # Phones' native apps send no Origin at all: Origins only guard browsers.
         with connect(daemon.ws_url, open_timeout=10) as app:
             app.send(json.dumps({"event": "ALL"}))
@@ -89,8 +90,35 @@ def test_any_origin_means_null_too(db_dsn: str, tmp_path: Path) -> None:
             page.send(json.dumps({"event": "ALL"}))
             wait_for(lambda: daemon.health()[1]["channels"] == ["firehose"], 10, "subscribe")
     with Daemon(db_dsn, tmp_path, "--allowed-origins", "https://party.example") as daemon:
-        with pytest.raises(InvalidStatus):
-            connect(daemon.ws_url, origin="null", open_timeout=10)
+        with connect(daemon.ws_url, origin="null", open_timeout=10) as page:
+            assert closed_with(page)[0] == 4403
+
+
+def test_refused_origin_hears_4403_and_why_and_costs_no_session(
+        db_dsn: str, tmp_path: Path) -> None:
+    """A browser refused for its Origin: the handshake is accepted (with the
+    subprotocol it asked for, or the browser would fail it and say nothing) and
+    closed at once with 4403 and ``origin_not_allowed``; logged, counted by kind,
+    never counted as a client, and nothing it sends is read."""
+    from tests.test_fuzz import refused
+
+    with Daemon(db_dsn, tmp_path, "--allowed-origins", "https://party.example") as daemon:
+        for subprotocols in (None, ["partysense.v2"]):
+            with connect(daemon.ws_url, origin="http://localhost:8000", open_timeout=10,
+                         subprotocols=subprotocols) as page:
+                assert page.subprotocol == (subprotocols[0] if subprotocols else None)
+                try:
+                    page.send(json.dumps({"type": "subscribe", "event": "ALL"}))
+                except ConnectionClosed:
+                    pass  # already closed: nothing to read
+                code, reason = closed_with(page)
+            assert code == 4403
+            assert reason == ("origin_not_allowed: pages of http://localhost:8000 "
+                              "may not connect here")
+        wait_for(lambda: refused(daemon).get("origin_not_allowed") == 2, 10, "two refusals counted")
+        assert daemon.health()[1]["clients"] == 0
+        assert daemon.health()[1]["channels"] == []  # the subscribe was never read
+        assert "origin_not_allowed, code 4403" in daemon.log()
 
 
 def test_clients_that_ignore_pings_are_dropped(db_dsn: str, tmp_path: Path) -> None:

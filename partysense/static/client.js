@@ -82,6 +82,11 @@ function parseEvent(value) {
 
 const nothing = () => {};
 
+// The daemon refuses this page's Origin (--allowed-origins): it opens the
+// socket only to close it with this code and "origin_not_allowed: …".
+// Retrying cannot change that, so the client stops and says so.
+const REFUSED_FOR_GOOD = 4403;
+
 // Refusals that retrying will not change (a typo'd event id, a bad request).
 const REFUSED_TEXT = {
   unknown_event: "no such event",
@@ -89,6 +94,7 @@ const REFUSED_TEXT = {
   too_many_subscriptions: "too many subscriptions",
   bad_request: "refused",
   server_error: "the server could not read the event",
+  origin_not_allowed: "this page may not connect to the live server",
 };
 
 class Live {
@@ -106,6 +112,7 @@ class Live {
     this.status = {state: "connecting", seconds: 0, reason: "", text: "connecting…"};
     this._socket = null;
     this._closed = false;
+    this._refusedForGood = false;  // closed with REFUSED_FOR_GOOD: no more attempts
     this._everLive = false;
     this._attempt = 0;
     this._retryTimer = null;
@@ -208,7 +215,7 @@ class Live {
   _connect() {
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
-    if (this._socket || this._closed) return;
+    if (this._socket || this._closed || this._refusedForGood) return;
     if (this._offline()) {
       this._setStatus("offline", "offline: waiting for the network");
       return;
@@ -239,7 +246,8 @@ class Live {
     socket.onclose = (closed) => {
       if (socket !== this._socket) return;
       this._forget();
-      this._retryLater(closed.reason || "connection lost");
+      if (closed.code === REFUSED_FOR_GOOD) this._refuseForGood(closed.reason);
+      else this._retryLater(closed.reason || "connection lost");
     };
   }
 
@@ -282,14 +290,25 @@ class Live {
                     seconds, this._retryWhy);
   }
 
+  // Refused whatever we do (this page's Origin): no more attempts, not even
+  // when the network comes back or the tab is shown again; say why.
+  _refuseForGood(reason) {
+    this._refusedForGood = true;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    const kind = String(reason || "").split(":")[0] || "forbidden";
+    this._onError({type: "error", error: kind, message: reason || "refused"}, this);
+    this._setStatus("refused", REFUSED_TEXT[kind] || "refused", 0, kind);
+  }
+
   _reconnectNow() {
-    if (this._closed) return;
+    if (this._closed || this._refusedForGood) return;
     this._attempt = 0;
     if (!this._socket) this._connect();
   }
 
   _wentOffline() {
-    if (this._closed) return;
+    if (this._closed || this._refusedForGood) return;
     this._abandon("offline");
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
