@@ -14,10 +14,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
+from psycopg2.extensions import make_dsn
 from twisted.internet.task import Clock
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -203,3 +205,24 @@ def test_the_status_page_shows_the_daemon(daemon: Daemon, party: Party, screen: 
     with pytest.raises(urllib.error.HTTPError) as public:
         urllib.request.urlopen(daemon.url + "/status", timeout=5)
     assert public.value.code == 404
+
+
+@pytest.mark.browser
+def test_the_status_page_says_why_the_database_is_away(db_dsn: str, tmp_path: Path,
+                                                       screen: Screen) -> None:
+    missing = make_dsn(db_dsn, dbname="partysense_no_such_database")
+    daemon = Daemon(missing, tmp_path, "--no-demo").start(wait=False)
+    try:
+        screen.page.goto(f"{daemon.admin_url}/status")
+        page = screen.page
+        expect(page.locator("#updated")).to_have_attribute("data-state", "ok",
+                                                           timeout=15 * SECONDS)
+        for badge in ("#listener-state", "#queries-state"):
+            expect(page.locator(badge)).not_to_have_attribute("data-state", "connected")
+        expect(page.locator("#db-reason")).to_contain_text("does not exist",
+                                                            timeout=20 * SECONDS)
+        expect(page.locator("#queue-usage")).to_have_text("unknown")
+        screenshot(page, "status-database-away")
+    finally:
+        daemon.stop()
+    assert screen.problems == []

@@ -88,7 +88,8 @@ function render(data) {
   const rates = data.rates;
   // The history the daemon has: up to `span` seconds, less just after its start.
   const seconds = rates.frames.length * rates.step;
-  show("span", seconds >= 120 ? `${Math.round(seconds / 60)} minutes` : `${seconds} seconds`);
+  show("span", seconds >= 120 ? `${Math.round(seconds / 60)} minutes`
+    : seconds > 0 ? `${seconds} seconds` : "–");
   for (const name of ["frames", "votes"]) {
     const values = rates[name];
     chart(`${name}-chart`, values);
