@@ -100,6 +100,11 @@ class Hub:
     def channels(self) -> list[str]:
         return sorted(self._subscribers)
 
+    def subscriber_counts(self) -> dict[str, int]:
+        """Channel to its number of subscribers (the admin port's /status)."""
+        return {channel: sum(len(group) for group in groups.values())
+                for channel, groups in self._subscribers.items()}
+
     def publish(self, channel: str, change: Change) -> None:
         """Hand one change to every subscriber of ``channel``."""
         groups = self._subscribers.get(channel)

@@ -49,6 +49,13 @@ DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 BAD_INPUT_KINDS = ("binary", "not_json", "wrong_shape", "bad_event_id", "too_big",
                    "unknown_event", "flood", "protocol_error", "origin_not_allowed")
 
+# The daemon's own refusals, counted with the bad inputs: the database away
+# (try_later; an SSE stream's unavailable), --max-clients (server_full), a
+# failure of ours (internal, server_error). Listed at 0 as well, so that the
+# alert that leaves them out (contrib/prometheus-alerts.yml) names kinds that
+# /metrics has.
+REFUSAL_KINDS = ("try_later", "server_full", "unavailable", "internal", "server_error")
+
 # Counted with the bad inputs too; reported on their own.
 SLOW = "too_slow"
 
@@ -203,7 +210,7 @@ class LiveCollector(Collector):
             "partysense_slow_clients_closed",
             "Clients closed (4008) because they stopped reading and their queue passed the limit.",
             value=factory.counters.slow_closed)
-        bad = dict.fromkeys(BAD_INPUT_KINDS, 0)
+        bad = dict.fromkeys(BAD_INPUT_KINDS + REFUSAL_KINDS, 0)
         bad.update(factory.counters.bad_inputs)
         bad.pop(SLOW, None)
         bad_inputs = CounterMetricFamily(

@@ -7,7 +7,8 @@
     ├── RetentionService          trims the change log
     ├── QueueUsagePoller          pg_notification_queue_usage() for /metrics
     ├── StreamServerEndpointService  the web port: WebSocket, page, health
-    ├── StreamServerEndpointService  --admin-port: /metrics and a detailed /healthz
+    ├── Rates                     frames and votes a second, for --admin-port's /status
+    ├── StreamServerEndpointService  --admin-port: /metrics, a detailed /healthz, /status
     ├── ClientsService            closes every client (1001) at shutdown
     ├── DemoPartyService          with --demo (the default on the embedded DB)
     └── SystemdNotifier           READY=1 / STOPPING=1 under systemd (Type=notify)
@@ -43,6 +44,7 @@ from partysense.retention import RetentionService
 from partysense.seed import SeedSession
 from partysense.sharedreads import SharedReads
 from partysense.sse import KEEPALIVE, Streams
+from partysense.status import Rates, status_page
 from partysense.systemd import SystemdNotifier
 from partysense.v2 import SUBPROTOCOL, V2Session
 from partysense.web import make_admin_site, make_site
@@ -260,7 +262,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     factory = LiveFactory(dialect_table(shared), reactor, limits, counters)
     # Only the last N addresses of X-Forwarded-For were added by our proxies.
     factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
-    metrics.watch(factory, hub, listener, queries, retention).setServiceParent(top)
+    queue = metrics.watch(factory, hub, listener, queries, retention)
+    queue.setServiceParent(top)
     admin_port = options["admin-port"]
     site = make_site(factory, listener, queries,
                      metrics=None if admin_port else metrics.resource(), clock=reactor,
@@ -269,7 +272,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                      streams=Streams(factory, shared, keepalive=options["sse-keepalive"]))
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     if admin_port:
-        admin = make_admin_site(factory, listener, queries, metrics.resource(), reactor)
+        rates = Rates(hub, listener, reactor)
+        rates.setServiceParent(top)
+        admin = make_admin_site(factory, listener, queries, metrics.resource(), reactor,
+                                status=status_page(factory, hub, listener, queries, queue, rates))
         strports.service(admin_port, admin, reactor=reactor).setServiceParent(top)
     # Added after the port, so stopped before it: clients hear 1001 first.
     ClientsService(factory, reactor).setServiceParent(top)

@@ -256,11 +256,15 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
 
 
 def make_admin_site(factory: LiveFactory, listener: Listener, queries: Queries,
-                    metrics: Resource, clock: Any) -> GuardedSite:
-    """The --admin-port: /metrics and a detailed /healthz, for operators only."""
+                    metrics: Resource, clock: Any, status: Resource | None = None) -> GuardedSite:
+    """The --admin-port: /metrics and a detailed /healthz, for operators only;
+    ``status``, the page (partysense/status.py), at /status and at /."""
     root = Resource()
     root.putChild(b"healthz", Health(listener, queries, factory, detailed=True))
     root.putChild(b"metrics", metrics)
+    if status is not None:
+        root.putChild(b"status", status)
+        root.putChild(b"", status)
     site = GuardedSite(root, clock, handshake_timeout=10.0, name="AdminSite")
     site.displayTracebacks = False
     return site

@@ -115,7 +115,8 @@ def test_installed_files(installed: Path, tmp_path: Path) -> None:
     found = json.loads(run(installed / "bin" / "python", "-c", INSPECT, cwd=outside(tmp_path)))
     files = set(found["files"])
     for wanted in ("partysense/sql/install.sql", "partysense/sql/demo_schema.sql",
-                   "partysense/static/index.html", "twisted/plugins/partysense_live.py",
+                   "partysense/static/index.html", "partysense/admin/status.html",
+                   "partysense/admin/status.js", "twisted/plugins/partysense_live.py",
                    "partysense/tap.py"):
         assert wanted in files, f"{wanted} is not in the installed package"
     # Twisted's own package must stay Twisted's: we ship no __init__.py there,
