@@ -29,6 +29,7 @@ from partysense.adapters.twisted_adapter import write_now
 from partysense.dialect import ClientCounters, MakeSession, Session
 from partysense.errors import ClientError
 from partysense.fastwrite import TurnWriter
+from partysense.frames import FRAMES_PER_MESSAGE, FrameBudget
 from partysense.outbox import Outbox
 from partysense.quietlog import Quiet
 
@@ -89,6 +90,7 @@ class LiveProtocol(ServerProtocol):
         self._pending = 0
         self._tokens = 0.0
         self._refilled = 0.0
+        self._frames: FrameBudget | None = None  # from onConnect, before any frame
 
     @property
     def is_live(self) -> bool:
@@ -97,6 +99,8 @@ class LiveProtocol(ServerProtocol):
     # -- Autobahn callbacks ---------------------------------------------------
 
     def onConnect(self, request: Any) -> str | None:
+        self._frames = FrameBudget(
+            self.factory.clock, FRAMES_PER_MESSAGE * self.factory.limits.messages_per_second)
         # ws://host/?token=... for clients that can only set the URL.
         tokens = request.params.get("token") or [None]
         self.url_token = tokens[0]
@@ -153,10 +157,20 @@ class LiveProtocol(ServerProtocol):
         self._pending += 1
         self._queue.addCallback(lambda _: self._handle(text))
 
+    def frame_begins(self, opcode: int) -> None:
+        # Every frame, pings and fragments too: the hot path, kept to a call
+        # and a comparison (partysense/frames.py).
+        if self._frames is None:
+            return
+        refusal = self._frames.refusal(opcode)
+        if refusal is not None and self.state == self.STATE_OPEN:
+            self.refuse(refusal)
+
     def onPing(self, payload: bytes) -> None:
         # A client that pings but does not read would have us queue its pongs
-        # without limit (pings are not messages: no rate limit applies). One
-        # whose socket is full gets no answer until it reads again.
+        # without limit (the frame budget bounds how many it sends, not how
+        # many it reads). One whose socket is full gets no answer until it
+        # reads again.
         if self.outbox is None or not self.outbox.paused:
             super().onPing(payload)
 
