@@ -165,6 +165,9 @@ class LiveProtocol(ServerProtocol):
         refusal = self._frames.refusal(opcode)
         if refusal is not None and self.state == self.STATE_OPEN:
             self.refuse(refusal)
+            # The rest of the flood (megabytes already in the socket buffers)
+            # would cost as much to parse as it did before it was refused.
+            self.stop_reading()
 
     def onPing(self, payload: bytes) -> None:
         # A client that pings but does not read would have us queue its pongs

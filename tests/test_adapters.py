@@ -237,3 +237,29 @@ def test_autobahn_frame_begin_sees_every_frame_with_its_opcode() -> None:
     canary("autobahn", "WebSocketProtocol.onFrameBegin with current_frame.opcode",
            seen == [1, 0, 9, 10, 0, 8],
            "called once per frame read, control frames and continuations included")
+
+
+def test_autobahn_data_is_the_buffer_its_parse_loop_reads() -> None:
+    from tests.rawws import frame
+    from tests.wire import Transport, handshake
+
+    seen: list[Any] = []
+
+    class Dropping(WebSocketServerProtocol):
+        def onFrameBegin(self) -> None:
+            seen.append(self.current_frame.opcode)
+            self.data = b""  # what stop_reading() does
+            super().onFrameBegin()
+
+    factory = WebSocketServerFactory()
+    factory.protocol = Dropping
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(Transport())
+    protocol.dataReceived(handshake())
+    protocol.dataReceived(frame(b"a", opcode=9)[:1])  # half a header: kept, not parsed
+    canary("autobahn", "WebSocketProtocol.data", getattr(protocol, "data", None) == b"\x89",
+           "the bytes read and not yet parsed")
+    protocol.dataReceived(frame(b"a", opcode=9)[1:] + frame(b"b", opcode=9) * 3)
+    canary("autobahn", "WebSocketProtocol.data", seen == [9],
+           "emptied, the parse loop ends: the frames after it are never parsed")

@@ -158,3 +158,22 @@ def test_close_frames_count_too() -> None:
     protocol.dataReceived(frame(b"p", opcode=PING) * 160)
     protocol.dataReceived(frame(struct.pack("!H", 1000), opcode=CLOSE))
     assert close_code(transport) == 4029
+
+
+def test_the_rest_of_a_flood_is_not_even_parsed() -> None:
+    clock = Clock()
+    protocol, transport = client(clock, messages_per_second=20)
+    parsed: list[int] = []
+    counted = protocol.frame_begins
+
+    def counting(opcode: int) -> None:
+        parsed.append(opcode)
+        counted(opcode)
+
+    protocol.frame_begins = counting  # type: ignore[method-assign]
+    protocol.dataReceived(frame(b"p", opcode=PING) * 1000)  # one read: 1000 pings
+    assert close_code(transport) == 4029
+    assert len(parsed) == 161, "the 161st refused, the rest dropped unparsed"
+    assert transport.producerState == "paused", "the socket is no longer read"
+    protocol.dataReceived(frame(b"p", opcode=PING) * 10)
+    assert len(parsed) == 161

@@ -19,12 +19,14 @@ the closing handshake; we need a few things it offers no public way to do:
 - every frame the client sends, control frames and continuations included,
   seen as it begins, to count it (``onFrameBegin``, ``current_frame.opcode``):
   Autobahn's public hooks see pings and pongs but not closes, and fragments
-  only once a message has begun.
+  only once a message has begun;
+- a flooding client's bytes read but not yet parsed dropped at once
+  (``data``): a 64 KiB read holds thousands of pings.
 
 Private names used: ``PreparedMessage.payloadHybi``, ``send_queue``,
 ``sendData``, ``trafficStats``, ``_fail_connection``, ``failedByMe``,
 ``allowNullOrigin``, ``CONFIG_ATTRS``, ``logOctets``, ``onFrameBegin``,
-``current_frame``. Canaries:
+``current_frame``, ``data``. Canaries:
 tests/test_adapters.py.
 """
 
@@ -70,6 +72,23 @@ class ServerProtocol(WebSocketServerProtocol):
         # and whatever it then does with it (answer a ping, close, ...).
         self.frame_begins(self.current_frame.opcode)
         super().onFrameBegin()
+
+    reading_stopped = False
+
+    def stop_reading(self) -> None:
+        """Read nothing more from this client: what it sent that is not parsed
+        yet is dropped, and its socket is no longer read (its sends block and
+        cost us nothing). The closing handshake's timeout then drops it."""
+        self.reading_stopped = True
+        # Autobahn's buffer of bytes read and not yet parsed: its parse loop
+        # ends when it finds it empty.
+        self.data = b""
+        transport: Any = self.transport  # a TCP or TLS transport: a push producer
+        transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.reading_stopped:
+            super().dataReceived(data)
 
     @property
     def autobahn_frames_waiting(self) -> bool:
