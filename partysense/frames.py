@@ -82,3 +82,49 @@ class FrameBudget:
         self._counted = 1
         self._since = now
         return None
+
+
+# How long an address that sent a frame flood is remembered, and how long each
+# new connection from it then waits before it is read.
+FLOOD_MEMORY = 10.0
+HOLD = 1.0
+# Addresses remembered at most (a flood from many addresses must not grow the
+# memory without bound): past it the one flagged longest ago is forgotten.
+MOST_REMEMBERED = 10_000
+
+
+class FloodedAddresses:
+    """Addresses whose clients were closed for a frame flood lately.
+
+    A closed flooder reconnects at once and floods again: a per-connection
+    budget alone would let it cost us a handshake and a budget of frames each
+    time, as fast as it can reconnect. So for ``memory`` seconds after a flood
+    each new connection from the address waits ``hold`` seconds before it is
+    read. Its other connections, and other addresses, are not touched; a guest
+    behind the same NAT only connects a second later.
+    """
+
+    def __init__(self, clock: Any, memory: float = FLOOD_MEMORY, hold: float = HOLD,
+                 most: int = MOST_REMEMBERED) -> None:
+        self._clock = clock
+        self.memory = memory
+        self.hold = hold
+        self._most = most
+        self._until: dict[str, float] = {}  # address -> end of its memory, oldest first
+
+    def flooded(self, address: str) -> None:
+        """A client from ``address`` was closed for a frame flood."""
+        self._until.pop(address, None)  # to the end: the order stays oldest first
+        self._until[address] = self._clock.seconds() + self.memory
+        if len(self._until) > self._most:
+            del self._until[next(iter(self._until))]
+
+    def hold_for(self, address: str) -> float:
+        """Seconds a new connection from ``address`` waits before it is read (0: none)."""
+        until = self._until.get(address)
+        if until is None:
+            return 0.0
+        if until <= self._clock.seconds():
+            del self._until[address]
+            return 0.0
+        return self.hold

@@ -29,7 +29,7 @@ from partysense.adapters.twisted_adapter import write_now
 from partysense.dialect import ClientCounters, MakeSession, Session
 from partysense.errors import ClientError
 from partysense.fastwrite import TurnWriter
-from partysense.frames import FRAMES_PER_MESSAGE, FrameBudget
+from partysense.frames import FRAMES_PER_MESSAGE, FloodedAddresses, FrameBudget
 from partysense.outbox import Outbox
 from partysense.quietlog import Quiet
 
@@ -91,6 +91,7 @@ class LiveProtocol(ServerProtocol):
         self._tokens = 0.0
         self._refilled = 0.0
         self._frames: FrameBudget | None = None  # from onConnect, before any frame
+        self._held: Any = None  # the call that starts reading a held client
 
     @property
     def is_live(self) -> bool:
@@ -130,6 +131,17 @@ class LiveProtocol(ServerProtocol):
         transport: Any = self.transport
         transport.unregisterProducer()
         transport.registerProducer(self.outbox, True)
+        hold = self.factory.flooded.hold_for(address)
+        if hold:
+            # Its address flooded lately: a reconnecting flooder waits, not us.
+            transport.pauseProducing()
+            self._held = self.factory.clock.callLater(hold, self._release)
+
+    def _release(self) -> None:
+        self._held = None
+        if self.state == self.STATE_OPEN and not self.reading_stopped:
+            transport: Any = self.transport
+            transport.resumeProducing()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not self.is_live or self.session is None:
@@ -168,6 +180,7 @@ class LiveProtocol(ServerProtocol):
             # The rest of the flood (megabytes already in the socket buffers)
             # would cost as much to parse as it did before it was refused.
             self.stop_reading()
+            self.factory.flooded.flooded(address_of(self.peer))
 
     def onPing(self, payload: bytes) -> None:
         # A client that pings but does not read would have us queue its pongs
@@ -178,6 +191,9 @@ class LiveProtocol(ServerProtocol):
             super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
         self.factory.leave(self, self.address)
         self.address = None
         # /metrics adds this to what the open clients have been sent so far.
@@ -339,6 +355,7 @@ class LiveFactory(ServerFactory):
         self.counters = counters if counters is not None else ClientCounters()
         self.clients: set[Connected] = set()
         self.per_address: dict[str, int] = {}
+        self.flooded = FloodedAddresses(clock)  # addresses whose new clients wait
         # What clients did wrong, logged per address at a bounded rate.
         self.quiet = Quiet(LiveProtocol._log, clock)
         self.setProtocolOptions(

@@ -14,10 +14,11 @@ import struct
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
-from partysense.frames import FrameBudget
-from partysense.protocol import Limits, LiveProtocol
+from partysense.frames import FloodedAddresses, FrameBudget
+from partysense.protocol import Limits, LiveFactory, LiveProtocol
 from tests.rawws import frame
 from tests.wire import (
     CLOSE,
@@ -37,12 +38,14 @@ pytestmark = pytest.mark.logic
 CONTINUATION = 0
 
 
-def client(clock: Clock, **limits: Any) -> tuple[LiveProtocol, Transport]:
-    factory = factory_without_database(clock, Limits(ping_interval=0, **limits))
-    # Autobahn's own timers run on the global reactor: none in these tests.
-    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
-    transport = Transport()
-    protocol = opened(factory, transport, "partysense.v2")
+def client(clock: Clock, factory: LiveFactory | None = None, host: str = "192.0.2.1",
+           **limits: Any) -> tuple[LiveProtocol, Transport]:
+    if factory is None:
+        factory = factory_without_database(clock, Limits(ping_interval=0, **limits))
+        # Autobahn's own timers run on the global reactor: none in these tests.
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    transport = Transport(peerAddress=IPv4Address("TCP", host, 40000))
+    protocol = opened(factory, transport, "partysense.v2", host=host)
     transport.clear()
     return protocol, transport
 
@@ -177,3 +180,46 @@ def test_the_rest_of_a_flood_is_not_even_parsed() -> None:
     assert transport.producerState == "paused", "the socket is no longer read"
     protocol.dataReceived(frame(b"p", opcode=PING) * 10)
     assert len(parsed) == 161
+
+
+# -- reconnecting does not start afresh ------------------------------------------------
+
+def test_an_address_that_flooded_is_remembered_for_a_while() -> None:
+    clock = Clock()
+    flooded = FloodedAddresses(clock, memory=10.0, hold=1.0, most=2)
+    flooded.flooded("192.0.2.1")
+    assert flooded.hold_for("192.0.2.1") == 1.0
+    assert flooded.hold_for("192.0.2.2") == 0.0
+    clock.advance(10.0)
+    assert flooded.hold_for("192.0.2.1") == 0.0
+    for host in ("192.0.2.3", "192.0.2.4", "192.0.2.5"):  # at most 2 remembered
+        flooded.flooded(host)
+    assert [flooded.hold_for(h) for h in ("192.0.2.3", "192.0.2.4", "192.0.2.5")] == [
+        0.0, 1.0, 1.0]
+
+
+def test_a_flooder_that_reconnects_waits_before_it_is_read() -> None:
+    clock = Clock()
+    flooder, _ = client(clock, messages_per_second=20)
+    factory = flooder.factory
+    flooder.dataReceived(frame(b"p", opcode=PING) * 161)  # closed: 4029
+    again, transport = client(clock, factory)
+    assert transport.producerState == "paused", "not read for a second"
+    neighbour, elsewhere = client(clock, factory, host="192.0.2.2")
+    assert elsewhere.producerState == "producing", "another address is not held"
+    clock.advance(1.0)
+    assert transport.producerState == "producing"
+    assert again.is_live and close_code(transport) is None
+    clock.advance(10.0)  # forgotten after FLOOD_MEMORY
+    _, later = client(clock, factory)
+    assert later.producerState == "producing"
+
+
+def test_a_held_client_that_leaves_cancels_its_release() -> None:
+    clock = Clock()
+    flooder, _ = client(clock, messages_per_second=20)
+    flooder.dataReceived(frame(b"p", opcode=PING) * 161)
+    held, _ = client(clock, flooder.factory)
+    assert held._release in [call.func for call in clock.getDelayedCalls()]
+    held.onClose(False, 1006, None)
+    assert held._release not in [call.func for call in clock.getDelayedCalls()]
