@@ -11,9 +11,17 @@ wins over the preset). After the table it prints the innocent snapshot latency
 p50 and p99 and the vote delay p99 with abusers over without, and PASS or FAIL
 against the targets: snapshots within 2x, vote delay p99 within 20 %.
 
-Measures the daemon of the tree it is run from, started as operators start it
-(``twistd -n partysense-live --port ... --dsn ...``, bench/services.py), on a
-fresh database (bench/database.py) holding:
+``--floods ping,fragments`` (on with ``--abuse``) adds a round per kind of frame
+flood (issue 15, bench/floods.py): ``--flooders`` connections (1) with no token
+and no subscribe send 16-byte pings, or a FIN=0 text frame and then empty
+continuation frames, as fast as their sockets take them, connecting again at
+once whenever the daemon closes them. Target: the innocent vote delay p50 and
+p99 within 1.5x of the round without abusers.
+
+Measures the daemon of the tree it is run from (or of ``--tree``: another
+checkout's ``.venv/bin/twistd``, for a before/after), started as operators
+start it (``twistd -n partysense-live --port ... --dsn ...``, bench/services.py),
+on a fresh database (bench/database.py) holding:
 
 - event A with 50,000 votes (inserted with the triggers off: no change log),
 - event B, where a voter commits votes at ``--rate`` (50/s) during the measured window,
@@ -76,6 +84,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from bench import database, services
+from bench.floods import Flooders, FloodStats
+from harness.frameflood import FLOODS
 
 V2 = Subprotocol("partysense.v2")
 BIG_VOTES = 50_000
@@ -575,6 +585,11 @@ class SnapshotProbe:
 class Round:
     abusers: int
     innocent: int = 1                   # seed clients asked for
+    flood: str | None = None            # a frame flood's kind instead of the snapshot loop
+    flooders: int = 0
+    flood_connections: int = 0          # every reconnect counts
+    flood_mb_sent: float = 0.0
+    flood_longest_s: float = 0.0        # the longest one flooding connection lasted
     abusers_connected: int = 0
     innocent_connected: int = 0
     votes_sent: int = 0
@@ -617,7 +632,9 @@ async def _round(result: Round, service: services.Running, dsn: str, party: Part
     voter = Voter(dsn, party.voted, party.tracks)
     seeds = InnocentSeeds(service.port, result.innocent, party.voted,
                           lifetime=args.duration + args.grace + 60)
-    abusers = Abusers(service.port, result.abusers, party.big, args.abuse_rate)
+    abusers: Abusers | Flooders = (
+        Flooders(service.port, result.flood, result.flooders) if result.flood
+        else Abusers(service.port, result.abusers, party.big, args.abuse_rate))
     try:
         await probe.start(service.port)
         result.innocent_connected = await seeds.warm_up(voter)
@@ -639,6 +656,9 @@ async def _round(result: Round, service: services.Running, dsn: str, party: Part
         result.abusers_cpu_s = abusers_cpu.seconds() if abusers_cpu is not None else 0.0
         result.load_average = os.getloadavg()[0]
         stats = await asyncio.to_thread(abusers.finish)
+        if isinstance(stats, FloodStats):
+            _flood_figures(result, stats)
+            stats = AbuseStats()
         # The stragglers: votes and snapshots still on their way.
         wanted = set(voter.sent)
         deadline = time.time() + args.grace
@@ -665,15 +685,17 @@ async def _round(result: Round, service: services.Running, dsn: str, party: Part
         result.snapshot_latencies_s = [probe.latencies.get(n, now - sent)
                                        for n, sent in probe.sent.items()]
         result.snapshot_errors = probe.errors
-        result.abusers_connected = stats.connected or result.abusers_connected
+        if not result.flood:
+            result.abusers_connected = stats.connected or result.abusers_connected
         result.abuser_subscribes_per_s = stats.subscribes_in_window / args.duration
         result.abuser_snapshots_per_s = stats.snapshots_in_window / args.duration
         result.abuser_snapshot_p50_s = quantile(stats.latencies_s, 0.5)
         result.abuser_snapshots = stats.snapshots
         result.abuser_errors = stats.errors
         result.abuser_other_messages = stats.other_messages
-        result.abuser_closes = stats.closes
-        result.abuser_first_close_s = stats.first_close_s
+        if not result.flood:
+            result.abuser_closes = stats.closes
+            result.abuser_first_close_s = stats.first_close_s
     finally:
         abusers.stop.set()
         seeds.stop.set()
@@ -681,6 +703,14 @@ async def _round(result: Round, service: services.Running, dsn: str, party: Part
         await asyncio.to_thread(seeds.close)
         await probe.close()
         voter.close()
+
+
+def _flood_figures(result: Round, stats: FloodStats) -> None:
+    result.flood_connections = stats.connections
+    result.flood_mb_sent = stats.bytes_sent / 1e6
+    result.flood_longest_s = stats.longest_s
+    result.abuser_closes = stats.closes
+    result.abuser_first_close_s = stats.first_close_s
 
 
 def _commit_times(voter: Voter, missing: set[int]) -> dict[int, float]:
@@ -694,16 +724,15 @@ def _commit_times(voter: Voter, missing: set[int]) -> dict[int, float]:
         return {int(vote): float(ts) for vote, ts in cursor.fetchall()}
 
 
-def run_round(abusers: int, dsn: str, party: Party, args: argparse.Namespace,
+def run_round(result: Round, dsn: str, party: Party, args: argparse.Namespace,
               workdir: Path, pg_pid: int) -> Round:
-    result = Round(abusers, innocent=args.innocent)
-    service = services.start_partysense(dsn, workdir)
+    service = services.start_partysense(dsn, workdir, twistd=args.twistd)
     try:
         asyncio.run(asyncio.wait_for(_round(result, service, dsn, party, args, pg_pid),
                                      timeout=args.duration + args.grace + 120))
     except Exception as error:  # a failed round is a result, not the end
         result.error = f"{type(error).__name__}: {error}"
-        log(f"  N={abusers}: FAILED: {result.error}\n{service.log_tail()}")
+        log(f"  {label(result)}: FAILED: {result.error}\n{service.log_tail()}")
     finally:
         exited = None if service.alive() else service.process.returncode
         service.stop()
@@ -755,9 +784,14 @@ def _abuser_closes(r: Round) -> str:
     return text
 
 
+def label(r: Round) -> str:
+    """The first column: how many abusers, or which flood."""
+    return f"{r.flooders} {r.flood} flood" if r.flood else str(r.abusers)
+
+
 def row(r: Round) -> str:
     if r.error and not r.votes_sent:
-        return f"| {r.abusers} | failed: {r.error} |" + " |" * (COLUMNS - 2)
+        return f"| {label(r)} | failed: {r.error} |" + " |" * (COLUMNS - 2)
     votes_censored = r.votes_received < r.votes_expected
     snaps_censored = r.snapshots_answered < r.snapshots_asked
     delay = " / ".join(_ms(r.vote_delays_s, q, votes_censored) for q in (0.5, 0.99, 1.0))
@@ -765,13 +799,17 @@ def row(r: Round) -> str:
     votes = f"{r.votes_received}/{r.votes_expected}"
     if r.innocent_connected != 1:
         votes += f" ({r.votes_sent} x {r.innocent_connected})"
-    if not r.abusers:
+    if r.flood:
+        abuse = (f"{r.flood_connections} connections, {r.flood_mb_sent:.1f} MB sent, "
+                 f"the longest {r.flood_longest_s:.2f} s")
+        answers, closes = "-", _abuser_closes(r)
+    elif not r.abusers:
         abuse = answers = closes = "-"
     else:
         abuse = f"{r.abuser_snapshots_per_s:.1f} ({r.abuser_subscribes_per_s:.0f})"
         answers, closes = _abuser_answers(r), _abuser_closes(r)
     clients = f"{r.bench_cpu_s:.2f} / {r.seeds_cpu_s:.2f} / {r.abusers_cpu_s:.2f}"
-    return (f"| {r.abusers} | {delay} | {votes} | {snap} "
+    return (f"| {label(r)} | {delay} | {votes} | {snap} "
             f"| {r.snapshots_answered}/{r.snapshots_asked} | {abuse} | {answers} | {closes} "
             f"| {r.daemon_cpu_s:.2f} | {r.postgres_cpu_s:.2f} | {clients} "
             f"| {r.connections_lost} | {r.load_average:.2f} |")
@@ -783,6 +821,9 @@ def row(r: Round) -> str:
 TARGETS = (("innocent snapshot p50", "snapshot", 0.5, 2.0),
            ("innocent snapshot p99", "snapshot", 0.99, 2.0),
            ("vote delay p99", "vote", 0.99, 1.2))
+# A frame flood (issue 15): the innocent clients' votes within 1.5x.
+FLOOD_TARGETS = (("vote delay p50", "vote", 0.5, 1.5),
+                 ("vote delay p99", "vote", 0.99, 1.5))
 
 
 def _figures(r: Round, kind: str) -> tuple[list[float], bool]:
@@ -795,26 +836,26 @@ def _figures(r: Round, kind: str) -> tuple[list[float], bool]:
 def compare(rounds: list[Round]) -> bool:
     """Prints each round with abusers against the round without; True if all pass."""
     print("\nWith abusers / without (targets: innocent snapshot p50 and p99 within 2x, "
-          "vote delay p99 within 1.2x):")
-    base = next((r for r in rounds if r.abusers == 0), None)
-    attacked = [r for r in rounds if r.abusers > 0]
+          "vote delay p99 within 1.2x; with a frame flood: vote delay p50 and p99 within 1.5x):")
+    base = next((r for r in rounds if r.abusers == 0 and not r.flood), None)
+    attacked = [r for r in rounds if r.abusers > 0 or r.flood]
     if base is None or not attacked:
         print("  FAIL: needs a round without abusers and one with")
         return False
     passed = True
     for r in attacked:
-        for what, kind, q, limit in TARGETS:
+        for what, kind, q, limit in FLOOD_TARGETS if r.flood else TARGETS:
             (without, base_censored), (within, censored) = _figures(base, kind), _figures(r, kind)
-            label = f"  {r.abusers} abusers: {what:<22}"
+            side = f"  {label(r) if r.flood else f'{r.abusers} abusers'}: {what:<22}"
             if (base.error or r.error) or not without or not within:
-                print(f"{label} n/a  FAIL (a round failed: {base.error or r.error or 'no data'})")
+                print(f"{side} n/a  FAIL (a round failed: {base.error or r.error or 'no data'})")
                 passed = False
                 continue
             before, after = quantile(without, q), quantile(within, q)
             ratio = after / before if before > 0 else math.inf
             bound = ">=" if censored and not base_censored else (
                 "<=" if base_censored and not censored else ("?" if censored else ""))
-            text = (f"{label} {before * 1e3:7.2f} ms -> {after * 1e3:7.2f} ms "
+            text = (f"{side} {before * 1e3:7.2f} ms -> {after * 1e3:7.2f} ms "
                     f"= {bound}{ratio:.2f}x (target <= {limit:g}x)")
             if censored:
                 verdict = "FAIL (some never arrived within --grace)"
@@ -825,6 +866,12 @@ def compare(rounds: list[Round]) -> bool:
                     f"FAIL ({(ratio / limit - 1) * 100:.0f} % over the target)")
             passed = passed and verdict == "PASS"
             print(f"{text}: {verdict}")
+        if r.flood:
+            # Not a target, but what the flood costs the daemon itself, whatever
+            # else the machine is doing to the clients' clocks.
+            ratio = r.daemon_cpu_s / max(base.daemon_cpu_s, 1e-9)
+            print(f"  {label(r)}: daemon CPU s             {base.daemon_cpu_s:7.2f}    -> "
+                  f"{r.daemon_cpu_s:7.2f}    = {ratio:.2f}x (not a target)")
     print(f"Overall: {'PASS' if passed else 'FAIL'}")
     return passed
 
@@ -835,6 +882,7 @@ def log(text: str) -> None:
 
 PRESETS = {  # option -> (default, with --abuse)
     "abusers": ("0,1,10,50", "0,50"),
+    "floods": ("", "ping,fragments"),
     "innocent": (1, 50),
     "rate": (50.0, 200.0),
 }
@@ -855,6 +903,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
     parser.add_argument("--rate", type=float,
                         help="votes per second on B (default 50; --abuse: 200)")
+    parser.add_argument("--floods",
+                        help="comma-separated frame floods, one round each: ping, fragments "
+                             "(default none; --abuse: ping,fragments)")
+    parser.add_argument("--flooders", type=int, default=1,
+                        help="flooding connections in a flood round (each reconnects when "
+                             "closed)")
+    parser.add_argument("--tree", type=Path,
+                        help="run partysense-live from this checkout's .venv/bin/twistd "
+                             "(the before side of a comparison; default: this tree's)")
     parser.add_argument("--abuse-rate", type=float, default=19.0,
                         help="subscribes per second per abuser (the daemon allows 20)")
     parser.add_argument("--big-votes", type=int, default=BIG_VOTES,
@@ -869,6 +926,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, preset if args.abuse else default)
     args.counts = [int(n) for n in args.abusers.split(",") if n.strip()]
+    args.flood_kinds = [kind.strip() for kind in args.floods.split(",") if kind.strip()]
+    if not set(args.flood_kinds) <= set(FLOODS) or not 1 <= args.flooders <= 100:
+        parser.error(f"--floods: some of {', '.join(FLOODS)}; --flooders 1..100")
+    args.twistd = None
+    if args.tree is not None:
+        args.tree = args.tree.resolve()
+        args.twistd = str(args.tree / ".venv" / "bin" / "twistd")
+        if not Path(args.twistd).exists():
+            parser.error(f"--tree: no {args.twistd}")
     if not 1 <= args.duration <= 600 or args.rate <= 0 or not 0 < args.abuse_rate <= 20:
         parser.error("--duration 1..600, --rate > 0, --abuse-rate in (0, 20]")
     if not 1 <= args.innocent <= 1000:
@@ -878,7 +944,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Round]:
     args = parse_args(argv)
-    tree = Path(__file__).resolve().parent.parent
+    tree = args.tree or Path(__file__).resolve().parent.parent
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="partysense-query-load-") as scratch, \
             database.server(args.dsn) as admin_dsn, \
@@ -891,9 +957,12 @@ def main(argv: list[str] | None = None) -> list[Round]:
             f"(prepared in {time.monotonic() - started:.1f} s); "
             f"load average {os.getloadavg()[0]:.2f}")
         pg_pid = postmaster_pid(dsn)
-        for count in args.counts:
-            log(f"== {count} abusers (load average {os.getloadavg()[0]:.2f} before)")
-            result = run_round(count, dsn, party, args, workdir, pg_pid)
+        sides = [Round(count, innocent=args.innocent) for count in args.counts] + [
+            Round(0, innocent=args.innocent, flood=kind, flooders=args.flooders)
+            for kind in args.flood_kinds]
+        for side in sides:
+            log(f"== {label(side)} (load average {os.getloadavg()[0]:.2f} before)")
+            result = run_round(side, dsn, party, args, workdir, pg_pid)
             log(f"  {row(result)}")
             if result.abuser_errors or result.abuser_closes or result.snapshot_errors:
                 log(f"  abuser errors {result.abuser_errors}, closes {result.abuser_closes}, "

@@ -16,6 +16,8 @@
 | 4403 | origin_not_allowed | a browser page whose Origin --allowed-origins refuses |
 | 4008 | too_slow      | the client stopped reading; its queue passed the limit   |
 | 4029 | flood         | too many messages per second                             |
+| 4029 | frame_flood   | too many frames (pings, fragments...) per second         |
+| 4029 | too_many_fragments | a message in more than 16 frames                    |
 """
 
 from __future__ import annotations

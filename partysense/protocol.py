@@ -29,6 +29,7 @@ from partysense.adapters.twisted_adapter import write_now
 from partysense.dialect import ClientCounters, MakeSession, Session
 from partysense.errors import ClientError
 from partysense.fastwrite import TurnWriter
+from partysense.frames import FRAMES_PER_MESSAGE, FloodedAddresses, FrameBudget
 from partysense.origins import AllowedOrigins
 from partysense.outbox import Outbox
 from partysense.quietlog import Quiet
@@ -92,6 +93,8 @@ class LiveProtocol(ServerProtocol):
         self._pending = 0
         self._tokens = 0.0
         self._refilled = 0.0
+        self._frames: FrameBudget | None = None  # from onConnect, before any frame
+        self._held: Any = None  # the call that starts reading a held client
 
     @property
     def is_live(self) -> bool:
@@ -100,6 +103,8 @@ class LiveProtocol(ServerProtocol):
     # -- Autobahn callbacks ---------------------------------------------------
 
     def onConnect(self, request: Any) -> str | None:
+        self._frames = FrameBudget(
+            self.factory.clock, FRAMES_PER_MESSAGE * self.factory.limits.messages_per_second)
         # ws://host/?token=... for clients that can only set the URL.
         tokens = request.params.get("token") or [None]
         self.url_token = tokens[0]
@@ -138,6 +143,17 @@ class LiveProtocol(ServerProtocol):
         transport: Any = self.transport
         transport.unregisterProducer()
         transport.registerProducer(self.outbox, True)
+        hold = self.factory.flooded.hold_for(address)
+        if hold:
+            # Its address flooded lately: a reconnecting flooder waits, not us.
+            transport.pauseProducing()
+            self._held = self.factory.clock.callLater(hold, self._release)
+
+    def _release(self) -> None:
+        self._held = None
+        if self.state == self.STATE_OPEN and not self.reading_stopped:
+            transport: Any = self.transport
+            transport.resumeProducing()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not self.is_live or self.session is None:
@@ -165,14 +181,31 @@ class LiveProtocol(ServerProtocol):
         self._pending += 1
         self._queue.addCallback(lambda _: self._handle(text))
 
+    def frame_begins(self, opcode: int) -> None:
+        # Every frame, pings and fragments too: the hot path, kept to a call
+        # and a comparison (partysense/frames.py).
+        if self._frames is None:
+            return
+        refusal = self._frames.refusal(opcode)
+        if refusal is not None and self.state == self.STATE_OPEN:
+            self.refuse(refusal)
+            # The rest of the flood (megabytes already in the socket buffers)
+            # would cost as much to parse as it did before it was refused.
+            self.stop_reading()
+            self.factory.flooded.flooded(address_of(self.peer))
+
     def onPing(self, payload: bytes) -> None:
         # A client that pings but does not read would have us queue its pongs
-        # without limit (pings are not messages: no rate limit applies). One
-        # whose socket is full gets no answer until it reads again.
+        # without limit (the frame budget bounds how many it sends, not how
+        # many it reads). One whose socket is full gets no answer until it
+        # reads again.
         if self.outbox is None or not self.outbox.paused:
             super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
         self.factory.leave(self, self.address)
         self.address = None
         # /metrics adds this to what the open clients have been sent so far.
@@ -336,6 +369,7 @@ class LiveFactory(ServerFactory):
         self.counters = counters if counters is not None else ClientCounters()
         self.clients: set[Connected] = set()
         self.per_address: dict[str, int] = {}
+        self.flooded = FloodedAddresses(clock)  # addresses whose new clients wait
         # What clients did wrong, logged per address at a bounded rate.
         self.quiet = Quiet(LiveProtocol._log, clock)
         self.setProtocolOptions(

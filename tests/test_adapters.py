@@ -211,3 +211,55 @@ def test_autobahn_handshake_answer_goes_out_whole_and_counted() -> None:
     assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\n")
     assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer  # RFC 6455's example accept
     assert protocol.trafficStats.preopenOutgoingOctetsWireLevel == len(answer)
+
+
+def test_autobahn_frame_begin_sees_every_frame_with_its_opcode() -> None:
+    from tests.rawws import frame
+    from tests.wire import Transport, handshake
+
+    seen: list[Any] = []
+
+    class Counting(WebSocketServerProtocol):
+        def onFrameBegin(self) -> None:
+            seen.append(self.current_frame.opcode)
+            super().onFrameBegin()
+
+    factory = WebSocketServerFactory()
+    factory.protocol = Counting
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(Transport())  # one that lets Autobahn unregister its producer
+    protocol.dataReceived(handshake())
+    # A text message in three fragments with a ping and a pong between them, then a close.
+    protocol.dataReceived(frame(b"a", opcode=1, fin=False) + frame(b"", opcode=0, fin=False)
+                          + frame(b"p", opcode=9) + frame(b"", opcode=10)
+                          + frame(b"b", opcode=0) + frame(b"\x03\xe8", opcode=8))
+    canary("autobahn", "WebSocketProtocol.onFrameBegin with current_frame.opcode",
+           seen == [1, 0, 9, 10, 0, 8],
+           "called once per frame read, control frames and continuations included")
+
+
+def test_autobahn_data_is_the_buffer_its_parse_loop_reads() -> None:
+    from tests.rawws import frame
+    from tests.wire import Transport, handshake
+
+    seen: list[Any] = []
+
+    class Dropping(WebSocketServerProtocol):
+        def onFrameBegin(self) -> None:
+            seen.append(self.current_frame.opcode)
+            self.data = b""  # what stop_reading() does
+            super().onFrameBegin()
+
+    factory = WebSocketServerFactory()
+    factory.protocol = Dropping
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(Transport())
+    protocol.dataReceived(handshake())
+    protocol.dataReceived(frame(b"a", opcode=9)[:1])  # half a header: kept, not parsed
+    canary("autobahn", "WebSocketProtocol.data", getattr(protocol, "data", None) == b"\x89",
+           "the bytes read and not yet parsed")
+    protocol.dataReceived(frame(b"a", opcode=9)[1:] + frame(b"b", opcode=9) * 3)
+    canary("autobahn", "WebSocketProtocol.data", seen == [9],
+           "emptied, the parse loop ends: the frames after it are never parsed")

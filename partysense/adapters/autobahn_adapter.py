@@ -15,11 +15,18 @@ the closing handshake; we need a few things it offers no public way to do:
   formatted for a debug line) on every connection (``CONFIG_ATTRS``).
 
 - the handshake's answer sent at once, as our frames are (``sendData`` in
-  the connecting state, ``trafficStats.preopenOutgoingOctetsWireLevel``).
+  the connecting state, ``trafficStats.preopenOutgoingOctetsWireLevel``);
+- every frame the client sends, control frames and continuations included,
+  seen as it begins, to count it (``onFrameBegin``, ``current_frame.opcode``):
+  Autobahn's public hooks see pings and pongs but not closes, and fragments
+  only once a message has begun;
+- a flooding client's bytes read but not yet parsed dropped at once
+  (``data``): a 64 KiB read holds thousands of pings.
 
 Private names used: ``PreparedMessage.payloadHybi``, ``send_queue``,
 ``sendData``, ``trafficStats``, ``_fail_connection``, ``failedByMe``,
-``allowNullOrigin``, ``CONFIG_ATTRS``, ``logOctets``. Canaries:
+``allowNullOrigin``, ``CONFIG_ATTRS``, ``logOctets``, ``onFrameBegin``,
+``current_frame``, ``data``. Canaries:
 tests/test_adapters.py.
 """
 
@@ -55,6 +62,33 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def before_autobahn_writes(self) -> None:
         """Autobahn is about to write a frame of its own (close, ping, pong)."""
+
+    def frame_begins(self, opcode: int) -> None:
+        """The client's next frame has begun (its header is read): any opcode,
+        0 (continuation), 1 (text), 2 (binary), 8 (close), 9 (ping), 10 (pong)."""
+
+    def onFrameBegin(self) -> None:
+        # Autobahn calls it once per frame read, before the frame's payload
+        # and whatever it then does with it (answer a ping, close, ...).
+        self.frame_begins(self.current_frame.opcode)
+        super().onFrameBegin()
+
+    reading_stopped = False
+
+    def stop_reading(self) -> None:
+        """Read nothing more from this client: what it sent that is not parsed
+        yet is dropped, and its socket is no longer read (its sends block and
+        cost us nothing). The closing handshake's timeout then drops it."""
+        self.reading_stopped = True
+        # Autobahn's buffer of bytes read and not yet parsed: its parse loop
+        # ends when it finds it empty.
+        self.data = b""
+        transport: Any = self.transport  # a TCP or TLS transport: a push producer
+        transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.reading_stopped:
+            super().dataReceived(data)
 
     @property
     def autobahn_frames_waiting(self) -> bool:
