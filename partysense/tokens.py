@@ -33,12 +33,17 @@ MAX_EVENTS = 1000       # ids one token may name
 
 
 class TokenError(Exception):
-    """A token that does not let its bearer in: ``unauthorized`` or ``forbidden``."""
+    """A token that does not let its bearer in: ``unauthorized`` or ``forbidden``.
 
-    def __init__(self, kind: str, reason: str) -> None:
+    ``expired``: refused only because its ``exp`` has passed (an SSE request
+    says ``token_expired`` then, so that its client knows to get a fresh one).
+    """
+
+    def __init__(self, kind: str, reason: str, expired: bool = False) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+        self.expired = expired
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ class Tokens:
             claims = jwt.decode(token, self._key, algorithms=[self._algorithm],
                                 leeway=LEEWAY, options={"require": ["exp"]})
         except jwt.ExpiredSignatureError:
-            raise TokenError("unauthorized", "the token has expired") from None
+            raise TokenError("unauthorized", "the token has expired", expired=True) from None
         except jwt.ImmatureSignatureError:
             raise TokenError("unauthorized", "the token is not valid yet") from None
         except jwt.InvalidTokenError as error:
