@@ -268,8 +268,8 @@ def test_a_short_lived_token_buys_nothing_after_its_exp(
             return dict(json.loads(client.recv(timeout=30)))
 
         client.send(json.dumps({"type": "subscribe", "event": first}))
-        assert answer()["type"] == "snapshot"
-        assert answer() == {"type": "token_expired"}
+        # In this order unless the machine is slow enough for exp to come first.
+        assert sorted(answer()["type"] for _ in range(2)) == ["snapshot", "token_expired"]
         # Within the leeway after exp, the same token, from the URL and sent again.
         client.send(json.dumps({"type": "subscribe", "event": second}))
         client.send(json.dumps({"type": "subscribe", "event": second, "token": short}))
