@@ -209,7 +209,8 @@ def test_without_the_database_a_stream_is_told_to_retry(tmp_path: Path) -> None:
 def test_an_expired_token_is_told_token_expired(tmp_path: Path) -> None:
     """Expired long ago, a few seconds ago (within the clock-skew leeway), or
     while the stream waits for the database: 401 ``token_expired``, never 503."""
-    secret = secrets.token_bytes(32)
+    # Printable: the file's surrounding whitespace is stripped (docs/security.md).
+    secret = secrets.token_urlsafe(32).encode("ascii")
     (tmp_path / "secret").write_bytes(secret)
 
     def expiring(seconds: float) -> str:

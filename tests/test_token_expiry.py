@@ -256,7 +256,8 @@ def test_a_v2_client_with_a_fresh_token_in_time_loses_nothing() -> None:
 @pytest.mark.daemon
 def test_a_short_lived_token_buys_nothing_after_its_exp(
         db_dsn: str, tmp_path: Path, party: Party) -> None:
-    secret = secrets.token_bytes(32)
+    # Printable: the file's surrounding whitespace is stripped (docs/security.md).
+    secret = secrets.token_urlsafe(32).encode("ascii")
     (tmp_path / "token.secret").write_bytes(secret)
     first, second = party.event(), party.event()
     short = jwt.encode({"exp": int(time.time()) + 3, "events": [first, second]}, secret,
