@@ -27,7 +27,9 @@ from harness.daemon import Daemon
 from partysense.access import GRACE, Access
 from partysense.changelog import Snapshot
 from partysense.dialect import ClientCounters, Shared
+from partysense.errors import UNAUTHORIZED, ClientError
 from partysense.hub import Hub
+from partysense.seed import SeedSession
 from partysense.tokens import LEEWAY, TokenError, Tokens
 from partysense.v2 import V2Session
 from tests.support import Party
@@ -197,13 +199,16 @@ class AtOnce:
         return defer.succeed(True)
 
 
+def shared_at_once(time_: Clock) -> Shared:
+    stand_in = AtOnce()
+    return Shared(hub=Hub(NoDatabase()), listener=stand_in, reads=stand_in,
+                  events=stand_in, counters=ClientCounters(), clock=time_,
+                  tokens=Tokens(SECRET, "HS256"))
+
+
 def session(time_: Clock, url_token: str | None = None) -> tuple[V2Session, RecordingClient]:
     client = RecordingClient(url_token)
-    stand_in = AtOnce()
-    shared = Shared(hub=Hub(NoDatabase()), listener=stand_in, reads=stand_in,
-                    events=stand_in, counters=ClientCounters(), clock=time_,
-                    tokens=Tokens(SECRET, "HS256"))
-    return V2Session(client, shared), client
+    return V2Session(client, shared_at_once(time_)), client
 
 
 def ask(v2: V2Session, body: dict[str, Any]) -> None:
@@ -248,6 +253,24 @@ def test_a_v2_client_with_a_fresh_token_in_time_loses_nothing() -> None:
     time_.advance(GRACE)
     assert client.sent == [] and v2.subscriptions == 2
     v2.close()
+
+
+@pytest.mark.logic
+def test_a_seed_client_is_not_subscribed_with_a_token_past_its_exp() -> None:
+    """Within the leeway, but a seed client cannot refresh: 4401 now, not after a
+    moment of subscription."""
+    time_ = clock()
+    seed = SeedSession(RecordingClient(), shared_at_once(time_))
+    failures: list[Any] = []
+    seed.received(json.dumps({"event": 1, "token": token(START - 5)})).addErrback(
+        failures.append)
+    assert seed.subscriptions == 0
+    assert len(failures) == 1 and failures[0].check(ClientError)
+    assert (failures[0].value.code, failures[0].value.reason) == \
+        (UNAUTHORIZED, "the token has expired")
+    seed.received(json.dumps({"event": 1, "token": token(START + 5)}))
+    assert seed.subscriptions == 1  # a valid one still subscribes
+    seed.close()
 
 
 # -- a real daemon, a real short-lived token ---------------------------------------
