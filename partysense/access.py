@@ -3,8 +3,16 @@
 The token comes from the URL (``ws://host/?token=...``), from an ``auth``
 message, or with a ``subscribe``; the newest valid one is the connection's
 grant. When it expires the client hears ``token_expired`` and has ``grace``
-seconds to send a fresh ``auth``; its changes keep flowing meanwhile, so it
-loses none. Past the grace its subscriptions end.
+seconds from the token's ``exp`` to send a fresh ``auth``; its changes keep
+flowing meanwhile, so it loses none. Past the grace its subscriptions end.
+
+The grace lets what is subscribed go on; it buys nothing new. Once a token
+of the connection has expired, a token whose ``exp`` has passed (the same
+one again, or another) is refused: it neither adds a subscription nor
+restarts the grace. Only a token presented on a connection that has seen
+none expire may be accepted within the clock-skew leeway (tokens.LEEWAY)
+after its ``exp``, once: it is told ``token_expired`` at once, and its grace
+runs from that ``exp``.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from partysense.tokens import Grant, Tokens
+from partysense.tokens import Grant, TokenError, Tokens
 
 GRACE = 30.0
 
@@ -34,15 +42,18 @@ class Access:
         self._grace = grace
         self._grant: Grant | None = None
         self._timer: Any = None
+        # A token of this connection has expired: no expired token is taken again.
+        self._seen_expiry = False
 
     def grant(self, token: Any = None) -> Grant:
         """The grant to use now: ``token``'s if given (it becomes the connection's),
         else the one held, else the URL's. TokenError when none is valid."""
-        if token is None and self._grant is not None and \
-                self._grant.expires > self._clock.seconds():
+        now = self._clock.seconds()
+        if token is None and self._grant is not None and self._grant.expires > now:
             return self._grant
-        grant = self._tokens.grant(token if token is not None else self._url_token,
-                                   self._clock.seconds())
+        grant = self._tokens.grant(token if token is not None else self._url_token, now)
+        if grant.expires <= now and self._seen_expiry:
+            raise TokenError("unauthorized", "the token has expired", expired=True)
         self._hold(grant)
         return grant
 
@@ -52,12 +63,20 @@ class Access:
     def _hold(self, grant: Grant) -> None:
         self._cancel()
         self._grant = grant
-        if grant.expires != math.inf:
-            delay = max(0.0, grant.expires - self._clock.seconds())
-            self._timer = self._clock.callLater(delay, self._expire)
+        if grant.expires == math.inf:
+            return
+        if grant.expires <= self._clock.seconds():
+            self._seen_expiry = True  # taken within the leeway, this once
+        delay = max(0.0, grant.expires - self._clock.seconds())
+        self._timer = self._clock.callLater(delay, self._expire)
 
     def _expire(self) -> None:
-        self._timer = self._clock.callLater(self._grace, self._lapse)
+        assert self._grant is not None
+        self._seen_expiry = True
+        # From the token's exp, not from now: a token taken within the leeway
+        # gets no more grace than one that expired while held.
+        delay = max(0.0, self._grant.expires + self._grace - self._clock.seconds())
+        self._timer = self._clock.callLater(delay, self._lapse)
         self._expired()
 
     def _lapse(self) -> None:

@@ -99,9 +99,13 @@ class SeedSession:
                                            self._expired)
 
     def _authorize(self, event_id: int | None, token: Any) -> Grant:
+        now = self._shared.clock.seconds()
         try:
-            grant = self._shared.tokens.grant(token or self._client.url_token,
-                                              self._shared.clock.seconds())
+            grant = self._shared.tokens.grant(token or self._client.url_token, now)
+            if grant.expires <= now:
+                # Within the clock-skew leeway, but a seed client cannot refresh
+                # it: subscribed, it would be closed at once.
+                raise TokenError("unauthorized", "the token has expired", expired=True)
             grant.check(event_id)
         except TokenError as error:
             code = errors.UNAUTHORIZED if error.kind == "unauthorized" else errors.FORBIDDEN

@@ -54,10 +54,10 @@ from partysense.sserequest import (
     client_address,
     compact,
     event_of,
+    granted,
     last_event_id,
-    token_of,
 )
-from partysense.tokens import Grant, TokenError
+from partysense.tokens import Grant
 from partysense.v2 import MAX_PENDING, change_json
 
 KEEPALIVE = 15.0      # seconds between ": keepalive" comments (proxies close idle streams)
@@ -294,9 +294,13 @@ class Stream:
 
     def _expired(self) -> None:
         self._expiry = None
-        if self._started and not self._gone:
-            self.outbox.send(self._wrap(TOKEN_EXPIRED))
-        self.close_with(4401, "the token has expired")
+        if self._gone:
+            return
+        if not self._started:  # still waiting for the database (--grace)
+            self._refuse(Refused(401, "token_expired", "the token has expired"))
+            return
+        self.outbox.send(self._wrap(TOKEN_EXPIRED))
+        self._end()
 
     def _end(self) -> None:
         request = self._request
@@ -377,13 +381,8 @@ class EventStreams(Resource):
             allow_origin(request, factory.limits.allowed_origins)
             event_id = event_of(request.postpath or [])
             since = last_event_id(request)
-            try:
-                grant = streams.shared.tokens.grant(token_of(request),
-                                                    streams.shared.clock.seconds())
-                grant.check(event_id)
-            except TokenError as error:
-                raise Refused(401 if error.kind == "unauthorized" else 403, error.kind,
-                              error.reason) from None
+            grant = granted(request, streams.shared.tokens, streams.shared.clock.seconds(),
+                            event_id)
             refused = factory.admission(address)
             if refused is not None:
                 raise Refused(503 if refused.kind == "server_full" else 429, refused.kind,

@@ -10,6 +10,7 @@ each checked strictly; a refusal is a status and a JSON body
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from twisted.web.server import Request
@@ -17,7 +18,7 @@ from twisted.web.server import Request
 from partysense.channels import MAX_EVENT_ID
 from partysense.errors import ClientError
 from partysense.subscription import parse_event_id
-from partysense.tokens import bearer_token
+from partysense.tokens import Grant, TokenError, Tokens, bearer_token
 
 MAX_ID_DIGITS = 19    # Last-Event-ID: a seq, at most 2^63 - 1
 
@@ -39,7 +40,8 @@ def compact(body: Any) -> bytes:
 
 def answer(request: Request, refusal: Refused) -> None:
     """The refusal as a response; an EventSource does not retry these."""
-    request.setResponseCode(refusal.status)
+    # Twisted knows no reason phrase for some statuses (429): the standard one.
+    request.setResponseCode(refusal.status, HTTPStatus(refusal.status).phrase.encode("ascii"))
     request.setHeader("content-type", "application/json")
     request.setHeader("cache-control", "no-store")
     if refusal.status in (429, 503):
@@ -103,6 +105,26 @@ def token_of(request: Request) -> str | None:
         return header
     values = request.args.get(b"token")
     return values[0].decode("utf-8", "replace") if values else None
+
+
+def granted(request: Request, tokens: Tokens, now: float, event_id: int | None) -> Grant:
+    """The grant of the request's token for ``event_id``; Refused (401, 403) if none.
+
+    A token whose ``exp`` has passed is refused as ``token_expired``, one within
+    the clock-skew leeway too (the stream would end as soon as it began), so
+    that the client knows to come back with a fresh one.
+    """
+    try:
+        grant = tokens.grant(token_of(request), now)
+        if grant.expires <= now:
+            raise TokenError("unauthorized", "the token has expired", expired=True)
+        grant.check(event_id)
+    except TokenError as error:
+        if error.expired:
+            raise Refused(401, "token_expired", error.reason) from None
+        raise Refused(401 if error.kind == "unauthorized" else 403, error.kind,
+                      error.reason) from None
+    return grant
 
 
 def client_address(request: Request, trusted_proxies: int) -> str:

@@ -78,6 +78,12 @@ def write_delay_ms(text: str) -> float:
         raise ValueError(f"--write-delay wants milliseconds (e.g. 20), not {text!r}") from None
 
 
+def secret_encoding(text: str) -> str:
+    if text not in tokens.SECRET_ENCODINGS:
+        raise ValueError(f"--token-secret-encoding is raw or base64, not {text!r}")
+    return text
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -135,9 +141,17 @@ class Options(usage.Options):
          "Default: none (/metrics on the public port; its /healthz says ok or not)."],
         ["token-secret-file", None, None,
          "Require signed tokens (HS256 JWT) for every subscription; the file holds the "
-         "shared secret, at least 32 bytes (docs/security.md)."],
+         "shared secret: its bytes, surrounding whitespace stripped, at least 32 "
+         "(docs/security.md)."],
+        ["token-secret-encoding", None, "raw",
+         "How the secret file holds the secret: raw (its bytes) or base64 (decoded; "
+         "base64url too).", secret_encoding],
         ["token-public-key-file", None, None,
-         "Require signed tokens (RS256 or ES256 JWT): the PEM public key that checks them."],
+         "Require signed tokens checked by this PEM public key: RSA (RS256, RS384, RS512) "
+         "or EC (P-256: ES256, P-384: ES384, P-521: ES512)."],
+        ["token-audience", None, None,
+         "Accept only tokens whose aud claim names this (then required); without it a "
+         "token with an aud is refused."],
         ["sse-keepalive", None, KEEPALIVE,
          "Seconds between the comments that keep idle SSE streams open through proxies.",
          float],
@@ -179,8 +193,9 @@ class Options(usage.Options):
         self["embedded"] = self["dsn"] is None
         self["run-demo"] = bool(self["demo"]) or (self["embedded"] and not self["no-demo"])
         try:
-            self["tokens"] = tokens.from_files(self["token-secret-file"],
-                                               self["token-public-key-file"])
+            self["tokens"] = tokens.from_files(
+                self["token-secret-file"], self["token-public-key-file"],
+                secret_encoding=self["token-secret-encoding"], audience=self["token-audience"])
         except ValueError as error:
             raise usage.UsageError(f"tokens: {error}") from None
         if self["workers"] < 1:

@@ -4,8 +4,10 @@
     partysense-db token --secret-file ... --all --ttl 30m      every event and the firehose
 
 The token is an HS256 JWT for a daemon started with the same
-``--token-secret-file``. Handy for a DJ screen or a test; the PartySense app
-mints its guests' tokens itself (docs/security.md shows the Django view).
+``--token-secret-file`` (and ``--token-secret-encoding``, ``--token-audience``:
+``--secret-encoding base64`` and ``--audience`` here). Handy for a DJ screen or
+a test; the PartySense app mints its guests' tokens itself (docs/security.md
+shows the Django view).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ def add_parser(commands: Any) -> None:
     token = commands.add_parser("token", help="print a signed access token (HS256 JWT)")
     token.add_argument("--secret-file", required=True,
                        help="the file the daemon's --token-secret-file names")
+    token.add_argument("--secret-encoding", choices=("raw", "base64"), default="raw",
+                       help="as the daemon's --token-secret-encoding (default: raw)")
+    token.add_argument("--audience",
+                       help="the \"aud\" claim: the daemon's --token-audience, if it has one")
     which = token.add_mutually_exclusive_group(required=True)
     which.add_argument("--event", type=positive_id, action="append",
                        help="an event the token gives access to (repeat for more)")
@@ -52,9 +58,10 @@ def run(args: argparse.Namespace, out: IO[str] | None = None,
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        secret = read_secret(args.secret_file)
+        secret = read_secret(args.secret_file, args.secret_encoding)
     except ValueError as error:
         print(f"partysense-db token: {error}", file=err)
         return 2
-    print(mint(secret, None if args.all else args.event, args.ttl, time.time()), file=out)
+    print(mint(secret, None if args.all else args.event, args.ttl, time.time(),
+               audience=args.audience), file=out)
     return 0

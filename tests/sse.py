@@ -34,7 +34,7 @@ class Stream:
         self.finished = False             # the last chunk came: ended cleanly
         self._body_parts: list[bytes] = []  # the decoded body
         self._changes: list[dict[str, Any]] = []
-        self.status, self.headers = 0, {}
+        self.status, self.reason, self.headers = 0, "", {}
         self._raw = b""
         self._chunked = False
         self._chunk_left = 0
@@ -54,7 +54,8 @@ class Stream:
             self._raw += data
         head, _, self._raw = self._raw.partition(b"\r\n\r\n")
         status, *header_lines = head.decode("latin-1").split("\r\n")
-        self.status = int(status.split()[1])
+        _, code, self.reason = status.split(" ", 2)
+        self.status = int(code)
         for line in header_lines:
             name, _, value = line.partition(":")
             self.headers[name.strip().lower()] = value.strip()

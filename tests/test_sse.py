@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import secrets
 import subprocess
 import threading
 import time
@@ -205,6 +206,33 @@ def test_without_the_database_a_stream_is_told_to_retry(tmp_path: Path) -> None:
             daemon.stop()
 
 
+def test_an_expired_token_is_told_token_expired(tmp_path: Path) -> None:
+    """Expired long ago, a few seconds ago (within the clock-skew leeway), or
+    while the stream waits for the database: 401 ``token_expired``, never 503."""
+    # Printable: the file's surrounding whitespace is stripped (docs/security.md).
+    secret = secrets.token_urlsafe(32).encode("ascii")
+    (tmp_path / "secret").write_bytes(secret)
+
+    def expiring(seconds: float) -> str:
+        return jwt.encode({"exp": int(time.time() + seconds), "events": "*"}, secret,
+                          algorithm="HS256")
+
+    with refused_port() as port:  # no database: a stream waits for it (--grace)
+        dsn = f"host=127.0.0.1 port={port} dbname=gone user=nobody connect_timeout=1"
+        daemon = Daemon(dsn, tmp_path, "--grace", "60", "--token-secret-file",
+                        str(tmp_path / "secret"))
+        daemon.start(wait=False)
+        try:
+            for seconds in (-120, -5, 2):
+                stream = Stream(daemon.port, f"/events/ALL/stream?token={expiring(seconds)}",
+                                read=False)
+                assert (stream.status, stream.json_body()["error"]) == \
+                    (401, "token_expired"), seconds
+                stream.close()
+        finally:
+            daemon.stop()
+
+
 def test_tokens_bearer_or_query(db_dsn: str, tmp_path: Path, party: Party) -> None:
     event_id, other = party.event("Mine"), party.event("Theirs")
     secret = tmp_path / "secret"
@@ -271,6 +299,7 @@ def test_streams_share_the_websocket_limits(db_dsn: str, tmp_path: Path, party: 
         wait_for(lambda: daemon.health()[1]["clients"] == 1, 10, "the stream")
         more = Stream(daemon.port, path, read=False)
         assert more.status == 429 and more.json_body()["error"] == "too_many_connections"
+        assert more.reason == "Too Many Requests"
         stream.close()
 
 

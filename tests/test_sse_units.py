@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from types import SimpleNamespace
 from typing import Any
 
+import jwt
 import pytest
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
@@ -13,7 +16,8 @@ from twisted.web.test.requesthelper import DummyRequest
 from partysense.change import parse_change
 from partysense.hub import Delivery
 from partysense.sse import Streams, chunk, sse_chunked_frame, sse_frame
-from partysense.sserequest import Refused, allow_origin, last_event_id
+from partysense.sserequest import Refused, allow_origin, answer, granted, last_event_id
+from partysense.tokens import Tokens
 from partysense.v2 import change_json
 from tests.test_change import RECORDED
 
@@ -105,3 +109,30 @@ def test_one_keepalive_timer_for_every_stream_only_while_there_are_streams() -> 
     assert (a.beats, b.beats) == (1, 2)
     streams.left(b)  # type: ignore[arg-type]
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(("status", "phrase"), [
+    (429, b"Too Many Requests"), (401, b"Unauthorized"), (503, b"Service Unavailable")])
+def test_a_refusal_says_its_reason_phrase(status: int, phrase: bytes) -> None:
+    refused = request()
+    answer(refused, Refused(status, "kind", "why"))
+    assert (refused.responseCode, refused.responseMessage) == (status, phrase)
+
+
+@pytest.mark.parametrize(("exp", "kind"), [
+    (-120, "token_expired"),   # long ago
+    (-5, "token_expired"),     # within the clock-skew leeway: the stream would end at once
+    (600, None),
+])
+def test_an_expired_token_is_refused_as_token_expired(exp: int, kind: str | None) -> None:
+    secret = secrets.token_bytes(32)
+    now = time.time()
+    token = jwt.encode({"exp": int(now + exp), "events": "*"}, secret, algorithm="HS256")
+    with_token = request(args={b"token": [token.encode("ascii")]})
+    tokens = Tokens(secret, "HS256")
+    if kind is None:
+        assert granted(with_token, tokens, now, 1).allows(1)
+        return
+    with pytest.raises(Refused) as refused:
+        granted(with_token, tokens, now, 1)
+    assert (refused.value.status, refused.value.kind) == (401, kind)
