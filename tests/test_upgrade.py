@@ -110,3 +110,40 @@ def test_a_bad_handshake_is_refused_as_before() -> None:
     channel.dataReceived(HEAD.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 7"))
     assert transport.value().startswith(b"HTTP/1.1 400 ")
     assert not factory.clients
+
+
+# 1,900 headers in under 8 KB: twisted.web allows 500 (HTTPChannel.maxHeaders).
+MANY_HEADERS = HEAD.replace(b"Host:", b"a:\r\n" * 1900 + b"Host:")
+
+
+@pytest.mark.parametrize("pieces", [[MANY_HEADERS], [MANY_HEADERS[:40], MANY_HEADERS[40:]]],
+                         ids=["one read: the fast path", "two reads: through twisted.web"])
+def test_too_many_headers_are_refused_400_either_way(pieces: list[bytes]) -> None:
+    """The fast path handed 1,900 headers to Autobahn: 101, eight times a handshake's CPU."""
+    assert len(MANY_HEADERS) < MAX_HEAD
+    site, page, factory = site_and_page()
+    channel, transport = connect(site)
+    for piece in pieces:
+        channel.dataReceived(piece)
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert not factory.clients and page.rendered == 0
+
+
+@pytest.mark.parametrize("head", [
+    HEAD.replace(b"Host:", b"a:\r\n" * 501 + b"Host:"),
+    HEAD.replace(b"Host:", b"a:\r\n" * 200 + b"Host:"),
+])
+def test_the_fast_path_takes_what_twisted_web_takes_and_no_more(head: bytes) -> None:
+    from twisted.web.http import HTTPChannel
+
+    from partysense.upgrade import HeadLimits
+
+    headers = head.count(b"\r\n") - 2  # without the request line and the blank line
+    assert is_websocket_upgrade(head) == (headers <= HTTPChannel.maxHeaders)
+    size = len(head) - 2 * head.count(b"\r\n")  # as twisted.web counts it: lines without CRLF
+    if headers <= HTTPChannel.maxHeaders:
+        assert is_websocket_upgrade(head, HeadLimits(max_headers=500, max_size=size))
+    # One byte past the head's size: twisted.web says 400.
+    assert not is_websocket_upgrade(head, HeadLimits(max_headers=500, max_size=size - 1))
+    assert not is_websocket_upgrade(head, HeadLimits(max_headers=500, max_size=16384,
+                                                     max_line=20))  # a line too long
