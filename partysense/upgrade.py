@@ -105,13 +105,18 @@ class UpgradingChannel(HTTPChannel):
     """An HTTP/1.1 channel whose site may take WebSocket upgrades straight.
 
     The site says where they go (``site.websocket``, a protocol factory, or
-    None for plain HTTP) and is told of each (``site.upgraded(channel)``).
+    None for plain HTTP) and is told of each (``site.upgraded(channel)``),
+    and of a connection lost before it upgraded (``site.gone(channel)``).
     """
 
     _first = True
     # HTTPChannel's own (maxHeaders, totalHeadersSize, MAX_LENGTH): a
     # subclass that changes those must set this to match.
     head_limits = TWISTED_WEB
+    # Kept for the site (partysense/httpguard.py): the handshake deadline's
+    # call, and whether a whole request has come.
+    deadline: Any = None
+    answered_once = False
 
     def dataReceived(self, data: bytes) -> None:
         if self._first:
@@ -126,3 +131,8 @@ class UpgradingChannel(HTTPChannel):
                 return
         super().dataReceived(data)
 
+    def connectionLost(self, reason: Any = None) -> None:
+        site: Any = getattr(self, "site", None)
+        if site is not None and hasattr(site, "gone"):
+            site.gone(self)  # no longer waiting to upgrade
+        super().connectionLost(reason)

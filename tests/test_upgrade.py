@@ -92,7 +92,7 @@ def test_either_way_the_client_is_a_websocket_and_the_guard_knows(pieces: list[b
     assert transport.value().startswith(b"HTTP/1.1 101 ")
     assert isinstance(transport.protocol, LiveProtocol)
     assert transport.protocol in factory.clients
-    assert site._pending[channel] == "upgraded"  # no handshake deadline for it now
+    assert channel not in site.waiting and not channel.deadline.active()  # no deadline now
     assert page.rendered == 0
 
 
