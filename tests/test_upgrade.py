@@ -116,17 +116,34 @@ def test_a_bad_handshake_is_refused_as_before() -> None:
 MANY_HEADERS = HEAD.replace(b"Host:", b"a:\r\n" * 1900 + b"Host:")
 
 
-@pytest.mark.parametrize("pieces", [[MANY_HEADERS], [MANY_HEADERS[:40], MANY_HEADERS[40:]]],
+@pytest.mark.parametrize("split", [False, True],
                          ids=["one read: the fast path", "two reads: through twisted.web"])
-def test_too_many_headers_are_refused_400_either_way(pieces: list[bytes]) -> None:
+def test_too_many_headers_are_refused_400_either_way(split: bool) -> None:
     """The fast path handed 1,900 headers to Autobahn: 101, eight times a handshake's CPU."""
     assert len(MANY_HEADERS) < MAX_HEAD
+    assert refused_400(MANY_HEADERS, split)
+
+
+@pytest.mark.parametrize("split", [False, True],
+                         ids=["one read: the fast path", "two reads: through twisted.web"])
+@pytest.mark.parametrize("head", [
+    HEAD.replace(b"Host:", b"Bad Name: x\r\nHost:"),         # not a token
+    HEAD.replace(b"Host:", b"X-Nul: a\x00b\r\nHost:"),        # NUL in a value
+    HEAD.replace(b"Host:", b"X-Cr: a\rb\r\nHost:"),           # a bare CR in a value
+    HEAD.replace(b"GET / ", b"GET /?\x01 "),                  # a target not printable
+], ids=["name", "nul", "cr", "target"])
+def test_what_twisted_web_refuses_the_fast_path_refuses(head: bytes, split: bool) -> None:
+    assert refused_400(head, split)
+
+
+def refused_400(head: bytes, split: bool) -> bool:
+    """Is ``head`` answered 400, and nothing else done, sent whole or in two reads?"""
     site, page, factory = site_and_page()
     channel, transport = connect(site)
-    for piece in pieces:
+    for piece in (head[:40], head[40:]) if split else (head,):
         channel.dataReceived(piece)
-    assert transport.value().startswith(b"HTTP/1.1 400 ")
-    assert not factory.clients and page.rendered == 0
+    return (transport.value().startswith(b"HTTP/1.1 400 ")
+            and not factory.clients and page.rendered == 0)
 
 
 @pytest.mark.parametrize("head", [
