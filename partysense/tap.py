@@ -271,6 +271,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                      handshake_timeout=options["handshake-timeout"], tokens=options["tokens"],
                      streams=Streams(factory, shared, keepalive=options["sse-keepalive"]),
                      waiting=waiting)
+    metrics.watch_site(site)
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     if admin_port:
         admin = make_admin_site(factory, listener, queries, metrics.resource(), reactor)

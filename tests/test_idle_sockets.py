@@ -21,6 +21,7 @@ from harness.faults import wait_subscribed
 from partysense.v2 import SUBPROTOCOL
 from tests.rawws import open_raw, read_frame, send_text
 from tests.support import Party
+from tests.test_metrics import scrape, value
 
 ATTACKERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 GUEST = "127.0.0.6"
@@ -108,6 +109,12 @@ def test_idle_sockets_from_four_addresses_leave_room_for_a_fifth(
                 assert time.monotonic() - voted < PROMPTLY
             assert "EMFILE" not in daemon.log()
             assert "for a newcomer" in daemon.log()  # the oldest idle ones were closed, said once
+            metrics = scrape(daemon)
+            budget = value(metrics, "partysense_connections_waiting_limit")
+            assert budget == (DAEMON_OPEN_FILES - 64) // 8  # docs/operations.md's table: 504
+            assert value(metrics, "partysense_connections_waiting") <= budget
+            assert value(metrics, "partysense_connections_refused_total",
+                         reason="idle_closed") >= len(attack) - budget
         finally:
             for sock in attack:
                 sock.close()
