@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import INegotiated, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http
@@ -51,6 +51,21 @@ NO_ROOM = closing_response(b"503 Service Unavailable", b"too many connections; r
 IDLE_CLOSED = closing_response(b"408 Request Timeout")
 
 
+def say_and_close(transport: Any, response: bytes, handshake_done: bool) -> None:
+    """Write ``response`` and close; on TLS before its handshake, close at once.
+
+    What is written to a TLS connection waits for its handshake, and so does
+    the close after it: an idle socket that never sends a ClientHello would
+    keep its file for ever (and refusing with a message would cost us a
+    handshake a stranger asked for). ``handshake_done``: a request came over it.
+    """
+    if INegotiated.providedBy(transport) and not handshake_done:
+        transport.abortConnection()
+        return
+    transport.write(response)
+    transport.loseConnection()
+
+
 class Refusal(Protocol):
     """Says ``response`` as soon as connected, and closes."""
 
@@ -58,9 +73,7 @@ class Refusal(Protocol):
         self._response = response
 
     def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.write(self._response)
-        transport.loseConnection()
+        say_and_close(self.transport, self._response, handshake_done=False)
 
 
 def site_of(request: Request) -> GuardedSite:
@@ -197,8 +210,7 @@ class GuardedSite(Site):
                          "{count} connections are waiting to upgrade (the open-files limit's "
                          "share, docs/security.md).", peer=transport.getPeer(),
                          count=self.waiting.budget)
-        transport.write(IDLE_CLOSED)
-        transport.loseConnection()
+        say_and_close(transport, IDLE_CLOSED, handshake_done=channel.answered_once)
         return True
 
     def upgraded(self, channel: Any) -> None:

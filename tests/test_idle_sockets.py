@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import resource
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from harness.daemon import Daemon, wait_for
@@ -22,6 +24,7 @@ from partysense.v2 import SUBPROTOCOL
 from tests.rawws import open_raw, read_frame, send_text
 from tests.support import Party
 from tests.test_metrics import scrape, value
+from tests.test_tls import https_health, self_signed
 
 ATTACKERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 GUEST = "127.0.0.6"
@@ -147,3 +150,45 @@ def test_connections_waiting_to_upgrade_count_with_websockets_per_address(
             websocket.close()
             for sock in idle:
                 sock.close()
+
+
+def https_healthz_from(source: str, port: int, trust: ssl.SSLContext, timeout: float) -> bytes:
+    with trust.wrap_socket(connect_from(source, port, timeout),
+                           server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+@pytest.mark.daemon
+def test_on_a_tls_port_idle_sockets_closed_for_newcomers_free_their_files(
+        db_dsn: str, tmp_path: Path, many_open_files: None) -> None:
+    """On an ssl: port an idle socket never finishes (never starts) its TLS
+    handshake: what is written to it waits for the handshake, so closing it
+    "politely" would keep its file for ever. Under `ulimit -n 1024`, 1,200 of
+    them, and the fifth address still gets /healthz over TLS."""
+    key, cert = self_signed(tmp_path)
+    daemon = Daemon(db_dsn, tmp_path, "--handshake-timeout", "300", admin=False,
+                    open_files=1024)
+    daemon.extra += ["--port", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+    trust = ssl.create_default_context(cafile=str(cert))
+    attack: list[socket.socket] = []
+    daemon.start(wait=False)
+    try:
+        wait_for(lambda: https_health(daemon, trust) == 200, 30, "the daemon to answer on TLS")
+        for source in ATTACKERS:
+            attack += [connect_from(source, daemon.port) for _ in range(300)]
+        wait_for(lambda: accept_queue(daemon.port) == 0, 60,
+                 "the daemon to accept every connection")
+        answer = https_healthz_from(GUEST, daemon.port, trust, timeout=PROMPTLY)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert daemon.process is not None
+        # The 120 that may wait (an eighth of 1,024 less 64), and the daemon's own files.
+        assert psutil.Process(daemon.process.pid).num_fds() < 120 + 64
+        assert "EMFILE" not in daemon.log()
+    finally:
+        for sock in attack:
+            sock.close()
+        daemon.stop()

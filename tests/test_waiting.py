@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import INegotiated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
+from zope.interface import implementer
 
 from partysense.httpguard import GuardedSite, Refusal
 from partysense.protocol import Limits, LiveFactory
@@ -52,10 +54,26 @@ def a_site(waiting: Waiting, factory: LiveFactory | None = None) -> tuple[Guarde
     return site, slow
 
 
-def connect(site: GuardedSite, host: str = "192.0.2.7", port: int = 4000) -> tuple[Any, Transport]:
+@implementer(INegotiated)
+class TLSTransport(Transport):
+    """As a TLS connection looks to the channel (TLSMemoryBIOProtocol)."""
+
+    negotiatedProtocol = None
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.disconnecting = True
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+def connect(site: GuardedSite, host: str = "192.0.2.7", port: int = 4000,
+            kind: type[Transport] = Transport) -> tuple[Any, Transport]:
     address = IPv4Address("TCP", host, port)
     protocol = site.buildProtocol(address)
-    transport = Transport(peerAddress=address)
+    transport = kind(peerAddress=address)
     transport.protocol = protocol
     protocol.makeConnection(transport)
     return protocol, transport
@@ -142,3 +160,21 @@ def test_waiting_and_upgraded_connections_count_together_per_address(pieces: int
 def test_behind_trusted_proxies_only_the_budget_holds() -> None:
     site, _ = a_site(Waiting(budget=100, max_per_address=None))
     assert not any(isinstance(connect(site, port=4000 + n)[0], Refusal) for n in range(10))
+
+
+def test_on_tls_before_its_handshake_a_connection_is_closed_at_once_with_nothing_said() -> None:
+    """Written to TLS before the handshake, the 408 (and the close after it)
+    would wait for a ClientHello an idle socket never sends: its file, kept for ever."""
+    site, _ = a_site(Waiting(budget=2, max_per_address=2))
+    _, idle = connect(site, port=4000, kind=TLSTransport)
+    second, answered = connect(site, port=4001, kind=TLSTransport)
+    _, refused = connect(site, port=4002, kind=TLSTransport)  # a third from the address
+    assert isinstance(refused, TLSTransport) and refused.aborted and refused.value() == b""
+    connect(site, host="198.51.100.9", kind=TLSTransport)  # a newcomer: the oldest goes
+    assert isinstance(idle, TLSTransport) and idle.aborted and idle.value() == b""
+    assert (site.refused["idle_closed"], site.refused["per_address"]) == (1, 1)
+    # Once a request came over it, its handshake is done: the 408 can be said.
+    second.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    connect(site, host="198.51.100.10", kind=TLSTransport)
+    assert isinstance(answered, TLSTransport) and not answered.aborted
+    assert b"HTTP/1.1 408 " in answered.value() and answered.disconnecting
