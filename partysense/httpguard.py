@@ -204,11 +204,13 @@ class GuardedSite(Site):
         if channel is None:
             return False
         self._stop_deadline(channel)
-        self.refused["idle_closed"] += 1
         transport: Any = channel.transport
+        if transport is None:
+            return True  # never connected: no socket to close
+        self.refused["idle_closed"] += 1
         self._quiet.warn("idle_closed", "Closed {peer}, idle before any upgrade, for a newcomer: "
                          "{count} connections are waiting to upgrade (the open-files limit's "
-                         "share, docs/security.md).", peer=transport.getPeer(),
+                         "share, docs/operations.md).", peer=transport.getPeer(),
                          count=self.waiting.budget)
         say_and_close(transport, IDLE_CLOSED, handshake_done=channel.answered_once)
         return True
@@ -216,12 +218,15 @@ class GuardedSite(Site):
     def upgraded(self, channel: Any) -> None:
         """The connection of ``channel`` is a WebSocket or an SSE stream now,
         counted by the factory: no deadline, no longer waiting."""
-        self.waiting.leave(channel)
-        self._stop_deadline(channel)
+        self._forget(channel)
 
     def gone(self, channel: Any) -> None:
         """The connection of ``channel`` closed before upgrading."""
-        self.upgraded(channel)
+        self._forget(channel)
+
+    def _forget(self, channel: Any) -> None:
+        self.waiting.leave(channel)
+        self._stop_deadline(channel)
 
     def answering(self, channel: Any) -> None:
         """A whole request came on ``channel``: at the deadline it is only
