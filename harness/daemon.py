@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -69,8 +70,11 @@ class Daemon:
     """
 
     def __init__(self, dsn: str | None, workdir: Path, *extra: str,
-                 env: dict[str, str] | None = None, admin: bool = True) -> None:
+                 env: dict[str, str] | None = None, admin: bool = True,
+                 open_files: int | None = None) -> None:
         self.dsn = dsn
+        # RLIMIT_NOFILE, soft and hard, for twistd (as `ulimit -n`); None: ours.
+        self.open_files = open_files
         self.workdir = workdir
         self.port = 0
         self.admin_port = 0  # --admin-port, given unless --workers (or the test) says
@@ -126,7 +130,13 @@ class Daemon:
         if self.dsn is not None:
             env.pop("PARTYSENSE_DSN", None)
         self.process = subprocess.Popen(args + self.extra, cwd=self.workdir, env=env,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL,
+                                        preexec_fn=self._limit_open_files)
+
+    def _limit_open_files(self) -> None:
+        """In the child, before twistd: the open-files limit the test asked for."""
+        if self.open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def wait_listening(self, timeout: float = 30.0) -> int:
         """The port this run reports listening on (kept in ``port``); fails if

@@ -5,8 +5,9 @@
   seconds (slowloris) held its connection forever. Plain HTTP requests
   (the page, /healthz, /metrics) are answered in milliseconds; a keep-alive
   connection is closed at the deadline and the browser opens another.
-- Connections not yet upgraded are counted; past ``max_handshaking`` a new
-  one is closed at once.
+- Connections not yet upgraded are counted from accept, per address with the
+  address's clients and in all, below the open-files limit; when they are
+  too many, the oldest idle one is closed for a newcomer (partysense/waiting.py).
 - No request has a body: one that announces one (Content-Length or
   Transfer-Encoding) gets 413 before its body is read, and the socket is
   closed (Twisted spooled any body to a temporary file: 30 MB in 0.5 s).
@@ -21,22 +22,62 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import INegotiated, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request, Site
 
 from partysense.headers import SecurityHeaders
+from partysense.limits import MAX_WAITING
 from partysense.quietlog import Quiet
 from partysense.tokens import TokenError, Tokens, bearer_token
 from partysense.upgrade import UpgradingChannel
-
-# Connections accepted in the last --handshake-timeout seconds and not yet
-# upgraded: room for a venue's whole party reconnecting at once.
-MAX_HANDSHAKING = 20_000
+from partysense.waiting import Waiting
 
 ALLOWED_METHODS = (b"GET", b"HEAD")
+
+
+def closing_response(status: bytes, body: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 response that says the connection closes after it."""
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            + body)
+
+
+# Said before the request is read, then the connection is closed.
+TOO_MANY_FROM_ADDRESS = closing_response(
+    b"429 Too Many Requests",
+    b"too many connections from your address (--max-connections-per-ip)\n")
+NO_ROOM = closing_response(b"503 Service Unavailable", b"too many connections; retry later\n")
+# To the idle connection closed for a newcomer: a browser retries a keep-alive request on 408.
+IDLE_CLOSED = closing_response(b"408 Request Timeout")
+
+
+def say_and_close(transport: Any, response: bytes, handshake_done: bool) -> None:
+    """Write ``response`` and close; on TLS before its handshake, close at once.
+
+    What is written to a TLS connection waits for its handshake, and so does
+    the close after it: an idle socket that never sends a ClientHello would
+    keep its file for ever (and refusing with a message would cost us a
+    handshake a stranger asked for). ``handshake_done``: a request came over it.
+    """
+    if INegotiated.providedBy(transport) and not handshake_done:
+        transport.abortConnection()
+        return
+    transport.write(response)
+    transport.loseConnection()
+
+
+class Refusal(Protocol):
+    """Says ``response`` as soon as connected, and closes."""
+
+    def __init__(self, response: bytes) -> None:
+        self._response = response
+
+    def connectionMade(self) -> None:
+        say_and_close(self.transport, self._response, handshake_done=False)
 
 
 def site_of(request: Request) -> GuardedSite:
@@ -86,7 +127,8 @@ class GuardedRequest(Request):
 
     def process(self) -> None:
         site = site_of(self)
-        site.answered(self.channel)
+        site.answering(self.channel)
+        self.notifyFinish().addBoth(site.answered, self.channel)
         for name, value in site.headers:
             self.setHeader(name, value)
         if self.method not in ALLOWED_METHODS:
@@ -112,7 +154,7 @@ class GuardedSite(Site):
     _log = Logger()
 
     def __init__(self, resource: Any, clock: IReactorTime, handshake_timeout: float,
-                 max_handshaking: int = MAX_HANDSHAKING, name: str = "Site",
+                 waiting: Waiting | None = None, name: str = "Site",
                  headers: SecurityHeaders | None = None, **kwargs: Any) -> None:
         self._name = name
         self.headers = (headers or SecurityHeaders()).items()
@@ -121,13 +163,10 @@ class GuardedSite(Site):
         super().__init__(resource, timeout=None, logFormatter=without_tokens, **kwargs)
         self._clock = clock
         self._handshake_timeout = handshake_timeout
-        self._max_handshaking = max_handshaking
+        self.waiting = waiting if waiting is not None else Waiting(MAX_WAITING)
         self._quiet = Quiet(self._log, clock)
-        self.handshaking = 0
-        # Each connection until its deadline: "new", "answered" (a whole request
-        # came), "upgraded" (a WebSocket now). Dropped at the deadline: bounded.
-        self._pending: dict[Any, str] = {}
-        self.refused = {"handshake_timeout": 0, "handshaking": 0, "body": 0}
+        self.refused = {"handshake_timeout": 0, "body": 0, "per_address": 0, "no_room": 0,
+                        "idle_closed": 0}
 
     def log(self, request: http.Request) -> None:
         # A balancer asks /healthz every few seconds (contrib/'s HAProxy: every
@@ -144,35 +183,83 @@ class GuardedSite(Site):
         return self._name
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.handshaking >= self._max_handshaking:
-            self.refused["handshaking"] += 1
-            self._quiet.warn("handshaking", "Refused a connection from {addr}: "
-                             "{count} connections are waiting to upgrade already.",
-                             addr=addr, count=self.handshaking)
-            return None  # Twisted closes the socket at once
+        address: str | None = getattr(addr, "host", None)
+        waiting = self.waiting
+        if waiting.too_many_from(address):
+            return self._refuse("per_address", TOO_MANY_FROM_ADDRESS,
+                                "Refused a connection from {addr}: {count} connections from it "
+                                "already (--max-connections-per-ip, upgraded or not).",
+                                addr=address, count=waiting.from_address(address or ""))
+        if waiting.is_full() and not self._close_oldest_idle():
+            return self._refuse("no_room", NO_ROOM,
+                                "Refused a connection from {addr}: all {count} connections "
+                                "waiting to upgrade are being answered.",
+                                addr=address, count=len(waiting))
         channel = super().buildProtocol(addr)
-        self.handshaking += 1
-        self._pending[channel] = "new"
-        self._clock.callLater(self._handshake_timeout, self._deadline, channel)
+        waiting.enter(channel, address)
+        channel.deadline = self._clock.callLater(self._handshake_timeout, self._deadline, channel)
         return channel
 
-    def upgraded(self, channel: Any) -> None:
-        """The connection of ``channel`` is a WebSocket now: no deadline."""
-        if channel in self._pending:
-            self._pending[channel] = "upgraded"
+    def _refuse(self, kind: str, response: bytes, message: str, **fields: Any) -> Refusal:
+        self.refused[kind] += 1
+        self._quiet.warn(kind, message, **fields)
+        return Refusal(response)
 
-    def answered(self, channel: Any) -> None:
-        """A whole request came on ``channel``: at the deadline it is only idle."""
-        if self._pending.get(channel) == "new":
-            self._pending[channel] = "answered"
+    def _close_oldest_idle(self) -> bool:
+        """Make room for a newcomer: close the connection that has waited
+        longest and is not being answered. False if every one is."""
+        channel: Any = self.waiting.take_oldest_idle()
+        if channel is None:
+            return False
+        self._stop_deadline(channel)
+        transport: Any = channel.transport
+        if transport is None:
+            return True  # never connected: no socket to close
+        self.refused["idle_closed"] += 1
+        self._quiet.warn("idle_closed", "Closed {peer}, idle before any upgrade, for a newcomer: "
+                         "{count} connections are waiting to upgrade (the open-files limit's "
+                         "share, docs/operations.md).", peer=transport.getPeer(),
+                         count=self.waiting.budget)
+        say_and_close(transport, IDLE_CLOSED, handshake_done=channel.answered_once)
+        return True
+
+    def upgraded(self, channel: Any) -> None:
+        """The connection of ``channel`` is a WebSocket or an SSE stream now,
+        counted by the factory: no deadline, no longer waiting."""
+        self._forget(channel)
+
+    def gone(self, channel: Any) -> None:
+        """The connection of ``channel`` closed before upgrading."""
+        self._forget(channel)
+
+    def _forget(self, channel: Any) -> None:
+        self.waiting.leave(channel)
+        self._stop_deadline(channel)
+
+    def answering(self, channel: Any) -> None:
+        """A whole request came on ``channel``: at the deadline it is only
+        idle, and while it is answered it is not closed for a newcomer."""
+        channel.answered_once = True
+        self.waiting.busy(channel)
+
+    def answered(self, result: Any, channel: Any) -> Any:
+        """The request on ``channel`` is answered (``result``: notifyFinish's)."""
+        self.waiting.idle(channel)
+        return None  # a lost connection is no error here
+
+    @staticmethod
+    def _stop_deadline(channel: Any) -> None:
+        deadline = getattr(channel, "deadline", None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def _deadline(self, channel: Any) -> None:
-        self.handshaking -= 1
-        state = self._pending.pop(channel, "new")
-        transport: Any = getattr(channel, "transport", None)  # None: never connected
-        if state == "upgraded" or transport is None or not getattr(transport, "connected", False):
+        if not self.waiting.leave(channel):
             return
-        if state == "answered":
+        transport: Any = getattr(channel, "transport", None)  # None: never connected
+        if transport is None or not getattr(transport, "connected", False):
+            return
+        if getattr(channel, "answered_once", False):
             # A browser's or a scraper's keep-alive connection: it opens another.
             transport.loseConnection()
             return

@@ -19,16 +19,37 @@ log = Logger()
 # database connections, logs, the embedded server's pipes, a margin.
 RESERVED_FILES = 64
 
+# Connections accepted and not yet upgraded (page and API requests, /healthz,
+# handshakes on their way) held at once, at most: a venue's whole party
+# reconnecting at once. A WebSocket handshake waits one round trip; a page's
+# keep-alive connection at most --handshake-timeout.
+MAX_WAITING = 20_000
+# Under a lower open-files limit they get this share of the files left for
+# connections (an eighth), and the clients the rest: waiting + clients +
+# RESERVED_FILES never pass the limit, so accept() never meets EMFILE.
+WAITING_SHARE = 8
+MIN_WAITING = 16
+
+
+def waiting_budget(open_files: int) -> int:
+    """How many connections not yet upgraded may be open at once
+    (partysense/waiting.py): below the open-files limit, beside the clients."""
+    if open_files == resource.RLIM_INFINITY:
+        return MAX_WAITING
+    files = max(0, open_files - RESERVED_FILES)
+    return min(MAX_WAITING, max(MIN_WAITING, files // WAITING_SHARE))
+
 
 def clients_that_fit(max_clients: int, open_files: int) -> int:
-    """``max_clients``, lowered so that every client can have its socket.
+    """``max_clients``, lowered so that every client can have its socket,
+    beside the connections still waiting to upgrade (:func:`waiting_budget`).
 
     Past the open-files limit a new client would get EMFILE from accept()
     (Twisted logs it and drops it) instead of a clean 1013 "server full".
     """
     if open_files == resource.RLIM_INFINITY:
         return max_clients
-    fits = max(1, open_files - RESERVED_FILES)
+    fits = max(1, open_files - RESERVED_FILES - waiting_budget(open_files))
     if max_clients > fits:
         log.warn("--max-clients {wanted} is above what the open-files limit ({limit}) "
                  "allows: serving at most {fits} clients (raise LimitNOFILE / ulimit -n).",

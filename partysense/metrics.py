@@ -95,6 +95,53 @@ class Factory(Protocol):
     def clients_by_dialect(self) -> dict[str, int]: ...
 
 
+class Site(Protocol):
+    """The public port's HTTP side (partysense/httpguard.py)."""
+
+    @property
+    def waiting(self) -> Waiting: ...
+    @property
+    def refused(self) -> dict[str, int]: ...
+
+
+class Waiting(Protocol):
+    budget: int
+
+    def __len__(self) -> int: ...
+
+
+class SiteCollector(Collector):
+    """The connections not yet upgraded, and those the HTTP side closed or refused."""
+
+    def __init__(self, site: Site) -> None:
+        self._site = site
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        waiting = self._site.waiting
+        yield GaugeMetricFamily(
+            "partysense_connections_waiting",
+            "Connections accepted and not yet upgraded to a WebSocket or SSE stream "
+            "(page and API requests, /healthz, handshakes on their way).",
+            value=len(waiting))
+        yield GaugeMetricFamily(
+            "partysense_connections_waiting_limit",
+            "Connections that may wait to upgrade at once: a share of the open-files limit; "
+            "past it the oldest idle one is closed for a newcomer.",
+            value=waiting.budget)
+        refused = CounterMetricFamily(
+            "partysense_connections_refused",
+            "HTTP connections closed before upgrading, by reason: per_address (429, "
+            "--max-connections-per-ip), idle_closed (408, for a newcomer), no_room (503), "
+            "handshake_timeout, body (413).",
+            labels=["reason"])
+        for reason, count in sorted(self._site.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+
+
 class QueueUsagePoller(Service):
     """Asks PostgreSQL how full its notification queue is, every ``interval`` s.
 
@@ -318,6 +365,10 @@ class DaemonMetrics:
         self.registry.register(
             LiveCollector(factory, hub, listener, queries, retention, poller))
         return poller
+
+    def watch_site(self, site: Site) -> None:
+        """Collect the public port's connections waiting to upgrade, and its refusals."""
+        self.registry.register(SiteCollector(site))
 
     def resource(self) -> Resource:
         return MetricsPage(self.registry)

@@ -408,6 +408,10 @@ class LiveFactory(ServerFactory):
                 f"more than {limits.max_connections_per_ip} connections from your address")
         return None
 
+    def connected_from(self, address: str) -> int:
+        """Clients (WebSockets and SSE streams) open from ``address``."""
+        return self.per_address.get(address, 0)
+
     def enter(self, client: Connected, address: str) -> None:
         """``client`` is open: counted until :meth:`leave`."""
         self.per_address[address] = self.per_address.get(address, 0) + 1

@@ -35,7 +35,7 @@ from partysense.embedded import database_for
 from partysense.events import EventDirectory
 from partysense.headers import SecurityHeaders, frame_ancestors_from
 from partysense.hub import Hub
-from partysense.limits import clients_that_fit, raise_open_files_limit
+from partysense.limits import clients_that_fit, raise_open_files_limit, waiting_budget
 from partysense.listener import ListenerService
 from partysense.metrics import DaemonMetrics
 from partysense.protocol import Limits, LiveFactory
@@ -47,6 +47,7 @@ from partysense.sse import KEEPALIVE, Streams
 from partysense.status import Rates, status_page
 from partysense.systemd import SystemdNotifier
 from partysense.v2 import SUBPROTOCOL, V2Session
+from partysense.waiting import Waiting
 from partysense.web import make_admin_site, make_site
 
 log = Logger()
@@ -237,6 +238,17 @@ def limits_from(options: Options) -> Limits:
     )
 
 
+def waiting_for(options: Options, limits: Limits, factory: LiveFactory,
+                open_files: int) -> Waiting:
+    """The books of the connections not yet upgraded (partysense/waiting.py):
+    their share of the open-files limit, and --max-connections-per-ip counting
+    them with the address's clients. Behind --trusted-proxies every connection
+    comes from a proxy, so only their number in all is bounded."""
+    per_address = None if options["trusted-proxies"] else limits.max_connections_per_ip
+    return Waiting(waiting_budget(open_files), max_per_address=per_address,
+                   upgraded_from=factory.connected_from)
+
+
 def dialect_table(shared: Shared) -> dict[str | None, MakeSession]:
     """Subprotocol to session maker; None: a client that asks for no subprotocol."""
     return {None: partial(SeedSession, shared=shared),
@@ -280,11 +292,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     queue = metrics.watch(factory, hub, listener, queries, retention)
     queue.setServiceParent(top)
     admin_port = options["admin-port"]
+    waiting = waiting_for(options, limits, factory, open_files)
     site = make_site(factory, listener, queries,
                      metrics=None if admin_port else metrics.resource(), clock=reactor,
                      handshake_timeout=options["handshake-timeout"], tokens=options["tokens"],
                      headers=options["security-headers"],
-                     streams=Streams(factory, shared, keepalive=options["sse-keepalive"]))
+                     streams=Streams(factory, shared, keepalive=options["sse-keepalive"]),
+                     waiting=waiting)
+    metrics.watch_site(site)
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     if admin_port:
         rates = Rates(hub, listener, reactor)
@@ -305,7 +320,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     log.info(
         "partysense-live listening on {port}, database: {where}, demo: {demo}, "
         "change log kept {retention:g} s; limits: "
-        "{max_clients} clients ({per_ip} per address), {max_subscriptions} subscriptions "
+        "{max_clients} clients ({per_ip} connections per address, upgraded or not), "
+        "{waiting} connections waiting to upgrade, {max_subscriptions} subscriptions "
         "each, messages up to "
         "{max_message} bytes and {rate:g}/s, {max_queue} bytes queued per slow client, "
         "ping every {ping:g} s; Origins allowed: {origins}; the page may be framed by: "
@@ -314,6 +330,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         port=options["port"], where=where, embedded=options["embedded"],
         demo=options["run-demo"], retention=options["retention"],
         max_clients=limits.max_clients, per_ip=limits.max_connections_per_ip,
+        waiting=waiting.budget,
         max_subscriptions=limits.max_subscriptions,
         max_message=limits.max_message_bytes, rate=limits.messages_per_second,
         max_queue=limits.max_queue_bytes, ping=limits.ping_interval,

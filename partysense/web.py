@@ -27,6 +27,11 @@ from partysense.protocol import LiveFactory
 from partysense.pulse import EventPulse, PulseReads, event_id_of
 from partysense.sse import EventStreams, Streams
 from partysense.tokens import OPEN, Tokens
+from partysense.waiting import Waiting
+
+# Connections to --admin-port at once (scrapers, a health check): the oldest
+# idle one is closed for a newcomer past these.
+ADMIN_WAITING = 16
 
 
 class Connection(Protocol):
@@ -225,7 +230,8 @@ def static_folder(client: ClientScript) -> Resource:
 def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
               metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
               tokens: Tokens = OPEN, streams: Streams | None = None,
-              headers: SecurityHeaders | None = None) -> GuardedSite:
+              headers: SecurityHeaders | None = None,
+              waiting: Waiting | None = None) -> GuardedSite:
     """The resource tree of the public port.
 
     ``metrics`` is served at /metrics here only when there is no admin port.
@@ -234,6 +240,8 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     ``streams``: the Server-Sent Events at /events/<id>/stream (partysense/sse.py).
     ``headers``: the security headers of every answer (--frame-ancestors;
     partysense/headers.py).
+    ``waiting``: the connections not yet upgraded, bounded per address and in
+    all (partysense/waiting.py); None: limits.MAX_WAITING in all, none per address.
     """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
@@ -249,7 +257,7 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
         root.putChild(b"events", EventStreams(streams))
     if metrics is not None:
         root.putChild(b"metrics", metrics)
-    site = GuardedSite(root, clock, handshake_timeout, headers=headers)
+    site = GuardedSite(root, clock, handshake_timeout, waiting, headers=headers)
     site.websocket = factory  # whole upgrade requests for / skip twisted.web
     site.displayTracebacks = False
     return site
@@ -265,6 +273,9 @@ def make_admin_site(factory: LiveFactory, listener: Listener, queries: Queries,
     if status is not None:
         root.putChild(b"status", status)
         root.putChild(b"", status)
-    site = GuardedSite(root, clock, handshake_timeout=10.0, name="AdminSite")
+    # Its connections come out of the files reserved beside the clients'
+    # (limits.RESERVED_FILES): a few at once, the oldest idle one closed for a newcomer.
+    site = GuardedSite(root, clock, handshake_timeout=10.0, waiting=Waiting(ADMIN_WAITING),
+                       name="AdminSite")
     site.displayTracebacks = False
     return site

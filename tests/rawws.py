@@ -13,11 +13,17 @@ import struct
 
 
 def open_raw(port: int, subprotocol: str | None = None, rcvbuf: int | None = None,
-             host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
-    """Connect and complete the opening handshake; the socket is then ours to misuse."""
+             host: str = "127.0.0.1", timeout: float = 10.0,
+             source: str | None = None) -> socket.socket:
+    """Connect and complete the opening handshake; the socket is then ours to misuse.
+
+    ``source``: the address to connect from (127.0.0.2, … are loopback too on Linux).
+    """
     sock = socket.socket()
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if source is not None:
+        sock.bind((source, 0))
     sock.settimeout(timeout)
     sock.connect((host, port))
     key = base64.b64encode(os.urandom(16)).decode()

@@ -66,12 +66,16 @@ class Stream:
     def body(self) -> bytes:
         return b"".join(self._body_parts)
 
-    def json_body(self) -> Any:
-        """A refusal's JSON body (the whole response)."""
+    def whole_body(self) -> bytes:
+        """A refusal's body (the whole response)."""
         if self._thread is None:
             self._read()
         wait_for(lambda: self.ended, 10, "the response to end")
-        return json.loads(self.body)
+        return self.body
+
+    def json_body(self) -> Any:
+        """A refusal's JSON body (the whole response)."""
+        return json.loads(self.whole_body())
 
     def _read(self) -> None:
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 
 from harness.daemon import Daemon, wait_for
@@ -99,17 +100,15 @@ def test_the_public_port_says_ok_or_not_and_the_admin_port_says_why(daemon: Daem
 
 
 @pytest.mark.logic
-def test_connections_waiting_to_upgrade_are_capped() -> None:
+def test_connections_waiting_to_upgrade_leave_the_books_at_their_deadline() -> None:
     clock = Clock()
-    site = GuardedSite(Resource(), clock, handshake_timeout=10.0, max_handshaking=2)
+    site = GuardedSite(Resource(), clock, handshake_timeout=10.0)
     address = IPv4Address("TCP", "192.0.2.1", 1000)
-    assert site.buildProtocol(address) is not None
-    assert site.buildProtocol(address) is not None
-    assert site.buildProtocol(address) is None  # closed at once
-    assert site.refused["handshaking"] == 1
+    for _ in range(3):
+        site.buildProtocol(address).makeConnection(StringTransport())
+    assert len(site.waiting) == 3
     clock.advance(10.0)  # their deadlines passed
-    assert site.handshaking == 0 and not site._pending  # nothing kept per connection
-    assert site.buildProtocol(address) is not None
+    assert len(site.waiting) == 0 and not clock.getDelayedCalls()  # nothing kept
 
 
 @pytest.mark.daemon

@@ -37,8 +37,21 @@ def test_raising_twice_changes_nothing(low_soft_limit: int) -> None:
 
 
 def test_max_clients_is_lowered_below_the_open_files_limit() -> None:
-    from partysense.limits import RESERVED_FILES, clients_that_fit
+    from partysense.limits import RESERVED_FILES, clients_that_fit, waiting_budget
 
-    assert clients_that_fit(100_000, 20_000) == 20_000 - RESERVED_FILES
+    assert clients_that_fit(100_000, 20_000) == 20_000 - RESERVED_FILES - waiting_budget(20_000)
     assert clients_that_fit(500, 20_000) == 500
     assert clients_that_fit(100_000, resource.RLIM_INFINITY) == 100_000
+
+
+@pytest.mark.parametrize("open_files", [256, 1024, 4096, 20_000, 131_072, 1_048_576])
+def test_clients_and_connections_waiting_to_upgrade_fit_below_the_open_files_limit(
+        open_files: int) -> None:
+    """Every socket the daemon may hold, upgraded or not, has its file: accept()
+    never meets EMFILE, which answered /healthz with an empty reply."""
+    from partysense.limits import MAX_WAITING, RESERVED_FILES, clients_that_fit, waiting_budget
+
+    waiting = waiting_budget(open_files)
+    assert 16 <= waiting <= MAX_WAITING
+    assert clients_that_fit(10_000_000, open_files) + waiting + RESERVED_FILES <= open_files
+    assert waiting_budget(resource.RLIM_INFINITY) == MAX_WAITING

@@ -37,6 +37,9 @@ EVERY_METRIC = [
     "partysense_notification_queue_usage",
     "partysense_delivery_delay_seconds_count",
     "partysense_delivery_delay_seconds_bucket",
+    "partysense_connections_waiting",
+    "partysense_connections_waiting_limit",
+    "partysense_connections_refused_total",
 ]
 
 

@@ -92,7 +92,7 @@ def test_either_way_the_client_is_a_websocket_and_the_guard_knows(pieces: list[b
     assert transport.value().startswith(b"HTTP/1.1 101 ")
     assert isinstance(transport.protocol, LiveProtocol)
     assert transport.protocol in factory.clients
-    assert site._pending[channel] == "upgraded"  # no handshake deadline for it now
+    assert channel not in site.waiting and not channel.deadline.active()  # no deadline now
     assert page.rendered == 0
 
 
@@ -110,3 +110,57 @@ def test_a_bad_handshake_is_refused_as_before() -> None:
     channel.dataReceived(HEAD.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 7"))
     assert transport.value().startswith(b"HTTP/1.1 400 ")
     assert not factory.clients
+
+
+# 1,900 headers in under 8 KB: twisted.web allows 500 (HTTPChannel.maxHeaders).
+MANY_HEADERS = HEAD.replace(b"Host:", b"a:\r\n" * 1900 + b"Host:")
+
+
+@pytest.mark.parametrize("split", [False, True],
+                         ids=["one read: the fast path", "two reads: through twisted.web"])
+def test_too_many_headers_are_refused_400_either_way(split: bool) -> None:
+    """The fast path handed 1,900 headers to Autobahn: 101, eight times a handshake's CPU."""
+    assert len(MANY_HEADERS) < MAX_HEAD
+    assert refused_400(MANY_HEADERS, split)
+
+
+@pytest.mark.parametrize("split", [False, True],
+                         ids=["one read: the fast path", "two reads: through twisted.web"])
+@pytest.mark.parametrize("head", [
+    HEAD.replace(b"Host:", b"Bad Name: x\r\nHost:"),         # not a token
+    HEAD.replace(b"Host:", b"X-Nul: a\x00b\r\nHost:"),        # NUL in a value
+    HEAD.replace(b"Host:", b"X-Cr: a\rb\r\nHost:"),           # a bare CR in a value
+    HEAD.replace(b"GET / ", b"GET /?\x01 "),                  # a target not printable
+], ids=["name", "nul", "cr", "target"])
+def test_what_twisted_web_refuses_the_fast_path_refuses(head: bytes, split: bool) -> None:
+    assert refused_400(head, split)
+
+
+def refused_400(head: bytes, split: bool) -> bool:
+    """Is ``head`` answered 400, and nothing else done, sent whole or in two reads?"""
+    site, page, factory = site_and_page()
+    channel, transport = connect(site)
+    for piece in (head[:40], head[40:]) if split else (head,):
+        channel.dataReceived(piece)
+    return (transport.value().startswith(b"HTTP/1.1 400 ")
+            and not factory.clients and page.rendered == 0)
+
+
+@pytest.mark.parametrize("head", [
+    HEAD.replace(b"Host:", b"a:\r\n" * 501 + b"Host:"),
+    HEAD.replace(b"Host:", b"a:\r\n" * 200 + b"Host:"),
+])
+def test_the_fast_path_takes_what_twisted_web_takes_and_no_more(head: bytes) -> None:
+    from twisted.web.http import HTTPChannel
+
+    from partysense.upgrade import HeadLimits
+
+    headers = head.count(b"\r\n") - 2  # without the request line and the blank line
+    assert is_websocket_upgrade(head) == (headers <= HTTPChannel.maxHeaders)
+    size = len(head) - 2 * head.count(b"\r\n")  # as twisted.web counts it: lines without CRLF
+    if headers <= HTTPChannel.maxHeaders:
+        assert is_websocket_upgrade(head, HeadLimits(max_headers=500, max_size=size))
+    # One byte past the head's size: twisted.web says 400.
+    assert not is_websocket_upgrade(head, HeadLimits(max_headers=500, max_size=size - 1))
+    assert not is_websocket_upgrade(head, HeadLimits(max_headers=500, max_size=16384,
+                                                     max_line=20))  # a line too long
