@@ -27,6 +27,7 @@ from twisted.python import usage
 
 from partysense import dsn as dsnlib
 from partysense import errors, tokens, workers
+from partysense.budgets import budgets_for
 from partysense.collector import CollectorService
 from partysense.demo import DemoPartyService
 from partysense.dialect import ClientCounters, MakeSession, Shared
@@ -244,10 +245,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     limits.max_clients = clients_that_fit(limits.max_clients, open_files)
     counters = ClientCounters()
     reads = SharedReads(queries, reactor, listener=listener)
-    shared = Shared(hub=hub, listener=listener, reads=reads,
-                    events=EventDirectory(queries.runQuery, reactor), counters=counters,
-                    clock=reactor, max_subscriptions=limits.max_subscriptions,
-                    tokens=options["tokens"])
+    events = EventDirectory(queries, reactor)
+    events.setServiceParent(top)
+    shared = Shared(hub=hub, listener=listener, reads=reads, events=events,
+                    counters=counters, clock=reactor,
+                    max_subscriptions=limits.max_subscriptions, tokens=options["tokens"],
+                    budgets=budgets_for(limits.max_connections_per_ip))
     factory = LiveFactory(dialect_table(shared), reactor, limits, counters)
     # Only the last N addresses of X-Forwarded-For were added by our proxies.
     factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
@@ -256,7 +259,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     site = make_site(factory, listener, queries,
                      metrics=None if admin_port else metrics.resource(), clock=reactor,
                      handshake_timeout=options["handshake-timeout"], tokens=options["tokens"],
-                     streams=Streams(factory, shared, keepalive=options["sse-keepalive"]))
+                     streams=Streams(factory, shared, keepalive=options["sse-keepalive"]),
+                     exists=shared.event_exists)
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     if admin_port:
         admin = make_admin_site(factory, listener, queries, metrics.resource(), reactor)

@@ -23,7 +23,7 @@ from partysense.clientjs import ClientScript
 from partysense.httpguard import GuardedSite, site_of, token_refusal
 from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
-from partysense.pulse import EventPulse, PulseReads, event_id_of
+from partysense.pulse import EventPulse, Exists, PulseReads, event_id_of
 from partysense.sse import EventStreams, Streams
 from partysense.tokens import OPEN, Tokens
 
@@ -223,13 +223,15 @@ def static_folder(client: ClientScript) -> Resource:
 
 def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
               metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
-              tokens: Tokens = OPEN, streams: Streams | None = None) -> GuardedSite:
+              tokens: Tokens = OPEN, streams: Streams | None = None,
+              exists: Exists | None = None) -> GuardedSite:
     """The resource tree of the public port.
 
     ``metrics`` is served at /metrics here only when there is no admin port.
     ``handshake_timeout`` closes an HTTP connection that has not upgraded to
     a WebSocket that long after connecting (partysense/httpguard.py).
     ``streams``: the Server-Sent Events at /events/<id>/stream (partysense/sse.py).
+    ``exists``: the event directory, so that the pulse of no event costs no query.
     """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
@@ -238,7 +240,8 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     root.putChild(b"client.js", client)  # at the root: docs/client.md
     root.putChild(b"static", static_folder(client))
     api = Resource()
-    pulse = EventPulse(PulseReads(queries, clock), clock, tokens)
+    pulse = EventPulse(PulseReads(queries, clock), clock, tokens, exists,
+                       trusted_proxies=int(getattr(factory, "trustXForwardedFor", 0)))
     api.putChild(b"events", EventList(queries, clock, tokens, pulse=pulse))
     root.putChild(b"api", api)
     if streams is not None:
