@@ -33,7 +33,7 @@ from partysense.demo import DemoPartyService
 from partysense.dialect import ClientCounters, MakeSession, Shared
 from partysense.embedded import database_for
 from partysense.events import EventDirectory
-from partysense.hub import Hub
+from partysense.hub import LINGER, Hub
 from partysense.limits import clients_that_fit, raise_open_files_limit
 from partysense.listener import ListenerService
 from partysense.metrics import DaemonMetrics
@@ -133,6 +133,10 @@ class Options(usage.Options):
          "shared secret, at least 32 bytes (docs/security.md)."],
         ["token-public-key-file", None, None,
          "Require signed tokens (RS256 or ES256 JWT): the PEM public key that checks them."],
+        ["linger", None, LINGER,
+         "Seconds a channel stays LISTENed after its last subscriber left, so that a "
+         "client coming back (or cycling through events) costs no LISTEN and no "
+         "snapshot (0: UNLISTEN at once).", float],
         ["sse-keepalive", None, KEEPALIVE,
          "Seconds between the comments that keep idle SSE streams open through proxies.",
          float],
@@ -157,6 +161,8 @@ class Options(usage.Options):
             raise usage.UsageError("--trusted-proxies cannot be negative")
         if self["sse-keepalive"] <= 0:
             raise usage.UsageError("--sse-keepalive must be positive")
+        if self["linger"] < 0:
+            raise usage.UsageError("--linger cannot be negative")
         if self["grace"] < 0:
             raise usage.UsageError("--grace cannot be negative")
         if not 0 <= self["write-delay"] <= MAX_WRITE_DELAY_MS:
@@ -238,7 +244,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     queries.setServiceParent(top)
     retention = RetentionService(queries, reactor, options["retention"])
     retention.setServiceParent(top)
-    hub = Hub(listener)
+    hub = Hub(listener, reactor, linger=options["linger"])
     metrics = DaemonMetrics(reactor)
 
     limits = limits_from(options)
