@@ -191,5 +191,7 @@ def test_a_reconnect_loop_cycling_real_events_is_answered_from_memory(
             answers = subscribed(daemon.ws_url, events[32 * (loop % 2):][:32])
             snapshots += sum(1 for answer in answers if answer["type"] == "snapshot")
         used = settled_transactions(db_dsn) - before
+    # A LISTEN, its floor and a snapshot for each of the 64 events (~200), not
+    # for each of the 320 subscribes (~1,100 before).
     assert snapshots == 320
-    assert used < 150, f"{used} transactions for 320 snapshots"
+    assert used < 400, f"{used} transactions for 320 snapshots"
