@@ -22,6 +22,7 @@ from partysense.budgets import AddressBuckets, budgets_for
 from partysense.events import LOOKBACK, EventDirectory
 from partysense.protocol import Limits
 from partysense.pulse import MAX_RUNNING_PER_ADDRESS, EventPulse, PulseReads
+from partysense.v2 import SUBPROTOCOL
 from tests.test_pulse import Queries as PulseQueries
 from tests.test_pulse import rows as pulse_rows
 from tests.wire import Transport, factory_without_database, messages, opened, send_json
@@ -209,3 +210,64 @@ def test_one_address_reading_many_pulses_does_not_starve_another() -> None:
     assert len(queries.asked) == MAX_RUNNING_PER_ADDRESS + 1
     queries.asked[-1][1].callback(pulse_rows())
     assert chart.responseCode == 200
+
+
+class Listening:
+    """A listener that is always there, its log read up to ``last_seq``."""
+
+    connected = True
+    reason = ""
+
+    def __init__(self, last_seq: int) -> None:
+        self.last_seq = last_seq
+
+    def whenListening(self, channel: str) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def whenAvailable(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
+class HeldReplays:
+    """Replays that wait until the test answers them."""
+
+    def __init__(self) -> None:
+        self.asked: list[defer.Deferred[Any]] = []
+
+    def replay(self, event_id: int | None, since: int) -> defer.Deferred[Any]:
+        self.asked.append(defer.Deferred())
+        return self.asked[-1]
+
+
+def test_a_resume_reserves_its_replay_from_the_address_and_gives_back_the_rest() -> None:
+    """Catch-up 10,000 changes back, asked over and over from new connections."""
+    from partysense.changelog import Replay
+
+    clock = Clock()
+    limits = Limits(ping_interval=0)
+    factory = factory_without_database(clock, limits, events=NoEvents(),
+                                       listener=Listening(last_seq=10_000),
+                                       budgets=budgets_for(4))  # 800 rows, then 40/s
+    replays = HeldReplays()
+    object.__setattr__(factory.dialects[SUBPROTOCOL].keywords["shared"], "reads", replays)
+
+    def resume() -> Transport:
+        transport = Transport()
+        client = opened(factory, transport, SUBPROTOCOL)
+        transport.clear()
+        send_json(client, {"type": "subscribe", "event": "ALL", "cursor": 0})
+        clock.advance(0)
+        return transport
+
+    first = resume()            # may send up to 10,000 rows: all of them reserved
+    assert len(replays.asked) == 1 and messages(first) == []
+    refused = messages(resume())
+    assert refused[0]["error"] == "too_many_subscribes"
+    assert "changes replayed to your address" in refused[0]["message"]
+    assert len(replays.asked) == 1  # no read for it
+    replays.asked[0].callback(Replay([], newest=10_000))  # it sent none: given back
+    clock.advance(0)
+    assert messages(first)[0]["type"] == "subscribed"
+    clock.advance(0.1)  # the one row it was charged, refilled
+    resume()
+    assert len(replays.asked) == 2
