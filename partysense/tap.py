@@ -250,7 +250,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     limits = limits_from(options)
     limits.max_clients = clients_that_fit(limits.max_clients, open_files)
     counters = ClientCounters()
-    reads = SharedReads(queries, reactor, listener=listener)
+    reads = SharedReads(queries, reactor, listener=listener, follow=True)
     events = EventDirectory(queries, reactor)
     events.setServiceParent(top)
     shared = Shared(hub=hub, listener=listener, reads=reads, events=events,
