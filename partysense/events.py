@@ -13,6 +13,13 @@ the whole daemon) only the newest are read again: the ids from
 seen only at COMMIT, so ids may appear a little out of order. Every
 ``reload_every`` seconds the whole table is read again, so deleted events
 leave.
+
+A miss is looked for again only if the id could be an event created since
+the last read: within ``LOOKBACK`` below and ``NEW_SPAN`` above the newest
+known (ids come from one sequence, a few a minute). It then waits for the
+next read, at most ``miss_interval`` away, shared by every miss meanwhile:
+a page opened the moment its event was created finds it. Any other id is
+unknown at once, with no query (``424242``, or a million ids in a loop).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ LOOKBACK = 1_000       # ids below the newest known that each refresh reads agai
 REFRESH_EVERY = 5.0    # seconds between reads of the newest ids
 RELOAD_EVERY = 600.0   # seconds between reads of every id
 MISS_INTERVAL = 1.0    # a miss reads the newest ids at most this often
+NEW_SPAN = 1_000       # ids above the newest known that may be events created since
 
 
 class Queries(Protocol):
@@ -60,6 +68,8 @@ class EventDirectory(Service):
         self._loaded_at: float | None = None   # when the last whole read started
         self._asked_at = -float("inf")         # when the last read started
         self._waiting: list[defer.Deferred[None]] | None = None  # while a read runs
+        self._next: list[defer.Deferred[None]] = []  # misses waiting for the next read
+        self._next_call: Any = None                  # when that read starts
         self._timer = LoopingCall(self._tick)
         self._timer.clock = clock
         self.queries = 0  # for tests, the bench and /metrics
@@ -71,21 +81,50 @@ class EventDirectory(Service):
     def stopService(self) -> Any:
         if self._timer.running:
             self._timer.stop()
+        if self._next_call is not None and self._next_call.active():
+            self._next_call.cancel()
+        self._next_call = None
         return super().stopService()
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]:
-        """Whether the event exists. An id not kept is looked for again only if
-        ``look_again`` and no read started within ``miss_interval`` (else: no)."""
+        """Whether the event exists. An id not kept is looked for again by the
+        next read (at most ``miss_interval`` away) only if ``look_again`` and
+        it could be a new event; else the answer is no, at once."""
         if self._has(event_id):
             return defer.succeed(True)
-        recently = self._clock.seconds() - self._asked_at < self._miss_interval
-        if self._loaded_at is not None and (recently or not look_again):
+        if self._loaded_at is not None and not (look_again and self._could_be_new(event_id)):
             return defer.succeed(False)
         # The first ask waits for the first read (then, a failure is the caller's).
-        return self._read().addCallback(lambda _: self._has(event_id))
+        done: defer.Deferred[None] = defer.Deferred()
+        if self._waiting is not None:
+            self._waiting.append(done)  # a read is running: its answer will do
+        else:
+            self._next.append(done)
+            self._schedule_next()
+        return done.addCallback(lambda _: self._has(event_id))
+
+    def _could_be_new(self, event_id: int) -> bool:
+        newest = self._ids[-1] if self._ids else 0
+        return newest - LOOKBACK < event_id <= newest + NEW_SPAN
+
+    def _schedule_next(self) -> None:
+        """Start the read the misses wait for, once no read runs and the last
+        started ``miss_interval`` ago."""
+        if not self._next or self._waiting is not None or self._next_call is not None:
+            return
+        delay = self._asked_at + self._miss_interval - self._clock.seconds()
+        if delay > 0:
+            self._next_call = self._clock.callLater(delay, self._read_for_next)
+        else:
+            self._read_for_next()
+
+    def _read_for_next(self) -> None:
+        self._next_call = None
+        waiting, self._next = self._next, []
+        self._read(waiting)
 
     def _has(self, event_id: int) -> bool:
         at = bisect_left(self._ids, event_id)
@@ -94,25 +133,22 @@ class EventDirectory(Service):
     def _tick(self) -> None:
         if not self._queries.connected or self._waiting is not None:
             return
-        self._read().addErrback(self._failed)
+        done: defer.Deferred[None] = defer.Deferred()
+        self._read([done])
+        done.addErrback(self._failed)
 
     def _failed(self, failure: Any) -> None:
         self._log.info("Reading the event ids failed (the next read is in {every:g} s): "
                        "{error}", every=self._refresh_every, error=failure.getErrorMessage())
 
-    def _read(self) -> defer.Deferred[None]:
-        """Read the newest ids (or all of them, when due); one read at a time,
-        shared by whoever asks meanwhile."""
-        done: defer.Deferred[None] = defer.Deferred()
-        if self._waiting is not None:
-            self._waiting.append(done)
-            return done
-        self._waiting = [done]
+    def _read(self, waiting: list[defer.Deferred[None]]) -> None:
+        """Read the newest ids (or all of them, when due); ``waiting`` hear when
+        it is done. One read at a time: callers check none runs."""
+        self._waiting = waiting
         now = self._clock.seconds()
         self._asked_at = now
         whole = self._loaded_at is None or now - self._loaded_at >= self._reload_every
         self._read_ids(whole, now).addBoth(self._read_done)
-        return done
 
     def _read_done(self, result: Any) -> None:
         waiting, self._waiting = self._waiting or [], None
@@ -121,6 +157,7 @@ class EventDirectory(Service):
                 done.errback(result)
             else:
                 done.callback(None)
+        self._schedule_next()  # misses that came while it ran
 
     @defer.inlineCallbacks
     def _read_ids(self, whole: bool, started: float) -> Any:

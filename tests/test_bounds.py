@@ -134,12 +134,16 @@ def test_unknown_events_are_looked_for_at_most_once_a_second() -> None:
             return defer.succeed([])
 
     events = EventDirectory(Queries(), clock)
-    for n in range(100):
-        events.exists(424242 + n)
-    assert len(asked) == 1
-    clock.advance(1.0)
-    events.exists(424242)
-    assert len(asked) == 2
+    answers: list[bool] = []
+    for n in range(100):  # ids that could be events created a moment ago
+        events.exists(1 + n).addCallback(answers.append)
+    assert len(asked) == 1 and len(answers) == 1
+    clock.advance(1.0)  # one more read for the 99 that came after the first
+    assert len(asked) == 2 and answers == [False] * 100
+    for n in range(100):  # ids far past the newest event: no at once, no read
+        events.exists(424242 + n).addCallback(answers.append)
+    clock.advance(10.0)
+    assert len(asked) == 2 and answers == [False] * 200
 
 
 @pytest.mark.logic

@@ -137,18 +137,30 @@ class IdQueries:
 def test_unknown_ids_cost_at_most_one_read_a_second() -> None:
     clock, queries = Clock(), IdQueries([1, 2, 3])
     directory = EventDirectory(queries, clock)
-    found = []
+    found: list[bool] = []
     for n in range(10_000):  # ten seconds of a client trying an id per millisecond
-        directory.exists(10_000 + n).addCallback(found.append)
+        directory.exists(4 + n % 500).addCallback(found.append)  # could be new events
+        directory.exists(10_000 + n).addCallback(found.append)   # cannot
         directory.exists(2).addCallback(found.append)
         clock.advance(0.001)
-    assert found.count(True) == 10_000 and found.count(False) == 10_000
-    assert len(queries.asked) <= 11
-    # Without leave to look again, a miss is answered from memory.
-    clock.advance(5)
+    clock.advance(1)  # the last misses' read
+    assert found.count(True) == 10_000 and found.count(False) == 20_000
+    assert len(queries.asked) <= 12
+    # Without leave to look again, a miss is answered from memory at once.
     asked = len(queries.asked)
-    directory.exists(4, look_again=False)
+    assert directory.exists(4, look_again=False).result is False
     assert len(queries.asked) == asked
+
+
+def test_an_event_created_a_moment_ago_is_found_by_the_next_read() -> None:
+    clock, queries = Clock(), IdQueries([1, 2, 3])
+    directory = EventDirectory(queries, clock)
+    assert directory.exists(3).result is True
+    queries.ids.append(4)  # created now, just after the read
+    answer = directory.exists(4)
+    assert not answer.called  # it waits for the next read, a second after the last
+    clock.advance(1)
+    assert answer.result is True and len(queries.asked) == 2
 
 
 def test_a_new_event_is_found_and_a_deleted_one_forgotten() -> None:
@@ -193,7 +205,7 @@ def test_the_pulse_of_no_event_is_a_404_without_a_query() -> None:
     directory = EventDirectory(IdQueries([7]), clock)
     resource = EventPulse(PulseReads(queries, clock), clock,
                           exists=lambda address, event_id: directory.exists(event_id))
-    for event_id in range(1000, 2000):
+    for event_id in range(5000, 6000):
         assert pulse_request(resource, event_id, "192.0.2.1").responseCode == 404
     assert queries.asked == []
     pulse_request(resource, 7, "192.0.2.1")
