@@ -202,6 +202,7 @@ class Stream:
         replayed = [change for change in replayed if change.seq > cursor]
         last = replayed[-1].seq if replayed else cursor
         yield self.outbox.stream(self._replay(replayed))
+        self._settle()
         self._go_live(last)
 
     def _begin(self, cursor: int, reset: Any) -> None:
@@ -347,13 +348,18 @@ class Stream:
         self._gone = True
         answer(self._request, refusal)
 
-    def _closed(self, result: Any) -> None:
-        """The response is over (finished, or the connection lost): let go of everything."""
-        self._gone = True
-        if self._reserved:  # what the replay did not send goes back to the address
+    def _settle(self) -> None:
+        """The replay is out (or never will be): what it did not send goes back
+        to the address's budget."""
+        if self._reserved:
             budgets.replayed(self._shared.budgets, self.address, self._shared.clock.seconds(),
                              self._reserved, self._replayed)
             self._reserved = 0
+
+    def _closed(self, result: Any) -> None:
+        """The response is over (finished, or the connection lost): let go of everything."""
+        self._gone = True
+        self._settle()
         self._pending = []
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
@@ -368,7 +374,6 @@ class Stream:
 
 def _plain(data: bytes) -> bytes:
     return data
-
 
 
 class EventStreams(Resource):
