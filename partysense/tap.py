@@ -287,7 +287,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "{max_clients} clients ({per_ip} per address), {max_subscriptions} subscriptions "
         "each, messages up to "
         "{max_message} bytes and {rate:g}/s, {max_queue} bytes queued per slow client, "
-        "ping every {ping:g} s; Origins allowed: {origins}; tokens: {tokens}; "
+        "ping every {ping:g} s; per address {subscribes:g} subscribes at once then "
+        "{subscribe_rate:g}/s, {replay_rows:g} rows replayed at once then {replay_rate:g}/s; "
+        "channels linger {linger:g} s; Origins allowed: {origins}; tokens: {tokens}; "
         "/metrics and detailed health: {admin}.",
         port=options["port"], where=where, embedded=options["embedded"],
         demo=options["run-demo"], retention=options["retention"],
@@ -295,6 +297,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         max_subscriptions=limits.max_subscriptions,
         max_message=limits.max_message_bytes, rate=limits.messages_per_second,
         max_queue=limits.max_queue_bytes, ping=limits.ping_interval,
+        subscribes=shared.budgets.subscribes.burst, subscribe_rate=shared.budgets.subscribes.rate,
+        replay_rows=shared.budgets.replay_rows.burst,
+        replay_rate=shared.budgets.replay_rows.rate, linger=options["linger"],
         origins=", ".join(limits.allowed_origins) or "any (no --allowed-origins given)",
         tokens=options["tokens"].describe(),
         admin=admin_port or "on the public port (no --admin-port)",
