@@ -35,6 +35,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from partysense.pgservice import NotConnected
+
 IDS_QUERY = "SELECT id FROM event_event WHERE id > %s ORDER BY id LIMIT %s"
 PAGE = 50_000          # ids read by one query
 LOOKBACK = 1_000       # ids below the newest known that each refresh reads again
@@ -72,7 +74,7 @@ class EventDirectory(Service):
         self._next_call: Any = None                  # when that read starts
         self._timer = LoopingCall(self._tick)
         self._timer.clock = clock
-        self.queries = 0  # for tests, the bench and /metrics
+        self.queries = 0  # queries run so far (for tests)
 
     def startService(self) -> None:
         super().startService()
@@ -84,6 +86,9 @@ class EventDirectory(Service):
         if self._next_call is not None and self._next_call.active():
             self._next_call.cancel()
         self._next_call = None
+        waiting, self._next = self._next, []
+        for done in waiting:  # no read will come for them
+            done.errback(NotConnected("the daemon is stopping"))
         return super().stopService()
 
     def __len__(self) -> int:

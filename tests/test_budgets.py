@@ -283,3 +283,18 @@ def test_a_resume_reserves_its_replay_from_the_address_and_gives_back_the_rest()
     clock.advance(0.1)  # the one row it was charged, refilled
     resume()
     assert len(replays.asked) == 2
+
+
+def test_misses_waiting_for_a_read_are_answered_when_the_daemon_stops() -> None:
+    from partysense.pgservice import NotConnected
+
+    clock, queries = Clock(), IdQueries([1])
+    directory = EventDirectory(queries, clock)
+    directory.startService()
+    assert directory.exists(1).result is True
+    waiting = directory.exists(2)  # the next read is a second away
+    failures: list[Any] = []
+    waiting.addErrback(failures.append)
+    directory.stopService()
+    assert failures and failures[0].check(NotConnected)
+    assert not clock.getDelayedCalls()
