@@ -18,6 +18,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from partysense.adapters.autobahn_adapter import Frame
+from partysense.budgets import Budgets, budgets_for
+from partysense.changelog import MAX_REPLAY
 from partysense.hub import Hub
 from partysense.tokens import OPEN, Tokens
 
@@ -27,6 +29,8 @@ class Client(Protocol):
 
     @property
     def peer(self) -> str | None: ...
+    @property
+    def address(self) -> str | None: ...
     @property
     def is_live(self) -> bool: ...
     @property
@@ -55,6 +59,8 @@ MakeSession = Callable[[Client], Session]
 
 
 class Listening(Protocol):
+    last_seq: int | None  # the newest seq read from the log
+
     @property
     def connected(self) -> bool: ...
     @property
@@ -73,7 +79,7 @@ class Reads(Protocol):
 
 
 class Events(Protocol):
-    def exists(self, event_id: int) -> defer.Deferred[bool]: ...
+    def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]: ...
 
 
 @dataclass
@@ -100,3 +106,23 @@ class Shared:
     clock: IReactorTime
     max_subscriptions: int = 32
     tokens: Tokens = OPEN
+    budgets: Budgets = field(default_factory=budgets_for)
+
+    def event_exists(self, address: str, event_id: int) -> defer.Deferred[bool]:
+        """Whether the event exists (no query: partysense/events.py). An address's
+        unknown ids make the directory look again only within its budget of misses."""
+        misses, now = self.budgets.misses, self.clock.seconds()
+        look_again = misses.level(address, now) >= 1
+
+        def counted(found: bool) -> bool:
+            if not found:
+                misses.charge(address, now, 1)
+            return found
+
+        return self.events.exists(event_id, look_again).addCallback(counted)
+
+    def replay_rows(self, since: int) -> int:
+        """The most rows a replay after ``since`` can send (reserved from the budget)."""
+        newest = self.listener.last_seq
+        behind = MAX_REPLAY if newest is None else newest - since
+        return max(1, min(MAX_REPLAY, behind))

@@ -4,6 +4,13 @@ A channel's subscribers are kept in groups, one per wire format. A change is
 encoded once per group, before its loop, and the same frame is handed to
 every subscriber of the group. The hub also tells the listener when a channel
 gets its first subscriber or loses its last one.
+
+A channel that loses its last subscriber stays LISTENed for ``linger``
+seconds (at most ``max_lingering`` such channels; the oldest go first). A
+client that reconnects, or cycles through events, then finds the channel
+still listened and the event's kept read still exact: its snapshot costs no
+query (partysense/sharedreads.py), where it cost a LISTEN, a snapshot and
+an UNLISTEN each time (issue 15).
 """
 
 from __future__ import annotations
@@ -11,9 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from partysense.change import Change
+
+LINGER = 30.0          # seconds a channel stays LISTENed after its last subscriber left
+MAX_LINGERING = 1_000  # channels LISTENed that way at once
 
 
 class Channels(Protocol):
@@ -70,10 +81,15 @@ class Hub:
 
     log = Logger()
 
-    def __init__(self, channels: Channels) -> None:
+    def __init__(self, channels: Channels, clock: IReactorTime | None = None,
+                 linger: float = 0.0, max_lingering: int = MAX_LINGERING) -> None:
         self._channels = channels
         # channel -> wire format -> subscribers (a dict: ordered, O(1) removal)
         self._subscribers: dict[str, dict[str, dict[Subscriber, None]]] = {}
+        self._clock = clock
+        self._linger = linger if clock is not None else 0.0
+        self._max_lingering = max_lingering
+        self._lingering: dict[str, IDelayedCall] = {}  # channel -> its UNLISTEN, oldest first
         self.frames_sent = 0
         channels.observe(self.publish)
 
@@ -81,7 +97,11 @@ class Hub:
         groups = self._subscribers.get(channel)
         if groups is None:
             groups = self._subscribers[channel] = {}
-            self._channels.listen(channel)
+            lingering = self._lingering.pop(channel, None)
+            if lingering is not None:
+                lingering.cancel()  # still LISTENed
+            else:
+                self._channels.listen(channel)
         groups.setdefault(subscriber.wire_format, {})[subscriber] = None
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
@@ -94,7 +114,21 @@ class Hub:
             del groups[subscriber.wire_format]
         if not groups:
             del self._subscribers[channel]
+            self._linger_on(channel)
+
+    def _linger_on(self, channel: str) -> None:
+        if self._clock is None or self._linger <= 0:
             self._channels.unlisten(channel)
+            return
+        while len(self._lingering) >= self._max_lingering:
+            oldest = next(iter(self._lingering))
+            self._lingering.pop(oldest).cancel()
+            self._channels.unlisten(oldest)
+        self._lingering[channel] = self._clock.callLater(self._linger, self._let_go, channel)
+
+    def _let_go(self, channel: str) -> None:
+        del self._lingering[channel]
+        self._channels.unlisten(channel)
 
     @property
     def channels(self) -> list[str]:

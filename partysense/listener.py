@@ -116,6 +116,13 @@ class ListenerService(PostgresService):
         return (self.connected and channel in self._listening
                 and self._floor.get(channel, 0) <= seq and (self.last_seq or 0) <= seq)
 
+    def listening_from(self, channel: str, seq: int) -> bool:
+        """``channel`` is LISTENed on the current connection, without a break,
+        from a floor at or before ``seq``: each of its changes after ``seq``
+        is handed on (in seq order, to every observer), whenever it is read."""
+        return (self.connected and channel in self._listening
+                and self._floor.get(channel, seq + 1) <= seq)
+
     def whenListening(self, channel: str) -> defer.Deferred[None]:
         """Fires once ``channel`` is LISTENed on the current connection.
 

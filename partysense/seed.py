@@ -22,7 +22,7 @@ from typing import Any
 import psycopg2
 from twisted.internet import defer
 
-from partysense import errors
+from partysense import budgets, errors
 from partysense.adapters.autobahn_adapter import Frame, prepare
 from partysense.channels import channel_for
 from partysense.dialect import Client, Shared
@@ -70,13 +70,19 @@ class SeedSession:
         """Check the request against the database, then (re)subscribe."""
         event_id, token = parse_seed_request(text)
         grant = self._authorize(event_id, token)
+        address = self._client.address or "?"
+        refusal = budgets.subscribe_refusal(self._shared.budgets, address,
+                                            self._shared.clock.seconds())
+        if refusal is not None:  # reconnecting does not start a new budget
+            raise ClientError("too_many_subscribes", errors.FLOOD, refusal)
         listener = self._shared.listener
         try:
             # Held while the listener connects (within --grace): subscribed
             # while it is away for longer, a client would silently miss what
             # commits before it is back: better to say "try later".
             yield listener.whenAvailable()
-            if event_id is not None and not (yield self._shared.events.exists(event_id)):
+            if event_id is not None and not (
+                    yield self._shared.event_exists(address, event_id)):
                 raise ClientError("unknown_event", errors.UNKNOWN_EVENT,
                                   f"event {event_id} does not exist")
             # Read after the request came (shared by the requests of a storm).

@@ -29,6 +29,13 @@ storm the queries are then a few per event and per vote, not per client. Such
 a read is used past its second too, while it has few changes after its
 tallies: an event nobody votes on costs one snapshot, not one a second.
 
+Following the listener (``follow``), a kept read stays exact past that:
+every change of its event that the listener hands on is added to it, so
+while its channel stays LISTENed (the hub lets it linger after its last
+subscriber: partysense/hub.py) it answers with no query however busy the
+log, up to ``FEW_CHANGES`` changes after its tallies. A client reconnecting
+in a loop, or cycling through events, then costs no snapshot each (issue 15).
+
 The log's end (a seed subscription's floor, partysense/seed.py) is shared
 too: a read that started at most 50 ms before an asker asked serves it
 (partysense/floors.py says why that is exact enough).
@@ -53,7 +60,7 @@ from partysense.changelog import (
     replay_since,
     take_snapshot,
 )
-from partysense.channels import channel_for
+from partysense.channels import channel_event, channel_for
 
 REUSE = 1.0  # seconds an event's snapshot is reused (with the changes since)
 # Past REUSE, a kept read that still holds is used as long as it has no more
@@ -76,6 +83,12 @@ class Listener(Protocol):
     def complete_after(self, channel: str, seq: int) -> bool:
         """Every change on ``channel`` after ``seq`` is yet to be handed on."""
 
+    def listening_from(self, channel: str, seq: int) -> bool:
+        """``channel`` is LISTENed, without a break, from at or before ``seq``:
+        its every change after ``seq`` is (or will be) handed on."""
+
+    def observe(self, observer: Callable[[str, Change], None]) -> None: ...
+
 
 @dataclass
 class Kept:
@@ -87,6 +100,9 @@ class Kept:
     changes: list[Change] = field(default_factory=list)
     newest: int = 0
     listener_seq: int = 0  # the listener's last_seq then
+    # Followed from this seq on: every change of the event handed on since is
+    # in ``changes`` (None: not followed).
+    followed_from: int | None = None
 
 
 class _Batches:
@@ -135,11 +151,15 @@ class SharedReads:
     """
 
     def __init__(self, queries: Queries, clock: IReactorTime, reuse: float = REUSE,
-                 listener: Listener | None = None, floor_age: float = floors.AGE) -> None:
+                 listener: Listener | None = None, floor_age: float = floors.AGE,
+                 follow: bool = False) -> None:
         self._queries = queries
         self._clock = clock
         self._reuse = reuse
         self._listener = listener
+        self._follow = follow and listener is not None
+        if listener is not None and self._follow:
+            listener.observe(self._observe)
         self._kept: dict[int, Kept] = {}
         self._snapshots = _Batches(self._snapshot, lambda answer, _: answer)
         self._replays = _Batches(self._replay, lambda replay, _: replay)
@@ -187,10 +207,36 @@ class SharedReads:
         return None
 
     def _holds(self, event_id: int | None, kept: Kept) -> bool:
-        """Nothing of the event after ``kept.newest`` has been handed on yet."""
+        """Nothing of the event after ``kept.newest`` has been handed on yet,
+        or all of it was followed into ``kept``."""
         listener = self._listener
-        return (listener is not None and (listener.last_seq or 0) >= kept.listener_seq
-                and listener.complete_after(channel_for(event_id), kept.newest))
+        if listener is None or (listener.last_seq or 0) < kept.listener_seq:
+            return False
+        channel = channel_for(event_id)
+        if kept.followed_from is not None and listener.listening_from(channel,
+                                                                      kept.followed_from):
+            return True
+        return listener.complete_after(channel, kept.newest)
+
+    def _start_following(self, event_id: int, kept: Kept) -> None:
+        """Follow ``kept`` from now if nothing after it has been handed on yet."""
+        listener = self._listener
+        kept.followed_from = None
+        if self._follow and listener is not None and listener.complete_after(
+                channel_for(event_id), kept.newest):
+            kept.followed_from = kept.newest
+
+    def _observe(self, channel: str, change: Change) -> None:
+        """A change handed on by the listener: added to its event's followed read."""
+        event_id = channel_event(channel)
+        kept = self._kept.get(event_id) if event_id is not None else None
+        if kept is None or kept.followed_from is None or change.seq <= kept.newest:
+            return
+        if len(kept.changes) >= FEW_CHANGES:
+            kept.followed_from = None  # a busy event: its next asker reads afresh
+            return
+        kept.changes.append(change)
+        kept.newest = change.seq
 
     def _log_end(self) -> defer.Deferred[Any]:
         self.queries += 1
@@ -212,8 +258,9 @@ class SharedReads:
                 del self._kept[next(iter(self._kept))]  # the oldest
             self._kept.pop(event_id, None)
             listener_seq = (self._listener.last_seq or 0) if self._listener is not None else 0
-            self._kept[event_id] = Kept(snapshot, self._clock.seconds(), [], snapshot.cursor,
-                                        listener_seq)
+            kept = self._kept[event_id] = Kept(snapshot, self._clock.seconds(), [],
+                                               snapshot.cursor, listener_seq)
+            self._start_following(event_id, kept)
         return snapshot, []
 
     def _replay(self, key: tuple[int | None, int], _: list[Any]) -> defer.Deferred[Any]:
@@ -232,5 +279,7 @@ class SharedReads:
         if replay.newest is not None and replay.newest > kept.newest \
                 and self._kept.get(event_id) is kept:  # type: ignore[arg-type]
             # The kept tallies plus these are the event as of replay.newest.
-            kept.changes, kept.newest = replay.changes, replay.newest
+            kept.changes, kept.newest = list(replay.changes), replay.newest
+            if event_id is not None:
+                self._start_following(event_id, kept)
         return kept.snapshot, replay.changes

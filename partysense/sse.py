@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from partysense import budgets
 from partysense.adapters.twisted_adapter import write_now
 from partysense.change import Change
 from partysense.channels import channel_for
@@ -56,6 +57,7 @@ from partysense.sserequest import (
     event_of,
     granted,
     last_event_id,
+    spend_budgets,
 )
 from partysense.tokens import Grant
 from partysense.v2 import MAX_PENDING, change_json
@@ -122,7 +124,7 @@ class Stream:
     _log = Logger()
 
     def __init__(self, streams: Streams, request: Request, event_id: int | None,
-                 since: int | None, grant: Grant, address: str) -> None:
+                 since: int | None, grant: Grant, address: str, reserved: int = 0) -> None:
         self._streams = streams
         self._shared = streams.shared
         self._factory = streams.factory
@@ -134,6 +136,8 @@ class Stream:
         self.address = address
         self.session = self  # what the factory counts clients by (clients_by_dialect)
         self.bytes_sent = 0
+        self._reserved = reserved  # replay rows taken from the address's budget
+        self._replayed = 0         # and those the replay sent
         self._cursor: int | None = None   # None: the replay is not out yet
         self._pending: list[tuple[Delivery, bytes]] = []
         self._started = False             # the 200 and its headers are out
@@ -173,7 +177,8 @@ class Stream:
     def _start(self) -> Any:
         shared = self._shared
         yield shared.listener.whenAvailable()  # --grace while the daemon connects
-        if self.event_id is not None and not (yield shared.events.exists(self.event_id)):
+        if self.event_id is not None and not (
+                yield shared.event_exists(self.address, self.event_id)):
             raise Refused(404, "unknown_event", f"event {self.event_id} does not exist")
         if self._gone:
             return
@@ -186,6 +191,7 @@ class Stream:
             cursor = snapshot.cursor
         else:
             replay = yield shared.reads.replay(self.event_id, self._since)
+            self._replayed = len(replay.changes) or 1
             if replay.snapshot is not None:  # trimmed, too far behind, or another log
                 reset, cursor = replay.snapshot, replay.snapshot.cursor
             else:
@@ -196,6 +202,7 @@ class Stream:
         replayed = [change for change in replayed if change.seq > cursor]
         last = replayed[-1].seq if replayed else cursor
         yield self.outbox.stream(self._replay(replayed))
+        self._settle()
         self._go_live(last)
 
     def _begin(self, cursor: int, reset: Any) -> None:
@@ -345,9 +352,18 @@ class Stream:
         self._gone = True
         answer(self._request, refusal)
 
+    def _settle(self) -> None:
+        """The replay is out (or never will be): what it did not send goes back
+        to the address's budget."""
+        if self._reserved:
+            budgets.replayed(self._shared.budgets, self.address, self._shared.clock.seconds(),
+                             self._reserved, self._replayed)
+            self._reserved = 0
+
     def _closed(self, result: Any) -> None:
         """The response is over (finished, or the connection lost): let go of everything."""
         self._gone = True
+        self._settle()
         self._pending = []
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
@@ -387,6 +403,7 @@ class EventStreams(Resource):
             if refused is not None:
                 raise Refused(503 if refused.kind == "server_full" else 429, refused.kind,
                               refused.reason)
+            reserved = spend_budgets(streams.shared, address, since)
         except Refused as refusal:
             if refusal.kind != "not_found":
                 factory.counters.bad_input(refusal.kind)
@@ -394,7 +411,7 @@ class EventStreams(Resource):
                                peer=address, kind=refusal.kind, reason=refusal.message)
             answer(request, refusal)
             return NOT_DONE_YET
-        Stream(streams, request, event_id, since, grant, address).open()
+        Stream(streams, request, event_id, since, grant, address, reserved).open()
         return NOT_DONE_YET
 
     def render_HEAD(self, request: Request) -> bytes:

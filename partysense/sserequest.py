@@ -15,7 +15,9 @@ from typing import Any
 
 from twisted.web.server import Request
 
+from partysense import budgets
 from partysense.channels import MAX_EVENT_ID
+from partysense.dialect import Shared
 from partysense.errors import ClientError
 from partysense.subscription import parse_event_id
 from partysense.tokens import Grant, TokenError, Tokens, bearer_token
@@ -134,3 +136,19 @@ def client_address(request: Request, trusted_proxies: int) -> str:
         return [a.strip() for a in forwarded.split(",")][-trusted_proxies:][0]
     peer: Any = request.getClientAddress()
     return str(getattr(peer, "host", peer))
+
+
+def spend_budgets(shared: Shared, address: str, since: int | None) -> int:
+    """A stream is a subscribe from the address's budget, and a resume a replay
+    of at most so many rows (returned: settled when the stream ends); or Refused."""
+    now = shared.clock.seconds()
+    refusal = budgets.subscribe_refusal(shared.budgets, address, now)
+    if refusal is not None:
+        raise Refused(429, "too_many_subscribes", refusal)
+    if since is None:
+        return 0
+    rows = shared.replay_rows(since)
+    refusal = budgets.replay_refusal(shared.budgets, address, now, rows)
+    if refusal is not None:
+        raise Refused(429, "too_many_replays", refusal)
+    return rows

@@ -28,13 +28,14 @@ from twisted.python import usage
 
 from partysense import dsn as dsnlib
 from partysense import errors, tokens, workers
+from partysense.budgets import budgets_for
 from partysense.collector import CollectorService
 from partysense.demo import DemoPartyService
 from partysense.dialect import ClientCounters, MakeSession, Shared
 from partysense.embedded import database_for
 from partysense.events import EventDirectory
 from partysense.headers import SecurityHeaders, frame_ancestors_from
-from partysense.hub import Hub
+from partysense.hub import LINGER, Hub
 from partysense.limits import clients_that_fit, raise_open_files_limit, waiting_budget
 from partysense.listener import ListenerService
 from partysense.metrics import DaemonMetrics
@@ -153,6 +154,10 @@ class Options(usage.Options):
         ["token-audience", None, None,
          "Accept only tokens whose aud claim names this (then required); without it a "
          "token with an aud is refused."],
+        ["linger", None, LINGER,
+         "Seconds a channel stays LISTENed after its last subscriber left, so that a "
+         "client coming back (or cycling through events) costs no LISTEN and no "
+         "snapshot (0: UNLISTEN at once).", float],
         ["sse-keepalive", None, KEEPALIVE,
          "Seconds between the comments that keep idle SSE streams open through proxies.",
          float],
@@ -177,6 +182,8 @@ class Options(usage.Options):
             raise usage.UsageError("--trusted-proxies cannot be negative")
         if self["sse-keepalive"] <= 0:
             raise usage.UsageError("--sse-keepalive must be positive")
+        if self["linger"] < 0:
+            raise usage.UsageError("--linger cannot be negative")
         if self["grace"] < 0:
             raise usage.UsageError("--grace cannot be negative")
         if not 0 <= self["write-delay"] <= MAX_WRITE_DELAY_MS:
@@ -275,17 +282,19 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     queries.setServiceParent(top)
     retention = RetentionService(queries, reactor, options["retention"])
     retention.setServiceParent(top)
-    hub = Hub(listener)
+    hub = Hub(listener, reactor, linger=options["linger"])
     metrics = DaemonMetrics(reactor)
 
     limits = limits_from(options)
     limits.max_clients = clients_that_fit(limits.max_clients, open_files)
     counters = ClientCounters()
-    reads = SharedReads(queries, reactor, listener=listener)
-    shared = Shared(hub=hub, listener=listener, reads=reads,
-                    events=EventDirectory(queries.runQuery, reactor), counters=counters,
-                    clock=reactor, max_subscriptions=limits.max_subscriptions,
-                    tokens=options["tokens"])
+    reads = SharedReads(queries, reactor, listener=listener, follow=True)
+    events = EventDirectory(queries, reactor)
+    events.setServiceParent(top)
+    shared = Shared(hub=hub, listener=listener, reads=reads, events=events,
+                    counters=counters, clock=reactor,
+                    max_subscriptions=limits.max_subscriptions, tokens=options["tokens"],
+                    budgets=budgets_for(limits.max_connections_per_ip))
     factory = LiveFactory(dialect_table(shared), reactor, limits, counters)
     # Only the last N addresses of X-Forwarded-For were added by our proxies.
     factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
@@ -298,7 +307,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                      handshake_timeout=options["handshake-timeout"], tokens=options["tokens"],
                      headers=options["security-headers"],
                      streams=Streams(factory, shared, keepalive=options["sse-keepalive"]),
-                     waiting=waiting)
+                     waiting=waiting, exists=shared.event_exists)
     metrics.watch_site(site)
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     if admin_port:
@@ -324,7 +333,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "{waiting} connections waiting to upgrade, {max_subscriptions} subscriptions "
         "each, messages up to "
         "{max_message} bytes and {rate:g}/s, {max_queue} bytes queued per slow client, "
-        "ping every {ping:g} s; Origins allowed: {origins}; the page may be framed by: "
+        "ping every {ping:g} s; per address {subscribes:g} subscribes at once then "
+        "{subscribe_rate:g}/s, {replay_rows:g} rows replayed at once then {replay_rate:g}/s; "
+        "channels linger {linger:g} s; Origins allowed: {origins}; the page may be framed by: "
         "{frame_ancestors}; tokens: {tokens}; "
         "/metrics and detailed health: {admin}.",
         port=options["port"], where=where, embedded=options["embedded"],
@@ -334,6 +345,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         max_subscriptions=limits.max_subscriptions,
         max_message=limits.max_message_bytes, rate=limits.messages_per_second,
         max_queue=limits.max_queue_bytes, ping=limits.ping_interval,
+        subscribes=shared.budgets.subscribes.burst, subscribe_rate=shared.budgets.subscribes.rate,
+        replay_rows=shared.budgets.replay_rows.burst,
+        replay_rate=shared.budgets.replay_rows.rate, linger=options["linger"],
         origins=", ".join(limits.allowed_origins) or "any (no --allowed-origins given)",
         frame_ancestors=" ".join(options["security-headers"].frame_ancestors),
         tokens=options["tokens"].describe(),

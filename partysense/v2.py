@@ -26,7 +26,7 @@ import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from partysense import errors
+from partysense import budgets, errors
 from partysense.access import Access
 from partysense.adapters.autobahn_adapter import Frame, prepare
 from partysense.change import Change
@@ -254,8 +254,22 @@ class V2Session:
             raise BadRequest("too_many_subscriptions",
                              f"at most {self._shared.max_subscriptions} subscriptions "
                              "per connection")
+        reserved = 0 if since is None else self._reserve_replay(since)
+        replayed = 0
         try:
-            if event_id is not None and not (yield self._shared.events.exists(event_id)):
+            replayed = (yield self._subscribe_to(request_id, event_id, channel, since)) or 0
+        finally:
+            if reserved:  # what the replay did not send goes back to the address
+                budgets.replayed(self._shared.budgets, self._address, self._now(), reserved,
+                                 replayed)
+
+    @defer.inlineCallbacks
+    def _subscribe_to(self, request_id: Any, event_id: int | None, channel: str,
+                      since: int | None) -> Any:
+        """Subscribed, its snapshot or replay sent; returns the rows replayed."""
+        try:
+            if event_id is not None and not (
+                    yield self._shared.event_exists(self._address, event_id)):
                 raise BadRequest("unknown_event", f"event {event_id} does not exist")
             if self._closed:
                 return  # gone while we asked: subscribed now, it would never be dropped
@@ -276,6 +290,7 @@ class V2Session:
                     self.send({"type": "subscribed", "event": _event_name(event_id),
                                "cursor": since, "id": request_id})
                     yield subscription.start(since, replay.changes)
+                return len(replay.changes) or 1
         except Overloaded:
             self._drop(channel)
             raise BadRequest("unavailable", "the server is busy; retry soon") from None
@@ -296,19 +311,44 @@ class V2Session:
             self._drop(channel)
             raise
 
+    @property
+    def _address(self) -> str:
+        return self.client.address or "?"
+
+    def _now(self) -> float:
+        return self._shared.clock.seconds()
+
+    def _reserve_replay(self, since: int) -> int:
+        """The replay's most rows, taken from the address's budget (or refused)."""
+        rows = self._shared.replay_rows(since)
+        refusal = budgets.replay_refusal(self._shared.budgets, self._address, self._now(), rows)
+        if refusal is not None:
+            self._refused()
+            raise BadRequest("too_many_subscribes", refusal)
+        return rows
+
+    def _refused(self) -> None:
+        """One more refused subscribe; a client that keeps on past them is closed."""
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row > MAX_REFUSED_SUBSCRIBES:
+            raise ClientError("flood", errors.FLOOD,
+                              "kept subscribing past its budget of subscribes")
+
     def _spend_subscribe(self) -> None:
         now = self._shared.clock.seconds()
         burst = float(self._shared.max_subscriptions + SUBSCRIBE_SPARE)
         self._budget = min(burst, self._budget + (now - self._budget_at) * SUBSCRIBES_PER_SECOND)
         self._budget_at = now
         if self._budget < 1:
-            self._refused_in_a_row += 1
-            if self._refused_in_a_row > MAX_REFUSED_SUBSCRIBES:
-                raise ClientError("flood", errors.FLOOD,
-                                  "kept subscribing past its budget of subscribes")
+            self._refused()
             raise BadRequest("too_many_subscribes",
                              f"more than {burst:g} subscribes at once, then "
                              f"{SUBSCRIBES_PER_SECOND:g} a second; retry in a moment")
+        # The address's budget too: a new connection does not start afresh.
+        refusal = budgets.subscribe_refusal(self._shared.budgets, self._address, now)
+        if refusal is not None:
+            self._refused()
+            raise BadRequest("too_many_subscribes", refusal)
         self._refused_in_a_row = 0
         self._budget -= 1
 

@@ -24,7 +24,7 @@ from partysense.headers import SecurityHeaders
 from partysense.httpguard import GuardedSite, site_of, token_refusal
 from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
-from partysense.pulse import EventPulse, PulseReads, event_id_of
+from partysense.pulse import EventPulse, Exists, PulseReads, event_id_of
 from partysense.sse import EventStreams, Streams
 from partysense.tokens import OPEN, Tokens
 from partysense.waiting import Waiting
@@ -231,7 +231,8 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
               metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
               tokens: Tokens = OPEN, streams: Streams | None = None,
               headers: SecurityHeaders | None = None,
-              waiting: Waiting | None = None) -> GuardedSite:
+              waiting: Waiting | None = None,
+              exists: Exists | None = None) -> GuardedSite:
     """The resource tree of the public port.
 
     ``metrics`` is served at /metrics here only when there is no admin port.
@@ -242,6 +243,7 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     partysense/headers.py).
     ``waiting``: the connections not yet upgraded, bounded per address and in
     all (partysense/waiting.py); None: limits.MAX_WAITING in all, none per address.
+    ``exists``: the event directory, so that the pulse of no event costs no query.
     """
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
@@ -250,7 +252,8 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     root.putChild(b"client.js", client)  # at the root: docs/client.md
     root.putChild(b"static", static_folder(client))
     api = Resource()
-    pulse = EventPulse(PulseReads(queries, clock), clock, tokens)
+    pulse = EventPulse(PulseReads(queries, clock), clock, tokens, exists,
+                       trusted_proxies=int(getattr(factory, "trustXForwardedFor", 0)))
     api.putChild(b"events", EventList(queries, clock, tokens, pulse=pulse))
     root.putChild(b"api", api)
     if streams is not None:

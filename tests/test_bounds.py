@@ -40,7 +40,7 @@ class Events:
         self.answer = answer
         self.asked: list[defer.Deferred[bool]] = []
 
-    def exists(self, event_id: int) -> defer.Deferred[bool]:
+    def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]:
         if self.answer is not None:
             return defer.succeed(self.answer)
         waiting: defer.Deferred[bool] = defer.Deferred()
@@ -122,21 +122,28 @@ def test_connections_per_address_are_capped() -> None:
 
 
 @pytest.mark.logic
-def test_unknown_events_are_remembered_briefly() -> None:
+def test_unknown_events_are_looked_for_at_most_once_a_second() -> None:
     clock = Clock()
     asked: list[Any] = []
 
-    def run_query(query: Any, params: Any) -> defer.Deferred[list[tuple]]:
-        asked.append(params)
-        return defer.succeed([(False,)])
+    class Queries:
+        connected = True
 
-    events = EventDirectory(run_query, clock, unknown_ttl=5.0)
-    for _ in range(100):
-        events.exists(424242)
-    assert len(asked) == 1
-    clock.advance(5.0)
-    events.exists(424242)
-    assert len(asked) == 2
+        def runQuery(self, query: Any, params: Any) -> defer.Deferred[list[tuple]]:
+            asked.append(params)
+            return defer.succeed([])
+
+    events = EventDirectory(Queries(), clock)
+    answers: list[bool] = []
+    for n in range(100):  # ids that could be events created a moment ago
+        events.exists(1 + n).addCallback(answers.append)
+    assert len(asked) == 1 and len(answers) == 1
+    clock.advance(1.0)  # one more read for the 99 that came after the first
+    assert len(asked) == 2 and answers == [False] * 100
+    for n in range(100):  # ids far past the newest event: no at once, no read
+        events.exists(424242 + n).addCallback(answers.append)
+    clock.advance(10.0)
+    assert len(asked) == 2 and answers == [False] * 200
 
 
 @pytest.mark.logic

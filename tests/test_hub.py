@@ -107,3 +107,30 @@ def test_a_subscriber_leaving_during_fan_out_neither_breaks_nor_misses_the_other
         hub.subscribe("event_3", subscriber)
     hub.publish("event_3", change(9))
     assert [s.frames for s in survivors] == [[b"seed:9"]] * 3
+
+
+def test_a_channel_lingers_listened_after_its_last_subscriber_leaves() -> None:
+    """A client reconnecting, or cycling through events, finds its channel still
+    LISTENed (and the event's kept read still exact): no LISTEN, no snapshot each time."""
+    from twisted.internet.task import Clock
+
+    clock, channels = Clock(), Channels()
+    hub = Hub(channels, clock, linger=30.0, max_lingering=2)
+    client = Seed()
+    for _ in range(100):  # connect, subscribe, close, again
+        hub.subscribe("event_3", client)
+        hub.unsubscribe("event_3", client)
+    assert channels.listened == ["event_3"] and hub.channels == []
+    clock.advance(29)
+    hub.subscribe("event_3", client)  # back in time: the timer is called off
+    hub.unsubscribe("event_3", client)
+    clock.advance(29)
+    assert channels.listened == ["event_3"]
+    clock.advance(1)
+    assert channels.listened == []
+    for event in (4, 5, 6):  # at most max_lingering: the oldest goes first
+        hub.subscribe(f"event_{event}", client)
+        hub.unsubscribe(f"event_{event}", client)
+    assert channels.listened == ["event_5", "event_6"]
+    clock.advance(30)
+    assert channels.listened == [] and not clock.getDelayedCalls()

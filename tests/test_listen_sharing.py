@@ -99,7 +99,9 @@ async def running(db_dsn: str) -> Any:
     from twisted.internet import reactor
 
     options = Options()
-    options.parseOptions(["--dsn", db_dsn, "--port", "tcp:0:interface=127.0.0.1"])
+    # --linger 0: UNLISTEN as soon as the last subscriber leaves (what these tests count).
+    options.parseOptions(["--dsn", db_dsn, "--port", "tcp:0:interface=127.0.0.1",
+                          "--linger", "0"])
     top = makeService(options, reactor=reactor)
     [listener] = [s for s in top if isinstance(s, ListenerService)]
     [web] = [s for s in top if isinstance(s, StreamServerEndpointService)]

@@ -48,7 +48,7 @@ async def seed_clients(db_dsn: str) -> Any:
     # it could get the vote twice, as partysense/floors.py explains.
     reads = SharedReads(queries, reactor, floor_age=0)
     shared = Shared(hub=Hub(listener), listener=listener, reads=reads,
-                    events=EventDirectory(queries.runQuery, reactor), counters=counters,
+                    events=EventDirectory(queries, reactor), counters=counters,
                     clock=reactor)
     factory = LiveFactory(dialect_table(shared), reactor, Limits(ping_interval=0), counters)
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)

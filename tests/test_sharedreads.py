@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from harness.faults import event_with_track
 from partysense.changelog import Replay, Snapshot, replay_since, take_snapshot
 from partysense.queries import QueryService
-from partysense.sharedreads import SharedReads
+from partysense.sharedreads import FEW_CHANGES, SharedReads
 from tests.support import Party
 
 
@@ -211,3 +211,68 @@ def test_a_kept_read_that_holds_outlives_its_second_while_it_has_few_changes() -
     listener.read_up_to = 101  # a vote: read from the log again
     reads.snapshot(7)
     assert len(queries.running) == 2 and queries.running[1][0] is take_snapshot
+
+
+class Following(Listener):
+    """A listener that hands changes on to its observers, and says since when
+    each channel has been LISTENed without a break."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observers: list[Any] = []
+        self.floors: dict[str, int] = {}
+
+    def observe(self, observer: Any) -> None:
+        self.observers.append(observer)
+
+    def listening_from(self, channel: str, seq: int) -> bool:
+        return channel in self.floors and self.floors[channel] <= seq
+
+    def hand_on(self, channel: str, seq: int) -> Any:
+        change = type("Change", (), {"seq": seq})()
+        self.read_up_to = max(self.read_up_to, seq)
+        for observer in self.observers:
+            observer(channel, change)
+        return change
+
+
+@pytest.mark.logic
+def test_a_followed_read_holds_however_busy_the_log_while_its_channel_is_listened() -> None:
+    """Issue 15: on a busy daemon every kept read went stale at the next vote
+    anywhere; a client cycling through events cost a snapshot each."""
+    clock = Clock()
+    queries = ManualQueries()
+    listener = Following()
+    listener.read_up_to = 100
+    listener.floors["event_7"] = 90
+    reads = SharedReads(queries, clock, reuse=1.0, listener=listener, follow=True)
+    reads.snapshot(7)
+    queries.running[0][2].callback(snapshot(100))
+    for seq in range(101, 151):  # other events' votes, read and handed on
+        listener.hand_on("event_8", seq)
+    mine = listener.hand_on("event_7", 151)
+    clock.advance(60.0)
+    assert reads.snapshot(7).result == (snapshot(100), [mine])
+    assert reads.replay(7, 100).result.changes == [mine]
+    assert len(queries.running) == 1
+    # UNLISTENed and LISTENed again later: what came between was not followed.
+    listener.floors["event_7"] = 160
+    listener.hand_on("event_8", 161)
+    reads.snapshot(7)
+    assert len(queries.running) == 2
+
+
+@pytest.mark.logic
+def test_a_followed_read_of_a_busy_event_is_read_afresh_past_a_few_changes() -> None:
+    queries = ManualQueries()
+    listener = Following()
+    listener.floors["event_7"] = 0
+    reads = SharedReads(queries, Clock(), reuse=0.0, listener=listener, follow=True)
+    reads.snapshot(7)
+    queries.running[0][2].callback(snapshot(0))
+    for seq in range(1, FEW_CHANGES + 1):
+        listener.hand_on("event_7", seq)
+    assert len(reads.snapshot(7).result[1]) == FEW_CHANGES and len(queries.running) == 1
+    listener.hand_on("event_7", FEW_CHANGES + 1)  # one more: no longer followed
+    reads.snapshot(7)
+    assert len(queries.running) == 2

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from partysense.budgets import budgets_for
 from partysense.dialect import ClientCounters, Shared
 from partysense.hub import Hub
 from partysense.protocol import Limits, LiveFactory, LiveProtocol
@@ -54,7 +55,7 @@ class NoDatabase:
 
 
 def factory_without_database(clock: Any, limits: Limits, events: Any = None,
-                             listener: Any = None) -> LiveFactory:
+                             listener: Any = None, budgets: Any = None) -> LiveFactory:
     """The real factory and dialects over a hub with no listener behind it.
 
     Any request that would ask the database fails (None has no methods),
@@ -63,7 +64,8 @@ def factory_without_database(clock: Any, limits: Limits, events: Any = None,
     counters = ClientCounters()
     shared = Shared(hub=Hub(NoDatabase()), listener=listener, reads=None,
                     events=events, counters=counters, clock=clock,
-                    max_subscriptions=limits.max_subscriptions)
+                    max_subscriptions=limits.max_subscriptions,
+                    budgets=budgets or budgets_for())
     return LiveFactory(dialect_table(shared), clock, limits, counters)
 
 
