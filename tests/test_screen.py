@@ -329,7 +329,7 @@ def test_rows_re_ranking_never_show_two_texts_on_the_same_pixels(
     assert all(sample["rows"] == 10 for sample in samples)
     # The samples caught rows sliding, and passing each other.
     assert sum(sample["moving"] > 0 for sample in samples) >= len(samples) // 4
-    assert sum(sample["crossings"] > 0 for sample in samples) >= 10
+    assert sum(sample["crossings"] > 0 for sample in samples) >= len(samples) // 4
     clashing = [sample for sample in samples if sample["clashes"]]
     assert clashing == [], (
         f"{len(clashing)} of {len(samples)} samples show two rows' text on the same "
@@ -338,11 +338,10 @@ def test_rows_re_ranking_never_show_two_texts_on_the_same_pixels(
 
     # One frame of a track climbing from 10th to the top, held mid-slide: the
     # screenshot shows it passing over the rows it displaces.
+    shown = screen.page.locator("#ranking li")
+    top, climber = (int(shown.nth(rank).get_attribute("data-tid") or 0) for rank in (0, 9))
     tallies = party.tallies(event_id)
-    ranked = sorted(tallies, key=lambda tid: (-(tallies[tid][0] - tallies[tid][1]),
-                                              -tallies[tid][0], names[tid], tid))
-    climber, (top_up, top_down) = ranked[9], tallies[ranked[0]]
-    lead = (top_up - top_down) - (tallies[climber][0] - tallies[climber][1]) + 2
+    lead = (tallies[top][0] - tallies[top][1]) - (tallies[climber][0] - tallies[climber][1]) + 2
     party.query("INSERT INTO event_vote (event_id, track_id, user_id) "
                 "SELECT %s, %s, 200000 + n FROM generate_series(1, %s) AS n",
                 (event_id, climber, lead))  # one transaction: one move
