@@ -251,6 +251,23 @@ SAMPLE_ROW_TEXT = """(seconds) => {
     }, 100);
 }""".replace("ROW_TEXT", ROW_TEXT)
 
+# Once the row of track TID slides: every row's slide paused, all moved on
+# alike until that row's is MS in (the page as it is then, held).
+HOLD_AT = """([tid, ms]) => {
+    const slideOf = (li) => li.getAnimations().find((a) => !(a instanceof CSSAnimation));
+    const row = document.querySelector(`#ranking > li[data-tid="${tid}"]`);
+    const climb = row && slideOf(row);
+    if (!climb) return false;
+    const by = Math.max(0, ms - climb.currentTime);
+    for (const li of document.querySelectorAll("#ranking > li")) {
+        const slide = slideOf(li);
+        if (!slide) continue;
+        slide.pause();
+        slide.currentTime = Math.min(slide.currentTime + by, slide.effect.getTiming().duration);
+    }
+    return true;
+}"""
+
 
 class Reranker:
     """Votes from a thread, ``rate`` a second, each one re-ranking the top 10: an
@@ -345,18 +362,12 @@ def test_rows_re_ranking_never_show_two_texts_on_the_same_pixels(
     party.query("INSERT INTO event_vote (event_id, track_id, user_id) "
                 "SELECT %s, %s, 200000 + n FROM generate_series(1, %s) AS n",
                 (event_id, climber, lead))  # one transaction: one move
-    screen.page.wait_for_function(
-        f"""() => document.querySelector('#ranking > li[data-tid="{climber}"][data-moving]')""",
-        timeout=15 * SECONDS)
-    screen.page.evaluate("""() => document.getAnimations().forEach((animation) => {
-        animation.pause();
-        animation.currentTime = 200;
-    })""")
+    screen.page.wait_for_function(HOLD_AT, arg=[climber, 250], timeout=15 * SECONDS)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     screen.page.screenshot(path=str(SCREENSHOTS / "screen-moving-1080p.png"))
     held = screen.page.evaluate(ROW_TEXT)
     assert held["moving"] > 0 and held["clashes"] == []
-    screen.page.evaluate("() => document.getAnimations().forEach((a) => a.finish())")
+    screen.page.evaluate("() => document.getAnimations().forEach((animation) => animation.play())")
     expect(screen.page.locator("#ranking li").first).to_have_attribute("data-tid", str(climber))
     assert screen.problems == []
 
