@@ -172,8 +172,9 @@ function drawRanking() {
   for (const track of live.tracks.values()) { up += track.up; down += track.down; }
   ui.totals.textContent = perEvent && live.ready ? `▲ ${up} · ▼ ${down}` : "";
   // FLIP: where each row is now, so that a row changing rank slides there.
+  // (top: where it is drawn, mid-slide included; at: where it is laid out.)
   const before = new Map();
-  for (const [tid, li] of rows) before.set(tid, li.getBoundingClientRect().top);
+  for (const [tid, li] of rows) before.set(tid, {top: li.getBoundingClientRect().top, at: li.offsetTop});
   const wanted = new Set(order.map((track) => track.tid));
   for (const [tid, li] of rows) {
     if (!wanted.has(tid)) { li.remove(); rows.delete(tid); }
@@ -199,16 +200,36 @@ function drawRanking() {
 }
 
 // The rows that moved start where they were and slide to their new place
-// (a transform animation: no layout work while it runs).
+// (a transform animation: no layout work while it runs). Rows are opaque and
+// stacked (style.css): the track that changed rank (the row moving furthest)
+// passes over the rows it displaces, so two rows' texts never show on the same
+// pixels. A row moved again while it slides goes on from where it is drawn.
+const slides = new Map();  // <li> -> its running slide
+
 function slide(before) {
+  for (const [li, running] of slides) {
+    if (!li.isConnected) { running.cancel(); slides.delete(li); }
+  }
   if (document.hidden || matchMedia("(prefers-reduced-motion: reduce)").matches) return;
   for (const [tid, li] of rows) {
     const was = before.get(tid);
-    if (was === undefined) continue;
-    const delta = was - li.getBoundingClientRect().top;
+    if (was === undefined || li.offsetTop === was.at) continue;  // not moved: as it was
+    const running = slides.get(li);
+    if (running) running.cancel();  // measured where it is laid out, not drawn
+    const delta = was.top - li.getBoundingClientRect().top;
     if (Math.abs(delta) < 1) continue;
-    li.animate([{transform: `translateY(${delta}px)`}, {transform: "translateY(0)"}],
-               {duration: MOVE_MS, easing: "cubic-bezier(0.2, 0.8, 0.2, 1)"});
+    // The row that moves more than one place is the one that changed rank: on top.
+    li.dataset.moving = Math.abs(delta) > 1.5 * li.offsetHeight ? "far" : "near";
+    const move = li.animate([{transform: `translateY(${delta}px)`}, {transform: "translateY(0)"}],
+                            {duration: MOVE_MS, easing: "cubic-bezier(0.2, 0.8, 0.2, 1)"});
+    slides.set(li, move);
+    const done = () => {
+      if (slides.get(li) !== move) return;
+      slides.delete(li);
+      delete li.dataset.moving;
+    };
+    move.addEventListener("finish", done);
+    move.addEventListener("cancel", done);
     ui.ranking.dataset.moves = String(Number(ui.ranking.dataset.moves || 0) + 1);
   }
 }
