@@ -17,6 +17,7 @@ DEBUG = False
 ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
 USE_TZ = True
 ROOT_URLCONF = "tests.djangoproject.urls"
+STATIC_URL = "static/"  # the live server serves it (nothing there)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
