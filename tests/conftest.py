@@ -38,7 +38,7 @@ LAYERS = ("logic", "database", "daemon", "browser")
 DATABASE_FIXTURES = {"admin_dsn", "template_dsn", "db_dsn", "empty_db_dsn", "party", "daemon",
                      "db", "transactional_db", "django_db_setup", "live_server",
                      "django_db_reset_sequences", "django_db_serialized_rollback",
-                     "django_user_model", "admin_user", "admin_client", "django_dsn"}
+                     "admin_user", "admin_client", "django_dsn"}
 PROCESS_FIXTURES = {"daemon"}
 
 

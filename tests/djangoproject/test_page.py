@@ -23,6 +23,7 @@ from harness.daemon import Daemon, wait_for
 from harness.faults import Voter
 from partysense.djangoapp.conf import live_settings
 from tests.browser import as_sql_says, chromium
+from tests.djangoproject.views import PRIVATE_EVENT
 from tests.support import Party
 
 pytestmark = pytest.mark.browser
@@ -125,8 +126,10 @@ def test_the_board_keeps_sql_tallies_across_token_expiries_on_one_socket(
         context, page, problems = new_page(browser, live_server, guest_session)
         try:
             page.goto(f"{live_server.url}/events/{event_id}/")
-            board = page.locator("section.partysense-live")
+            board = page.locator(f'section.partysense-live[data-event="{event_id}"]')
             expect(board).to_have_attribute("data-state", "live", timeout=30_000)
+            expect(page.locator(f'section[data-event="{PRIVATE_EVENT}"]')).to_have_attribute(
+                "data-state", "forbidden")
 
             def shown() -> dict[str, list[int]]:
                 return dict(page.evaluate(SHOWN_TALLIES))
@@ -134,7 +137,7 @@ def test_the_board_keeps_sql_tallies_across_token_expiries_on_one_socket(
             wait_for(lambda: shown() == as_sql_says(party.tallies(event_id)), 15,
                      "the board's first tallies")
             # Names are text: the track's markup is shown, not obeyed.
-            expect(page.locator("section.partysense-live li b")).to_have_count(0)
+            expect(board.locator("li b")).to_have_count(0)
             expect(board).to_contain_text('One "quoted" <b>')
 
             voters = [Voter(django_dsn, event_id, first, interval=0.05),
@@ -171,9 +174,10 @@ def test_an_anonymous_guest_is_told_to_log_in_and_opens_no_socket(
     context, page, problems = new_page(browser, live_server, None)
     try:
         page.goto(f"{live_server.url}/events/{event_id}/")
-        board = page.locator("section.partysense-live")
-        expect(board).to_have_attribute("data-state", "unauthorized")
-        expect(board).to_contain_text("log in")
+        expect(page.locator("section.partysense-live")).to_have_count(2)
+        for board in page.locator("section.partysense-live").all():
+            expect(board).to_have_attribute("data-state", "unauthorized")
+            expect(board).to_contain_text("log in")
         # The page loaded without a board script: nothing connects.
         page.wait_for_load_state("load")
         assert page.evaluate("() => window.__sockets") == 0

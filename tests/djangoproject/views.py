@@ -16,4 +16,4 @@ def may_watch(request: Any, event_id: int) -> bool:
 
 
 def event_page(request: Any, event_id: int) -> HttpResponse:
-    return render(request, "event.html", {"event_id": event_id})
+    return render(request, "event.html", {"event_id": event_id, "private_event": PRIVATE_EVENT})
