@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connection
@@ -25,6 +26,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.template import Context, Template
 from django.test import RequestFactory
 
+from partysense.djangoapp.apps import check_settings
 from partysense.djangoapp.conf import live_settings
 from partysense.djangoapp.guests import live_token
 from partysense.sqlfiles import INSTALL_SCRIPT, read_sql
@@ -40,10 +42,10 @@ def daemon_tokens() -> Tokens:
     return Tokens(live_settings().secret, "HS256")
 
 
-def board(user: Any, event_id: int) -> str:
+def board(user: Any, event_id: int, options: str = "") -> str:
     request = RequestFactory().get(f"/events/{event_id}/")
     request.user = user
-    template = Template("{% load partysense_live %}{% live_board event_id %}")
+    template = Template("{% load partysense_live %}{% live_board event_id " + options + " %}")
     return template.render(Context({"request": request, "event_id": event_id}))
 
 
@@ -97,6 +99,14 @@ def test_wrong_settings_say_what_is_wrong(settings: Any, change: dict[str, Any],
     settings.PARTYSENSE_LIVE = {**settings.PARTYSENSE_LIVE, **change}
     with pytest.raises(ImproperlyConfigured, match=problem):
         live_settings()
+
+
+@pytest.mark.logic
+def test_manage_py_check_reports_wrong_settings(settings: Any) -> None:
+    assert check_settings() == []
+    settings.PARTYSENSE_LIVE = {**settings.PARTYSENSE_LIVE, "TOKEN_TTL": "10 minutes"}
+    assert [(m.id, "TOKEN_TTL" in m.msg) for m in run_checks()
+            if m.id.startswith("partysense_live")] == [("partysense_live.E001", True)]
 
 
 @pytest.mark.logic
@@ -174,8 +184,11 @@ def test_a_logged_in_guest_gets_a_token_for_the_event(client: Any) -> None:
     forbidden = client.get(f"/live/events/{PRIVATE_EVENT}/token")
     assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
 
-    config = board_config(board(user, 5))
+    html = board(user, 5, 'limit=25 nonce="n0nce"')
+    assert '<script type="module" nonce="n0nce">' in html
+    config = board_config(html)
     assert config["tokenUrl"] == "/live/events/5/token" and config["event"] == 5
+    assert config["limit"] == 25 and config["client"] == live_settings().client_url
     assert daemon_tokens().grant(config["token"], time.time()).allows(5)
     assert 'data-state="forbidden"' in board(user, PRIVATE_EVENT)
 
