@@ -9,7 +9,12 @@ from typing import Any
 import psycopg2
 
 INSTALL_SCRIPT = "install.sql"
+UNINSTALL_SCRIPT = "uninstall.sql"
 DEMO_SCHEMA_SCRIPT = "demo_schema.sql"
+# Two installs at once (say, two daemons starting on one embedded database, or
+# a migration beside `partysense-db install`) would race on CREATE OR REPLACE:
+# they take turns on this lock, held until the end of the transaction.
+INSTALL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('partysense install'))"
 
 
 def read_sql(name: str) -> str:
@@ -43,9 +48,7 @@ def install(dsn: str, demo_schema: bool = False) -> list[str]:
     connection = psycopg2.connect(dsn)
     try:
         with connection, connection.cursor() as cursor:
-            # Two installs at once (say, two daemons starting on one embedded
-            # database) would race on CREATE OR REPLACE; take turns.
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('partysense install'))")
+            cursor.execute(INSTALL_LOCK)
             for script in scripts:
                 cursor.execute(read_sql(script))
     finally:

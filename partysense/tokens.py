@@ -180,7 +180,15 @@ def read_secret(path: str, encoding: str = "raw") -> bytes:
     ValueError if unreadable, not that encoding, or under 32 bytes."""
     if encoding not in SECRET_ENCODINGS:
         raise ValueError(f"--token-secret-encoding must be one of {', '.join(SECRET_ENCODINGS)}")
-    secret = _read(path).strip()
+    return parse_secret(_read(path), encoding)
+
+
+def parse_secret(text: bytes, encoding: str = "raw") -> bytes:
+    """The HS256 secret that ``text`` holds, as ``read_secret`` reads a file's bytes:
+    stripped, decoded from base64 if ``encoding`` says so, at least 32 bytes."""
+    if encoding not in SECRET_ENCODINGS:
+        raise ValueError(f"the secret encoding must be one of {', '.join(SECRET_ENCODINGS)}")
+    secret = text.strip()
     if encoding == "base64":
         secret = _from_base64(secret)
     if len(secret) < 32:

@@ -33,8 +33,12 @@ from tests.support import Party
 TEMPLATE = "partysense_test_template"
 
 LAYERS = ("logic", "database", "daemon", "browser")
-# Fixtures that start (or need) PostgreSQL or a daemon process.
-DATABASE_FIXTURES = {"admin_dsn", "template_dsn", "db_dsn", "empty_db_dsn", "party", "daemon"}
+# Fixtures that start (or need) PostgreSQL or a daemon process; pytest-django's
+# database fixtures (and its django_db marker) count too.
+DATABASE_FIXTURES = {"admin_dsn", "template_dsn", "db_dsn", "empty_db_dsn", "party", "daemon",
+                     "db", "transactional_db", "django_db_setup", "live_server",
+                     "django_db_reset_sequences", "django_db_serialized_rollback",
+                     "admin_user", "admin_client", "django_dsn"}
 PROCESS_FIXTURES = {"daemon"}
 
 
@@ -55,6 +59,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         layers = sorted({mark.name for mark in item.iter_markers() if mark.name in LAYERS})
         fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("django_db") is not None:
+            fixtures.add("db")
         if not layers:
             problems.append(f"{item.nodeid}: no layer marker")
         elif len(layers) > 1:

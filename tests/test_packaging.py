@@ -117,7 +117,11 @@ def test_installed_files(installed: Path, tmp_path: Path) -> None:
     for wanted in ("partysense/sql/install.sql", "partysense/sql/demo_schema.sql",
                    "partysense/static/index.html", "partysense/admin/status.html",
                    "partysense/admin/status.js", "twisted/plugins/partysense_live.py",
-                   "partysense/tap.py"):
+                   "partysense/tap.py", "partysense/sql/uninstall.sql",
+                   "partysense/djangoapp/templates/partysense_live/board.html",
+                   "partysense/djangoapp/migrations/0001_install.py",
+                   "partysense/djangoapp/templatetags/partysense_live.py",
+                   "partysense/djangoapp/management/commands/partysense_install.py"):
         assert wanted in files, f"{wanted} is not in the installed package"
     # Twisted's own package must stay Twisted's: we ship no __init__.py there,
     # and no stale plugin cache.
@@ -143,6 +147,37 @@ def test_installed_daemon_serves(installed: Path, db_dsn: str, tmp_path: Path,
             assert response.headers["content-type"].startswith("text/html")
             assert b"<html" in response.read().lower()
         assert daemon.health() is not None
+
+
+DJANGO_APP = """
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "partysense.djangoapp"],
+    TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}],
+    ROOT_URLCONF="partysense.djangoapp.urls",
+    PARTYSENSE_LIVE={"URL": "https://live.example", "MIGRATE_AFTER": None})
+django.setup()
+from django.contrib.auth.models import AnonymousUser
+from django.db.migrations.loader import MigrationLoader
+from django.template import Context, Template
+from django.test import RequestFactory
+request = RequestFactory().get("/")
+request.user = AnonymousUser()
+print(Template("{% load partysense_live %}{% live_board 3 %}").render(
+    Context({"request": request})))
+print(sorted(name for app, name in MigrationLoader(None).disk_migrations
+             if app == "partysense_live"))
+"""
+
+
+def test_the_django_app_works_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """With Django beside it (the ``django`` extra), the app's tag, template and
+    migration load from the installed package."""
+    run(installed / "bin" / "pip", "install", "--quiet", "django>=4.2")
+    shown = run(installed / "bin" / "python", "-c", DJANGO_APP, cwd=outside(tmp_path))
+    assert 'class="partysense-live"' in shown and "log in" in shown
+    assert "['0001_install']" in shown
 
 
 def twistd_lists_plugin(venv: Path, cwd: Path) -> bool:

@@ -1,0 +1,26 @@
+"""Install partysense-live's database side: sql/install.sql, as ``partysense-db install``.
+
+Reversed (``migrate partysense_live zero``) by sql/uninstall.sql. It runs after
+the migration that creates ``event_vote``: ``PARTYSENSE_LIVE["MIGRATE_AFTER"]``,
+``("event", "__first__")`` by default. A release whose install.sql changes
+ships a new migration that runs it again (INSTALL_SHA256 in the newest one is
+the script's hash: tests/test_django_app.py holds them to it).
+"""
+
+from django.db import migrations
+
+from partysense.djangoapp.conf import migrate_after
+from partysense.sqlfiles import INSTALL_LOCK, INSTALL_SCRIPT, UNINSTALL_SCRIPT, read_sql
+
+INSTALL_SHA256 = "b9eb115a9cc6e7b9ebce6975e342db66c886e1dcc6cd7cc118c284b5c6904c14"
+
+
+class Migration(migrations.Migration):
+    dependencies = migrate_after()
+
+    operations = [
+        # Each script is one element of a list: Django sends it as written, in
+        # one call, instead of splitting it into statements with sqlparse.
+        migrations.RunSQL([INSTALL_LOCK, read_sql(INSTALL_SCRIPT)],
+                          reverse_sql=[INSTALL_LOCK, read_sql(UNINSTALL_SCRIPT)]),
+    ]

@@ -1,0 +1,21 @@
+-- partysense-live, the database side removed: the reverse of install.sql.
+-- Run by reversing the Django app's migration (`manage.py migrate
+-- partysense_live zero`); idempotent. It drops the triggers on event_vote,
+-- the functions and the change log (a daemon still running loses its history:
+-- stop it first). The old service's my_trigger / firehose_trigger, which
+-- install.sql dropped, do not come back. event_vote and its votes stay.
+
+DROP TRIGGER IF EXISTS partysense_vote_insert ON event_vote;
+DROP TRIGGER IF EXISTS partysense_vote_update ON event_vote;
+DROP TRIGGER IF EXISTS partysense_vote_delete ON event_vote;
+DROP TRIGGER IF EXISTS partysense_vote_truncate ON event_vote;
+
+DROP FUNCTION IF EXISTS partysense_vote_changed();
+DROP FUNCTION IF EXISTS partysense_vote_truncated();
+DROP FUNCTION IF EXISTS partysense_trim(double precision, integer);
+DROP FUNCTION IF EXISTS partysense_record(text, bigint, bigint, bigint, boolean, boolean);
+DROP FUNCTION IF EXISTS partysense_payload(
+    bigint, text, bigint, bigint, text, bigint, text, text, boolean, boolean, boolean,
+    timestamptz);
+
+DROP TABLE IF EXISTS partysense_change;
