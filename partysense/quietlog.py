@@ -9,6 +9,7 @@ many were held back meanwhile.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -60,13 +61,25 @@ class Quiet:
 OTHERS = "(other addresses)"  # the key of every address past MAX_KEYS in one window
 
 
+def client_key(address: str) -> str:
+    """What one client is: an IPv4 address, or an IPv6 address's /64 (one host is
+    given a whole /64 and may use any address in it)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network(f"{address.strip('[]')}/64", strict=False))
+    except ValueError:
+        return address
+
+
 class PerAddress:
     """At most ``burst`` lines per address every ``interval`` seconds; past it, the
     lines are dropped and counted by kind, and once the interval is over one
     summary line per address says how many of each were dropped.
 
-    An address's budget is kept by the address, not the connection, so that
-    reconnecting does not reset it. Addresses are bounded too: past
+    An address's budget is kept by the address (an IPv6 one's by its /64:
+    :func:`client_key`), not the connection, so that reconnecting, or moving
+    to the next address of one's /64, does not reset it. Addresses are bounded too: past
     ``max_keys`` in one interval, the rest share one budget (:data:`OTHERS`).
     """
 
@@ -90,6 +103,7 @@ class PerAddress:
         if now >= self._window_ends:
             self._window_ends = now + self._interval
             self._used.clear()
+        address = client_key(address)
         if address not in self._used and len(self._used) >= self._max_keys:
             address = OTHERS
         used = self._used.get(address, 0)

@@ -73,11 +73,23 @@ def test_per_address_lets_a_burst_through_then_one_summary_with_counts_by_kind()
 def test_per_address_bounds_the_addresses_it_keeps_too() -> None:
     clock = Clock()
     limit, summaries = limited(clock, burst=1, max_keys=10)
-    allowed = [limit.allow(f"2001:db8::{n:x}", "200") for n in range(1000)]
+    allowed = [limit.allow(f"192.0.{n // 256}.{n % 256}", "200") for n in range(1000)]
     assert allowed.count(True) == 11  # ten addresses, then one budget for the rest
     clock.advance(10.0)
     assert summaries == [f"989 lines about {OTHERS} not logged in the last 10 s "
                          "(at most 1 per address): 200: 989"]
+
+
+@pytest.mark.logic
+def test_an_ipv6_client_is_its_slash_64() -> None:
+    clock = Clock()
+    limit, summaries = limited(clock, burst=2)
+    allowed = [limit.allow(f"2001:db8:0:7::{n:x}", "200") for n in range(100)]
+    assert allowed.count(True) == 2  # a new address of the same /64 is the same client
+    assert limit.allow("2001:db8:0:8::1", "200")  # another /64 is another
+    clock.advance(10.0)
+    assert summaries == ["98 lines about 2001:db8:0:7::/64 not logged in the last 10 s "
+                         "(at most 2 per address): 200: 98"]
 
 
 @pytest.mark.logic
