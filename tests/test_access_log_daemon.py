@@ -123,7 +123,7 @@ def test_a_websocket_leaves_one_line_when_it_ends(daemon: Daemon, party: Party) 
     event_id = party.event("Goodbye")
     with connect(f"{daemon.ws_url}/?token=not-needed") as websocket:
         websocket.send(json.dumps({"event": event_id}))
-        wait_for(lambda: daemon.health()[1]["channels"], 30, "the subscription")
+        wait_for(lambda: (daemon.health() or (0, {}))[1].get("channels"), 30, "the subscription")
         party.vote(event_id, party.track())
         assert websocket.recv(timeout=30)
         websocket.close(code=4000, reason="bye")
