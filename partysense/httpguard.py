@@ -19,16 +19,16 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import INegotiated, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http
-from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request, Site
 
+from partysense.accesslog import AccessLog, combined_line
 from partysense.headers import SecurityHeaders
 from partysense.limits import MAX_WAITING
 from partysense.quietlog import Quiet
@@ -87,18 +87,10 @@ def site_of(request: Request) -> GuardedSite:
     return site
 
 
-TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*")
-
-
-def without_tokens(timestamp: str, request: Any) -> str:
-    """The access log line, with any ``token=`` in the URL as ``***``: a token
-    in a log is a key anyone who reads the log may use."""
-    uri = request.uri
-    request.uri = TOKEN_IN_QUERY.sub(rb"\1***", uri)
-    try:
-        return str(combinedLogFormatter(timestamp, request))
-    finally:
-        request.uri = uri
+def peer_host(request: Any) -> str:
+    """The address ``request`` came from (its socket's peer)."""
+    peer: Any = request.getClientAddress()
+    return str(getattr(peer, "host", peer))
 
 
 def bearer(request: Request) -> str | None:
@@ -155,12 +147,18 @@ class GuardedSite(Site):
 
     def __init__(self, resource: Any, clock: IReactorTime, handshake_timeout: float,
                  waiting: Waiting | None = None, name: str = "Site",
-                 headers: SecurityHeaders | None = None, **kwargs: Any) -> None:
+                 headers: SecurityHeaders | None = None,
+                 access: AccessLog | None = None,
+                 address_of: Callable[[Any], str] = peer_host, **kwargs: Any) -> None:
         self._name = name
         self.headers = (headers or SecurityHeaders()).items()
         # No idle timer of Twisted's: it restarts on every byte. The fixed
         # deadline below replaces it.
-        super().__init__(resource, timeout=None, logFormatter=without_tokens, **kwargs)
+        super().__init__(resource, timeout=None, **kwargs)
+        # Lines go to the access log, bounded per address (the client's, as
+        # ``address_of`` reads it: behind --trusted-proxies, X-Forwarded-For's).
+        self.access = access if access is not None else AccessLog(clock)
+        self._address_of = address_of
         self._clock = clock
         self._handshake_timeout = handshake_timeout
         self.waiting = waiting if waiting is not None else Waiting(MAX_WAITING)
@@ -174,7 +172,11 @@ class GuardedSite(Site):
         # "ok" says nothing new: only a failing one goes to the access log.
         if request.path == b"/healthz" and request.code == 200:
             return
-        super().log(request)
+        if getattr(request, "streamed", False):
+            return  # an SSE stream: its own line when it ends (partysense/sse.py)
+        self.access.request(self._address_of(request), request.code,
+                            combined_line(http.datetimeToLogString(self._clock.seconds()),
+                                          request))
 
     def logPrefix(self) -> str:
         # "Site starting on 18854", as a plain twisted.web site says it (and

@@ -13,16 +13,24 @@ searching). Fields that are not JSON values are written as their ``repr``.
 
 twistd ignores ``--logfile`` when ``--logger`` is given: run with ``-n`` and
 let systemd (or a pipe) take standard output; docs/operations.md shows how.
+
+Capped files: ``twistd --logger partysense.logs.capped_file_observer``
+writes twistd's usual text lines to ``$PARTYSENSE_LOG_FILE``, rotated every
+``$PARTYSENSE_LOG_MAX_BYTES`` (10 MB) and keeping ``$PARTYSENSE_LOG_FILES``
+(10) old files. twistd's own ``--logfile`` rotates at 1 MB and never deletes
+one: its disk use grows without end.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from twisted.logger import ILogObserver, LogEvent, formatEvent
+from twisted.logger import ILogObserver, LogEvent, formatEvent, textFileLogObserver
+from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 # Keys twisted.python.log adds to old-style events; they repeat "message".
@@ -79,3 +87,24 @@ class JSONLinesObserver:
 def json_observer() -> JSONLinesObserver:
     """The factory twistd's ``--logger`` calls: JSON lines on standard output."""
     return JSONLinesObserver(sys.stdout)
+
+
+LOG_FILE_ENV = "PARTYSENSE_LOG_FILE"
+LOG_MAX_BYTES_ENV = "PARTYSENSE_LOG_MAX_BYTES"
+LOG_FILES_ENV = "PARTYSENSE_LOG_FILES"
+
+
+def _positive(name: str, default: int) -> int:
+    value = os.environ.get(name) or str(default)
+    if not (value.isascii() and value.isdigit() and int(value) > 0):
+        raise SystemExit(f"{name} must be a positive whole number, not {value!r}")
+    return int(value)
+
+
+def capped_file_observer() -> ILogObserver:
+    """The factory twistd's ``--logger`` calls: twistd's text lines in a file of at
+    most ``$PARTYSENSE_LOG_MAX_BYTES``, with ``$PARTYSENSE_LOG_FILES`` old ones kept."""
+    log_file = LogFile.fromFullPath(os.environ.get(LOG_FILE_ENV) or "twistd.log",
+                                    rotateLength=_positive(LOG_MAX_BYTES_ENV, 10_000_000),
+                                    maxRotatedFiles=_positive(LOG_FILES_ENV, 10))
+    return textFileLogObserver(log_file)

@@ -19,10 +19,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from partysense import errors
+from partysense.accesslog import AccessLog
 from partysense.adapters.autobahn_adapter import (
     Frame,
     ServerFactory,
     ServerProtocol,
+    log_as_autobahn,
     prepare,
 )
 from partysense.adapters.twisted_adapter import write_now
@@ -32,7 +34,12 @@ from partysense.fastwrite import TurnWriter
 from partysense.frames import FRAMES_PER_MESSAGE, FloodedAddresses, FrameBudget
 from partysense.origins import AllowedOrigins
 from partysense.outbox import Outbox
-from partysense.quietlog import Quiet
+from partysense.querytoken import query_token
+from partysense.quietlog import PerAddress, Quiet
+
+# Autobahn's lines about bad connections, per address every 10 s: one bad
+# handshake's two ("failing ... handshake", "dropping connection"), and one more.
+AUTOBAHN_BURST = 3
 
 
 @dataclass
@@ -95,6 +102,7 @@ class LiveProtocol(ServerProtocol):
         self._refilled = 0.0
         self._frames: FrameBudget | None = None  # from onConnect, before any frame
         self._held: Any = None  # the call that starts reading a held client
+        self._connected_at = 0.0
 
     @property
     def is_live(self) -> bool:
@@ -102,12 +110,16 @@ class LiveProtocol(ServerProtocol):
 
     # -- Autobahn callbacks ---------------------------------------------------
 
+    def connectionMade(self) -> None:
+        self._connected_at = self.factory.clock.seconds()
+        super().connectionMade()
+
     def onConnect(self, request: Any) -> str | None:
         self._frames = FrameBudget(
             self.factory.clock, FRAMES_PER_MESSAGE * self.factory.limits.messages_per_second)
-        # ws://host/?token=... for clients that can only set the URL.
-        tokens = request.params.get("token") or [None]
-        self.url_token = tokens[0]
+        # ws://host/?token=... for clients that can only set the URL; read by
+        # the rule that hides it in the access log (partysense/querytoken.py).
+        self.url_token = query_token(self.request_target)
         self.refusal = self.factory.origin_refusal(request.origin)
         dialects = self.factory.dialects
         for subprotocol in request.protocols:
@@ -214,6 +226,20 @@ class LiveProtocol(ServerProtocol):
             self.outbox.close()
         if self.session is not None:
             self.session.close()
+        self._log_access(code, reason)
+
+    def _log_access(self, code: int | None, reason: str | None) -> None:
+        """The connection's one access log line (partysense/accesslog.py)."""
+        code, reason = self.close_said(code, reason)
+        sent, received = self.wire_bytes
+        self.factory.access_log.connection_ended(
+            "websocket", address_of(self.peer), self.request_target,
+            self.factory.clock.seconds() - self._connected_at, sent, received, code, reason)
+
+    def autobahn_logged(self, level: str, format: str, fields: dict[str, Any]) -> None:
+        # Autobahn's lines about a bad client, bounded per address as ours are.
+        if self.factory.autobahn_limit.allow(address_of(self.peer), level):
+            log_as_autobahn(level, format, fields)
 
     # -- requests -------------------------------------------------------------
 
@@ -370,8 +396,12 @@ class LiveFactory(ServerFactory):
         self.clients: set[Connected] = set()
         self.per_address: dict[str, int] = {}
         self.flooded = FloodedAddresses(clock)  # addresses whose new clients wait
-        # What clients did wrong, logged per address at a bounded rate.
+        # What clients did wrong, logged per address at a bounded rate; so are
+        # Autobahn's own lines about them, and the access log's.
         self.quiet = Quiet(LiveProtocol._log, clock)
+        self.autobahn_limit = PerAddress(Logger(namespace="autobahn"), clock, AUTOBAHN_BURST,
+                                         what="Autobahn lines")
+        self.access_log = AccessLog(clock)
         self.setProtocolOptions(
             maxMessagePayloadSize=self.limits.max_message_bytes,
             maxFramePayloadSize=self.limits.max_message_bytes,
@@ -424,6 +454,11 @@ class LiveFactory(ServerFactory):
             left = self.per_address.pop(address, 1) - 1
             if left:
                 self.per_address[address] = left
+
+    def stop_logs(self) -> None:
+        """Log what the per-address limits held back, now (at shutdown)."""
+        self.autobahn_limit.stop()
+        self.access_log.stop()
 
     def clients_by_dialect(self) -> dict[str, int]:
         counts = {"seed": 0, "v2": 0, "sse": 0}

@@ -42,7 +42,7 @@ from partysense.adapters.twisted_adapter import write_now
 from partysense.change import Change
 from partysense.channels import channel_for
 from partysense.dialect import Shared
-from partysense.errors import first_line
+from partysense.errors import TOO_SLOW, first_line
 from partysense.httpguard import site_of
 from partysense.hub import Delivery
 from partysense.outbox import Outbox
@@ -56,6 +56,7 @@ from partysense.sserequest import (
     compact,
     event_of,
     granted,
+    head_bytes,
     last_event_id,
     spend_budgets,
 )
@@ -144,6 +145,8 @@ class Stream:
         self._gone = False
         self._expiry: Any = None
         self._transport: Any = request.channel.transport
+        self._opened_at = streams.shared.clock.seconds()
+        self._ended_by: tuple[int, str] = (200, "the client went away")  # for the access log
         # Twisted chunks a response of unknown length to an HTTP/1.1 client;
         # known now, so that the hub groups the stream with its like and frames
         # each change once per format (partysense/hub.py).
@@ -163,6 +166,7 @@ class Stream:
         """Counted from now on; the stream starts once the database has answered."""
         self._factory.enter(self, self.address)
         self._streams.entered(self)
+        self._request.streamed = True  # type: ignore[attr-defined]  # one line, at the end
         self._request.notifyFinish().addBoth(self._closed)
         # A stream lives on: neither the handshake deadline nor an idle timer may cut it.
         self._request.channel.setTimeout(None)
@@ -276,6 +280,7 @@ class Stream:
         if self._gone:
             return
         self.outbox.discard()
+        self._ended_by = (TOO_SLOW, "too_slow")
         counters = self._factory.counters
         counters.slow_closed += 1
         counters.bad_input("too_slow")
@@ -288,6 +293,7 @@ class Stream:
         """Shutdown (1001) and the like: the stream ends; a browser reconnects by itself."""
         if self._gone:
             return
+        self._ended_by = (code, reason)
         if not self._started:
             self._refuse(Refused(503, "unavailable", reason))
             return
@@ -335,6 +341,7 @@ class Stream:
                 self._log.failure("SSE stream for {peer} failed", failure, peer=self.address)
             refusal = Refused(500, "server_error", "the server could not read the event's "
                                                    "history; see its log")
+        self._ended_by = (refusal.status, refusal.kind)
         if self._started:
             self._end()  # the client reconnects and resumes from its Last-Event-ID
         else:
@@ -346,6 +353,7 @@ class Stream:
         self._request.setHeader("connection", "close")
         self._request.channel.persistent = False
         self._factory.counters.bad_input(refusal.kind)
+        self._ended_by = (refusal.status, refusal.kind)
         self._factory.quiet.info(self.address, "Refused an SSE stream from {peer} ({kind}): "
                                  "{reason}", peer=self.address, kind=refusal.kind,
                                  reason=refusal.message)
@@ -372,6 +380,10 @@ class Stream:
         self._factory.leave(self, self.address)
         self._streams.left(self)
         self._factory.counters.closed_client_bytes += self.bytes_sent
+        request = self._request
+        self._factory.access_log.connection_ended(
+            "sse", self.address, request.uri, self._shared.clock.seconds() - self._opened_at,
+            self.bytes_sent, head_bytes(request), *self._ended_by)
         self.bytes_sent = 0
         self.outbox.close()
 

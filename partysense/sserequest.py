@@ -19,6 +19,7 @@ from partysense import budgets
 from partysense.channels import MAX_EVENT_ID
 from partysense.dialect import Shared
 from partysense.errors import ClientError
+from partysense.querytoken import query_token
 from partysense.subscription import parse_event_id
 from partysense.tokens import Grant, TokenError, Tokens, bearer_token
 
@@ -102,11 +103,12 @@ def last_event_id(request: Request) -> int | None:
 
 
 def token_of(request: Request) -> str | None:
+    """``Authorization: Bearer``, else ``?token=`` read by the rule that hides
+    it in the access log (partysense/querytoken.py)."""
     header = bearer_token(request.getHeader("authorization"))
     if header is not None:
         return header
-    values = request.args.get(b"token")
-    return values[0].decode("utf-8", "replace") if values else None
+    return query_token(request.uri)
 
 
 def granted(request: Request, tokens: Tokens, now: float, event_id: int | None) -> Grant:
@@ -152,3 +154,11 @@ def spend_budgets(shared: Shared, address: str, since: int | None) -> int:
     if refusal is not None:
         raise Refused(429, "too_many_replays", refusal)
     return rows
+
+
+def head_bytes(request: Request) -> int:
+    """About how many bytes the request's head took (its line and headers)."""
+    size = len(request.method) + len(request.uri) + len(request.clientproto) + 6
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        size += sum(len(name) + len(value) + 4 for value in values)
+    return size

@@ -380,6 +380,7 @@ class ClientsService(service.Service):
             if not self._factory.clients or self._clock.seconds() >= deadline:
                 for client in list(self._factory.clients):
                     self._quietly(client.dropConnection, abort=True)
+                self._factory.stop_logs()  # their summaries now, no timer left behind
                 done.callback(None)
             else:
                 self._clock.callLater(0.05, check, deadline)

@@ -26,6 +26,7 @@ from partysense.pgservice import NotConnected
 from partysense.protocol import LiveFactory
 from partysense.pulse import EventPulse, Exists, PulseReads, event_id_of
 from partysense.sse import EventStreams, Streams
+from partysense.sserequest import client_address
 from partysense.tokens import OPEN, Tokens
 from partysense.waiting import Waiting
 
@@ -260,7 +261,12 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
         root.putChild(b"events", EventStreams(streams))
     if metrics is not None:
         root.putChild(b"metrics", metrics)
-    site = GuardedSite(root, clock, handshake_timeout, waiting, headers=headers)
+    # One access log for the port: requests, WebSockets and SSE streams share
+    # each address's budget, keyed by the client's address as the limits read it.
+    site = GuardedSite(root, clock, handshake_timeout, waiting, headers=headers,
+                       access=factory.access_log,
+                       address_of=lambda request: client_address(
+                           request, int(getattr(factory, "trustXForwardedFor", 0))))
     site.websocket = factory  # whole upgrade requests for / skip twisted.web
     site.displayTracebacks = False
     return site

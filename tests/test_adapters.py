@@ -263,3 +263,40 @@ def test_autobahn_data_is_the_buffer_its_parse_loop_reads() -> None:
     protocol.dataReceived(frame(b"a", opcode=9)[1:] + frame(b"b", opcode=9) * 3)
     canary("autobahn", "WebSocketProtocol.data", seen == [9],
            "emptied, the parse loop ends: the frames after it are never parsed")
+
+
+class _Heard(autobahn_adapter.ServerProtocol):
+    """Our protocol as the adapter sees it, with what Autobahn logged kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[tuple[str, str]] = []
+
+    def autobahn_logged(self, level: str, format: str, fields: dict[str, Any]) -> None:
+        self.heard.append((level, format))
+
+
+def test_autobahn_logs_a_bad_handshake_through_its_log_attribute() -> None:
+    factory = autobahn_adapter.ServerFactory()
+    factory.protocol = _Heard
+    factory.setProtocolOptions(openHandshakeTimeout=0)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    transport.unregisterProducer = lambda: None  # type: ignore[method-assign]  # none here
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET /?token=x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Version: 99\r\n\r\n")
+    levels = [level for level, _ in protocol.heard]
+    canary("autobahn", "WebSocketProtocol.log (per-connection lines through self.log)",
+           "info" in levels and "warn" in levels,
+           "a failed handshake logged at info and warn through self.log")
+    canary("autobahn", "WebSocketServerProtocol.http_request_uri",
+           protocol.request_target == b"/?token=x", "the request target, a str")
+    stats = protocol.trafficStats
+    canary("autobahn", "WebSocketProtocol.trafficStats.(preopen)IncomingOctetsWireLevel",
+           isinstance(stats.incomingOctetsWireLevel, int)
+           and stats.preopenIncomingOctetsWireLevel > 0, "byte counts")
+    canary("autobahn", "WebSocketProtocol.closedByMe, localCloseCode, localCloseReason",
+           all(hasattr(protocol, name) for name in ("closedByMe", "localCloseCode",
+                                                     "localCloseReason")),
+           "how we closed the connection")

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, twistd_command
-from partysense.logs import JSONLinesObserver, flatten, json_observer
+from partysense.logs import JSONLinesObserver, capped_file_observer, flatten, json_observer
 
 
 class JSONLogDaemon(Daemon):
@@ -143,3 +143,25 @@ def test_peers_behind_a_proxy(db_dsn: str, tmp_path: Path, trusted: str,
     closing = [line for line in daemon.log().splitlines() if "(not_json, code 1007)" in line]
     assert len(closing) == 1 and f"Closing {logged_peer}" in closing[0]
     assert "198.51.100.1" not in closing[0]
+
+
+@pytest.mark.logic
+def test_capped_files_keep_a_bounded_number_of_old_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARTYSENSE_LOG_FILE", str(tmp_path / "twistd.log"))
+    monkeypatch.setenv("PARTYSENSE_LOG_MAX_BYTES", "2000")
+    monkeypatch.setenv("PARTYSENSE_LOG_FILES", "3")
+    log = Logger(observer=capped_file_observer())
+    for number in range(1000):  # about 80 kB of lines: forty files' worth
+        log.info("line {number} of a flood", number=number)
+    files = sorted(path.name for path in tmp_path.iterdir())
+    assert files == ["twistd.log", "twistd.log.1", "twistd.log.2", "twistd.log.3"]
+    assert all(path.stat().st_size <= 2000 + 200 for path in tmp_path.iterdir())
+    assert "line 999 of a flood" in (tmp_path / "twistd.log").read_text()
+
+
+@pytest.mark.logic
+def test_capped_files_refuse_a_bad_setting_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARTYSENSE_LOG_FILES", "ten")
+    with pytest.raises(SystemExit, match="PARTYSENSE_LOG_FILES must be a positive whole number"):
+        capped_file_observer()

@@ -142,7 +142,8 @@ def test_stopping_waits_for_answers_drops_the_deaf_and_survives_failures() -> No
     from partysense.tap import ClientsService
 
     clock = task.Clock()
-    factory: Any = SimpleNamespace(clients=set())
+    logs_stopped: list[bool] = []
+    factory: Any = SimpleNamespace(clients=set(), stop_logs=lambda: logs_stopped.append(True))
     broken = _Client(factory.clients, fails=True)
     polite = _Client(factory.clients)
     deaf = _Client(factory.clients, answers=False)
@@ -156,6 +157,7 @@ def test_stopping_waits_for_answers_drops_the_deaf_and_survives_failures() -> No
     clock.advance(0.2)
     assert stopped.called, "the grace period ends even when a client cannot be closed"
     assert deaf.dropped and broken.dropped
+    assert logs_stopped == [True]  # the held-back log counts said, no summary timer left
     assert clock.getDelayedCalls() == []
 
 

@@ -7,6 +7,7 @@ import secrets
 import time
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
 import pytest
@@ -46,6 +47,11 @@ def request(path: bytes = b"/events/1/stream", headers: dict[str, str] | None = 
     for name, value in (headers or {}).items():
         dummy.requestHeaders.setRawHeaders(name, [value])
     dummy.args = args or {}
+    # The token is read from the raw target, as twisted.web hands it over
+    # (partysense/querytoken.py), so the target carries the arguments too.
+    dummy.uri = path + (b"?" + urlencode(
+        [(name, value) for name, values in dummy.args.items() for value in values]).encode()
+        if dummy.args else b"")
     return dummy
 
 

@@ -21,18 +21,26 @@ the closing handshake; we need a few things it offers no public way to do:
   Autobahn's public hooks see pings and pongs but not closes, and fragments
   only once a message has begun;
 - a flooding client's bytes read but not yet parsed dropped at once
-  (``data``): a 64 KiB read holds thousands of pings.
+  (``data``): a 64 KiB read holds thousands of pings;
+- Autobahn's own log lines about a connection (a failed handshake, a
+  dropped connection: two warnings per bad client) handed to the protocol,
+  which bounds them per address (``log``, replaced on each connection);
+  the request target and the bytes each way for the access log
+  (``http_request_uri``, ``trafficStats``).
 
 Private names used: ``PreparedMessage.payloadHybi``, ``send_queue``,
 ``sendData``, ``trafficStats``, ``_fail_connection``, ``failedByMe``,
 ``allowNullOrigin``, ``CONFIG_ATTRS``, ``logOctets``, ``onFrameBegin``,
-``current_frame``, ``data``. Canaries:
+``current_frame``, ``data``, ``log``, ``http_request_uri``,
+``closedByMe``, ``localCloseCode``, ``localCloseReason``,
+``trafficStats.incomingOctetsWireLevel`` and its ``preopen`` twins. Canaries:
 tests/test_adapters.py.
 """
 
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -53,8 +61,72 @@ def prepare(payload: bytes) -> Frame:
     return bytes(PreparedMessage(payload, False, False, True).payloadHybi)
 
 
+# Autobahn's own logger (txaio's), shared by every connection.
+AUTOBAHN_LOG: Any = WebSocketServerProtocol.log
+# The levels an operator sees: Autobahn's lines at these go through autobahn_logged().
+OPERATOR_LEVELS = ("info", "warn", "error", "critical", "failure")
+
+
+def log_as_autobahn(level: str, format: str, fields: dict[str, Any]) -> None:
+    """Log a line as Autobahn would have."""
+    getattr(AUTOBAHN_LOG, level)(format, **fields)
+
+
+class _ConnectionLog:
+    """Autobahn's ``self.log`` for one connection: debug and trace as they were
+    (off unless asked for), the operators' levels handed to the protocol's
+    ``autobahn_logged``. The protocol is held weakly: no reference cycle."""
+
+    __slots__ = ("_protocol", "debug", "trace")
+
+    def __init__(self, protocol: ServerProtocol) -> None:
+        self._protocol = weakref.ref(protocol)
+        self.debug = AUTOBAHN_LOG.debug
+        self.trace = AUTOBAHN_LOG.trace
+
+    def __getattr__(self, name: str) -> Any:
+        if name in OPERATOR_LEVELS:
+            return lambda format, **fields: self._hand(name, format, fields)
+        return getattr(AUTOBAHN_LOG, name)
+
+    def _hand(self, level: str, format: str, fields: dict[str, Any]) -> None:
+        protocol = self._protocol()
+        if protocol is None:
+            log_as_autobahn(level, format, fields)
+        else:
+            protocol.autobahn_logged(level, format, fields)
+
+
 class ServerProtocol(WebSocketServerProtocol):
     """Autobahn's server protocol, with the hooks our write path and logging need."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = _ConnectionLog(self)
+
+    def autobahn_logged(self, level: str, format: str, fields: dict[str, Any]) -> None:
+        """Autobahn logs a line about this connection at an operator's level."""
+        log_as_autobahn(level, format, fields)
+
+    @property
+    def request_target(self) -> bytes:
+        """The handshake's request target as it came (``/?token=...``); b"" before it."""
+        target = getattr(self, "http_request_uri", None)
+        return target.encode("iso-8859-1", "replace") if target else b""
+
+    def close_said(self, code: int | None, reason: str | None) -> tuple[int | None, str | None]:
+        """The close code and reason to log: ours if we closed first, else the
+        ones onClose() was given."""
+        if getattr(self, "closedByMe", False) and self.localCloseCode is not None:
+            return self.localCloseCode, self.localCloseReason
+        return code, reason
+
+    @property
+    def wire_bytes(self) -> tuple[int, int]:
+        """Bytes (sent, received) on the socket so far, the handshake included."""
+        stats = self.trafficStats
+        return (self.bytes_sent + int(stats.preopenOutgoingOctetsWireLevel),
+                int(stats.incomingOctetsWireLevel + stats.preopenIncomingOctetsWireLevel))
 
     def refused_by_autobahn(self, code: int, reason: str) -> None:
         """Autobahn refused what an open connection sent; close it our way."""
