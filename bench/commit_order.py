@@ -31,7 +31,7 @@ import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from bench import database
-from partysense.sqlfiles import read_sql
+from partysense.db.sqlfiles import read_sql
 
 VOTE_SCRIPT = """\\set user random(1, 100000)
 INSERT INTO event_vote (event_id, track_id, user_id) VALUES (1, 1, :user);

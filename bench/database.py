@@ -16,8 +16,8 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from partysense import sqlfiles
-from partysense.sqlfiles import execute_autocommit
+from partysense.db import sqlfiles
+from partysense.db.sqlfiles import execute_autocommit
 
 
 @contextmanager
@@ -26,7 +26,7 @@ def server(admin_dsn: str | None) -> Iterator[str]:
     if admin_dsn:
         yield admin_dsn
         return
-    from partysense.embedded import start_server, stop_server
+    from partysense.db.embedded import start_server, stop_server
 
     with tempfile.TemporaryDirectory(prefix="partysense-bench-") as scratch:
         handle = start_server(Path(scratch) / "pgdata")

@@ -31,7 +31,7 @@ from bench import database, services
 from bench.clients import LoadGens
 from bench.monitor import CpuMeter, Monitor
 from bench.votes import Generator
-from partysense.limits import raise_open_files_limit
+from partysense.process.limits import raise_open_files_limit
 
 TARGETS = ("node", "partysense")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import database
 from bench.run import ROWS, Scenario, Side, _cell, log, run_sides, run_target
-from partysense.limits import raise_open_files_limit
+from partysense.process.limits import raise_open_files_limit
 
 SIDES = ("websocket", "sse")
 

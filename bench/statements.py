@@ -47,7 +47,7 @@ def server(admin_dsn: str | None) -> Iterator[str]:
     if admin_dsn:
         yield admin_dsn
         return
-    from partysense.embedded import start_server, stop_server
+    from partysense.db.embedded import start_server, stop_server
 
     with tempfile.TemporaryDirectory(prefix="partysense-storm-") as scratch:
         data = Path(scratch) / "pgdata"

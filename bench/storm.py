@@ -47,7 +47,7 @@ from bench.clients import LoadGen
 from bench.run import Scenario, stop_profiler
 from bench.run import start_profiler as start_py_spy
 from bench.stormreport import medians, table
-from partysense.limits import raise_open_files_limit
+from partysense.process.limits import raise_open_files_limit
 
 HERE = Path(__file__).resolve().parent.parent
 

@@ -28,7 +28,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from harness.daemon import wait_for
 
 # Seconds; the page starts at 0.5 s and caps at 15 s. At least 60 ms between a
-# loss and the next try: a seed floor may be 50 ms old (partysense/floors.py).
+# loss and the next try: a seed floor may be 50 ms old (partysense/reads/floors.py).
 BACKOFF_FIRST = 0.12
 BACKOFF_CAP = 1.0
 SUBPROTOCOL = "partysense.v2"

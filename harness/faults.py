@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
-from partysense import sqlfiles
+from partysense.db import sqlfiles
 
 Change = tuple[int, int, str]  # (seq, vote id, op)
 
@@ -69,8 +69,8 @@ def last_seq(dsn: str) -> int:
         connection.close()
 
 
-# The daemon's two connections, by application_name (partysense/listener.py,
-# partysense/queries.py).
+# The daemon's two connections, by application_name (partysense/db/listener.py,
+# partysense/db/queries.py).
 LISTENER = "partysense-live"
 QUERIES = "partysense-live queries"
 

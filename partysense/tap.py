@@ -26,30 +26,32 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
-from partysense import dsn as dsnlib
-from partysense import errors, tokens, workers
-from partysense.budgets import budgets_for
-from partysense.collector import CollectorService
-from partysense.demo import DemoPartyService
-from partysense.dialect import ClientCounters, MakeSession, Shared
-from partysense.embedded import database_for
-from partysense.events import EventDirectory
-from partysense.headers import SecurityHeaders, frame_ancestors_from
-from partysense.hub import LINGER, Hub
-from partysense.limits import clients_that_fit, raise_open_files_limit, waiting_budget
-from partysense.listener import ListenerService
-from partysense.metrics import DaemonMetrics
-from partysense.protocol import Limits, LiveFactory
-from partysense.queries import QueryService
-from partysense.retention import RetentionService
-from partysense.seed import SeedSession
-from partysense.sharedreads import SharedReads
-from partysense.sse import KEEPALIVE, Streams
-from partysense.status import Rates, status_page
-from partysense.systemd import SystemdNotifier
-from partysense.v2 import SUBPROTOCOL, V2Session
-from partysense.waiting import Waiting
-from partysense.web import make_admin_site, make_site
+from partysense.core import errors
+from partysense.core.budgets import budgets_for
+from partysense.core.hub import LINGER, Hub
+from partysense.db import dsn as dsnlib
+from partysense.db.demo import DemoPartyService
+from partysense.db.embedded import database_for
+from partysense.db.listener import ListenerService
+from partysense.db.queries import QueryService
+from partysense.db.retention import RetentionService
+from partysense.dialects import tokens
+from partysense.dialects.dialect import ClientCounters, MakeSession, Shared
+from partysense.dialects.seed import SeedSession
+from partysense.dialects.v2 import SUBPROTOCOL, V2Session
+from partysense.process import workers
+from partysense.process.collector import CollectorService
+from partysense.process.limits import clients_that_fit, raise_open_files_limit, waiting_budget
+from partysense.process.systemd import SystemdNotifier
+from partysense.reads.events import EventDirectory
+from partysense.reads.sharedreads import SharedReads
+from partysense.web.headers import SecurityHeaders, frame_ancestors_from
+from partysense.web.metrics import DaemonMetrics
+from partysense.web.resources import make_admin_site, make_site
+from partysense.web.sse import KEEPALIVE, Streams
+from partysense.web.status import Rates, status_page
+from partysense.wire.protocol import Limits, LiveFactory
+from partysense.wire.waiting import Waiting
 
 log = Logger()
 
@@ -247,7 +249,7 @@ def limits_from(options: Options) -> Limits:
 
 def waiting_for(options: Options, limits: Limits, factory: LiveFactory,
                 open_files: int) -> Waiting:
-    """The books of the connections not yet upgraded (partysense/waiting.py):
+    """The books of the connections not yet upgraded (partysense/wire/waiting.py):
     their share of the open-files limit, and --max-connections-per-ip counting
     them with the address's clients. Behind --trusted-proxies every connection
     comes from a proxy, so only their number in all is bounded."""

@@ -26,8 +26,8 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
 from harness.daemon import Daemon
-from partysense import sqlfiles
-from partysense.sqlfiles import execute_autocommit
+from partysense.db import sqlfiles
+from partysense.db.sqlfiles import execute_autocommit
 from tests.support import Party
 
 TEMPLATE = "partysense_test_template"
@@ -91,7 +91,7 @@ def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if named:
         yield named
         return
-    from partysense.embedded import start_server, stop_server
+    from partysense.db.embedded import start_server, stop_server
 
     server = start_server(tmp_path_factory.mktemp("embedded") / "pgdata")
     try:

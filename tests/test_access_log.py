@@ -1,4 +1,4 @@
-"""The access log's parts (partysense/accesslog.py, querytoken.py, quietlog.py): no
+"""The access log's parts (partysense/wire/accesslog.py, querytoken.py, quietlog.py): no
 token in a line however it was spelled, a bounded number of lines per address.
 Against the daemon: tests/test_access_log_daemon.py."""
 
@@ -9,10 +9,10 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.web.test.requesthelper import DummyRequest
 
-from partysense import accesslog, protocol
-from partysense.accesslog import AccessLog, combined_line
-from partysense.querytoken import query_token, redact_uri
-from partysense.quietlog import OTHERS, PerAddress
+from partysense.core.quietlog import OTHERS, PerAddress
+from partysense.wire import accesslog, protocol
+from partysense.wire.accesslog import AccessLog, combined_line
+from partysense.wire.querytoken import query_token, redact_uri
 from tests import test_access_log_daemon
 
 # -- the one rule: what is read as a token is hidden -------------------------------

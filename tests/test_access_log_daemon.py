@@ -23,8 +23,8 @@ from tests.support import Party
 
 pytestmark = pytest.mark.daemon
 
-BURST = 30          # partysense/accesslog.py: lines per address per 10 s
-AUTOBAHN_BURST = 3  # partysense/protocol.py: Autobahn's lines per address per 10 s
+BURST = 30          # partysense/wire/accesslog.py: lines per address per 10 s
+AUTOBAHN_BURST = 3  # partysense/wire/protocol.py: Autobahn's lines per address per 10 s
 ACCESS = "[partysense.access#info]"
 SUMMARY = re.compile(r"(\d+) access log lines about 127\.0\.0\.1 not logged .*?: (.*)$", re.M)
 

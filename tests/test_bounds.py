@@ -16,11 +16,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon
-from partysense.events import EventDirectory
-from partysense.pgservice import Overloaded
-from partysense.protocol import Limits
-from partysense.queries import QueryService
-from partysense.web import EventList
+from partysense.db.pgservice import Overloaded
+from partysense.db.queries import QueryService
+from partysense.reads.events import EventDirectory
+from partysense.web.resources import EventList
+from partysense.wire.protocol import Limits
 from tests.support import Party
 from tests.wire import (
     Transport,

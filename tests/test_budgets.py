@@ -1,5 +1,5 @@
-"""Budgets per address (partysense/budgets.py), the event directory
-(partysense/events.py) and the pulse's limits per address, on a Clock.
+"""Budgets per address (partysense/core/budgets.py), the event directory
+(partysense/reads/events.py) and the pulse's limits per address, on a Clock.
 
 The daemon-level tests (a real reconnect loop, replay floods, a venue
 behind one NAT address) are in tests/test_budgets_daemon.py.
@@ -17,12 +17,12 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
-from partysense import events as events_module
-from partysense.budgets import AddressBuckets, budgets_for
-from partysense.events import LOOKBACK, EventDirectory
-from partysense.protocol import Limits
-from partysense.pulse import MAX_RUNNING_PER_ADDRESS, EventPulse, PulseReads
-from partysense.v2 import SUBPROTOCOL
+from partysense.core.budgets import AddressBuckets, budgets_for
+from partysense.dialects.v2 import SUBPROTOCOL
+from partysense.reads import events as events_module
+from partysense.reads.events import LOOKBACK, EventDirectory
+from partysense.web.pulse import MAX_RUNNING_PER_ADDRESS, EventPulse, PulseReads
+from partysense.wire.protocol import Limits
 from tests.test_pulse import Queries as PulseQueries
 from tests.test_pulse import rows as pulse_rows
 from tests.wire import Transport, factory_without_database, messages, opened, send_json
@@ -254,7 +254,7 @@ class HeldReplays:
 
 def test_a_resume_reserves_its_replay_from_the_address_and_gives_back_the_rest() -> None:
     """Catch-up 10,000 changes back, asked over and over from new connections."""
-    from partysense.changelog import Replay
+    from partysense.db.changelog import Replay
 
     clock = Clock()
     limits = Limits(ping_interval=0)
@@ -287,7 +287,7 @@ def test_a_resume_reserves_its_replay_from_the_address_and_gives_back_the_rest()
 
 
 def test_misses_waiting_for_a_read_are_answered_when_the_daemon_stops() -> None:
-    from partysense.pgservice import NotConnected
+    from partysense.db.pgservice import NotConnected
 
     clock, queries = Clock(), IdQueries([1])
     directory = EventDirectory(queries, clock)

@@ -1,4 +1,4 @@
-"""A notification parsed once into a Change; frames built from it (partysense/change.py)."""
+"""A notification parsed once into a Change; frames built from it (partysense/core/change.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
-from partysense.change import BadChange, Change, parse_change
-from partysense.hub import Delivery
-from partysense.seed import seed_frame
-from partysense.v2 import change_frame
+from partysense.core.change import BadChange, Change, parse_change
+from partysense.core.hub import Delivery
+from partysense.dialects.seed import seed_frame
+from partysense.dialects.v2 import change_frame
 from tests.support import Party
 from tests.test_metrics import scrape, value
 

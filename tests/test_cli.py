@@ -16,7 +16,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.python import usage
 
 from harness.daemon import Daemon, twistd_command, wait_for
-from partysense import sqlfiles
+from partysense.db import sqlfiles
 from partysense.tap import Options, endpoint_description
 from tests.test_dbcli import partysense_db, refused_port
 
@@ -354,7 +354,7 @@ def test_write_delay_out_of_range_is_a_usage_error(milliseconds: str) -> None:
 
 @pytest.mark.logic
 def test_redact_hides_every_password_like_key() -> None:
-    from partysense.dsn import redact
+    from partysense.db.dsn import redact
 
     shown = redact(f"host=db user=u password={SECRET} sslpassword={SECRET} sslmode=require")
     assert SECRET not in shown

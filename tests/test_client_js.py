@@ -22,7 +22,7 @@ import pytest
 
 from harness.daemon import Daemon, wait_for
 from harness.faults import Voter
-from partysense.tokens import mint
+from partysense.dialects.tokens import mint
 from tests.support import Party
 
 pytestmark = pytest.mark.browser

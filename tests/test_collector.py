@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from partysense.collector import YOUNGEST_THRESHOLD, CollectorService
+from partysense.process.collector import YOUNGEST_THRESHOLD, CollectorService
 
 pytestmark = pytest.mark.logic
 

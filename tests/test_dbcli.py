@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from psycopg2.extensions import make_dsn
 
-from partysense import sqlfiles
+from partysense.db import sqlfiles
 from tests.support import Party
 
 pytestmark = pytest.mark.daemon

@@ -1,4 +1,4 @@
-"""Frames of one reactor turn leave together, in order (partysense/fastwrite.py)."""
+"""Frames of one reactor turn leave together, in order (partysense/wire/fastwrite.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from partysense.adapters.twisted_adapter import write_now
-from partysense.fastwrite import TurnWriter
+from partysense.wire.fastwrite import TurnWriter
 
 pytestmark = pytest.mark.logic
 

@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from partysense.floors import RecentLogEnd
+from partysense.reads.floors import RecentLogEnd
 
 pytestmark = pytest.mark.logic
 

@@ -4,7 +4,7 @@ Found: one WebSocket connection sending 16-byte pings as fast as it could
 (reading its pongs), or a text frame with FIN=0 and then empty continuation
 frames without end, held a core of the daemon and was never closed; other
 clients' votes went from 2.4 ms to 123-147 ms (p50). It needed no token and
-no subscribe. Every frame now counts (partysense/frames.py; the logic in
+no subscribe. Every frame now counts (partysense/wire/frames.py; the logic in
 tests/test_frames.py); here each flood is closed with 4029 within 2 s while a
 client that subscribed with a token goes on getting votes.
 """

@@ -1,4 +1,4 @@
-"""Every frame a client sends counts (partysense/frames.py): pings, pongs,
+"""Every frame a client sends counts (partysense/wire/frames.py): pings, pongs,
 closes and fragments, not only messages.
 
 Found: one connection pinging as fast as it could, or sending a text frame
@@ -17,8 +17,8 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
-from partysense.frames import FloodedAddresses, FrameBudget
-from partysense.protocol import Limits, LiveFactory, LiveProtocol
+from partysense.wire.frames import FloodedAddresses, FrameBudget
+from partysense.wire.protocol import Limits, LiveFactory, LiveProtocol
 from tests.rawws import frame
 from tests.wire import (
     CLOSE,

@@ -1,4 +1,4 @@
-"""What a stranger can make the HTTP side do is bounded (partysense/httpguard.py)."""
+"""What a stranger can make the HTTP side do is bounded (partysense/web/httpguard.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 
 from harness.daemon import Daemon, wait_for
-from partysense.httpguard import GuardedSite
+from partysense.web.httpguard import GuardedSite
 
 
 def request(port: int, raw: bytes, timeout: float = 10) -> bytes:

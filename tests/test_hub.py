@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from partysense.change import Change
-from partysense.hub import Delivery, Hub
+from partysense.core.change import Change
+from partysense.core.hub import Delivery, Hub
 
 pytestmark = pytest.mark.logic
 

@@ -1,5 +1,5 @@
 """Idle sockets do not lock out new guests: the daemon counts connections from
-accept (partysense/waiting.py), under a small open-files limit.
+accept (partysense/wire/waiting.py), under a small open-files limit.
 
 127.0.0.2 … 127.0.0.6 are all loopback on Linux: each client socket is bound
 to one of them, so the daemon sees five addresses.
@@ -20,7 +20,7 @@ import pytest
 
 from harness.daemon import Daemon, wait_for
 from harness.faults import wait_subscribed
-from partysense.v2 import SUBPROTOCOL
+from partysense.dialects.v2 import SUBPROTOCOL
 from tests.rawws import open_raw, read_frame, send_text
 from tests.support import Party
 from tests.test_metrics import scrape, value

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from partysense.limits import raise_open_files_limit
+from partysense.process.limits import raise_open_files_limit
 
 pytestmark = pytest.mark.logic
 
@@ -37,7 +37,7 @@ def test_raising_twice_changes_nothing(low_soft_limit: int) -> None:
 
 
 def test_max_clients_is_lowered_below_the_open_files_limit() -> None:
-    from partysense.limits import RESERVED_FILES, clients_that_fit, waiting_budget
+    from partysense.process.limits import RESERVED_FILES, clients_that_fit, waiting_budget
 
     assert clients_that_fit(100_000, 20_000) == 20_000 - RESERVED_FILES - waiting_budget(20_000)
     assert clients_that_fit(500, 20_000) == 500
@@ -49,7 +49,12 @@ def test_clients_and_connections_waiting_to_upgrade_fit_below_the_open_files_lim
         open_files: int) -> None:
     """Every socket the daemon may hold, upgraded or not, has its file: accept()
     never meets EMFILE, which answered /healthz with an empty reply."""
-    from partysense.limits import MAX_WAITING, RESERVED_FILES, clients_that_fit, waiting_budget
+    from partysense.process.limits import (
+        MAX_WAITING,
+        RESERVED_FILES,
+        clients_that_fit,
+        waiting_budget,
+    )
 
     waiting = waiting_budget(open_files)
     assert 16 <= waiting <= MAX_WAITING

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from harness.daemon import Daemon, wait_for
-from partysense.listener import ListenerService
+from partysense.db.listener import ListenerService
 from partysense.tap import Options, makeService
 from tests import support
 from tests.support import Party

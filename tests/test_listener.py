@@ -21,10 +21,10 @@ from twisted.internet.testing import MemoryReactorClock
 
 from harness.faults import SilentProxy, committed, event_with_track, terminate_listener
 from partysense.adapters.txpostgres_adapter import needs_resolving, with_resolved_host
-from partysense.listener import ListenerService
-from partysense.pgservice import NotConnected, default_backoff
-from partysense.queries import QueryService
-from partysense.retention import RetentionService
+from partysense.db.listener import ListenerService
+from partysense.db.pgservice import NotConnected, default_backoff
+from partysense.db.queries import QueryService
+from partysense.db.retention import RetentionService
 from tests.support import Party, eventually
 
 Delivered = list[tuple[str, int, str]]
@@ -403,7 +403,7 @@ def warnings() -> Iterator[list[str]]:
 
     def observe(event: dict[str, Any]) -> None:
         if event.get("log_level") == LogLevel.warn and \
-                event.get("log_namespace", "").startswith("partysense.listener"):
+                event.get("log_namespace", "").startswith("partysense.db.listener"):
             seen.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)

@@ -1,4 +1,4 @@
-"""JSON logs (``twistd --logger partysense.logs.json_observer``) and the start line."""
+"""JSON logs (``twistd --logger partysense.process.logs.json_observer``) and the start line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, twistd_command
-from partysense.logs import JSONLinesObserver, capped_file_observer, flatten, json_observer
+from partysense.process.logs import JSONLinesObserver, capped_file_observer, flatten, json_observer
 
 
 class JSONLogDaemon(Daemon):
@@ -29,7 +29,7 @@ class JSONLogDaemon(Daemon):
 
     def _spawn(self) -> None:
         args = twistd_command() + [
-            "-n", "--pidfile", "", "--logger", "partysense.logs.json_observer",
+            "-n", "--pidfile", "", "--logger", "partysense.process.logs.json_observer",
             "partysense-live", "--port", f"tcp:{self.port}:interface=127.0.0.1",
             "--admin-port", f"tcp:{self.admin_port}:interface=127.0.0.1",
             "--dsn", str(self.dsn), *self.extra,
@@ -72,7 +72,7 @@ def test_json_logs_carry_named_fields(db_dsn: str, tmp_path: Path) -> None:
 
     closing = [r for r in logged if r.get("kind") == "not_json"]
     assert len(closing) == 1 and closing[0]["code"] == 1007 and closing[0]["peer"]
-    assert any(r["namespace"] == "partysense.listener.ListenerService" for r in logged)
+    assert any(r["namespace"] == "partysense.db.listener.ListenerService" for r in logged)
 
 
 # -- the observer alone --------------------------------------------------------

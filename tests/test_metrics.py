@@ -15,8 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
-from partysense.change import parse_change
-from partysense.metrics import DaemonMetrics
+from partysense.core.change import parse_change
+from partysense.web.metrics import DaemonMetrics
 from tests.rawws import frame, open_raw, read_frame, send_text
 from tests.support import Party
 

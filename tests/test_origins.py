@@ -1,11 +1,11 @@
-"""--allowed-origins matched as Autobahn matched them (partysense/origins.py)."""
+"""--allowed-origins matched as Autobahn matched them (partysense/wire/origins.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from partysense.origins import AllowedOrigins
 from partysense.tap import normalise_origin
+from partysense.wire.origins import AllowedOrigins
 
 pytestmark = pytest.mark.logic
 

@@ -99,7 +99,7 @@ INSPECT = """
 import json, sys
 from importlib import metadata, resources
 import partysense, twisted
-from partysense import sqlfiles
+from partysense.db import sqlfiles
 files = [str(f) for f in metadata.files("partysense-live")]
 print(json.dumps({
     "files": files,
@@ -115,8 +115,8 @@ def test_installed_files(installed: Path, tmp_path: Path) -> None:
     found = json.loads(run(installed / "bin" / "python", "-c", INSPECT, cwd=outside(tmp_path)))
     files = set(found["files"])
     for wanted in ("partysense/sql/install.sql", "partysense/sql/demo_schema.sql",
-                   "partysense/static/index.html", "partysense/admin/status.html",
-                   "partysense/admin/status.js", "twisted/plugins/partysense_live.py",
+                   "partysense/web/static/index.html", "partysense/web/admin/status.html",
+                   "partysense/web/admin/status.js", "twisted/plugins/partysense_live.py",
                    "partysense/tap.py", "partysense/sql/uninstall.sql",
                    "partysense/djangoapp/templates/partysense_live/board.html",
                    "partysense/djangoapp/migrations/0001_install.py",

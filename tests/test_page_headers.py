@@ -1,5 +1,5 @@
 """The security headers of the page and everything else the port serves
-(partysense/headers.py): Content-Security-Policy, nosniff, Referrer-Policy,
+(partysense/web/headers.py): Content-Security-Policy, nosniff, Referrer-Policy,
 and framing as --frame-ancestors says."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from twisted.python import usage
 
 from harness.daemon import Daemon, wait_for
-from partysense.headers import SecurityHeaders, frame_ancestors_from
 from partysense.tap import Options
+from partysense.web.headers import SecurityHeaders, frame_ancestors_from
 
 # The page, its client module (versioned or not), a static file, JSON, an error.
 PATHS = ["/", "/?event=3", "/client.js", "/static/app.js", "/static/style.css",

@@ -23,7 +23,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
-from partysense.sqlfiles import execute_autocommit
+from partysense.db.sqlfiles import execute_autocommit
 from tests.support import Party
 
 pytestmark = pytest.mark.daemon

@@ -19,7 +19,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
 from partysense.adapters.autobahn_adapter import Frame, prepare
-from partysense.protocol import Limits, LiveFactory, LiveProtocol
+from partysense.wire.protocol import Limits, LiveFactory, LiveProtocol
 from tests.rawws import frame
 from tests.wire import (
     CLOSE,

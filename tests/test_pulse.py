@@ -19,10 +19,10 @@ from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from harness.daemon import Daemon
-from partysense.changelog import PULSE_MINUTES, PULSE_QUERY, parse_pulse, pulse_params
-from partysense.clientjs import LONG, SHORT
-from partysense.pulse import MAX_RUNNING, EventPulse, PulseReads
-from partysense.tokens import Tokens, mint
+from partysense.db.changelog import PULSE_MINUTES, PULSE_QUERY, parse_pulse, pulse_params
+from partysense.dialects.tokens import Tokens, mint
+from partysense.web.clientjs import LONG, SHORT
+from partysense.web.pulse import MAX_RUNNING, EventPulse, PulseReads
 from tests.support import Party
 
 SECRET = b"p" * 40  # made here, for these tests only

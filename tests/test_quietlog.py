@@ -1,4 +1,4 @@
-"""Log lines anyone can cause come at a bounded rate (partysense/quietlog.py)."""
+"""Log lines anyone can cause come at a bounded rate (partysense/core/quietlog.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 
-from partysense.quietlog import Quiet
+from partysense.core.quietlog import Quiet
 
 pytestmark = pytest.mark.logic
 

@@ -22,7 +22,7 @@ import pytest
 from websockets.sync.client import connect
 
 from harness.daemon import reported_port, wait_for
-from partysense.embedded import default_data_dir
+from partysense.db.embedded import default_data_dir
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 README = CHECKOUT / "README.md"

@@ -20,14 +20,14 @@ import pytest_twisted
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
-from partysense.dialect import ClientCounters, Shared
-from partysense.events import EventDirectory
-from partysense.hub import Hub
-from partysense.listener import ListenerService
-from partysense.protocol import Limits, LiveFactory, LiveProtocol
-from partysense.queries import QueryService
-from partysense.sharedreads import SharedReads
+from partysense.core.hub import Hub
+from partysense.db.listener import ListenerService
+from partysense.db.queries import QueryService
+from partysense.dialects.dialect import ClientCounters, Shared
+from partysense.reads.events import EventDirectory
+from partysense.reads.sharedreads import SharedReads
 from partysense.tap import dialect_table
+from partysense.wire.protocol import Limits, LiveFactory, LiveProtocol
 from tests.support import Party, eventually
 from tests.wire import Transport, messages, opened, send_json
 
@@ -45,7 +45,7 @@ async def seed_clients(db_dsn: str) -> Any:
     # floor_age=0: every floor from a read that starts after the request. The
     # client here "comes back" within microseconds of the vote, faster than
     # any real client reconnects; with the default (a read up to 50 ms old)
-    # it could get the vote twice, as partysense/floors.py explains.
+    # it could get the vote twice, as partysense/reads/floors.py explains.
     reads = SharedReads(queries, reactor, floor_age=0)
     shared = Shared(hub=Hub(listener), listener=listener, reads=reads,
                     events=EventDirectory(queries, reactor), counters=counters,

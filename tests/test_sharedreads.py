@@ -1,4 +1,4 @@
-"""Snapshots and replays asked for at once share a query (partysense/sharedreads.py)."""
+"""Snapshots and replays asked for at once share a query (partysense/reads/sharedreads.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from harness.faults import event_with_track
-from partysense.changelog import Replay, Snapshot, replay_since, take_snapshot
-from partysense.queries import QueryService
-from partysense.sharedreads import FEW_CHANGES, SharedReads
+from partysense.db.changelog import Replay, Snapshot, replay_since, take_snapshot
+from partysense.db.queries import QueryService
+from partysense.reads.sharedreads import FEW_CHANGES, SharedReads
 from tests.support import Party
 
 

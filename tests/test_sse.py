@@ -1,4 +1,4 @@
-"""Server-Sent Events (partysense/sse.py) against a real daemon: curl, exact resume,
+"""Server-Sent Events (partysense/web/sse.py) against a real daemon: curl, exact resume,
 tokens, limits, slow readers, keepalive."""
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def test_streams_share_the_websocket_limits(db_dsn: str, tmp_path: Path, party: 
     with Daemon(db_dsn, tmp_path, "--max-connections-per-ip", "1") as daemon:
         stream = Stream(daemon.port, path)
         wait_for(lambda: daemon.health()[1]["clients"] == 1, 10, "the stream")
-        # Counted from accept (partysense/waiting.py): refused before its request is read.
+        # Counted from accept (partysense/wire/waiting.py): refused before its request is read.
         more = Stream(daemon.port, path, read=False)
         assert more.status == 429 and b"--max-connections-per-ip" in more.whole_body()
         assert more.reason == "Too Many Requests"

@@ -1,4 +1,4 @@
-"""The pieces of partysense/sse.py without a daemon: the event bytes, parsing, keepalive."""
+"""The pieces of partysense/web/sse.py without a daemon: the event bytes, parsing, keepalive."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from partysense.change import parse_change
-from partysense.hub import Delivery
-from partysense.sse import Streams, chunk, sse_chunked_frame, sse_frame
-from partysense.sserequest import Refused, allow_origin, answer, granted, last_event_id
-from partysense.tokens import Tokens
-from partysense.v2 import change_json
+from partysense.core.change import parse_change
+from partysense.core.hub import Delivery
+from partysense.dialects.tokens import Tokens
+from partysense.dialects.v2 import change_json
+from partysense.web.sse import Streams, chunk, sse_chunked_frame, sse_frame
+from partysense.web.sserequest import Refused, allow_origin, answer, granted, last_event_id
 from tests.test_change import RECORDED
 
 pytestmark = pytest.mark.logic
@@ -48,7 +48,7 @@ def request(path: bytes = b"/events/1/stream", headers: dict[str, str] | None = 
         dummy.requestHeaders.setRawHeaders(name, [value])
     dummy.args = args or {}
     # The token is read from the raw target, as twisted.web hands it over
-    # (partysense/querytoken.py), so the target carries the arguments too.
+    # (partysense/wire/querytoken.py), so the target carries the arguments too.
     dummy.uri = path + (b"?" + urlencode(
         [(name, value) for name, values in dummy.args.items() for value in values]).encode()
         if dummy.args else b"")

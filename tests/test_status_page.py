@@ -25,10 +25,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from harness.daemon import Daemon, wait_for
-from partysense.change import Change
-from partysense.dialect import ClientCounters
-from partysense.hub import Hub
-from partysense.status import CSP, Rates, snapshot
+from partysense.core.change import Change
+from partysense.core.hub import Hub
+from partysense.dialects.dialect import ClientCounters
+from partysense.web.status import CSP, Rates, snapshot
 from tests.browser import SECONDS, Screen, screenshot
 from tests.support import Party
 

@@ -25,15 +25,15 @@ from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
 from harness.faults import QUERIES, terminate_listener
-from partysense.dialect import ClientCounters, Shared
-from partysense.events import PAGE, EventDirectory
-from partysense.hub import Hub
-from partysense.listener import ListenerService
-from partysense.pgservice import NotConnected
-from partysense.protocol import Limits, LiveFactory, LiveProtocol
-from partysense.queries import QueryService
-from partysense.sharedreads import SharedReads
+from partysense.core.hub import Hub
+from partysense.db.listener import ListenerService
+from partysense.db.pgservice import NotConnected
+from partysense.db.queries import QueryService
+from partysense.dialects.dialect import ClientCounters, Shared
+from partysense.reads.events import PAGE, EventDirectory
+from partysense.reads.sharedreads import SharedReads
 from partysense.tap import dialect_table
+from partysense.wire.protocol import Limits, LiveFactory, LiveProtocol
 from tests.support import Party, eventually, nonzero, tally
 from tests.wire import Transport, messages, opened, send_json
 
@@ -417,7 +417,7 @@ def test_seed_request_cut_off_by_a_lost_database_is_try_later(
 @pytest_twisted.ensureDeferred
 async def test_complete_after_holds_until_a_later_change_is_read(
         db_dsn: str, party: Party) -> None:
-    """What lets a storm of v2 subscribers share one read (partysense/sharedreads.py)."""
+    """What lets a storm of v2 subscribers share one read (partysense/reads/sharedreads.py)."""
     event_id = party.event()
     track = party.track()
     party.vote(event_id, track)

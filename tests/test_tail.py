@@ -16,7 +16,7 @@ from datetime import datetime
 import pytest
 
 from harness.daemon import Daemon
-from partysense.tailformat import describe
+from partysense.cli.tailformat import describe
 from tests.support import Party
 
 HOSTILE = 'Tab\tand\nnewline "quoted" <b>'
@@ -24,7 +24,7 @@ HOSTILE = 'Tab\tand\nnewline "quoted" <b>'
 
 def partysense_db() -> list[str]:
     found = shutil.which("partysense-db", path=os.path.dirname(sys.executable))
-    return [found] if found else [sys.executable, "-m", "partysense.dbcli"]
+    return [found] if found else [sys.executable, "-m", "partysense.cli.dbcli"]
 
 
 class Tail:
@@ -195,7 +195,7 @@ def test_tail_escapes_what_a_forged_notification_would_print(
 
 @pytest.mark.logic
 def test_printable_escapes_control_and_format_characters_only() -> None:
-    from partysense.tailformat import printable
+    from partysense.cli.tailformat import printable
 
     assert printable("Café 🎉 \"x\" <b>") == "Café 🎉 \"x\" <b>"
     assert printable("a\x1bb\x9bc\u200ed\ne") == "a\\u001bb\\u009bc\\u200ed\\u000ae"

@@ -24,14 +24,14 @@ from twisted.internet.task import Clock
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon
-from partysense.access import GRACE, Access
-from partysense.changelog import Snapshot
-from partysense.dialect import ClientCounters, Shared
-from partysense.errors import UNAUTHORIZED, ClientError
-from partysense.hub import Hub
-from partysense.seed import SeedSession
-from partysense.tokens import LEEWAY, TokenError, Tokens
-from partysense.v2 import V2Session
+from partysense.core.errors import UNAUTHORIZED, ClientError
+from partysense.core.hub import Hub
+from partysense.db.changelog import Snapshot
+from partysense.dialects.access import GRACE, Access
+from partysense.dialects.dialect import ClientCounters, Shared
+from partysense.dialects.seed import SeedSession
+from partysense.dialects.tokens import LEEWAY, TokenError, Tokens
+from partysense.dialects.v2 import V2Session
 from tests.support import Party
 from tests.wire import NoDatabase
 
@@ -142,6 +142,7 @@ class RecordingClient:
     """A v2 session's connection: what it is sent, in order."""
 
     peer = "192.0.2.1"
+    address = "192.0.2.1"
     is_live = True
 
     def __init__(self, url_token: str | None = None) -> None:
@@ -195,7 +196,7 @@ class AtOnce:
     def log_end(self) -> defer.Deferred[int]:
         return defer.succeed(7)
 
-    def exists(self, event_id: int) -> defer.Deferred[bool]:
+    def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]:
         return defer.succeed(True)
 
 

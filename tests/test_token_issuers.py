@@ -31,9 +31,9 @@ from twisted.python import usage
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon
-from partysense import tokencli
+from partysense.cli import tokencli
+from partysense.dialects.tokens import TokenError, Tokens, from_files
 from partysense.tap import Options
-from partysense.tokens import TokenError, Tokens, from_files
 from tests.sse import Stream
 from tests.support import Party
 from tests.test_tokens import _hs256_raw
@@ -281,7 +281,7 @@ def test_a_base64_secret_and_an_audience_for_the_daemon_and_its_cli(
                "--token-audience", "partysense-live"]
     event_id = party.event()
     minted = subprocess.run(
-        [sys.executable, "-m", "partysense.dbcli", "token", "--secret-file", str(secret_file),
+        [sys.executable, "-m", "partysense.cli.dbcli", "token", "--secret-file", str(secret_file),
          "--secret-encoding", "base64", "--audience", "partysense-live",
          "--event", str(event_id), "--ttl", "10m"],
         capture_output=True, text=True, timeout=60, check=True).stdout.strip()

@@ -1,4 +1,4 @@
-"""Signed access tokens (partysense/tokens.py): every case a client can present."""
+"""Signed access tokens (partysense/dialects/tokens.py): every case a client can present."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
-from partysense.access import Access
-from partysense.tokens import TokenError, Tokens, from_files
+from partysense.dialects.access import Access
+from partysense.dialects.tokens import TokenError, Tokens, from_files
 from tests.support import Party
 
 SECRET = b"s" * 40  # made here, for these tests only
@@ -273,7 +273,7 @@ def test_partysense_db_token_mints_what_the_daemon_accepts(
         guarded: Daemon, party: Party, secret_file: Path) -> None:
     event_id = party.event()
     minted = subprocess.run(
-        [sys.executable, "-m", "partysense.dbcli", "token", "--secret-file", str(secret_file),
+        [sys.executable, "-m", "partysense.cli.dbcli", "token", "--secret-file", str(secret_file),
          "--event", str(event_id), "--ttl", "10m"],
         capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     claims = jwt.decode(minted, SECRET, algorithms=["HS256"])

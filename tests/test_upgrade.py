@@ -1,4 +1,5 @@
-"""WebSocket upgrades handed to Autobahn before twisted.web parses them (partysense/upgrade.py)."""
+"""WebSocket upgrades handed to Autobahn before twisted.web parses them
+(partysense/wire/upgrade.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 
-from partysense.httpguard import GuardedSite
-from partysense.protocol import Limits, LiveProtocol
-from partysense.upgrade import MAX_HEAD, is_websocket_upgrade
-from partysense.web import PageOrWebSocket
+from partysense.web.httpguard import GuardedSite
+from partysense.web.resources import PageOrWebSocket
+from partysense.wire.protocol import Limits, LiveProtocol
+from partysense.wire.upgrade import MAX_HEAD, is_websocket_upgrade
 from tests.wire import Transport, factory_without_database
 
 pytestmark = pytest.mark.logic
@@ -153,7 +154,7 @@ def refused_400(head: bytes, split: bool) -> bool:
 def test_the_fast_path_takes_what_twisted_web_takes_and_no_more(head: bytes) -> None:
     from twisted.web.http import HTTPChannel
 
-    from partysense.upgrade import HeadLimits
+    from partysense.wire.upgrade import HeadLimits
 
     headers = head.count(b"\r\n") - 2  # without the request line and the blank line
     assert is_websocket_upgrade(head) == (headers <= HTTPChannel.maxHeaders)

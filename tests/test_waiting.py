@@ -1,4 +1,4 @@
-"""Connections not yet upgraded, bounded per address and in all (partysense/waiting.py).
+"""Connections not yet upgraded, bounded per address and in all (partysense/wire/waiting.py).
 
 The logic here, over fake transports; the daemon under a small open-files
 limit, with thousands of idle sockets, in tests/test_idle_sockets.py.
@@ -19,10 +19,10 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 from zope.interface import implementer
 
-from partysense.httpguard import GuardedSite, Refusal
-from partysense.protocol import Limits, LiveFactory
-from partysense.waiting import Waiting
-from partysense.web import PageOrWebSocket
+from partysense.web.httpguard import GuardedSite, Refusal
+from partysense.web.resources import PageOrWebSocket
+from partysense.wire.protocol import Limits, LiveFactory
+from partysense.wire.waiting import Waiting
 from tests.wire import Transport, factory_without_database, handshake
 
 pytestmark = pytest.mark.logic

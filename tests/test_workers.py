@@ -18,15 +18,20 @@ from twisted.python import usage
 from websockets.sync.client import ClientConnection, connect
 
 from harness.daemon import ADMIN_STARTING, Daemon, wait_for
+from partysense.process.workers import (
+    admin_port_for,
+    child_arguments,
+    for_worker,
+    listening_address,
+)
 from partysense.tap import Options
-from partysense.workers import admin_port_for, child_arguments, for_worker, listening_address
 from tests.support import Party
 
 
 def workers_of(daemon: Daemon) -> list[psutil.Process]:
     assert daemon.process is not None
     return [child for child in psutil.Process(daemon.process.pid).children()
-            if "partysense.workerproc" in " ".join(child.cmdline())]
+            if "partysense.process.workerproc" in " ".join(child.cmdline())]
 
 
 def received(client: ClientConnection, vote_id: int | None = None) -> bool:

@@ -14,11 +14,11 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from partysense.budgets import budgets_for
-from partysense.dialect import ClientCounters, Shared
-from partysense.hub import Hub
-from partysense.protocol import Limits, LiveFactory, LiveProtocol
+from partysense.core.budgets import budgets_for
+from partysense.core.hub import Hub
+from partysense.dialects.dialect import ClientCounters, Shared
 from partysense.tap import dialect_table
+from partysense.wire.protocol import Limits, LiveFactory, LiveProtocol
 from tests.rawws import frame
 
 TEXT, CLOSE, PING, PONG = 1, 8, 9, 10

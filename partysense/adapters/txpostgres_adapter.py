@@ -36,7 +36,7 @@ from twisted.internet import defer, threads
 from twisted.internet.error import ConnectionDone
 from txpostgres import txpostgres
 
-from partysense.errors import first_line
+from partysense.core.errors import first_line
 
 # Resolves a host name to its addresses without blocking the reactor.
 Resolve = Callable[[str, int], defer.Deferred[list[str]]]

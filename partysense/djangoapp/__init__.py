@@ -17,5 +17,5 @@
 (migration ``partysense_live 0001``); ``manage.py partysense_install`` runs
 the same SQL again. docs/client.md has the whole path. The daemon never
 imports this package, and this package uses only the daemon's lowest layers
-(``partysense.tokens``, ``partysense.sqlfiles``): setup.cfg's contracts.
+(``partysense.dialects.tokens``, ``partysense.db.sqlfiles``): setup.cfg's contracts.
 """

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from partysense.tokens import parse_secret, read_secret
+from partysense.dialects.tokens import parse_secret, read_secret
 
 SETTING = "PARTYSENSE_LIVE"
 KNOWN = {"URL", "TOKEN_SECRET", "TOKEN_SECRET_FILE", "TOKEN_SECRET_ENCODING", "TOKEN_AUDIENCE",

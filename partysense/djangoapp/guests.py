@@ -1,6 +1,6 @@
 """Who may watch an event's live board, and the token that lets them.
 
-The token is the one ``partysense-db token`` prints (``partysense.tokens.mint``):
+The token is the one ``partysense-db token`` prints (``partysense.dialects.tokens.mint``):
 HS256, ``{"events": [id], "iat", "exp"}`` and ``aud`` when the settings name one.
 """
 
@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from partysense.dialects.tokens import mint
 from partysense.djangoapp.conf import LiveSettings, live_settings
-from partysense.tokens import mint
 
 
 @dataclass(frozen=True)

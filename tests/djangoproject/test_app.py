@@ -26,11 +26,11 @@ from django.db.migrations.loader import MigrationLoader
 from django.template import Context, Template
 from django.test import RequestFactory
 
+from partysense.db.sqlfiles import INSTALL_SCRIPT, read_sql
+from partysense.dialects.tokens import TokenError, Tokens
 from partysense.djangoapp.apps import check_settings
 from partysense.djangoapp.conf import live_settings
 from partysense.djangoapp.guests import live_token
-from partysense.sqlfiles import INSTALL_SCRIPT, read_sql
-from partysense.tokens import TokenError, Tokens
 from tests.djangoproject.views import PRIVATE_EVENT
 
 TRIGGERS = {"partysense_vote_insert", "partysense_vote_update", "partysense_vote_delete",

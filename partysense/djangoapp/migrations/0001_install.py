@@ -9,8 +9,8 @@ the script's hash: tests/test_django_app.py holds them to it).
 
 from django.db import migrations
 
+from partysense.db.sqlfiles import INSTALL_LOCK, INSTALL_SCRIPT, UNINSTALL_SCRIPT, read_sql
 from partysense.djangoapp.conf import migrate_after
-from partysense.sqlfiles import INSTALL_LOCK, INSTALL_SCRIPT, UNINSTALL_SCRIPT, read_sql
 
 INSTALL_SHA256 = "b9eb115a9cc6e7b9ebce6975e342db66c886e1dcc6cd7cc118c284b5c6904c14"
 

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from partysense.sqlfiles import INSTALL_LOCK, INSTALL_SCRIPT, read_sql
+from partysense.db.sqlfiles import INSTALL_LOCK, INSTALL_SCRIPT, read_sql
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@
 
 from django.db import migrations
 
-from partysense.sqlfiles import DEMO_SCHEMA_SCRIPT, read_sql
+from partysense.db.sqlfiles import DEMO_SCHEMA_SCRIPT, read_sql
 
 
 class Migration(migrations.Migration):

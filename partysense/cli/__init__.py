@@ -1,0 +1,1 @@
+"""partysense-db: install, tail, token; apart from the daemon."""

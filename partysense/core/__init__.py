@@ -1,0 +1,2 @@
+"""What every layer shares: a change, channel names, close codes, the hub,
+bounded logs and budgets."""

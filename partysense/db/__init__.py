@@ -1,0 +1,1 @@
+"""PostgreSQL: connections kept, the LISTEN source, the change log's SQL, the embedded server."""

@@ -1,0 +1,344 @@
+"""The one PostgreSQL connection that LISTENs on behalf of every client.
+
+The service keeps the set of channels that have subscribers and makes its
+connection LISTEN to exactly those. Keeping the connection alive (deadlines,
+probe, backoff) is :class:`~partysense.db.pgservice.PostgresService`'s job;
+this module adds the LISTEN lifecycle and how changes are read.
+
+A notification is a doorbell, not a message. Any role that can connect may
+NOTIFY on any channel (PostgreSQL has no permission for it), so what a
+notification says is never passed on: it only makes the listener read the
+change log (``partysense_change``, which only our triggers write) for what
+was committed after the last change it read. Changes go to the observers as
+the log has them, once each, in commit order; ``seq`` follows commit order
+(docs/exactness.md), so "after the last one read" is exact, and the same read
+catches up after a reconnect. A notification whose claimed change is not in
+the log (forged, or not one of ours at all) is counted and logged, at a
+bounded rate, and changes nothing (docs/security.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from psycopg2 import sql
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from partysense.adapters.txpostgres_adapter import PgConnection
+from partysense.core.change import BadChange, Change, parse_change
+from partysense.core.channels import FIREHOSE, carries, channel_event, event_channel
+from partysense.core.quietlog import Quiet
+from partysense.db import changelog
+from partysense.db.dsn import DSNSource
+from partysense.db.pgservice import NotConnected, PostgresService, describe_error
+
+# Handed every change, with the channel it is for.
+Observer = Callable[[str, Change], None]
+
+# What a notification said: channel, event id, seq, hash of its payload, its start.
+Claim = tuple[str, int, int, int, str]
+
+# Changes read at a time: a page's changes, their frames and their claims are
+# all in memory at once (a burst of 8,000 votes read as one page once cost
+# 35 MB).
+REPLAY_PAGE = 500
+# Recently read changes, (event, seq) -> a hash of the payload: a notification
+# often arrives after the read it rang for has already fetched its change, and
+# must not be taken for forged unless it says something else.
+RECENT = 20_000
+# Claims waiting for the next read: a flood of NOTIFYs while a read is slow
+# must not grow our memory; past this, claims are not checked (still read).
+MAX_CLAIMS = 10_000
+
+
+class ListenerService(PostgresService):
+    """Keeps one LISTEN connection alive and hands each logged change to its observers."""
+
+    def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
+        super().__init__(dsn, reactor, role="listener", application_name="partysense-live",
+                         **options)
+        self._observers: list[Observer] = []
+        self._wanted: set[str] = set()
+        self._listening: set[str] = set()
+        # Per channel, the newest seq committed before its LISTEN: changes up
+        # to it are not the channel's subscribers' business.
+        self._floor: dict[str, int] = {}
+        self.last_seq: int | None = None  # the newest change read from the log
+        self._syncing = False   # the work loop (LISTEN/UNLISTEN, reads) is running
+        self._rung = False      # a notification came: read the log
+        self._claims: list[Claim] = []
+        self._recent: dict[tuple[int, int], int] = {}  # insertion order: oldest first
+        self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
+        self._quiet = Quiet(self.log, reactor)
+        self.notifications = 0
+        self.replayed = 0
+        self.bad_notifications = 0
+        self.reads = 0
+
+    def observe(self, observer: Observer) -> None:
+        """Hand every change to ``observer`` too, after those registered before."""
+        self._observers.append(observer)
+
+    # -- what the hub asks for ------------------------------------------------
+
+    def listen(self, channel: str) -> None:
+        """Make sure ``channel`` is LISTENed (now, or as soon as connected)."""
+        self._wanted.add(channel)
+        self._work()
+
+    def unlisten(self, channel: str) -> None:
+        """Stop listening to ``channel`` once its last subscriber has gone."""
+        self._wanted.discard(channel)
+        if channel not in self._listening:
+            # Its last subscriber left before its LISTEN: nobody is waiting
+            # for it any more, and no LISTEN will come to fire the waiters.
+            for waiter in self._listen_waiters.pop(channel, []):
+                waiter.errback(NotConnected(f"{channel} is no longer wanted"))
+        self._work()
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels LISTENed on the current connection."""
+        return frozenset(self._listening)
+
+    def complete_after(self, channel: str, seq: int) -> bool:
+        """Every change on ``channel`` after ``seq`` is yet to be handed on.
+
+        True when ``channel`` is LISTENed on the current connection from
+        before ``seq`` (its floor) and no change after ``seq`` has been read:
+        the reads go in seq order, so each such change will be handed on to
+        whoever subscribes to the channel now. What a client was sent up to
+        ``seq`` is then all it needs from the log (partysense/reads/sharedreads.py).
+        """
+        return (self.connected and channel in self._listening
+                and self._floor.get(channel, 0) <= seq and (self.last_seq or 0) <= seq)
+
+    def listening_from(self, channel: str, seq: int) -> bool:
+        """``channel`` is LISTENed on the current connection, without a break,
+        from a floor at or before ``seq``: each of its changes after ``seq``
+        is handed on (in seq order, to every observer), whenever it is read."""
+        return (self.connected and channel in self._listening
+                and self._floor.get(channel, seq + 1) <= seq)
+
+    def whenListening(self, channel: str) -> defer.Deferred[None]:
+        """Fires once ``channel`` is LISTENed on the current connection.
+
+        Fails with NotConnected when there is no connection (or it is lost
+        first). A snapshot taken after this fires misses nothing: every
+        later commit on the channel will be read and handed on.
+        """
+        if not self.connected:
+            # Connecting (within --grace): LISTENed as soon as connected.
+            return self.whenAvailable().addCallback(lambda _: self.whenListening(channel))
+        if channel in self._listening:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._listen_waiters.setdefault(channel, []).append(waiter)
+        self._work()
+        return waiter
+
+    # -- a new connection -----------------------------------------------------
+
+    def _prepare(self, connection: PgConnection) -> defer.Deferred[None]:
+        connection.addNotifyObserver(partial(self._on_notify, connection))
+        return self._resume(connection)
+
+    def _ready(self) -> None:
+        self.log.info(
+            "Listener connected; {count} channels listened, caught up to seq {seq}.",
+            count=len(self._listening), seq=self.last_seq,
+        )
+        self._work()
+
+    def _forget(self, why: str) -> None:
+        self._listening = set()
+        self._claims = []
+        waiters, self._listen_waiters = self._listen_waiters, {}
+        for channel_waiters in waiters.values():
+            for waiter in channel_waiters:
+                waiter.errback(NotConnected(why))
+
+    @defer.inlineCallbacks
+    def _resume(self, connection: PgConnection) -> Any:
+        """LISTEN again and read what was committed while we were away."""
+        self._listening = set()
+        for channel in list(self._floor):
+            if channel not in self._wanted:
+                del self._floor[channel]
+        rows = yield self._step(connection, connection.runQuery(changelog.BOUNDS_QUERY))
+        oldest, newest = rows[0]
+        if self.last_seq is None:
+            self.last_seq = newest  # a first start: nothing to replay
+        elif newest < self.last_seq:
+            self._log_went_back(newest)
+        elif oldest > self.last_seq + 1:
+            self.log.warn(
+                "The change log now starts at seq {oldest}, after seq {seq} that the "
+                "listener had reached: changes committed during the outage may have "
+                "been trimmed (an outage longer than --retention?).",
+                oldest=oldest, seq=self.last_seq)
+        for channel in sorted(self._wanted):
+            # A channel listened before keeps its floor: what it missed is read
+            # below. A new one starts at the log's end before its LISTEN.
+            self._floor.setdefault(channel, newest)
+            yield self._step(connection, connection.runOperation(_listen(channel)))
+            self._listened(channel)
+        handed_on = self.notifications
+        while (yield self._step(connection, self._read(connection))):
+            pass
+        self.replayed += self.notifications - handed_on
+
+    def _log_went_back(self, newest: int) -> None:
+        """The database's change log ends before what we saw: start over from it.
+
+        A restore from backup, a failover to a standby that had not received
+        the last commits, or a reinstall. Without this, every new change
+        (numbered from the lower seq again) would be taken as already read.
+        """
+        self.log.warn(
+            "The change log ends at seq {newest}, before seq {seq} that the listener had "
+            "already seen (database restored or failed over?); nothing can be replayed, "
+            "counting again from {newest}.", newest=newest, seq=self.last_seq)
+        self.last_seq = newest
+        for channel in self._floor:
+            self._floor[channel] = min(self._floor[channel], newest)
+        self._recent.clear()
+
+    # -- the work loop: LISTEN/UNLISTEN and reads, one statement at a time ----
+
+    @defer.inlineCallbacks
+    def _work(self) -> Any:
+        """Keep LISTEN in step with the subscribers, and read the log when rung.
+
+        One loop does both, so that a read always asks for the channels
+        LISTENed at that moment: a read that raced a LISTEN could skip the
+        new channel's first changes.
+        """
+        if self._syncing or not self.connected:
+            return
+        self._syncing = True
+        try:
+            while self.connected and self._connection is not None:
+                connection = self._connection
+                to_listen = sorted(self._wanted - self._listening)
+                to_unlisten = sorted(self._listening - self._wanted)
+                if to_listen:
+                    # The log's end before the LISTENs: what commits after them
+                    # is past it. (A change that commits in between is handed
+                    # on too: early, never missing.)
+                    rows = yield self._watch(
+                        connection.runQuery(changelog.BOUNDS_QUERY), connection)
+                    for channel in to_listen:
+                        self._floor[channel] = rows[0][1]
+                        yield self._watch(connection.runOperation(_listen(channel)), connection)
+                        self._listened(channel)
+                elif to_unlisten:
+                    for channel in to_unlisten:
+                        # Not listening from now: a new subscriber's whenListening
+                        # must wait for the LISTEN that follows, not snapshot
+                        # between this UNLISTEN and that LISTEN.
+                        self._listening.discard(channel)
+                        yield self._watch(connection.runOperation(
+                            sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))), connection)
+                        if channel not in self._wanted:
+                            self._floor.pop(channel, None)
+                elif self._rung:
+                    self._rung = False
+                    if (yield self._watch(self._read(connection), connection)):
+                        self._rung = True  # a full page: there is more
+                else:
+                    break
+        except Exception as error:
+            self.log.warn("LISTEN/UNLISTEN or reading the change log failed: {why}",
+                          why=describe_error(error))
+        finally:
+            self._syncing = False
+
+    def _listened(self, channel: str) -> None:
+        self._listening.add(channel)
+        for waiter in self._listen_waiters.pop(channel, []):
+            waiter.callback(None)
+
+    @defer.inlineCallbacks
+    def _read(self, connection: PgConnection) -> Any:
+        """Read one page of changes after ``last_seq`` on our channels; True if full."""
+        claims, self._claims = self._claims, []
+        if not self._listening:
+            return False
+        events = None if FIREHOSE in self._listening else [
+            event for event in map(channel_event, self._listening) if event is not None]
+        params = changelog.replay_params(self.last_seq or 0, events, REPLAY_PAGE)
+        rows = yield connection.runQuery(changelog.REPLAY_QUERY, params)
+        self.reads += 1
+        for change in changelog.parse_rows(rows):
+            self._hand_on(change)
+        full = len(rows) == REPLAY_PAGE
+        self._check(claims, undecided_after=self.last_seq if full else None)
+        return full
+
+    def _hand_on(self, change: Change) -> None:
+        self.last_seq = max(self.last_seq or 0, change.seq)
+        key = (change.event_id, change.seq)
+        if len(self._recent) >= RECENT:
+            del self._recent[next(iter(self._recent))]  # the oldest
+        self._recent[key] = hash(change.payload)
+        for channel in (event_channel(change.event_id), FIREHOSE):
+            if channel in self._listening and change.seq > self._floor.get(channel, 0):
+                self.notifications += 1
+                for observer in self._observers:
+                    try:
+                        observer(channel, change)
+                    except Exception:
+                        self.log.failure("Delivering change {seq} on {channel} failed",
+                                         seq=change.seq, channel=channel)
+
+    def _check(self, claims: list[Claim], undecided_after: int | None) -> None:
+        """A claim rang before the read: its change must now have been read.
+
+        PostgreSQL delivers a notification only once its transaction is
+        visible, so a read that starts after it arrived sees the change.
+        """
+        for claim in claims:
+            channel, event_id, seq, said, start = claim
+            logged = self._recent.get((event_id, seq))
+            if logged == said:
+                continue
+            if logged is None and undecided_after is not None and seq > undecided_after:
+                self._claims.append(claim)  # the next page decides
+            elif channel in self._listening:
+                why = ("is not in the change log" if logged is None else
+                       "differs from the change log (or a name changed since)")
+                self._forged(channel, f"change {seq} of event {event_id} {why}", start)
+
+    # -- notifications --------------------------------------------------------
+
+    def _on_notify(self, connection: PgConnection, notify: Any) -> None:
+        if connection is not self._connection or notify.channel not in self._floor:
+            return  # a late read from a connection given up, or a channel we dropped
+        try:
+            claim = parse_change(notify.payload)
+            if not carries(notify.channel, claim.event_id):
+                raise BadChange(f"a change of event {claim.event_id} on {notify.channel}")
+        except BadChange as error:
+            self._forged(notify.channel, str(error), notify.payload[:200])
+        else:
+            if len(self._claims) < MAX_CLAIMS:
+                self._claims.append((notify.channel, claim.event_id, claim.seq,
+                                     hash(claim.payload), notify.payload[:200]))
+        # Even a bad payload rings: reading the log costs one query and can
+        # only ever find real changes.
+        self._rung = True
+        self._work()
+
+    def _forged(self, channel: str, why: str, payload: Any) -> None:
+        self.bad_notifications += 1
+        self._quiet.warn(
+            channel, "Ignored a notification on {channel} that is not a vote change of ours "
+            "({why}): {payload!r}", channel=channel, why=why, payload=payload)
+
+
+def _listen(channel: str) -> sql.Composed:
+    return sql.SQL("LISTEN {}").format(sql.Identifier(channel))

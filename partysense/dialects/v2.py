@@ -1,0 +1,391 @@
+"""The ``partysense.v2`` dialect: exact tallies, several subscriptions, resume.
+
+    -> {"type": "subscribe", "event": 1, "id": "a"}
+    <- {"type": "snapshot", "event": 1, "id": "a", "cursor": 1234, "title": "...",
+        "tracks": [{"tid": 7, "track": "...", "artist": "...", "up": 3, "down": 1}]}
+    <- {"type": "change", "sub": 1, "eid": 1, ..., "seq": 1240, ...}
+    -> {"type": "subscribe", "event": 1, "cursor": 1240}        resume after a reconnect
+    <- {"type": "subscribed", "event": 1, "cursor": 1240}, then every change after 1240
+    -> {"type": "unsubscribe", "event": 1}   <- {"type": "unsubscribed", "event": 1}
+    -> {"type": "ping"}                      <- {"type": "pong"}
+    -> {"type": "auth", "token": "<jwt>"}    <- {"type": "authorized", "expires": 1767225600}
+    <- {"type": "token_expired"}             send a fresh "auth" within 30 s, or
+    <- {"type": "unsubscribed", "event": 1, "reason": "token_expired"}
+
+Errors are messages ({"type": "error", "error": kind, "message": ...}); the
+connection stays open. The full description is docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from partysense.adapters.autobahn_adapter import Frame, prepare
+from partysense.core import budgets, errors
+from partysense.core.change import Change
+from partysense.core.channels import channel_event, channel_for
+from partysense.core.errors import ClientError, is_utf8
+from partysense.core.hub import Delivery
+from partysense.db.changelog import Replay, Snapshot
+from partysense.db.errors import NotConnected, Overloaded, QueryRefused
+from partysense.dialects.access import Access
+from partysense.dialects.dialect import Client, Shared
+from partysense.dialects.subscription import parse_event_id, parse_json
+from partysense.dialects.tokens import Grant, TokenError
+
+SUBPROTOCOL = "partysense.v2"
+# Live changes held for a subscription while its snapshot or replay is being
+# sent; a client that needs more than this is not keeping up.
+MAX_PENDING = 20000
+MAX_ID_LENGTH = 64
+# Each subscribe costs a snapshot or a replay, subscribing again to the same
+# event too: a burst of --max-subscriptions and a few more (a page opening its
+# events at once, and moving a few), then this many a second.
+SUBSCRIBES_PER_SECOND = 1.0
+SUBSCRIBE_SPARE = 8
+# A client told "too_many_subscribes" this many times in a row that keeps on
+# is closed (4029): answering its loop would cost everybody else's CPU.
+MAX_REFUSED_SUBSCRIBES = 4
+
+
+def change_json(channel: str, change: Change) -> bytes:
+    """A change message's JSON: "type" and "sub" (the subscription's event), then
+    the change. One line always (JSON escapes control characters): the SSE
+    stream (partysense/web/sse.py) sends the same bytes as its ``data:``."""
+    event_id = channel_event(channel)
+    body = {"type": "change", "sub": "ALL" if event_id is None else event_id, **change.fields()}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def change_frame(channel: str, change: Change) -> Frame:
+    """A change message, framed."""
+    return prepare(change_json(channel, change))
+
+
+def v2_frame(delivery: Delivery) -> Frame:
+    return change_frame(delivery.channel, delivery.change)
+
+
+class BadRequest(Exception):
+    """A v2 request we answer with an error message (the connection stays open)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class Subscription:
+    """One event (or the firehose) on one v2 connection.
+
+    Until its snapshot or replay has been sent, live changes wait in
+    ``_pending``; afterwards a change is sent only if its seq is past the
+    cursor, which is what makes snapshot + changes exact.
+    """
+
+    def __init__(self, session: V2Session, channel: str, event_id: int | None) -> None:
+        self._session = session
+        self.channel = channel
+        self.event_id = event_id
+        self.cursor: int | None = None
+        self.active = True
+        self._pending: list[tuple[Delivery, Frame]] = []
+
+    def stop(self) -> None:
+        """Unsubscribed, subscribed again or closed: nothing more is sent for it.
+
+        Its snapshot may still wait in the send queue; without this, the
+        changes held for it would follow once the snapshot is out, after an
+        "unsubscribed" or a newer snapshot.
+        """
+        self.active = False
+        self._pending = []
+
+    wire_format = "v2"
+
+    @staticmethod
+    def encode(delivery: Delivery) -> Frame:
+        """The frame of a change, made once for every subscriber (partysense/core/hub.py)."""
+        return v2_frame(delivery)
+
+    def deliver(self, delivery: Delivery, frame: Frame) -> None:
+        if not self.active:
+            return
+        if self.cursor is None:
+            self._pending.append((delivery, frame))
+            if len(self._pending) > MAX_PENDING:
+                self._session.client.too_slow()
+        elif delivery.seq > self.cursor:
+            self.cursor = delivery.seq
+            self._session.client.send_frame(frame)
+
+    def start(self, cursor: int, replayed: list[Change]) -> defer.Deferred[None]:
+        """Send the replayed changes after ``cursor`` at the client's pace, then go live."""
+        replayed = [change for change in replayed if change.seq > cursor]
+        last = replayed[-1].seq if replayed else cursor
+        frames = (change_frame(self.channel, change) for change in replayed)
+        return self._session.client.stream(frames).addCallback(lambda _: self._go_live(last))
+
+    def _go_live(self, cursor: int) -> None:
+        self.cursor = cursor
+        pending, self._pending = self._pending, []
+        for delivery, frame in pending:
+            self.deliver(delivery, frame)
+
+
+class V2Session:
+    """A v2 client's subscriptions and requests."""
+
+    dialect = "v2"
+    _log = Logger()
+
+    def __init__(self, client: Client, shared: Shared) -> None:
+        self.client = client
+        self._shared = shared
+        self._subs: dict[str, Subscription] = {}
+        self._closed = False
+        self._budget = float(shared.max_subscriptions + SUBSCRIBE_SPARE)
+        self._budget_at = shared.clock.seconds()
+        self._refused_in_a_row = 0
+        self._access = Access(shared.tokens, shared.clock, client.url_token,
+                              expired=self._token_expired, lapsed=self._token_lapsed)
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._subs)
+
+    def received(self, text: str) -> Any:
+        message = parse_json(text)  # not JSON at all: that one still closes (1007)
+        request_id: Any = None
+        try:
+            if not isinstance(message, dict):
+                raise BadRequest("bad_request", 'a request is a JSON object with a "type"')
+            request_id = _request_id(message.get("id"))
+            kind = message.get("type")
+            handler = {
+                "subscribe": self._subscribe,
+                "unsubscribe": self._unsubscribe,
+                "ping": self._ping,
+                "auth": self._auth,
+            }.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise BadRequest("bad_request",
+                                 'unknown "type": use subscribe, unsubscribe, ping or auth')
+            d = defer.maybeDeferred(handler, request_id, message)
+        except BadRequest as error:
+            d = defer.fail(error)
+        return d.addErrback(self._answer_error, request_id)
+
+    def _answer_error(self, failure: Any, request_id: Any) -> None:
+        failure.trap(BadRequest)
+        if self._closed:
+            return  # the client left while we worked on its request
+        error = failure.value
+        self._shared.counters.bad_input(error.kind)
+        self.client.log_refused(error.kind, error.message)
+        self.send({"type": "error", "id": request_id, "error": error.kind,
+                   "message": error.message})
+
+    def send(self, body: dict[str, Any]) -> None:
+        if body.get("id") is None:
+            body.pop("id", None)
+        self.client.send_json(body)
+
+    # -- requests -------------------------------------------------------------
+
+    def _ping(self, request_id: Any, message: dict) -> None:
+        self.send({"type": "pong", "id": request_id})
+
+    def _auth(self, request_id: Any, message: dict) -> None:
+        grant = self._grant(message.get("token"), required=True)
+        for channel, subscription in list(self._subs.items()):
+            if not grant.allows(subscription.event_id):
+                self._end(channel, "forbidden")
+        expires = None if grant.expires == math.inf else int(grant.expires)
+        self.send({"type": "authorized", "expires": expires, "id": request_id})
+
+    def _grant(self, token: Any, required: bool = False) -> Grant:
+        if required and token is None:
+            raise BadRequest("bad_request", '"auth" needs a "token"')
+        try:
+            return self._access.grant(token)
+        except TokenError as error:
+            raise BadRequest(error.kind, error.reason) from None
+
+    def _token_expired(self) -> None:
+        self.send({"type": "token_expired"})
+
+    def _token_lapsed(self) -> None:
+        for channel in list(self._subs):
+            self._end(channel, "token_expired")
+
+    def _end(self, channel: str, reason: str) -> None:
+        subscription = self._subs.get(channel)
+        if subscription is not None:
+            self._drop(channel)
+            self.send({"type": "unsubscribed", "event": _event_name(subscription.event_id),
+                       "reason": reason})
+
+    def _unsubscribe(self, request_id: Any, message: dict) -> None:
+        event_id = _event(message)
+        self._drop(channel_for(event_id))
+        self.send({"type": "unsubscribed", "event": _event_name(event_id), "id": request_id})
+
+    @defer.inlineCallbacks
+    def _subscribe(self, request_id: Any, message: dict) -> Any:
+        event_id = _event(message)
+        since = message.get("cursor")
+        if since is not None and (type(since) is not int or since < 0):
+            raise BadRequest("bad_request", '"cursor" must be a non-negative integer')
+        channel = channel_for(event_id)
+        try:
+            self._grant(message.get("token")).check(event_id)
+        except TokenError as error:
+            raise BadRequest(error.kind, error.reason) from None
+        self._spend_subscribe()
+        self._drop(channel)  # subscribing again restarts the subscription
+        if len(self._subs) >= self._shared.max_subscriptions:
+            raise BadRequest("too_many_subscriptions",
+                             f"at most {self._shared.max_subscriptions} subscriptions "
+                             "per connection")
+        reserved = 0 if since is None else self._reserve_replay(since)
+        replayed = 0
+        try:
+            replayed = (yield self._subscribe_to(request_id, event_id, channel, since)) or 0
+        finally:
+            if reserved:  # what the replay did not send goes back to the address
+                budgets.replayed(self._shared.budgets, self._address, self._now(), reserved,
+                                 replayed)
+
+    @defer.inlineCallbacks
+    def _subscribe_to(self, request_id: Any, event_id: int | None, channel: str,
+                      since: int | None) -> Any:
+        """Subscribed, its snapshot or replay sent; returns the rows replayed."""
+        try:
+            if event_id is not None and not (
+                    yield self._shared.event_exists(self._address, event_id)):
+                raise BadRequest("unknown_event", f"event {event_id} does not exist")
+            if self._closed:
+                return  # gone while we asked: subscribed now, it would never be dropped
+            subscription = Subscription(self, channel, event_id)
+            self._subs[channel] = subscription
+            self._shared.hub.subscribe(channel, subscription)
+            yield self._shared.listener.whenListening(channel)
+            reads = self._shared.reads
+            if since is None:
+                snapshot, since_then = yield reads.snapshot(event_id)
+                self._started(subscription, request_id, snapshot, reset=False,
+                              replayed=since_then)
+            else:
+                replay: Replay = yield reads.replay(event_id, since)
+                if replay.snapshot is not None:
+                    self._started(subscription, request_id, replay.snapshot, reset=True)
+                elif self._subs.get(channel) is subscription:
+                    self.send({"type": "subscribed", "event": _event_name(event_id),
+                               "cursor": since, "id": request_id})
+                    yield subscription.start(since, replay.changes)
+                return len(replay.changes) or 1
+        except Overloaded:
+            self._drop(channel)
+            raise BadRequest("unavailable", "the server is busy; retry soon") from None
+        except NotConnected as error:
+            self._drop(channel)
+            raise BadRequest("unavailable",
+                             f"the database is unreachable right now ({error}); retry soon"
+                             ) from None
+        except QueryRefused as error:
+            # Reachable but refusing (privileges, a missing install step):
+            # the sysadmin's problem, said plainly in the log.
+            self._drop(channel)
+            self._log.error("The database refused a v2 subscription query: {error}",
+                            error=str(error))
+            raise BadRequest("server_error", "the server could not read the event's "
+                                             "history; see its log") from None
+        except BadRequest:
+            self._drop(channel)
+            raise
+
+    @property
+    def _address(self) -> str:
+        return self.client.address or "?"
+
+    def _now(self) -> float:
+        return self._shared.clock.seconds()
+
+    def _reserve_replay(self, since: int) -> int:
+        """The replay's most rows, taken from the address's budget (or refused)."""
+        rows = self._shared.replay_rows(since)
+        refusal = budgets.replay_refusal(self._shared.budgets, self._address, self._now(), rows)
+        if refusal is not None:
+            self._refused()
+            raise BadRequest("too_many_subscribes", refusal)
+        return rows
+
+    def _refused(self) -> None:
+        """One more refused subscribe; a client that keeps on past them is closed."""
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row > MAX_REFUSED_SUBSCRIBES:
+            raise ClientError("flood", errors.FLOOD,
+                              "kept subscribing past its budget of subscribes")
+
+    def _spend_subscribe(self) -> None:
+        now = self._shared.clock.seconds()
+        burst = float(self._shared.max_subscriptions + SUBSCRIBE_SPARE)
+        self._budget = min(burst, self._budget + (now - self._budget_at) * SUBSCRIBES_PER_SECOND)
+        self._budget_at = now
+        if self._budget < 1:
+            self._refused()
+            raise BadRequest("too_many_subscribes",
+                             f"more than {burst:g} subscribes at once, then "
+                             f"{SUBSCRIBES_PER_SECOND:g} a second; retry in a moment")
+        # The address's budget too: a new connection does not start afresh.
+        refusal = budgets.subscribe_refusal(self._shared.budgets, self._address, now)
+        if refusal is not None:
+            self._refused()
+            raise BadRequest("too_many_subscribes", refusal)
+        self._refused_in_a_row = 0
+        self._budget -= 1
+
+    def _started(self, subscription: Subscription, request_id: Any, snapshot: Snapshot,
+                 reset: bool, replayed: list[Change] | None = None) -> None:
+        if self._subs.get(subscription.channel) is not subscription:
+            return  # unsubscribed (or closed) while the snapshot was taken
+        self.send(snapshot.message(subscription.event_id, request_id, reset=reset))
+        subscription.start(snapshot.cursor, replayed or [])
+
+    def _drop(self, channel: str) -> None:
+        subscription = self._subs.pop(channel, None)
+        if subscription is not None:
+            subscription.stop()
+            self._shared.hub.unsubscribe(channel, subscription)
+
+    def close(self) -> None:
+        self._closed = True
+        self._access.close()
+        for channel in list(self._subs):
+            self._drop(channel)
+
+
+def _event(message: dict) -> int | None:
+    try:
+        return parse_event_id(message.get("event"))
+    except ClientError as error:
+        raise BadRequest(error.kind, error.reason) from None
+
+
+def _event_name(event_id: int | None) -> int | str:
+    return "ALL" if event_id is None else event_id
+
+
+def _request_id(value: Any) -> Any:
+    if value is None or (type(value) is int) or (isinstance(value, str)
+                                                and len(value) <= MAX_ID_LENGTH
+                                                and is_utf8(value)):
+        return value
+    raise BadRequest("bad_request", f'"id" must be a number or a string of at most '
+                                    f"{MAX_ID_LENGTH} characters")

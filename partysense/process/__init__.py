@@ -1,0 +1,1 @@
+"""The process: workers, open-files limits, the garbage collector, systemd, log files."""

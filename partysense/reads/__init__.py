@@ -1,0 +1,1 @@
+"""Reads shared by many askers: snapshots, replays, seed floors, the event directory."""

@@ -1,0 +1,1 @@
+"""HTTP resources: the page, health, metrics, SSE, the pulse, /client.js, the status page."""

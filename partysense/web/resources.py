@@ -1,0 +1,290 @@
+"""The one port: the WebSocket and the live page at ``/``, plus health.
+
+``GET /`` with an ``Upgrade: websocket`` header is a WebSocket (the seed
+clients connect to ``ws://host:18854``); without it, the live page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from typing import Any, Protocol
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import NoResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.static import Data
+
+from partysense.db.pgservice import NotConnected
+from partysense.dialects.tokens import OPEN, Tokens
+from partysense.web.clientjs import ClientScript
+from partysense.web.headers import SecurityHeaders
+from partysense.web.httpguard import GuardedSite, site_of, token_refusal
+from partysense.web.pulse import EventPulse, Exists, PulseReads, event_id_of
+from partysense.web.sse import EventStreams, Streams
+from partysense.web.sserequest import client_address
+from partysense.wire.protocol import LiveFactory
+from partysense.wire.waiting import Waiting
+
+# Connections to --admin-port at once (scrapers, a health check): the oldest
+# idle one is closed for a newcomer past these.
+ADMIN_WAITING = 16
+
+
+class Connection(Protocol):
+    state: str
+    reason: str
+
+    @property
+    def connected(self) -> bool: ...
+
+
+class Listener(Connection, Protocol):
+    @property
+    def channels(self) -> frozenset[str]: ...
+
+
+class Queries(Connection, Protocol):
+    def runQuery(self, query: Any, params: Any = None) -> Any: ...
+
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+
+class PageOrWebSocket(Resource):
+    """``/``: hands WebSocket upgrades to Autobahn, serves the page otherwise."""
+
+    isLeaf = True
+
+    def __init__(self, websocket: WebSocketResource, page: Resource) -> None:
+        super().__init__()
+        self._websocket = websocket
+        self._page = page
+
+    def render(self, request: Request) -> Any:
+        upgrade = (request.getHeader("upgrade") or "").lower()
+        if upgrade == "websocket":
+            # The WebSocket takes the socket over: neither the HTTP channel's
+            # idle timer nor the handshake deadline may fire on it later.
+            request.channel.setTimeout(None)
+            site_of(request).upgraded(request.channel)
+            return self._websocket.render(request)
+        return self._page.render(request)
+
+
+class Health(Resource):
+    """``/healthz``: 200 when both database connections are up, else 503.
+
+    Both: without the listener no vote arrives; without the query
+    connection no v2 client gets its snapshot. On the public port it says
+    that and nothing else (libpq's errors name hosts and users; the channels
+    say which events are watched); ``detailed`` (the --admin-port) says why,
+    and more.
+    """
+
+    isLeaf = True
+
+    def __init__(self, listener: Listener, queries: Connection, factory: LiveFactory,
+                 detailed: bool = False) -> None:
+        super().__init__()
+        self._listener = listener
+        self._queries = queries
+        self._factory = factory
+        self._detailed = detailed
+
+    def render_GET(self, request: Request) -> bytes:
+        healthy = self._listener.connected and self._queries.connected
+        body: dict[str, Any] = {"status": "ok" if healthy else "unavailable"}
+        if self._detailed:
+            body.update({
+                "listener": self._listener.state,
+                "queries": self._queries.state,
+                "reason": self._listener.reason or (
+                    "" if self._queries.connected
+                    else f"query connection: {self._queries.reason}"),
+                "channels": sorted(self._listener.channels),
+                "clients": len(self._factory.clients),
+                "pid": os.getpid(),  # which process answered (several with --workers)
+            })
+        request.setResponseCode(200 if healthy else 503)
+        request.setHeader("content-type", "application/json")
+        request.setHeader("cache-control", "no-store")
+        return json.dumps(body).encode("utf-8") + b"\n"
+
+
+EVENTS_QUERY = "SELECT id, title FROM event_event ORDER BY id DESC LIMIT 500"
+
+
+class EventList(Resource):
+    """``/api/events``: the newest events as ``[{"id": 3, "title": "..."}]``, for
+    the page's picker; 503 with a reason while the database is unreachable.
+
+    The list is read at most once every ``ttl`` seconds, and requests that
+    come while it is being read share that read: anyone can ask, as often as
+    they like, and the database answers a few times a minute.
+    """
+
+    _log = Logger()
+
+    def __init__(self, queries: Queries, clock: Any, tokens: Tokens = OPEN,
+                 ttl: float = 5.0, pulse: Resource | None = None) -> None:
+        super().__init__()
+        self._pulse = pulse
+        self._queries = queries
+        self._clock = clock
+        self._tokens = tokens
+        self._ttl = ttl
+        self._rows: Any = None
+        self._read_at = -ttl
+        self._reading: Any = None
+        self._waiters: list[defer.Deferred[Any]] = []
+        self.queries = 0
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        # /api/events/ is the list; /api/events/<id>/pulse an event's pulse.
+        if path == b"":
+            return self
+        if self._pulse is not None and event_id_of(path) is not None:
+            return self._pulse
+        return NoResource()
+
+    def _events(self) -> Any:
+        if self._rows is not None and self._clock.seconds() - self._read_at < self._ttl:
+            return defer.succeed(self._rows)
+        if not self._queries.connected:
+            # The picker can say "try again"; no need to hold the request.
+            return defer.fail(NotConnected("the database is unreachable"))
+        done: defer.Deferred[Any] = defer.Deferred()
+        self._waiters.append(done)  # first: the read may fail at once
+        if self._reading is None:
+            self.queries += 1
+            self._reading = self._queries.runQuery(EVENTS_QUERY)
+            self._reading.addBoth(self._read)
+        return done
+
+    def _read(self, result: Any) -> None:
+        self._reading = None
+        if not isinstance(result, Failure):
+            self._rows, self._read_at = result, self._clock.seconds()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def render_GET(self, request: Request) -> Any:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(code: int, body: Any) -> None:
+            if gone:
+                return
+            request.setResponseCode(code)
+            request.setHeader("content-type", "application/json")
+            request.setHeader("cache-control", "no-store")
+            request.write(json.dumps(body).encode("utf-8") + b"\n")
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            if not failure.check(NotConnected):
+                self._log.failure("Listing events failed", failure)
+            answer(503, {"error": "unavailable", "message": "the database is unreachable"})
+
+        # With tokens on, the list of every event needs a token for every event.
+        refusal = token_refusal(self._tokens, request, self._clock.seconds(), None)
+        if refusal is not None:
+            answer(*refusal)
+            return NOT_DONE_YET
+
+        self._events().addCallbacks(
+            lambda rows: answer(200, [{"id": i, "title": t} for i, t in rows]), failed)
+        return NOT_DONE_YET
+
+
+def static_file(name: str, client: ClientScript | None = None) -> Data:
+    """A file from partysense/static, read once at start-up (a script's import
+    of /client.js versioned)."""
+    body = resources.files("partysense.web").joinpath("static", name).read_bytes()
+    suffix = name[name.rfind("."):]
+    if client is not None and suffix == ".js":
+        body = client.versioned(body)
+    return Data(body, STATIC_TYPES.get(suffix, "application/octet-stream"))
+
+
+def static_folder(client: ClientScript) -> Resource:
+    folder = Resource()
+    for entry in resources.files("partysense.web").joinpath("static").iterdir():
+        if entry.is_file() and not entry.name.startswith(".") and entry.name != "client.js":
+            folder.putChild(entry.name.encode("utf-8"), static_file(entry.name, client))
+    return folder
+
+
+def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
+              metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
+              tokens: Tokens = OPEN, streams: Streams | None = None,
+              headers: SecurityHeaders | None = None,
+              waiting: Waiting | None = None,
+              exists: Exists | None = None) -> GuardedSite:
+    """The resource tree of the public port.
+
+    ``metrics`` is served at /metrics here only when there is no admin port.
+    ``handshake_timeout`` closes an HTTP connection that has not upgraded to
+    a WebSocket that long after connecting (partysense/web/httpguard.py).
+    ``streams``: the Server-Sent Events at /events/<id>/stream (partysense/web/sse.py).
+    ``headers``: the security headers of every answer (--frame-ancestors;
+    partysense/web/headers.py).
+    ``waiting``: the connections not yet upgraded, bounded per address and in
+    all (partysense/wire/waiting.py); None: limits.MAX_WAITING in all, none per address.
+    ``exists``: the event directory, so that the pulse of no event costs no query.
+    """
+    root = Resource()
+    root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), static_file("index.html")))
+    root.putChild(b"healthz", Health(listener, queries, factory))
+    client = ClientScript.packaged()
+    root.putChild(b"client.js", client)  # at the root: docs/client.md
+    root.putChild(b"static", static_folder(client))
+    api = Resource()
+    pulse = EventPulse(PulseReads(queries, clock), clock, tokens, exists,
+                       trusted_proxies=int(getattr(factory, "trustXForwardedFor", 0)))
+    api.putChild(b"events", EventList(queries, clock, tokens, pulse=pulse))
+    root.putChild(b"api", api)
+    if streams is not None:
+        root.putChild(b"events", EventStreams(streams))
+    if metrics is not None:
+        root.putChild(b"metrics", metrics)
+    # One access log for the port: requests, WebSockets and SSE streams share
+    # each address's budget, keyed by the client's address as the limits read it.
+    site = GuardedSite(root, clock, handshake_timeout, waiting, headers=headers,
+                       access=factory.access_log,
+                       address_of=lambda request: client_address(
+                           request, int(getattr(factory, "trustXForwardedFor", 0))))
+    site.websocket = factory  # whole upgrade requests for / skip twisted.web
+    site.displayTracebacks = False
+    return site
+
+
+def make_admin_site(factory: LiveFactory, listener: Listener, queries: Queries,
+                    metrics: Resource, clock: Any, status: Resource | None = None) -> GuardedSite:
+    """The --admin-port: /metrics and a detailed /healthz, for operators only;
+    ``status``, the page (partysense/web/status.py), at /status and at /."""
+    root = Resource()
+    root.putChild(b"healthz", Health(listener, queries, factory, detailed=True))
+    root.putChild(b"metrics", metrics)
+    if status is not None:
+        root.putChild(b"status", status)
+        root.putChild(b"", status)
+    # Its connections come out of the files reserved beside the clients'
+    # (limits.RESERVED_FILES): a few at once, the oldest idle one closed for a newcomer.
+    site = GuardedSite(root, clock, handshake_timeout=10.0, waiting=Waiting(ADMIN_WAITING),
+                       name="AdminSite")
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,431 @@
+"""Server-Sent Events: ``GET /events/<id>/stream`` and ``GET /events/ALL/stream``.
+
+For consumers that are not WebSocket browsers: an OBS overlay, ``curl -N``,
+a script, a network whose proxy strips upgrades. Each change is one event::
+
+    id: 1240
+    event: change
+    data: {"type":"change","sub":1,"eid":1,...,"seq":1240,...}
+
+``data`` is the v2 dialect's change message, the very bytes
+(``v2.change_json``). A reconnect with ``Last-Event-ID`` (browsers send it
+themselves) or ``?last_event_id=`` replays what it missed from the change log,
+then goes live, with no gap and no duplicate: as a v2 resume, the stream is
+subscribed to the hub first and holds live changes until the replay is out.
+Without it, the stream starts now, at the log's newest ``seq``, which it
+sends as ``id:`` at once, so that even a client that saw no change can
+resume exactly.
+
+Streams are clients like the WebSocket ones (``LiveFactory.clients``): the
+same --max-clients and --max-connections-per-ip, the same outbox bounded by
+--max-queue-bytes, the same per-turn writer, closed at shutdown. Events are
+encoded once per change for every stream (``Delivery.frame``), chunk framing
+of HTTP/1.1 included, and written around twisted.web's Request (which would
+copy and frame each write again): docs/protocol.md, "Server-Sent Events".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from partysense.adapters.twisted_adapter import write_now
+from partysense.core import budgets
+from partysense.core.change import Change
+from partysense.core.channels import channel_for
+from partysense.core.errors import TOO_SLOW
+from partysense.core.hub import Delivery
+from partysense.db.errors import NotConnected, Overloaded, QueryRefused
+from partysense.dialects.dialect import Shared
+from partysense.dialects.tokens import Grant
+from partysense.dialects.v2 import MAX_PENDING, change_json
+from partysense.web.httpguard import site_of
+from partysense.web.sserequest import (
+    Refused,
+    allow_origin,
+    answer,
+    client_address,
+    compact,
+    event_of,
+    granted,
+    head_bytes,
+    last_event_id,
+    spend_budgets,
+)
+from partysense.wire.outbox import Outbox
+from partysense.wire.protocol import LiveFactory
+
+KEEPALIVE = 15.0      # seconds between ": keepalive" comments (proxies close idle streams)
+RETRY_MS = 2000       # how long browsers wait before reconnecting
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (RFC 9112 7.1)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _json(delivery: Delivery) -> bytes:
+    return change_json(delivery.channel, delivery.change)
+
+
+def event_bytes(seq: int, data: bytes) -> bytes:
+    return b"id: %d\nevent: change\ndata: %s\n\n" % (seq, data)
+
+
+def sse_frame(delivery: Delivery) -> bytes:
+    return event_bytes(delivery.seq, delivery.frame("json", _json))
+
+
+def sse_chunked_frame(delivery: Delivery) -> bytes:
+    return chunk(delivery.frame("sse", sse_frame))
+
+
+KEEPALIVE_LINE = b": keepalive\n\n"
+TOKEN_EXPIRED = b'event: token_expired\ndata: {"type":"token_expired"}\n\n'
+
+
+class Streams:
+    """Every SSE stream of the port: the shared daemon, and one keepalive for all."""
+
+    def __init__(self, factory: LiveFactory, shared: Shared, keepalive: float = KEEPALIVE) -> None:
+        self.factory = factory
+        self.shared = shared
+        self.open: set[Stream] = set()
+        self._interval = keepalive
+        self._beat = LoopingCall(self._keepalive)
+        self._beat.clock = shared.clock
+
+    def entered(self, stream: Stream) -> None:
+        self.open.add(stream)
+        if not self._beat.running:
+            self._beat.start(self._interval, now=False)
+
+    def left(self, stream: Stream) -> None:
+        self.open.discard(stream)
+        if not self.open and self._beat.running:
+            self._beat.stop()
+
+    def _keepalive(self) -> None:
+        for stream in list(self.open):
+            stream.keepalive()
+
+
+class Stream:
+    """One client's event stream; a hub subscriber and one of the factory's clients."""
+
+    dialect = "sse"
+    _log = Logger()
+
+    def __init__(self, streams: Streams, request: Request, event_id: int | None,
+                 since: int | None, grant: Grant, address: str, reserved: int = 0) -> None:
+        self._streams = streams
+        self._shared = streams.shared
+        self._factory = streams.factory
+        self._request = request
+        self.event_id = event_id
+        self.channel = channel_for(event_id)
+        self._since = since
+        self._grant = grant
+        self.address = address
+        self.session = self  # what the factory counts clients by (clients_by_dialect)
+        self.bytes_sent = 0
+        self._reserved = reserved  # replay rows taken from the address's budget
+        self._replayed = 0         # and those the replay sent
+        self._cursor: int | None = None   # None: the replay is not out yet
+        self._pending: list[tuple[Delivery, bytes]] = []
+        self._started = False             # the 200 and its headers are out
+        self._gone = False
+        self._expiry: Any = None
+        self._transport: Any = request.channel.transport
+        self._opened_at = streams.shared.clock.seconds()
+        self._ended_by: tuple[int, str] = (200, "the client went away")  # for the access log
+        # Twisted chunks a response of unknown length to an HTTP/1.1 client;
+        # known now, so that the hub groups the stream with its like and frames
+        # each change once per format (partysense/core/hub.py).
+        if request.clientproto == b"HTTP/1.1":
+            self.wire_format, self._encode, self._wrap = "sse/chunked", sse_chunked_frame, chunk
+        else:
+            self.wire_format, self._encode, self._wrap = "sse", sse_frame, _plain
+        limits = self._factory.limits
+        self.outbox = Outbox(self._write, lambda: self.is_live, limits.max_queue_bytes,
+                             self.too_slow)
+
+    @property
+    def is_live(self) -> bool:
+        return self._started and not self._gone
+
+    def open(self) -> None:
+        """Counted from now on; the stream starts once the database has answered."""
+        self._factory.enter(self, self.address)
+        self._streams.entered(self)
+        self._request.streamed = True  # type: ignore[attr-defined]  # one line, at the end
+        self._request.notifyFinish().addBoth(self._closed)
+        # A stream lives on: neither the handshake deadline nor an idle timer may cut it.
+        self._request.channel.setTimeout(None)
+        site_of(self._request).upgraded(self._request.channel)
+        if self._grant.expires != math.inf:
+            clock = self._shared.clock
+            self._expiry = clock.callLater(max(0.0, self._grant.expires - clock.seconds()),
+                                           self._expired)
+        self._start().addErrback(self._failed)
+
+    @defer.inlineCallbacks
+    def _start(self) -> Any:
+        shared = self._shared
+        yield shared.listener.whenAvailable()  # --grace while the daemon connects
+        if self.event_id is not None and not (
+                yield shared.event_exists(self.address, self.event_id)):
+            raise Refused(404, "unknown_event", f"event {self.event_id} does not exist")
+        if self._gone:
+            return
+        shared.hub.subscribe(self.channel, self)  # first: live changes wait in _pending
+        yield shared.listener.whenListening(self.channel)
+        reset = None
+        replayed: list[Change] = []
+        if self._since is None:
+            snapshot, _ = yield shared.reads.snapshot(None)  # the cursor only: max(seq)
+            cursor = snapshot.cursor
+        else:
+            replay = yield shared.reads.replay(self.event_id, self._since)
+            self._replayed = len(replay.changes) or 1
+            if replay.snapshot is not None:  # trimmed, too far behind, or another log
+                reset, cursor = replay.snapshot, replay.snapshot.cursor
+            else:
+                cursor, replayed = self._since, replay.changes
+        if self._gone:
+            return
+        self._begin(cursor, reset)
+        replayed = [change for change in replayed if change.seq > cursor]
+        last = replayed[-1].seq if replayed else cursor
+        yield self.outbox.stream(self._replay(replayed))
+        self._settle()
+        self._go_live(last)
+
+    def _begin(self, cursor: int, reset: Any) -> None:
+        request = self._request
+        request.setResponseCode(200)
+        request.setHeader("content-type", "text/event-stream")
+        request.setHeader("cache-control", "no-store")
+        request.setHeader("x-accel-buffering", "no")  # nginx: pass each event at once
+        # The connection ends with the stream: idle keep-alive connections would
+        # outlive the handshake deadline with no timer at all.
+        request.setHeader("connection", "close")
+        request.channel.persistent = False
+        # The id sets the browser's Last-Event-ID without an event: a client that
+        # saw no change yet still resumes from here.
+        head = b"retry: %d\nid: %d\n\n" % (RETRY_MS, cursor)
+        if reset is not None:
+            body = reset.message(self.event_id, None, reset=True)
+            head += b"id: %d\nevent: reset\ndata: %s\n\n" % (cursor, compact(body))
+        request.write(head)  # the status line and headers, then this
+        if request.chunked != (self.wire_format == "sse/chunked"):
+            # Twisted decided otherwise than __init__ foresaw: a bug, logged by
+            # _failed, and the stream ends (the client reconnects and resumes).
+            raise RuntimeError(f"stream framed as {self.wire_format!r}, but "
+                               f"Twisted chunked={request.chunked}")
+        request.registerProducer(self.outbox, True)  # the channel pauses it when full
+        self._started = True
+
+    def _replay(self, changes: list[Change]) -> Iterator[bytes]:
+        for change in changes:
+            yield self._wrap(event_bytes(change.seq, change_json(self.channel, change)))
+
+    def _go_live(self, cursor: int) -> None:
+        self._cursor = cursor
+        pending, self._pending = self._pending, []
+        for delivery, frame in pending:
+            self.deliver(delivery, frame)
+
+    def encode(self, delivery: Delivery) -> bytes:
+        """The event's bytes for every stream of this format, made once per change."""
+        return self._encode(delivery)
+
+    def deliver(self, delivery: Delivery, frame: bytes) -> None:
+        if self._gone:
+            return
+        if self._cursor is None:
+            self._pending.append((delivery, frame))
+            if len(self._pending) > MAX_PENDING:
+                self.too_slow()
+        elif delivery.seq > self._cursor:
+            self._cursor = delivery.seq
+            self.outbox.send(frame)
+
+    def keepalive(self) -> None:
+        if self.is_live:
+            self.outbox.send(self._wrap(KEEPALIVE_LINE))
+
+    def _write(self, data: bytes, now: bool) -> None:
+        """As LiveProtocol._write_frame: into the turn's one send(), or at once."""
+        writer = self._factory.writer
+        if now:
+            writer.flush_one(self._transport)
+            write_now(self._transport, data)
+        else:
+            writer.write(self._transport, data)
+        self.bytes_sent += len(data)
+
+    # -- ending -----------------------------------------------------------------
+
+    def too_slow(self) -> None:
+        """Not reading, its backlog past --max-queue-bytes: dropped (it reads no goodbye)."""
+        if self._gone:
+            return
+        self.outbox.discard()
+        self._ended_by = (TOO_SLOW, "too_slow")
+        counters = self._factory.counters
+        counters.slow_closed += 1
+        counters.bad_input("too_slow")
+        self._factory.quiet.info(self.address, "Closing SSE stream of {peer} (too_slow): "
+                                 "over {limit} bytes queued", peer=self.address,
+                                 limit=self._factory.limits.max_queue_bytes)
+        self.dropConnection(abort=True)
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Shutdown (1001) and the like: the stream ends; a browser reconnects by itself."""
+        if self._gone:
+            return
+        self._ended_by = (code, reason)
+        if not self._started:
+            self._refuse(Refused(503, "unavailable", reason))
+            return
+        self._end()
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if abort:
+            self._transport.abortConnection()
+        else:
+            self._transport.loseConnection()
+
+    def _expired(self) -> None:
+        self._expiry = None
+        if self._gone:
+            return
+        if not self._started:  # still waiting for the database (--grace)
+            self._refuse(Refused(401, "token_expired", "the token has expired"))
+            return
+        self.outbox.send(self._wrap(TOKEN_EXPIRED))
+        self._end()
+
+    def _end(self) -> None:
+        request = self._request
+        self._factory.writer.flush_one(self._transport)  # our bytes before the last chunk
+        request.unregisterProducer()
+        request.sentLength += self.bytes_sent  # for the access log
+        self._gone = True
+        request.finish()
+
+    def _failed(self, failure: Any) -> None:
+        if self._gone:
+            return
+        if failure.check(Refused):
+            refusal = failure.value
+        elif failure.check(Overloaded):
+            refusal = Refused(503, "unavailable", "the server is busy; retry soon")
+        elif failure.check(NotConnected):
+            refusal = Refused(503, "unavailable", "the database is unreachable right now; "
+                                                  "retry soon")
+        else:
+            if failure.check(QueryRefused):
+                self._log.error("The database refused an SSE stream's query: {error}",
+                                error=str(failure.value))
+            else:
+                self._log.failure("SSE stream for {peer} failed", failure, peer=self.address)
+            refusal = Refused(500, "server_error", "the server could not read the event's "
+                                                   "history; see its log")
+        self._ended_by = (refusal.status, refusal.kind)
+        if self._started:
+            self._end()  # the client reconnects and resumes from its Last-Event-ID
+        else:
+            self._refuse(refusal)
+
+    def _refuse(self, refusal: Refused) -> None:
+        # The handshake deadline no longer watches this connection (open()):
+        # it must not stay behind as an idle keep-alive one.
+        self._request.setHeader("connection", "close")
+        self._request.channel.persistent = False
+        self._factory.counters.bad_input(refusal.kind)
+        self._ended_by = (refusal.status, refusal.kind)
+        self._factory.quiet.info(self.address, "Refused an SSE stream from {peer} ({kind}): "
+                                 "{reason}", peer=self.address, kind=refusal.kind,
+                                 reason=refusal.message)
+        self._gone = True
+        answer(self._request, refusal)
+
+    def _settle(self) -> None:
+        """The replay is out (or never will be): what it did not send goes back
+        to the address's budget."""
+        if self._reserved:
+            budgets.replayed(self._shared.budgets, self.address, self._shared.clock.seconds(),
+                             self._reserved, self._replayed)
+            self._reserved = 0
+
+    def _closed(self, result: Any) -> None:
+        """The response is over (finished, or the connection lost): let go of everything."""
+        self._gone = True
+        self._settle()
+        self._pending = []
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        self._shared.hub.unsubscribe(self.channel, self)
+        self._factory.leave(self, self.address)
+        self._streams.left(self)
+        self._factory.counters.closed_client_bytes += self.bytes_sent
+        request = self._request
+        self._factory.access_log.connection_ended(
+            "sse", self.address, request.uri, self._shared.clock.seconds() - self._opened_at,
+            self.bytes_sent, head_bytes(request), *self._ended_by)
+        self.bytes_sent = 0
+        self.outbox.close()
+
+
+def _plain(data: bytes) -> bytes:
+    return data
+
+
+class EventStreams(Resource):
+    """``/events/<id>/stream`` and ``/events/ALL/stream``."""
+
+    isLeaf = True
+
+    def __init__(self, streams: Streams) -> None:
+        super().__init__()
+        self._streams = streams
+
+    def render_GET(self, request: Request) -> Any:
+        streams = self._streams
+        factory = streams.factory
+        address = client_address(request, int(getattr(factory, "trustXForwardedFor", 0)))
+        try:
+            allow_origin(request, factory.limits.allowed_origins)
+            event_id = event_of(request.postpath or [])
+            since = last_event_id(request)
+            grant = granted(request, streams.shared.tokens, streams.shared.clock.seconds(),
+                            event_id)
+            refused = factory.admission(address)
+            if refused is not None:
+                raise Refused(503 if refused.kind == "server_full" else 429, refused.kind,
+                              refused.reason)
+            reserved = spend_budgets(streams.shared, address, since)
+        except Refused as refusal:
+            if refusal.kind != "not_found":
+                factory.counters.bad_input(refusal.kind)
+            factory.quiet.info(address, "Refused an SSE stream from {peer} ({kind}): {reason}",
+                               peer=address, kind=refusal.kind, reason=refusal.message)
+            answer(request, refusal)
+            return NOT_DONE_YET
+        Stream(streams, request, event_id, since, grant, address, reserved).open()
+        return NOT_DONE_YET
+
+    def render_HEAD(self, request: Request) -> bytes:
+        request.setResponseCode(405)
+        request.setHeader("allow", "GET")
+        return b""

@@ -1,0 +1,148 @@
+"""WebSocket upgrades handed to Autobahn before twisted.web parses them.
+
+Through twisted.web, an upgrade was parsed twice: twisted.web read the
+request line by line into a Request (headers, the date, the resource tree),
+then Autobahn's WebSocketResource wrote it back out as bytes for Autobahn to
+parse again. Nearly a fifth of the daemon's CPU while thousands of clients
+connected (bench/storm.py) was the first parse.
+
+Here the first bytes of a connection are looked at once: when they are one
+whole ``GET /`` (or ``/?...``) HTTP/1.1 request asking for a WebSocket, with
+no body, they go straight to the WebSocket factory, which parses and checks
+the handshake as it always did (the key, the version, Origins, subprotocols).
+Anything else (the page, /healthz, a request split over several reads, a
+body announced, a head past twisted.web's limits) takes the usual way
+through twisted.web and its guards.
+
+The fast way refuses what twisted.web refuses: a head with more headers than
+``HTTPChannel.maxHeaders`` (500), more bytes than ``totalHeadersSize``, or a
+line longer than ``MAX_LENGTH`` goes the usual way, to be answered 400 (or
+closed) there. Autobahn counts none of them: 1,900 headers in 8 KB got 101
+Switching Protocols for eight times the CPU of a plain handshake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.http import HTTPChannel
+
+# A request head larger than this goes the usual way (twisted.web's limits).
+MAX_HEAD = 8192
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """What twisted.web's HTTPChannel allows in a request head."""
+
+    max_headers: int = HTTPChannel.maxHeaders
+    # The request line and header lines together, without their CRLFs.
+    max_size: int = HTTPChannel.totalHeadersSize
+    max_line: int = HTTPChannel.MAX_LENGTH
+
+
+TWISTED_WEB = HeadLimits()
+
+
+def within(lines: list[bytes], head_bytes: int, limits: HeadLimits) -> bool:
+    """Would twisted.web read these head lines (``head_bytes`` with their
+    CRLFs) without refusing them? Counted as it counts them, cheaply: no
+    line is looked at unless the whole head could hold one too long."""
+    if len(lines) - 1 > limits.max_headers:
+        return False
+    size = head_bytes - 2 * (len(lines) - 1)  # the lines without their CRLFs
+    if size > limits.max_size:
+        return False
+    return size <= limits.max_line or max(map(len, lines)) <= limits.max_line
+
+
+def is_websocket_upgrade(data: bytes, limits: HeadLimits = TWISTED_WEB) -> bool:
+    """``data`` begins with one whole ``GET /`` HTTP/1.1 request head asking
+    for a WebSocket, with no body announced, within twisted.web's ``limits``.
+
+    What else twisted.web refuses in a head (a header name that is not a
+    token, NUL or a bare CR in a value, a target not printable) Autobahn
+    refuses too, with the same 400 (tests/test_upgrade.py).
+    """
+    end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
+    if end < 0:
+        return False
+    lines = data[:end].split(b"\r\n")
+    if not within(lines, end, limits):
+        return False  # twisted.web answers 400
+    method, _, rest = lines[0].partition(b" ")
+    target, _, version = rest.partition(b" ")
+    if method != b"GET" or version != b"HTTP/1.1" \
+            or not (target == b"/" or target.startswith(b"/?")):
+        return False
+    upgrade = False
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return False  # a continuation line or no header at all: twisted.web decides
+        name = name.strip().lower()
+        if name in (b"content-length", b"transfer-encoding"):
+            return False  # a body: the guard refuses it (413)
+        if name == b"upgrade":
+            upgrade = value.strip().lower() == b"websocket"
+    return upgrade
+
+
+def hand_over(transport: Any, factory: IProtocolFactory, data: bytes) -> None:
+    """The connection now speaks ``factory``'s protocol, which is fed ``data``.
+
+    As Autobahn's WebSocketResource takes a socket over from twisted.web,
+    TLS wrappers included.
+    """
+    protocol = factory.buildProtocol(transport.getPeer())
+    if protocol is None:
+        transport.loseConnection()
+        return
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol  # TLS
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    protocol.dataReceived(data)
+
+
+class UpgradingChannel(HTTPChannel):
+    """An HTTP/1.1 channel whose site may take WebSocket upgrades straight.
+
+    The site says where they go (``site.websocket``, a protocol factory, or
+    None for plain HTTP) and is told of each (``site.upgraded(channel)``),
+    and of a connection lost before it upgraded (``site.gone(channel)``).
+    """
+
+    _first = True
+    # HTTPChannel's own (maxHeaders, totalHeadersSize, MAX_LENGTH): a
+    # subclass that changes those must set this to match.
+    head_limits = TWISTED_WEB
+    # Kept for the site (partysense/web/httpguard.py): the handshake deadline's
+    # call, and whether a whole request has come.
+    deadline: Any = None
+    answered_once = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            site: Any = getattr(self, "site", None)
+            websocket = getattr(site, "websocket", None)
+            if websocket is not None and is_websocket_upgrade(data, self.head_limits):
+                site.upgraded(self)
+                self.setTimeout(None)
+                transport, self.transport = self.transport, None
+                hand_over(transport, websocket, data)
+                return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        site: Any = getattr(self, "site", None)
+        if site is not None and hasattr(site, "gone"):
+            site.gone(self)  # no longer waiting to upgrade
+        super().connectionLost(reason)
