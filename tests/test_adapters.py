@@ -18,7 +18,14 @@ import pytest
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 from txpostgres import txpostgres
 
 from partysense.adapters import autobahn_adapter, twisted_adapter, txpostgres_adapter
@@ -300,3 +307,91 @@ def test_autobahn_logs_a_bad_handshake_through_its_log_attribute() -> None:
            all(hasattr(protocol, name) for name in ("closedByMe", "localCloseCode",
                                                      "localCloseReason")),
            "how we closed the connection")
+
+
+def test_autobahn_send_close_frame_takes_any_close_code() -> None:
+    from tests.wire import CLOSE, Transport, handshake, server_frames
+
+    canary("autobahn", "WebSocketProtocol.sendCloseFrame(code, reasonUtf8, isReply)",
+           parameters(WebSocketServerProtocol.sendCloseFrame)[:4]
+           == ["self", "code", "reasonUtf8", "isReply"],
+           "sendCloseFrame(code=None, reasonUtf8=None, isReply=False)")
+    factory = autobahn_adapter.ServerFactory()
+    factory.protocol = autobahn_adapter.ServerProtocol
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    protocol = factory.buildProtocol(None)
+    transport = Transport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(handshake())
+    transport.clear()
+    protocol.start_closing_handshake(1008, b"policy")  # sendClose() refuses 1008
+    canary("autobahn", "WebSocketProtocol.sendCloseFrame",
+           server_frames(transport.value()) == [(CLOSE, b"\x03\xf0policy")]
+           and protocol.state == protocol.STATE_CLOSING,
+           "one close frame with the code and reason given, the connection closing")
+
+
+# -- Twisted: a connection taken over from twisted.web ----------------------
+
+class _Collecting(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def test_twisted_site_is_known_to_the_channels_it_builds() -> None:
+    site = Site(Resource())
+    site.protocol = HTTPChannel  # type: ignore[assignment]  # as GuardedSite, no HTTP/2 wrapper
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    canary("twisted", "HTTPChannel.site (set by Site.buildProtocol)",
+           twisted_adapter.site_of_channel(channel) is site, "the Site that built the channel")
+    assert twisted_adapter.site_of_channel(HTTPChannel()) is None
+
+
+def test_twisted_channel_gives_its_transport_up() -> None:
+    channel = HTTPChannel()
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    canary("twisted", "HTTPChannel.transport",
+           twisted_adapter.transport_of_channel(channel) is transport, "the channel's transport")
+    taken = twisted_adapter.take_over(channel)
+    channel.setTimeout(None)
+    canary("twisted", "HTTPChannel.transport (set to None)",
+           taken is transport and twisted_adapter.transport_of_channel(channel) is None,
+           "a plain attribute the channel can be made to forget")
+
+
+def test_twisted_tcp_connection_hands_what_it_reads_to_its_protocol() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        server = tcp.Server(ours, _Collecting(), ("127.0.0.1", 1), None, 1, MemoryReactorClock())
+        taker = _Collecting()
+        twisted_adapter.switch_protocol(server, taker)
+        theirs.sendall(b"GET / HTTP/1.1\r\n")
+        server.doRead()
+        canary("twisted", "tcp.Connection.protocol",
+               server.protocol is taker and taker.received == b"GET / HTTP/1.1\r\n",
+               "the protocol the connection hands what it reads")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_twisted_tls_hands_what_it_reads_to_its_wrapped_protocol() -> None:
+    canary("twisted", "TLSMemoryBIOProtocol (a ProtocolWrapper)",
+           issubclass(TLSMemoryBIOProtocol, ProtocolWrapper),
+           "TLS wraps the application's protocol in a ProtocolWrapper")
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), _Collecting())
+    taker = _Collecting()
+    twisted_adapter.switch_protocol(wrapper, taker)
+    wrapper.dataReceived(b"hello")
+    canary("twisted", "ProtocolWrapper.wrappedProtocol", taker.received == b"hello",
+           "the protocol a wrapper hands what it reads")
+    # After startTLS, a TCP connection's protocol is the TLS wrapper: the wrapped one changes.
+    connection = StringTransport()
+    connection.protocol = wrapper  # type: ignore[attr-defined]
+    last = _Collecting()
+    twisted_adapter.switch_protocol(connection, last)
+    assert connection.protocol is wrapper and wrapper.wrappedProtocol is last  # type: ignore[attr-defined]

@@ -26,14 +26,18 @@ the closing handshake; we need a few things it offers no public way to do:
   dropped connection: two warnings per bad client) handed to the protocol,
   which bounds them per address (``log``, replaced on each connection);
   the request target and the bytes each way for the access log
-  (``http_request_uri``, ``trafficStats``).
+  (``http_request_uri``, ``trafficStats``);
+- a close frame with any code, the protocol-level ones (1001, 1003, 1007,
+  1008, 1013) included: the public ``sendClose`` takes only 1000 and
+  3000-4999 (``sendCloseFrame``, documented there as internal).
 
 Private names used: ``PreparedMessage.payloadHybi``, ``send_queue``,
 ``sendData``, ``trafficStats``, ``_fail_connection``, ``failedByMe``,
 ``allowNullOrigin``, ``CONFIG_ATTRS``, ``logOctets``, ``onFrameBegin``,
 ``current_frame``, ``data``, ``log``, ``http_request_uri``,
 ``closedByMe``, ``localCloseCode``, ``localCloseReason``,
-``trafficStats.incomingOctetsWireLevel`` and its ``preopen`` twins. Canaries:
+``trafficStats.incomingOctetsWireLevel`` and its ``preopen`` twins,
+``sendCloseFrame``. Canaries:
 tests/test_adapters.py.
 """
 
@@ -127,6 +131,11 @@ class ServerProtocol(WebSocketServerProtocol):
         stats = self.trafficStats
         return (self.bytes_sent + int(stats.preopenOutgoingOctetsWireLevel),
                 int(stats.incomingOctetsWireLevel + stats.preopenIncomingOctetsWireLevel))
+
+    def start_closing_handshake(self, code: int, reason_utf8: bytes) -> None:
+        """Send a close frame with ``code`` (any, 1001-1015 included) and
+        ``reason_utf8`` (at most 123 bytes of UTF-8), and wait for the client's."""
+        self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
 
     def refused_by_autobahn(self, code: int, reason: str) -> None:
         """Autobahn refused what an open connection sent; close it our way."""

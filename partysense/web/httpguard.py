@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import Request, Site
 
+from partysense.adapters.twisted_adapter import site_of_channel, transport_of_channel
 from partysense.core.quietlog import Quiet
 from partysense.dialects.tokens import TokenError, Tokens, bearer_token
 from partysense.process.limits import MAX_WAITING
@@ -81,9 +82,8 @@ class Refusal(Protocol):
 
 
 def site_of(request: Request) -> GuardedSite:
-    """The site whose connection ``request`` came on (Site.buildProtocol sets it)."""
-    channel: Any = request.channel
-    site: GuardedSite = channel.site
+    """The site whose connection ``request`` came on."""
+    site: GuardedSite = site_of_channel(request.channel)
     return site
 
 
@@ -214,7 +214,7 @@ class GuardedSite(Site):
         if channel is None:
             return False
         self._stop_deadline(channel)
-        transport: Any = channel.transport
+        transport: Any = transport_of_channel(channel)
         if transport is None:
             return True  # never connected: no socket to close
         self.refused["idle_closed"] += 1
@@ -258,7 +258,7 @@ class GuardedSite(Site):
     def _deadline(self, channel: Any) -> None:
         if not self.waiting.leave(channel):
             return
-        transport: Any = getattr(channel, "transport", None)  # None: never connected
+        transport: Any = transport_of_channel(channel)  # None: never connected
         if transport is None or not getattr(transport, "connected", False):
             return
         if getattr(channel, "answered_once", False):
@@ -273,7 +273,7 @@ class GuardedSite(Site):
 
     def refuse_body(self, request: Request) -> None:
         self.refused["body"] += 1
-        transport: Any = request.channel.transport
+        transport: Any = transport_of_channel(request.channel)
         transport.pauseProducing()  # read no more of it
         transport.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n"
                         b"Connection: close\r\n\r\n")

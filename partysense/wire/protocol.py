@@ -356,7 +356,7 @@ class LiveProtocol(ServerProtocol):
             # At most 123 bytes, cut at a character boundary: a reason that is
             # not UTF-8 makes browsers fail the connection instead.
             reason_utf8 = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
-            self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
+            self.start_closing_handshake(code, reason_utf8)
 
 
 class Named(Protocol):

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
+
+from partysense.adapters.twisted_adapter import site_of_channel, switch_protocol, take_over
 
 # A request head larger than this goes the usual way (twisted.web's limits).
 MAX_HEAD = 8192
@@ -95,18 +96,13 @@ def hand_over(transport: Any, factory: IProtocolFactory, data: bytes) -> None:
     """The connection now speaks ``factory``'s protocol, which is fed ``data``.
 
     As Autobahn's WebSocketResource takes a socket over from twisted.web,
-    TLS wrappers included.
+    TLS wrappers included (partysense/adapters/twisted_adapter.py).
     """
     protocol = factory.buildProtocol(transport.getPeer())
     if protocol is None:
         transport.loseConnection()
         return
-    if isinstance(transport, ProtocolWrapper):
-        transport.wrappedProtocol = protocol
-    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-        transport.protocol.wrappedProtocol = protocol  # TLS
-    else:
-        transport.protocol = protocol
+    switch_protocol(transport, protocol)
     protocol.makeConnection(transport)
     protocol.dataReceived(data)
 
@@ -131,18 +127,17 @@ class UpgradingChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._first:
             self._first = False
-            site: Any = getattr(self, "site", None)
+            site: Any = site_of_channel(self)
             websocket = getattr(site, "websocket", None)
             if websocket is not None and is_websocket_upgrade(data, self.head_limits):
                 site.upgraded(self)
                 self.setTimeout(None)
-                transport, self.transport = self.transport, None
-                hand_over(transport, websocket, data)
+                hand_over(take_over(self), websocket, data)
                 return
         super().dataReceived(data)
 
     def connectionLost(self, reason: Any = None) -> None:
-        site: Any = getattr(self, "site", None)
+        site: Any = site_of_channel(self)
         if site is not None and hasattr(site, "gone"):
             site.gone(self)  # no longer waiting to upgrade
         super().connectionLost(reason)
