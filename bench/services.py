@@ -22,7 +22,11 @@ from pathlib import Path
 from bench.database import libpq_environment
 from harness.daemon import reported_port
 
-SEED_NODE = Path(os.environ.get("PARTYSENSE_SEED_NODE", "/work/shared/reference/seed-node"))
+# The old Node service: ../shared/reference/seed-node/ beside this checkout, or wherever
+# PARTYSENSE_SEED_NODE says. Without it the benchmarks measure partysense-live alone.
+CHECKOUT = Path(__file__).resolve().parent.parent
+SEED_NODE = Path(os.environ.get("PARTYSENSE_SEED_NODE")
+                 or CHECKOUT.parent / "shared" / "reference" / "seed-node")
 NODE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "partysense-bench"
 
 

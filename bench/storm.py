@@ -3,7 +3,7 @@ and what each connection costs the daemon.
 
     python -m bench.storm                                   # 10,000 clients, 20 % v2, 5 events
     python -m bench.storm --clients 2000 --workers 1        # smaller
-    python -m bench.storm --tree /work/before10 --tree . --rounds 3 --markdown storm.md
+    python -m bench.storm --tree ../before --tree . --rounds 3 --markdown storm.md
 
 With several ``--tree``s each round runs every tree in turn (its own
 ``.venv/bin/twistd``), so that before and after are measured in one sitting

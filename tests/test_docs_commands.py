@@ -1,0 +1,91 @@
+"""Every command in README.md and docs/*.md runs from a fresh clone.
+
+Commands once named folders of one machine (``--tree /work/before10``) and a
+script that was never committed (``/work/bench-ab.sh``): they ran there and
+nowhere else. These tests read the documents as a newcomer would: no
+absolute path of a machine, and every script or module a command runs is in
+the repository (or, for a module of somebody else's, installed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.logic
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# The benchmarks' usage lines are commands too (bench/storm.py's docstring had one).
+BENCH_SOURCES = sorted((ROOT / "bench").glob("*.py")) + [ROOT / "bench" / "before_after.sh"]
+# Our own top-level packages: a module of theirs must be a file here.
+OURS = ("bench", "harness", "tests", "partysense")
+
+# A home, a scratch folder or a checkout of one machine. Not /var/tmp/... (a
+# default the daemon computes) nor a path under the checkout.
+MACHINE_PATH = re.compile(r"(?<![\w.~$-])/(?:work|root|home|tmp)/")
+# ``bash bench/x.sh``, ``./x.sh``, ``/somewhere/x.sh``: any path to a shell script.
+SHELL_SCRIPT = re.compile(r"(?<![\w/.$-])((?:/|\.{1,2}/)?[\w.-]+(?:/[\w.-]+)*\.sh)\b")
+# ``python -m bench.x``, ``python3 -m pytest``, ``.venv/bin/python -m ...``.
+MODULE = re.compile(r"\bpython[\d.]*\s+-m\s+([A-Za-z_][\w.]*)")
+# ``python bench/x.py``: a script in a folder of the repository.
+PYTHON_SCRIPT = re.compile(r"\bpython[\d.]*\s+((?:\./)?[\w-]+/[\w./-]+\.py)\b")
+
+
+def lines(documents: list[Path] = DOCUMENTS) -> Iterator[tuple[str, int, str]]:
+    for document in documents:
+        for number, line in enumerate(document.read_text("utf-8").splitlines(), 1):
+            yield document.relative_to(ROOT).as_posix(), number, line
+
+
+def module_exists(name: str) -> bool:
+    """``name`` is one of our modules with a file in the checkout, or is installed."""
+    if name.split(".")[0] in OURS:
+        path = ROOT.joinpath(*name.split("."))
+        return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+    return importlib.util.find_spec(name.split(".")[0]) is not None
+
+
+def test_no_document_names_a_folder_of_one_machine() -> None:
+    found = [f"{name}:{number}: {line.strip()}"
+             for name, number, line in lines(DOCUMENTS + BENCH_SOURCES)
+             if MACHINE_PATH.search(line)]
+    assert not found, "absolute paths of one machine (use paths relative to the checkout):\n" \
+        + "\n".join(found)
+
+
+def test_every_script_a_document_names_is_in_the_repository() -> None:
+    missing = [f"{name}:{number}: {script}" for name, number, line in lines()
+               for script in SHELL_SCRIPT.findall(line) + PYTHON_SCRIPT.findall(line)
+               if not (ROOT / script).is_file()]
+    assert not missing, "scripts the documents run that are not in the repository:\n" \
+        + "\n".join(missing)
+
+
+def test_every_module_a_document_runs_exists() -> None:
+    missing = [f"{name}:{number}: python -m {module}" for name, number, line in lines()
+               for module in MODULE.findall(line) if not module_exists(module)]
+    assert not missing, "modules the documents run that do not exist:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize(("line", "caught"), [
+    ("python -m bench.storm --tree /work/before10 --tree .", True),
+    ("see `/root/.cache/x`", True),
+    ("--data-dir `/var/tmp/partysense-live-UID/pgdata`", False),
+    ("--tree ../before", False),
+])
+def test_machine_paths_are_told_from_others(line: str, caught: bool) -> None:
+    assert bool(MACHINE_PATH.search(line)) is caught
+
+
+def test_scripts_and_modules_are_found_in_commands() -> None:
+    line = "BEFORE=../before bash bench/before_after.sh; python -m bench.x; (`/w/bench-ab.sh`)"
+    assert SHELL_SCRIPT.findall(line) == ["bench/before_after.sh", "/w/bench-ab.sh"]
+    assert SHELL_SCRIPT.findall("$OUT/x.sh ./run.sh") == ["./run.sh"]
+    assert MODULE.findall(line) == ["bench.x"] and not module_exists("bench.x")
+    assert module_exists("bench.storm") and module_exists("pytest")
+    assert PYTHON_SCRIPT.findall("python3 bench/x.py --n 1; python manage.py") == ["bench/x.py"]
