@@ -3,8 +3,9 @@
 Commands once named folders of one machine (``--tree /work/before10``) and a
 script that was never committed (``/work/bench-ab.sh``): they ran there and
 nowhere else. These tests read the documents as a newcomer would: no
-absolute path of a machine, and every script or module a command runs is in
-the repository (or, for a module of somebody else's, installed).
+absolute path of a machine, every script or module a command runs is in the
+repository (or, for a module of somebody else's, installed), and so is every
+file of the repository they name (a module moved, its docs not).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ SHELL_SCRIPT = re.compile(r"(?<![\w/.$-])((?:/|\.{1,2}/)?[\w.-]+(?:/[\w.-]+)*\.s
 MODULE = re.compile(r"\bpython[\d.]*\s+-m\s+([A-Za-z_][\w.]*)")
 # ``python bench/x.py``: a script in a folder of the repository.
 PYTHON_SCRIPT = re.compile(r"\bpython[\d.]*\s+((?:\./)?[\w-]+/[\w./-]+\.py)\b")
+# A file or folder of the repository named as a path: ``bench/storm.py``,
+# ``contrib/partysense-live.service``, ``tests/test_frames.py::test_...``.
+REPOSITORY_PATH = re.compile(
+    r"(?<![\w/.-])((?:partysense|tests|bench|harness|contrib|sql|docs|\.ci)/[\w./@-]*)")
 
 
 def lines(documents: list[Path] = DOCUMENTS) -> Iterator[tuple[str, int, str]]:
@@ -66,6 +71,14 @@ def test_every_script_a_document_names_is_in_the_repository() -> None:
         + "\n".join(missing)
 
 
+def test_every_repository_path_a_document_names_exists() -> None:
+    missing = [f"{name}:{number}: {path}" for name, number, line in lines()
+               for path in REPOSITORY_PATH.findall(line)
+               if not (ROOT / path.rstrip(".")).exists()]
+    assert not missing, "paths the documents name that are not in the repository:\n" \
+        + "\n".join(missing)
+
+
 def test_every_module_a_document_runs_exists() -> None:
     missing = [f"{name}:{number}: python -m {module}" for name, number, line in lines()
                for module in MODULE.findall(line) if not module_exists(module)]
@@ -88,4 +101,6 @@ def test_scripts_and_modules_are_found_in_commands() -> None:
     assert SHELL_SCRIPT.findall("$OUT/x.sh ./run.sh") == ["./run.sh"]
     assert MODULE.findall(line) == ["bench.x"] and not module_exists("bench.x")
     assert module_exists("bench.storm") and module_exists("pytest")
+    assert REPOSITORY_PATH.findall("`tests/test_frames.py::test_x`, see bench/storm.py. "
+                                   "the/tests/x") == ["tests/test_frames.py", "bench/storm.py."]
     assert PYTHON_SCRIPT.findall("python3 bench/x.py --n 1; python manage.py") == ["bench/x.py"]
