@@ -125,16 +125,30 @@ def test_too_many_headers_are_refused_400_either_way(split: bool) -> None:
     assert refused_400(MANY_HEADERS, split)
 
 
+NUL_IN_A_VALUE = HEAD.replace(b"Host:", b"X-Nul: a\x00b\r\nHost:")
+CR_IN_A_VALUE = HEAD.replace(b"Host:", b"X-Cr: a\rb\r\nHost:")
+
+
 @pytest.mark.parametrize("split", [False, True],
                          ids=["one read: the fast path", "two reads: through twisted.web"])
 @pytest.mark.parametrize("head", [
     HEAD.replace(b"Host:", b"Bad Name: x\r\nHost:"),         # not a token
-    HEAD.replace(b"Host:", b"X-Nul: a\x00b\r\nHost:"),        # NUL in a value
-    HEAD.replace(b"Host:", b"X-Cr: a\rb\r\nHost:"),           # a bare CR in a value
+    NUL_IN_A_VALUE,
+    CR_IN_A_VALUE,
     HEAD.replace(b"GET / ", b"GET /?\x01 "),                  # a target not printable
 ], ids=["name", "nul", "cr", "target"])
 def test_what_twisted_web_refuses_the_fast_path_refuses(head: bytes, split: bool) -> None:
-    assert refused_400(head, split)
+    assert not is_websocket_upgrade(head)  # twisted.web's answer, whatever its version
+    lenient = head in (NUL_IN_A_VALUE, CR_IN_A_VALUE) and not twisted_web_refuses_nul_cr()
+    if lenient:  # Twisted 24.7.0 (.ci/run's lowest) takes them: the same answer either way
+        assert refused_400(head, split) == refused_400(head, not split)
+    else:
+        assert refused_400(head, split)
+
+
+def twisted_web_refuses_nul_cr() -> bool:
+    """Whether this twisted.web answers 400 to NUL in a header value (24.7.0 does not)."""
+    return refused_400(NUL_IN_A_VALUE, split=True)
 
 
 def refused_400(head: bytes, split: bool) -> bool:
