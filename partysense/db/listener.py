@@ -24,7 +24,6 @@ so a genuine one is byte for byte a row of the log.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -35,13 +34,11 @@ from twisted.internet.interfaces import IReactorTime
 from partysense.adapters.txpostgres_adapter import PgConnection
 from partysense.core.change import Change
 from partysense.core.channels import FIREHOSE, carries, channel_event, event_channel
+from partysense.core.interfaces import Observer
 from partysense.core.quietlog import Quiet
 from partysense.db import changelog
 from partysense.db.dsn import DSNSource
 from partysense.db.pgservice import NotConnected, PostgresService, describe_error
-
-# Handed every change, with the channel it is for.
-Observer = Callable[[str, Change], None]
 
 # What a notification said: its channel, a hash of its payload's bytes, its start.
 Claim = tuple[str, int, str]
@@ -60,7 +57,11 @@ MAX_CLAIMS = 10_000
 
 
 class ListenerService(PostgresService):
-    """Keeps one LISTEN connection alive and hands each logged change to its observers."""
+    """Keeps one LISTEN connection alive and hands each logged change to its observers.
+
+    The first :class:`~partysense.core.interfaces.ChangeSource`: the doorbell
+    (LISTEN/NOTIFY) and the change log.
+    """
 
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
         super().__init__(dsn, reactor, role="listener", application_name="partysense-live",
