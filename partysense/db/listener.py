@@ -312,7 +312,8 @@ class ListenerService(PostgresService):
             channel, said, start = claim
             event_id = self._recent.get(said)
             if event_id is None and full:
-                self._claims.append(claim)  # the next page decides
+                if len(self._claims) < MAX_CLAIMS:  # as many as _on_notify keeps
+                    self._claims.append(claim)  # the next page decides
             elif event_id is None:
                 if channel in self._listening:
                     self._forged(channel, "not a change the log has, or it differs from "
