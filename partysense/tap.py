@@ -32,9 +32,9 @@ from partysense.core.hub import LINGER, Hub
 from partysense.db import dsn as dsnlib
 from partysense.db.demo import DemoPartyService
 from partysense.db.embedded import database_for
-from partysense.db.listener import ListenerService
 from partysense.db.queries import QueryService
 from partysense.db.retention import RetentionService
+from partysense.db.source import LISTEN, make_source
 from partysense.dialects import tokens
 from partysense.dialects.dialect import ClientCounters, MakeSession, Shared
 from partysense.dialects.seed import SeedSession
@@ -278,7 +278,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     dsn, where = database_for(options["dsn"], options["data-dir"], top)
 
-    listener = ListenerService(dsn, reactor, grace=options["grace"])
+    listener = make_source(LISTEN, dsn, reactor, grace=options["grace"])
     listener.setServiceParent(top)
     queries = QueryService(dsn, reactor, grace=options["grace"])
     queries.setServiceParent(top)

@@ -65,6 +65,28 @@ CREATE OR REPLACE FUNCTION partysense_payload(
     )::text
 $$;
 
+-- The payload as notified: partysense_payload, shortened when it would not
+-- fit. pg_notify raises past 8000 bytes, which would abort the voter's
+-- transaction. Shortened names escape to at most 6 bytes a character, so
+-- three of 300 characters stay far below the limit. The trigger
+-- (partysense_record) and the daemon's reads of the log
+-- (partysense/db/changelog.py) both call this one function, so a change read
+-- from the log is, byte for byte, the one that was notified.
+CREATE OR REPLACE FUNCTION partysense_notified_payload(
+    p_seq bigint, p_op text, p_vote bigint, p_event bigint, p_title text,
+    p_track bigint, p_track_name text, p_artist text, p_up boolean, p_prev boolean,
+    p_committed timestamptz
+) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN octet_length(whole.payload) > 7900
+                THEN partysense_payload(p_seq, p_op, p_vote, p_event, left(p_title, 300),
+                                        p_track, left(p_track_name, 300), left(p_artist, 300),
+                                        p_up, p_prev, true, p_committed)
+                ELSE whole.payload END
+    FROM (SELECT partysense_payload(p_seq, p_op, p_vote, p_event, p_title, p_track,
+                                    p_track_name, p_artist, p_up, p_prev, false, p_committed)
+                     AS payload) whole
+$$;
+
 -- Record one change and announce it on event_<id> and firehose. SECURITY
 -- DEFINER: it runs as the role that installed it, so the app's role needs
 -- EXECUTE on it and nothing on the change log: only this function writes
@@ -87,16 +109,8 @@ BEGIN
         RETURNING seq, committed_at INTO v_seq, v_committed;
     SELECT name, artist INTO v_track_name, v_artist FROM music_view WHERE id = p_track;
     SELECT title INTO v_title FROM event_event WHERE id = p_event;
-    v_payload := partysense_payload(v_seq, p_op, p_vote, p_event, v_title, p_track,
-                                    v_track_name, v_artist, p_up, p_prev, false, v_committed);
-    -- pg_notify raises past 8000 bytes, which would abort the voter's
-    -- transaction. Shortened names escape to at most 6 bytes a character, so
-    -- three of 300 characters stay far below the limit.
-    IF octet_length(v_payload) > 7900 THEN
-        v_payload := partysense_payload(v_seq, p_op, p_vote, p_event, left(v_title, 300),
-                                        p_track, left(v_track_name, 300), left(v_artist, 300),
-                                        p_up, p_prev, true, v_committed);
-    END IF;
+    v_payload := partysense_notified_payload(v_seq, p_op, p_vote, p_event, v_title, p_track,
+                                             v_track_name, v_artist, p_up, p_prev, v_committed);
     PERFORM pg_notify('event_' || p_event::text, v_payload);
     PERFORM pg_notify('firehose', v_payload);
 END;

@@ -14,6 +14,8 @@ DROP FUNCTION IF EXISTS partysense_vote_changed();
 DROP FUNCTION IF EXISTS partysense_vote_truncated();
 DROP FUNCTION IF EXISTS partysense_trim(double precision, integer);
 DROP FUNCTION IF EXISTS partysense_record(text, bigint, bigint, bigint, boolean, boolean);
+DROP FUNCTION IF EXISTS partysense_notified_payload(
+    bigint, text, bigint, bigint, text, bigint, text, text, boolean, boolean, timestamptz);
 DROP FUNCTION IF EXISTS partysense_payload(
     bigint, text, bigint, bigint, text, bigint, text, text, boolean, boolean, boolean,
     timestamptz);

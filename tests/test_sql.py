@@ -160,6 +160,8 @@ def test_payload_just_under_the_limit_is_not_truncated(party: Party, listen: Any
     _, payload, raw = heard.next()
     assert payload["truncated"] is False and payload["track"] == "t" * 7000
     assert len(raw) < 7900
+    # The one rule (partysense_notified_payload) reads it back whole, as notified.
+    assert party.query(REPLAY_QUERY, replay_params(0, [event_id], 10)) == [(raw,)]
 
 
 def test_django_insert_then_update(party: Party, listen: Any) -> None:

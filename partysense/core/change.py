@@ -1,8 +1,10 @@
 """One vote change, parsed once at the boundary, read by field everywhere inward.
 
 The trigger (sql/install.sql, ``partysense_payload``) announces each change
-as a JSON object; the listener turns that text into a :class:`Change` right
-where it arrives, and the hub, the metrics and both dialects read its fields.
+as a JSON object; the listener turns each row of the change log (the same
+text, rebuilt) into a :class:`Change` right where it arrives, once, and the
+hub, the metrics and both dialects read its fields. (A notification is never
+parsed: it is compared with the rows, partysense/db/listener.py.)
 A payload that is not exactly one of our changes (not JSON, a key missing,
 one too many, a key twice, a value of the wrong type) raises
 :class:`BadChange` and goes no further.

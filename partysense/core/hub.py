@@ -22,17 +22,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from partysense.core.change import Change
+from partysense.core.interfaces import ChangeSource
 
 LINGER = 30.0          # seconds a channel stays LISTENed after its last subscriber left
 MAX_LINGERING = 1_000  # channels LISTENed that way at once
-
-
-class Channels(Protocol):
-    """What the hub needs of the listener."""
-
-    def listen(self, channel: str) -> None: ...
-    def unlisten(self, channel: str) -> None: ...
-    def observe(self, observer: Callable[[str, Change], None]) -> None: ...
 
 
 class Delivery:
@@ -81,7 +74,7 @@ class Hub:
 
     log = Logger()
 
-    def __init__(self, channels: Channels, clock: IReactorTime | None = None,
+    def __init__(self, channels: ChangeSource, clock: IReactorTime | None = None,
                  linger: float = 0.0, max_lingering: int = MAX_LINGERING) -> None:
         self._channels = channels
         # channel -> wire format -> subscribers (a dict: ordered, O(1) removal)

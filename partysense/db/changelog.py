@@ -30,29 +30,20 @@ BOUNDS_QUERY = "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM partyse
 LOG_END_QUERY = "SELECT coalesce(max(seq), 0) FROM partysense_change"
 
 # Changes after %(after)s, oldest first: of every event when %(every)s, else
-# of %(events)s. The payload is rebuilt by the very function the trigger used,
-# shortened as the trigger shortens it (pg_notify's 8000 bytes), so a change
-# read from the log is, byte for byte, the one that was notified (as long as
-# the names have not been edited since).
+# of %(events)s. The payload is rebuilt by the very function the trigger used
+# (partysense_notified_payload, which also shortens it to fit pg_notify's
+# 8000 bytes), so a change read from the log is, byte for byte, the one that
+# was notified (as long as the names have not been edited since).
 REPLAY_QUERY = """
-    SELECT CASE WHEN octet_length(p.payload) > 7900
-                THEN partysense_payload(p.seq, p.op, p.vote_id, p.event_id, left(p.title, 300),
-                                        p.track_id, left(p.name, 300), left(p.artist, 300),
-                                        p.up, p.prev_up, true, p.committed_at)
-                ELSE p.payload END
-    FROM (
-        SELECT c.*, e.title, m.name, m.artist,
-               partysense_payload(c.seq, c.op, c.vote_id, c.event_id, e.title, c.track_id,
-                                  m.name, m.artist, c.up, c.prev_up, false, c.committed_at)
-                   AS payload
-        FROM partysense_change c
-        LEFT JOIN event_event e ON e.id = c.event_id
-        LEFT JOIN music_view m ON m.id = c.track_id
-        WHERE c.seq > %(after)s AND (%(every)s OR c.event_id = ANY(%(events)s))
-        ORDER BY c.seq
-        LIMIT %(limit)s
-    ) p
-    ORDER BY p.seq
+    SELECT partysense_notified_payload(c.seq, c.op, c.vote_id, c.event_id, e.title,
+                                       c.track_id, m.name, m.artist, c.up, c.prev_up,
+                                       c.committed_at)
+    FROM partysense_change c
+    LEFT JOIN event_event e ON e.id = c.event_id
+    LEFT JOIN music_view m ON m.id = c.track_id
+    WHERE c.seq > %(after)s AND (%(every)s OR c.event_id = ANY(%(events)s))
+    ORDER BY c.seq
+    LIMIT %(limit)s
 """
 
 TALLY_QUERY = """

@@ -15,11 +15,15 @@ the log has them, once each, in commit order; ``seq`` follows commit order
 catches up after a reconnect. A notification whose claimed change is not in
 the log (forged, or not one of ours at all) is counted and logged, at a
 bounded rate, and changes nothing (docs/security.md).
+
+Each change is parsed once, from the log. A notification is not parsed at
+all: its text is only compared (by a hash of its bytes) with the rows the
+reads fetched, which the same SQL function built (partysense_notified_payload),
+so a genuine one is byte for byte a row of the log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -28,24 +32,22 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from partysense.adapters.txpostgres_adapter import PgConnection
-from partysense.core.change import BadChange, Change, parse_change
+from partysense.core.change import Change
 from partysense.core.channels import FIREHOSE, carries, channel_event, event_channel
+from partysense.core.interfaces import Observer
 from partysense.core.quietlog import Quiet
 from partysense.db import changelog
 from partysense.db.dsn import DSNSource
 from partysense.db.pgservice import NotConnected, PostgresService, describe_error
 
-# Handed every change, with the channel it is for.
-Observer = Callable[[str, Change], None]
-
-# What a notification said: channel, event id, seq, hash of its payload, its start.
-Claim = tuple[str, int, int, int, str]
+# What a notification said: its channel, a hash of its payload's bytes, its start.
+Claim = tuple[str, int, str]
 
 # Changes read at a time: a page's changes, their frames and their claims are
 # all in memory at once (a burst of 8,000 votes read as one page once cost
 # 35 MB).
 REPLAY_PAGE = 500
-# Recently read changes, (event, seq) -> a hash of the payload: a notification
+# Recently read changes, a hash of the payload -> its event: a notification
 # often arrives after the read it rang for has already fetched its change, and
 # must not be taken for forged unless it says something else.
 RECENT = 20_000
@@ -55,7 +57,11 @@ MAX_CLAIMS = 10_000
 
 
 class ListenerService(PostgresService):
-    """Keeps one LISTEN connection alive and hands each logged change to its observers."""
+    """Keeps one LISTEN connection alive and hands each logged change to its observers.
+
+    The first :class:`~partysense.core.interfaces.ChangeSource`: the doorbell
+    (LISTEN/NOTIFY) and the change log.
+    """
 
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
         super().__init__(dsn, reactor, role="listener", application_name="partysense-live",
@@ -70,7 +76,7 @@ class ListenerService(PostgresService):
         self._syncing = False   # the work loop (LISTEN/UNLISTEN, reads) is running
         self._rung = False      # a notification came: read the log
         self._claims: list[Claim] = []
-        self._recent: dict[tuple[int, int], int] = {}  # insertion order: oldest first
+        self._recent: dict[int, int] = {}  # insertion order: oldest first
         self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
         self._quiet = Quiet(self.log, reactor)
         self.notifications = 0
@@ -276,15 +282,14 @@ class ListenerService(PostgresService):
         for change in changelog.parse_rows(rows):
             self._hand_on(change)
         full = len(rows) == REPLAY_PAGE
-        self._check(claims, undecided_after=self.last_seq if full else None)
+        self._check(claims, full)
         return full
 
     def _hand_on(self, change: Change) -> None:
         self.last_seq = max(self.last_seq or 0, change.seq)
-        key = (change.event_id, change.seq)
         if len(self._recent) >= RECENT:
             del self._recent[next(iter(self._recent))]  # the oldest
-        self._recent[key] = hash(change.payload)
+        self._recent[hash(change.payload)] = change.event_id
         for channel in (event_channel(change.event_id), FIREHOSE):
             if channel in self._listening and change.seq > self._floor.get(channel, 0):
                 self.notifications += 1
@@ -295,41 +300,37 @@ class ListenerService(PostgresService):
                         self.log.failure("Delivering change {seq} on {channel} failed",
                                          seq=change.seq, channel=channel)
 
-    def _check(self, claims: list[Claim], undecided_after: int | None) -> None:
+    def _check(self, claims: list[Claim], full: bool) -> None:
         """A claim rang before the read: its change must now have been read.
 
         PostgreSQL delivers a notification only once its transaction is
-        visible, so a read that starts after it arrived sees the change.
+        visible, so a read that starts after it arrived, and reaches the
+        log's end (a page that is not ``full``), has read the change. The
+        claim must be that row's text exactly, on a channel of its event.
         """
         for claim in claims:
-            channel, event_id, seq, said, start = claim
-            logged = self._recent.get((event_id, seq))
-            if logged == said:
-                continue
-            if logged is None and undecided_after is not None and seq > undecided_after:
-                self._claims.append(claim)  # the next page decides
-            elif channel in self._listening:
-                why = ("is not in the change log" if logged is None else
-                       "differs from the change log (or a name changed since)")
-                self._forged(channel, f"change {seq} of event {event_id} {why}", start)
+            channel, said, start = claim
+            event_id = self._recent.get(said)
+            if event_id is None and full:
+                if len(self._claims) < MAX_CLAIMS:  # as many as _on_notify keeps
+                    self._claims.append(claim)  # the next page decides
+            elif event_id is None:
+                if channel in self._listening:
+                    self._forged(channel, "not a change the log has, or it differs from "
+                                 "the log's (or a name changed since)", start)
+            elif not carries(channel, event_id):
+                self._forged(channel, f"a change of event {event_id} on {channel}", start)
 
     # -- notifications --------------------------------------------------------
 
     def _on_notify(self, connection: PgConnection, notify: Any) -> None:
         if connection is not self._connection or notify.channel not in self._floor:
             return  # a late read from a connection given up, or a channel we dropped
-        try:
-            claim = parse_change(notify.payload)
-            if not carries(notify.channel, claim.event_id):
-                raise BadChange(f"a change of event {claim.event_id} on {notify.channel}")
-        except BadChange as error:
-            self._forged(notify.channel, str(error), notify.payload[:200])
-        else:
-            if len(self._claims) < MAX_CLAIMS:
-                self._claims.append((notify.channel, claim.event_id, claim.seq,
-                                     hash(claim.payload), notify.payload[:200]))
-        # Even a bad payload rings: reading the log costs one query and can
-        # only ever find real changes.
+        if len(self._claims) < MAX_CLAIMS:
+            self._claims.append((notify.channel, _fingerprint(notify.payload),
+                                 notify.payload[:200]))
+        # Any notification rings, whatever it says: reading the log costs one
+        # query and can only ever find real changes.
         self._rung = True
         self._work()
 
@@ -338,6 +339,11 @@ class ListenerService(PostgresService):
         self._quiet.warn(
             channel, "Ignored a notification on {channel} that is not a vote change of ours "
             "({why}): {payload!r}", channel=channel, why=why, payload=payload)
+
+
+def _fingerprint(payload: str) -> int:
+    """A hash of a notification's bytes, to compare with a row's (``Change.payload``)."""
+    return hash(payload.encode("utf-8", "surrogatepass"))
 
 
 def _listen(channel: str) -> sql.Composed:

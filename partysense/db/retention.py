@@ -7,7 +7,7 @@ connection every minute (or every ``retention`` seconds, if shorter).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -16,13 +16,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from partysense.core.errors import first_line
+from partysense.core.interfaces import Queries
 from partysense.db import changelog
-
-
-class Queries(Protocol):
-    @property
-    def connected(self) -> bool: ...
-    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]: ...
 
 
 class RetentionService(Service):

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from partysense.adapters.autobahn_adapter import Frame
 from partysense.core.budgets import Budgets, budgets_for
 from partysense.core.hub import Hub
+from partysense.core.interfaces import ChangeSource
 from partysense.db.changelog import MAX_REPLAY
 from partysense.dialects.tokens import OPEN, Tokens
 
@@ -58,17 +59,6 @@ class Session(Protocol):
 MakeSession = Callable[[Client], Session]
 
 
-class Listening(Protocol):
-    last_seq: int | None  # the newest seq read from the log
-
-    @property
-    def connected(self) -> bool: ...
-    @property
-    def reason(self) -> str: ...
-    def whenListening(self, channel: str) -> defer.Deferred[None]: ...
-    def whenAvailable(self) -> defer.Deferred[None]: ...
-
-
 class Reads(Protocol):
     """Snapshots and replays of the change log (partysense/reads/sharedreads.py)."""
 
@@ -99,7 +89,7 @@ class Shared:
     """What every session of the daemon shares."""
 
     hub: Hub
-    listener: Listening
+    listener: ChangeSource
     reads: Reads
     events: Events
     counters: ClientCounters

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -35,6 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from partysense.core.interfaces import Queries
 from partysense.db.pgservice import NotConnected
 
 IDS_QUERY = "SELECT id FROM event_event WHERE id > %s ORDER BY id LIMIT %s"
@@ -44,12 +45,6 @@ REFRESH_EVERY = 5.0    # seconds between reads of the newest ids
 RELOAD_EVERY = 600.0   # seconds between reads of every id
 MISS_INTERVAL = 1.0    # a miss reads the newest ids at most this often
 NEW_SPAN = 1_000       # ids above the newest known that may be events created since
-
-
-class Queries(Protocol):
-    @property
-    def connected(self) -> bool: ...
-    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]: ...
 
 
 class EventDirectory(Service):

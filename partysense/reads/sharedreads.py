@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 
 from partysense.core.change import Change
 from partysense.core.channels import channel_event, channel_for
+from partysense.core.interfaces import ChangeSource, Queries
 from partysense.db.changelog import (
     LOG_END_QUERY,
     Replay,
@@ -67,27 +68,6 @@ REUSE = 1.0  # seconds an event's snapshot is reused (with the changes since)
 # changes than this to send after its tallies.
 FEW_CHANGES = 100
 MAX_KEPT = 10_000  # snapshots kept at once
-
-
-class Queries(Protocol):
-    def runInteraction(self, interaction: Callable[..., Any],
-                       *args: Any) -> defer.Deferred[Any]: ...
-    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]: ...
-
-
-class Listener(Protocol):
-    # The newest seq read; it only goes back when the database's log did
-    # (a restore): what was kept before then no longer holds.
-    last_seq: int | None
-
-    def complete_after(self, channel: str, seq: int) -> bool:
-        """Every change on ``channel`` after ``seq`` is yet to be handed on."""
-
-    def listening_from(self, channel: str, seq: int) -> bool:
-        """``channel`` is LISTENed, without a break, from at or before ``seq``:
-        its every change after ``seq`` is (or will be) handed on."""
-
-    def observe(self, observer: Callable[[str, Change], None]) -> None: ...
 
 
 @dataclass
@@ -151,7 +131,7 @@ class SharedReads:
     """
 
     def __init__(self, queries: Queries, clock: IReactorTime, reuse: float = REUSE,
-                 listener: Listener | None = None, floor_age: float = floors.AGE,
+                 listener: ChangeSource | None = None, floor_age: float = floors.AGE,
                  follow: bool = False) -> None:
         self._queries = queries
         self._clock = clock

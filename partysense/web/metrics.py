@@ -19,7 +19,7 @@ test can build several. docs/operations.md explains every metric.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from partysense.core.change import Change
+from partysense.core.interfaces import ChangeSource, Queries
 from partysense.dialects.dialect import ClientCounters
 
 QUEUE_USAGE_QUERY = "SELECT pg_notification_queue_usage()"
@@ -58,26 +59,6 @@ REFUSAL_KINDS = ("try_later", "server_full", "unavailable", "internal", "server_
 
 # Counted with the bad inputs too; reported on their own.
 SLOW = "too_slow"
-
-
-class Listener(Protocol):
-    state: str
-    reconnects: int
-    notifications: int
-    bad_notifications: int
-
-    @property
-    def connected(self) -> bool: ...
-    @property
-    def channels(self) -> frozenset[str]: ...
-    def observe(self, observer: Callable[[str, Change], None]) -> None: ...
-
-
-class Queries(Protocol):
-    @property
-    def connected(self) -> bool: ...
-    def runQuery(self, query: Any, params: Any = None) -> Any: ...
-    def whenConnected(self) -> Any: ...
 
 
 class Hub(Protocol):
@@ -203,7 +184,7 @@ class QueueUsagePoller(Service):
 class LiveCollector(Collector):
     """Reads the daemon's counters when Prometheus scrapes; nothing is kept here."""
 
-    def __init__(self, factory: Factory, hub: Hub, listener: Listener, queries: Queries,
+    def __init__(self, factory: Factory, hub: Hub, listener: ChangeSource, queries: Queries,
                  retention: Retention, queue: QueueUsagePoller) -> None:
         self._factory = factory
         self._hub = hub
@@ -356,7 +337,7 @@ class DaemonMetrics:
             # Clocks of two machines: a few ms of skew may make it negative.
             self.delivery_delay.observe(max(0.0, self.clock.seconds() - change.committed_at))
 
-    def watch(self, factory: Factory, hub: Hub, listener: Listener, queries: Queries,
+    def watch(self, factory: Factory, hub: Hub, listener: ChangeSource, queries: Queries,
               retention: Retention, queue_interval: float = 5.0) -> QueueUsagePoller:
         """Collect the daemon's counters and time its deliveries; returns the
         notification-queue poller, a service."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -31,6 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from partysense.core.channels import MAX_EVENT_ID
+from partysense.core.interfaces import Queries
 from partysense.core.quietlog import Quiet
 from partysense.db.changelog import PULSE_QUERY, Pulse, parse_pulse, pulse_params
 from partysense.db.pgservice import NotConnected, Overloaded
@@ -42,13 +43,6 @@ TTL = 5.0            # seconds an event's pulse is reused
 MAX_RUNNING = 8      # events whose pulse is being read at once
 MAX_RUNNING_PER_ADDRESS = 2  # of them asked for by one address
 MAX_KEPT = 10_000    # answers remembered
-
-
-class Queries(Protocol):
-    @property
-    def connected(self) -> bool: ...
-
-    def runQuery(self, query: Any, params: Any = None) -> Any: ...
 
 
 # (address, event id) -> does the event exist (partysense/dialects/dialect.py, Shared.event_exists)

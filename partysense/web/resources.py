@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
@@ -19,6 +19,7 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
+from partysense.core.interfaces import ChangeSource, Link, Queries
 from partysense.db.pgservice import NotConnected
 from partysense.dialects.tokens import OPEN, Tokens
 from partysense.web.clientjs import ClientScript
@@ -34,22 +35,6 @@ from partysense.wire.waiting import Waiting
 # idle one is closed for a newcomer past these.
 ADMIN_WAITING = 16
 
-
-class Connection(Protocol):
-    state: str
-    reason: str
-
-    @property
-    def connected(self) -> bool: ...
-
-
-class Listener(Connection, Protocol):
-    @property
-    def channels(self) -> frozenset[str]: ...
-
-
-class Queries(Connection, Protocol):
-    def runQuery(self, query: Any, params: Any = None) -> Any: ...
 
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -92,7 +77,7 @@ class Health(Resource):
 
     isLeaf = True
 
-    def __init__(self, listener: Listener, queries: Connection, factory: LiveFactory,
+    def __init__(self, listener: ChangeSource, queries: Link, factory: LiveFactory,
                  detailed: bool = False) -> None:
         super().__init__()
         self._listener = listener
@@ -228,7 +213,7 @@ def static_folder(client: ClientScript) -> Resource:
     return folder
 
 
-def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
+def make_site(factory: LiveFactory, listener: ChangeSource, queries: Queries,
               metrics: Resource | None, clock: Any, handshake_timeout: float = 10.0,
               tokens: Tokens = OPEN, streams: Streams | None = None,
               headers: SecurityHeaders | None = None,
@@ -272,7 +257,7 @@ def make_site(factory: LiveFactory, listener: Listener, queries: Queries,
     return site
 
 
-def make_admin_site(factory: LiveFactory, listener: Listener, queries: Queries,
+def make_admin_site(factory: LiveFactory, listener: ChangeSource, queries: Queries,
                     metrics: Resource, clock: Any, status: Resource | None = None) -> GuardedSite:
     """The --admin-port: /metrics and a detailed /healthz, for operators only;
     ``status``, the page (partysense/web/status.py), at /status and at /."""

@@ -29,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from partysense.core.change import Change
+from partysense.core.interfaces import ChangeSource, Link
 
 # Seconds between samples, and how far back the charts go.
 STEP = 2.0
@@ -46,24 +47,6 @@ ASSETS = {
     b"status.js": ("status.js", "text/javascript; charset=utf-8"),
     b"status.css": ("status.css", "text/css; charset=utf-8"),
 }
-
-
-class Connection(Protocol):
-    state: str
-    reason: str
-
-    @property
-    def connected(self) -> bool: ...
-
-
-class Listener(Connection, Protocol):
-    reconnects: int
-    notifications: int
-    bad_notifications: int
-
-    @property
-    def channels(self) -> frozenset[str]: ...
-    def observe(self, observer: Callable[[str, Change], None]) -> None: ...
 
 
 class Hub(Protocol):
@@ -105,7 +88,7 @@ class Rates(Service):
     ``seq`` order, live and replayed).
     """
 
-    def __init__(self, hub: Hub, listener: Listener, clock: IReactorTime,
+    def __init__(self, hub: Hub, listener: ChangeSource, clock: IReactorTime,
                  step: float = STEP, span: float = SPAN) -> None:
         self._hub = hub
         self._clock = clock
@@ -153,7 +136,7 @@ class Rates(Service):
         }
 
 
-def _link(connection: Connection) -> dict[str, Any]:
+def _link(connection: Link) -> dict[str, Any]:
     return {"state": connection.state, "connected": connection.connected,
             "reason": connection.reason}
 
@@ -163,7 +146,7 @@ def _top(counts: dict[str, int], key: str, value: str) -> list[dict[str, Any]]:
     return [{key: name, value: count} for name, count in ranked if count]
 
 
-def snapshot(factory: Factory, hub: Hub, listener: Listener, queries: Connection,
+def snapshot(factory: Factory, hub: Hub, listener: ChangeSource, queries: Link,
              queue: QueueUsage, rates: Rates) -> dict[str, Any]:
     """What the status page shows, as JSON-ready data."""
     by_channel = hub.subscriber_counts()
@@ -242,7 +225,7 @@ class StatusPage(Resource):
         return self._page.render_GET(request)
 
 
-def status_page(factory: Factory, hub: Hub, listener: Listener, queries: Connection,
+def status_page(factory: Factory, hub: Hub, listener: ChangeSource, queries: Link,
                 queue: QueueUsage, rates: Rates) -> StatusPage:
     """The ``/status`` resource of one daemon."""
     return StatusPage(lambda: snapshot(factory, hub, listener, queries, queue, rates))

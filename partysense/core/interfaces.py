@@ -1,0 +1,95 @@
+"""What the daemon's layers need of the database side, declared once.
+
+:class:`ChangeSource` is the seam between where changes come from and
+everything that uses them: "committed changes in commit order, from a
+cursor, then live". Today's one source is the LISTEN connection that reads
+the change log (partysense/db/listener.py, ``ListenerService``); another (a
+logical-decoding reader) plugs in by offering the same members, built by
+``partysense.db.source.make_source``, without touching the hub, the dialects,
+the reads or the web layer. What a source must guarantee is written in
+docs/architecture.md ("The change source").
+
+Declared here, in core, because the hub (core) names the source and must not
+import db/. :class:`Queries` is the other connection (partysense/db/queries.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet import defer
+
+from partysense.core.change import Change
+
+# Handed every change, with the channel it is for.
+Observer = Callable[[str, Change], None]
+
+
+class Link(Protocol):
+    """A reconnecting link to the database, as /healthz, /metrics and /status see it."""
+
+    state: str    # "connecting", "connected", "disconnected" or "stopped"
+    reason: str   # why not connected ("" when connected)
+    reconnects: int
+
+    @property
+    def connected(self) -> bool: ...
+
+    def whenConnected(self) -> defer.Deferred[None]:
+        """Fires once connected (and ready)."""
+
+    def whenAvailable(self) -> defer.Deferred[None]:
+        """Fires once connected, at once or within what is left of the grace at
+        start; fails with NotConnected past it."""
+
+
+class ChangeSource(Link, Protocol):
+    """Committed changes in commit order (by ``seq``), from a cursor, then live.
+
+    The hub tells it which channels (``event_<id>``, ``firehose``) have
+    subscribers (``listen``/``unlisten``); it hands each change of those
+    channels to every observer, in the order they were registered, exactly
+    once per channel past the channel's floor (the log's end when it began
+    following the channel). Reconnecting and catching up after an outage are
+    its job: the layers above only see a gap-free sequence.
+    """
+
+    # The newest seq handed on (None before the first connection); it only
+    # goes back when the database's log did (a restore).
+    last_seq: int | None
+    notifications: int      # changes handed on, per channel
+    bad_notifications: int  # announcements of changes the log does not have
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels followed on the current connection."""
+
+    def observe(self, observer: Observer) -> None:
+        """Hand every change to ``observer`` too, after those registered before."""
+
+    def listen(self, channel: str) -> None:
+        """Follow ``channel`` (now, or as soon as connected)."""
+
+    def unlisten(self, channel: str) -> None:
+        """Stop following ``channel``."""
+
+    def whenListening(self, channel: str) -> defer.Deferred[None]:
+        """Fires once ``channel`` is followed on the current connection: a
+        snapshot taken after it misses nothing. Fails with NotConnected."""
+
+    def complete_after(self, channel: str, seq: int) -> bool:
+        """Every change on ``channel`` after ``seq`` is yet to be handed on."""
+
+    def listening_from(self, channel: str, seq: int) -> bool:
+        """``channel`` is followed, without a break, from at or before ``seq``:
+        its every change after ``seq`` is (or will be) handed on."""
+
+
+class Queries(Link, Protocol):
+    """The connection for clients' questions (partysense/db/queries.py)."""
+
+    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]: ...
+
+    def runInteraction(self, interaction: Callable[..., Any],
+                       *args: Any) -> defer.Deferred[Any]: ...
