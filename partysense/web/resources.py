@@ -14,11 +14,11 @@ from typing import Any, Protocol
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
+from partysense.core.singleflight import SingleFlight
 from partysense.db.pgservice import NotConnected
 from partysense.dialects.tokens import OPEN, Tokens
 from partysense.web.clientjs import ClientScript
@@ -141,12 +141,11 @@ class EventList(Resource):
         self._queries = queries
         self._clock = clock
         self._tokens = tokens
-        self._ttl = ttl
-        self._rows: Any = None
-        self._read_at = -ttl
-        self._reading: Any = None
-        self._waiters: list[defer.Deferred[Any]] = []
-        self.queries = 0
+        self._list: SingleFlight[None, Any] = SingleFlight(clock, keep=ttl)
+
+    @property
+    def queries(self) -> int:
+        return self._list.calls
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         # /api/events/ is the list; /api/events/<id>/pulse an event's pulse.
@@ -157,29 +156,14 @@ class EventList(Resource):
         return NoResource()
 
     def _events(self) -> Any:
-        if self._rows is not None and self._clock.seconds() - self._read_at < self._ttl:
-            return defer.succeed(self._rows)
+        kept = self._list.kept(None)
+        if kept is not None:
+            return defer.succeed(kept.value)
         if not self._queries.connected:
             # The picker can say "try again"; no need to hold the request.
             return defer.fail(NotConnected("the database is unreachable"))
-        done: defer.Deferred[Any] = defer.Deferred()
-        self._waiters.append(done)  # first: the read may fail at once
-        if self._reading is None:
-            self.queries += 1
-            self._reading = self._queries.runQuery(EVENTS_QUERY)
-            self._reading.addBoth(self._read)
-        return done
-
-    def _read(self, result: Any) -> None:
-        self._reading = None
-        if not isinstance(result, Failure):
-            self._rows, self._read_at = result, self._clock.seconds()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        return self._list.ask(None, lambda: defer.maybeDeferred(self._queries.runQuery,
+                                                                 EVENTS_QUERY))
 
     def render_GET(self, request: Request) -> Any:
         gone: list[bool] = []
