@@ -18,7 +18,6 @@ subscription does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -37,6 +36,7 @@ from partysense.db.changelog import PULSE_QUERY, Pulse, parse_pulse, pulse_param
 from partysense.db.pgservice import NotConnected, Overloaded
 from partysense.dialects.tokens import OPEN, Tokens
 from partysense.web.httpguard import token_refusal
+from partysense.web.jsonanswer import LaterAnswer
 from partysense.web.sserequest import client_address
 
 TTL = 5.0            # seconds an event's pulse is reused
@@ -142,19 +142,7 @@ class EventPulse(Resource):
         self._quiet = Quiet(self._log, clock)  # refusals: a line per address every 10 s
 
     def render_GET(self, request: Request) -> Any:
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(code: int, body: Any, retry_after: int | None = None) -> None:
-            if gone:
-                return
-            request.setResponseCode(code)
-            request.setHeader("content-type", "application/json")
-            request.setHeader("cache-control", "no-store")
-            if retry_after is not None:
-                request.setHeader("retry-after", str(retry_after))
-            request.write(json.dumps(body).encode("utf-8") + b"\n")
-            request.finish()
+        answer = LaterAnswer(request)
 
         event_id = event_id_of(request.prepath[-1]) if request.prepath else None
         if event_id is None or request.postpath != [b"pulse"]:

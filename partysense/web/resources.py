@@ -6,7 +6,6 @@ clients connect to ``ws://host:18854``); without it, the live page.
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import resources
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from partysense.dialects.tokens import OPEN, Tokens
 from partysense.web.clientjs import ClientScript
 from partysense.web.headers import SecurityHeaders
 from partysense.web.httpguard import GuardedSite, site_of, token_refusal
+from partysense.web.jsonanswer import LaterAnswer, json_body
 from partysense.web.pulse import EventPulse, Exists, PulseReads, event_id_of
 from partysense.web.sse import EventStreams, Streams
 from partysense.web.sserequest import client_address
@@ -114,10 +114,7 @@ class Health(Resource):
                 "clients": len(self._factory.clients),
                 "pid": os.getpid(),  # which process answered (several with --workers)
             })
-        request.setResponseCode(200 if healthy else 503)
-        request.setHeader("content-type", "application/json")
-        request.setHeader("cache-control", "no-store")
-        return json.dumps(body).encode("utf-8") + b"\n"
+        return json_body(request, 200 if healthy else 503, body)
 
 
 EVENTS_QUERY = "SELECT id, title FROM event_event ORDER BY id DESC LIMIT 500"
@@ -166,17 +163,7 @@ class EventList(Resource):
                                                                  EVENTS_QUERY))
 
     def render_GET(self, request: Request) -> Any:
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(code: int, body: Any) -> None:
-            if gone:
-                return
-            request.setResponseCode(code)
-            request.setHeader("content-type", "application/json")
-            request.setHeader("cache-control", "no-store")
-            request.write(json.dumps(body).encode("utf-8") + b"\n")
-            request.finish()
+        answer = LaterAnswer(request)
 
         def failed(failure: Any) -> None:
             if not failure.check(NotConnected):

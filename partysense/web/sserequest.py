@@ -10,7 +10,6 @@ each checked strictly; a refusal is a status and a JSON body
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 from typing import Any
 
 from twisted.web.server import Request
@@ -21,6 +20,7 @@ from partysense.core.errors import ClientError
 from partysense.dialects.dialect import Shared
 from partysense.dialects.subscription import parse_event_id
 from partysense.dialects.tokens import Grant, TokenError, Tokens, bearer_token
+from partysense.web.jsonanswer import write_json
 from partysense.wire.querytoken import query_token
 
 MAX_ID_DIGITS = 19    # Last-Event-ID: a seq, at most 2^63 - 1
@@ -43,14 +43,8 @@ def compact(body: Any) -> bytes:
 
 def answer(request: Request, refusal: Refused) -> None:
     """The refusal as a response; an EventSource does not retry these."""
-    # Twisted knows no reason phrase for some statuses (429): the standard one.
-    request.setResponseCode(refusal.status, HTTPStatus(refusal.status).phrase.encode("ascii"))
-    request.setHeader("content-type", "application/json")
-    request.setHeader("cache-control", "no-store")
-    if refusal.status in (429, 503):
-        request.setHeader("retry-after", "5")
-    request.write(compact({"error": refusal.kind, "message": refusal.message}) + b"\n")
-    request.finish()
+    write_json(request, refusal.status, {"error": refusal.kind, "message": refusal.message},
+               retry_after=5 if refusal.status in (429, 503) else None)
 
 
 def allow_origin(request: Request, allowed: tuple[str, ...]) -> None:
