@@ -22,7 +22,7 @@ from harness.daemon import Daemon
 from partysense.db.changelog import PULSE_MINUTES, PULSE_QUERY, parse_pulse, pulse_params
 from partysense.dialects.tokens import Tokens, mint
 from partysense.web.clientjs import LONG, SHORT
-from partysense.web.pulse import MAX_RUNNING, EventPulse, PulseReads
+from partysense.web.pulse import MAX_RUNNING, BusyHere, EventPulse, PulseReads
 from tests.support import Party
 
 SECRET = b"p" * 40  # made here, for these tests only
@@ -126,6 +126,23 @@ def test_at_most_a_few_events_are_read_at_once() -> None:
     assert waiting[0].responseCode == 200
     get(resource, b"999")  # room again
     assert len(queries.asked) == MAX_RUNNING + 1
+
+
+@pytest.mark.logic
+def test_the_limits_hold_back_new_reads_only_never_askers_of_a_running_one() -> None:
+    clock, queries = Clock(), Queries()
+    reads = PulseReads(queries, clock)
+    mine = [reads.pulse(event, "10.0.0.1") for event in (1, 2)]  # the address's two reads
+    joined = reads.pulse(1, "10.0.0.1")   # event 1 is being read: it waits for that read
+    refused = reads.pulse(3, "10.0.0.1")  # a third read for the address: 429
+    failures: list[Any] = []
+    refused.addErrback(failures.append)
+    assert len(queries.asked) == 2 and not joined.called
+    assert failures and failures[0].check(BusyHere)
+    queries.asked[0][1].callback(rows())
+    assert [d.called for d in mine + [joined]] == [True, False, True]
+    reads.pulse(3, "10.0.0.1")             # one of its reads ended: room again
+    assert len(queries.asked) == 3
 
 
 @pytest.mark.logic

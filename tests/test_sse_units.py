@@ -20,6 +20,7 @@ from partysense.dialects.tokens import Tokens
 from partysense.dialects.v2 import change_json
 from partysense.web.sse import Streams, chunk, sse_chunked_frame, sse_frame
 from partysense.web.sserequest import Refused, allow_origin, answer, granted, last_event_id
+from partysense.wire.origins import AllowedOrigins
 from tests.test_change import RECORDED
 
 pytestmark = pytest.mark.logic
@@ -76,17 +77,20 @@ def test_a_last_event_id_that_is_not_a_seq_is_refused(value: str) -> None:
     assert (refused.value.status, refused.value.kind) == (400, "bad_last_event_id")
 
 
-def test_origins() -> None:
+def test_origins_are_matched_as_the_websocket_matches_them() -> None:
     anyone = request(headers={"Origin": "https://overlay.example"})
-    allow_origin(anyone, ())
+    allow_origin(anyone, AllowedOrigins(()))
     assert anyone.responseHeaders.getRawHeaders("access-control-allow-origin") == ["*"]
-    allowed = ("https://party.example:443",)
-    listed = request(headers={"Origin": "https://party.example"})
-    allow_origin(listed, allowed)
-    assert listed.responseHeaders.getRawHeaders("access-control-allow-origin") == [
-        "https://party.example"]
+    allowed = AllowedOrigins(("https://party.example:443", "https://*.overlay.example:443"))
+    for origin in ("https://party.example", "https://party.example:443",
+                   "https://dj.overlay.example"):
+        listed = request(headers={"Origin": origin})
+        allow_origin(listed, allowed)
+        assert listed.responseHeaders.getRawHeaders("access-control-allow-origin") == [origin]
+        assert listed.responseHeaders.getRawHeaders("vary") == ["origin"]
     allow_origin(request(), allowed)  # no Origin: not a browser
-    for origin in ("https://evil.example", "null", "https://party.example:8443"):
+    for origin in ("https://evil.example", "null", "https://party.example:8443",
+                   "http://party.example"):
         with pytest.raises(Refused):
             allow_origin(request(headers={"Origin": origin}), allowed)
 

@@ -20,6 +20,13 @@ known (ids come from one sequence, a few a minute). It then waits for the
 next read, at most ``miss_interval`` away, shared by every miss meanwhile:
 a page opened the moment its event was created finds it. Any other id is
 unknown at once, with no query (``424242``, or a million ids in a loop).
+
+Why not core/singleflight.py, which the other shared reads use: what a read
+leaves is the directory itself, not an answer to keep, and a miss's read is
+spaced from the last read's *start* (timer reads included) by a delayed call
+that stopping cancels, failing its waiters. Put through the helper, a timer
+read would have to wait behind a miss's delay, or a miss join a read it did
+not ask for: the rules above would change.
 """
 
 from __future__ import annotations

@@ -29,56 +29,29 @@ from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
+
+from partysense.core.singleflight import SingleFlight
 
 # Seconds a read of the log's end may have started before the request it serves.
 AGE = 0.05
 
 
 class RecentLogEnd:
-    """The log's newest seq, from a read started at most ``age`` before each asker asked."""
+    """The log's newest seq, from a read started at most ``age`` before each asker asked.
+
+    A read serves an asker, running or answered, only if it started at most
+    ``age`` before the asking; a later asker waits for the next read, which
+    starts when the running one ends (core/singleflight.py, ``started_within``).
+    """
 
     def __init__(self, read: Callable[[], defer.Deferred[int]], clock: IReactorTime,
                  age: float = AGE) -> None:
         self._read = read
-        self._clock = clock
-        self._age = age
-        self._known: int | None = None        # the last answer, and when its read started
-        self._known_started = 0.0
-        self._running_started: float | None = None
-        self._waiting: list[defer.Deferred[int]] = []  # askers of the running read
-        self._next: list[defer.Deferred[int]] = []     # askers for whom it started too early
-        self.reads = 0
+        self._flights: SingleFlight[None, int] = SingleFlight(clock, started_within=age)
+
+    @property
+    def reads(self) -> int:
+        return self._flights.calls
 
     def ask(self) -> defer.Deferred[int]:
-        now = self._clock.seconds()
-        if self._known is not None and now - self._known_started <= self._age:
-            return defer.succeed(self._known)
-        answer: defer.Deferred[int] = defer.Deferred()
-        if self._running_started is None:
-            self._waiting.append(answer)
-            self._start()
-        elif now - self._running_started <= self._age:
-            self._waiting.append(answer)
-        else:
-            self._next.append(answer)
-        return answer
-
-    def _start(self) -> None:
-        self._running_started = self._clock.seconds()
-        self.reads += 1
-        self._read().addBoth(self._answered, self._running_started)
-
-    def _answered(self, result: int | Failure, started: float) -> None:
-        waiting, self._waiting = self._waiting, []
-        self._running_started = None
-        if not isinstance(result, Failure):
-            self._known, self._known_started = result, started
-        for answer in waiting:
-            if isinstance(result, Failure):
-                answer.errback(result)
-            else:
-                answer.callback(result)
-        if self._next:
-            self._waiting, self._next = self._next, []
-            self._start()
+        return self._flights.ask(None, self._read)

@@ -43,17 +43,16 @@ too: a read that started at most 50 ms before an asker asked serves it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from partysense.core.change import Change
 from partysense.core.channels import channel_event, channel_for
 from partysense.core.interfaces import ChangeSource, Queries
+from partysense.core.singleflight import SingleFlight
 from partysense.db.changelog import (
     LOG_END_QUERY,
     Replay,
@@ -85,44 +84,6 @@ class Kept:
     followed_from: int | None = None
 
 
-class _Batches:
-    """Per key, one query at a time; askers during it share the next."""
-
-    def __init__(self, run: Callable[[Any, list[Any]], defer.Deferred[Any]],
-                 answer: Callable[[Any, Any], Any]) -> None:
-        self._run = run          # (key, the askers' arguments) -> the shared result
-        self._answer = answer    # (shared result, one asker's argument) -> its answer
-        self._running: set[Any] = set()
-        self._waiting: dict[Any, list[tuple[Any, defer.Deferred[Any]]]] = {}
-        self.queries = 0
-
-    def ask(self, key: Any, argument: Any) -> defer.Deferred[Any]:
-        answer: defer.Deferred[Any] = defer.Deferred()
-        self._waiting.setdefault(key, []).append((argument, answer))
-        if key not in self._running:
-            self._start(key)
-        return answer
-
-    def _start(self, key: Any) -> None:
-        askers = self._waiting.pop(key, [])
-        if not askers:
-            return
-        self._running.add(key)
-        self.queries += 1
-        self._run(key, [argument for argument, _ in askers]).addBoth(
-            self._answered, key, askers)
-
-    def _answered(self, result: Any, key: Any,
-                  askers: list[tuple[Any, defer.Deferred[Any]]]) -> None:
-        self._running.discard(key)
-        for argument, answer in askers:
-            if isinstance(result, Failure):
-                answer.errback(result)
-            else:
-                answer.callback(self._answer(result, argument))
-        self._start(key)  # those who asked meanwhile
-
-
 class SharedReads:
     """Snapshots and replays of the change log, shared by concurrent askers.
 
@@ -141,8 +102,12 @@ class SharedReads:
         if listener is not None and self._follow:
             listener.observe(self._observe)
         self._kept: dict[int, Kept] = {}
-        self._snapshots = _Batches(self._snapshot, lambda answer, _: answer)
-        self._replays = _Batches(self._replay, lambda replay, _: replay)
+        # Per key, one query at a time; askers during it share the next
+        # (never the running one: the module's docstring says why).
+        self._snapshots: SingleFlight[int | None, tuple[Snapshot, list[Change]]] = \
+            SingleFlight(clock, join_running=False)
+        self._replays: SingleFlight[tuple[int | None, int], Replay] = \
+            SingleFlight(clock, join_running=False)
         self._ends = floors.RecentLogEnd(self._log_end, clock, floor_age)
         self.queries = 0   # queries run so far (for tests and the bench)
         self.from_memory = 0  # answers that needed none
@@ -154,7 +119,7 @@ class SharedReads:
         if kept is not None and not self._holds(event_id, kept):
             return self.replay(event_id, kept.snapshot.cursor).addCallback(
                 self._replayed, event_id, kept)
-        return self._snapshots.ask(event_id, None)
+        return self._snapshots.ask(event_id, lambda: self._snapshot(event_id))
 
     def replay(self, event_id: int | None, since: int) -> defer.Deferred[Replay]:
         """The changes after ``since``, or a fresh snapshot when the log cannot tell.
@@ -162,7 +127,7 @@ class SharedReads:
         Shared by those who resume from the same cursor: after a restart, the
         phones that were up to date all resume from the same one.
         """
-        return self._replays.ask((event_id, since), None)
+        return self._replays.ask((event_id, since), lambda: self._replay(event_id, since))
 
     def log_end(self) -> defer.Deferred[int]:
         """The newest seq committed, read by a query that started at most
@@ -222,7 +187,7 @@ class SharedReads:
         self.queries += 1
         return self._queries.runQuery(LOG_END_QUERY).addCallback(lambda rows: int(rows[0][0]))
 
-    def _snapshot(self, event_id: int | None, _: list[Any]) -> defer.Deferred[Any]:
+    def _snapshot(self, event_id: int | None) -> defer.Deferred[Any]:
         # Askers who waited for the previous batch may find its answer still holds.
         kept = self._still_good(event_id)
         if kept is not None:
@@ -243,8 +208,7 @@ class SharedReads:
             self._start_following(event_id, kept)
         return snapshot, []
 
-    def _replay(self, key: tuple[int | None, int], _: list[Any]) -> defer.Deferred[Any]:
-        event_id, since = key
+    def _replay(self, event_id: int | None, since: int) -> defer.Deferred[Any]:
         kept = self._still_good(event_id)
         if kept is not None and kept.snapshot.cursor == since:
             self.from_memory += 1

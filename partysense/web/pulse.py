@@ -18,7 +18,6 @@ subscription does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -33,10 +32,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 from partysense.core.channels import MAX_EVENT_ID
 from partysense.core.interfaces import Queries
 from partysense.core.quietlog import Quiet
+from partysense.core.singleflight import SingleFlight
 from partysense.db.changelog import PULSE_QUERY, Pulse, parse_pulse, pulse_params
 from partysense.db.pgservice import NotConnected, Overloaded
 from partysense.dialects.tokens import OPEN, Tokens
 from partysense.web.httpguard import token_refusal
+from partysense.web.jsonanswer import LaterAnswer
 from partysense.web.sserequest import client_address
 
 TTL = 5.0            # seconds an event's pulse is reused
@@ -58,62 +59,55 @@ class BusyHere(Busy):
 
 
 class PulseReads:
-    """Per event: one query at a time, its answer reused for ``ttl`` seconds."""
+    """Per event: one query at a time, its answer reused for ``ttl`` seconds
+    (core/singleflight.py); a new read is admitted only within the limits."""
 
     def __init__(self, queries: Queries, clock: IReactorTime, ttl: float = TTL) -> None:
         self._queries = queries
         self._clock = clock
         self.ttl = ttl
-        self._kept: dict[int, tuple[Pulse, float]] = {}
-        self._asking: dict[int, list[defer.Deferred[tuple[Pulse, float]]]] = {}
+        self._flights: SingleFlight[int, Pulse] = SingleFlight(clock, keep=ttl,
+                                                               max_kept=MAX_KEPT)
         self._running_for: dict[str, int] = {}  # address -> its reads running
-        self.queries = 0
+
+    @property
+    def queries(self) -> int:
+        return self._flights.calls
 
     def pulse(self, event_id: int, address: str = "?") -> defer.Deferred[tuple[Pulse, float]]:
         """The event's pulse, and the seconds since it was read; a new read
         counts against ``address``'s reads at once."""
-        kept = self._kept.get(event_id)
-        now = self._clock.seconds()
-        if kept is not None and now - kept[1] < self.ttl:
-            return defer.succeed((kept[0], now - kept[1]))
-        answer: defer.Deferred[tuple[Pulse, float]] = defer.Deferred()
-        waiting = self._asking.get(event_id)
-        if waiting is not None:
-            waiting.append(answer)
-            return answer
-        if self._running_for.get(address, 0) >= MAX_RUNNING_PER_ADDRESS:
-            return defer.fail(BusyHere())
-        if len(self._asking) >= MAX_RUNNING:
-            return defer.fail(Busy())
-        if not self._queries.connected:
-            return defer.fail(NotConnected("the database is unreachable"))
-        self._asking[event_id] = [answer]
-        self._running_for[address] = self._running_for.get(address, 0) + 1
-        self.queries += 1
-        self._queries.runQuery(PULSE_QUERY, pulse_params(event_id)).addBoth(
-            self._answered, event_id, address)
-        return answer
+        kept = self._flights.kept(event_id)
+        if kept is not None:
+            return defer.succeed((kept.value, self._clock.seconds() - kept.answered))
+        if not self._flights.joinable(event_id):
+            refusal = self._refusal(address)
+            if refusal is not None:
+                return defer.fail(refusal)
+        return self._flights.ask(event_id, lambda: self._read(event_id, address)).addCallback(
+            lambda pulse: (pulse, 0.0))
 
-    def _answered(self, result: Any, event_id: int, address: str) -> None:
+    def _refusal(self, address: str) -> Exception | None:
+        """Why a new read may not start now, or None."""
+        if self._running_for.get(address, 0) >= MAX_RUNNING_PER_ADDRESS:
+            return BusyHere()
+        if self._flights.running >= MAX_RUNNING:
+            return Busy()
+        if not self._queries.connected:
+            return NotConnected("the database is unreachable")
+        return None
+
+    def _read(self, event_id: int, address: str) -> defer.Deferred[Pulse]:
+        self._running_for[address] = self._running_for.get(address, 0) + 1
+        reading: defer.Deferred[Any] = defer.maybeDeferred(
+            self._queries.runQuery, PULSE_QUERY, pulse_params(event_id))
+        return reading.addBoth(self._read_done, address).addCallback(parse_pulse)
+
+    def _read_done(self, result: Any, address: str) -> Any:
         running = self._running_for.pop(address, 1) - 1
         if running:
             self._running_for[address] = running
-        waiting = self._asking.pop(event_id, [])
-        if not isinstance(result, Failure):
-            try:
-                result = parse_pulse(result)
-            except (IndexError, TypeError, ValueError):
-                result = Failure()
-        if isinstance(result, Failure):
-            for answer in waiting:
-                answer.errback(result)
-            return
-        if len(self._kept) >= MAX_KEPT:
-            del self._kept[next(iter(self._kept))]  # the oldest
-        self._kept.pop(event_id, None)
-        self._kept[event_id] = (result, self._clock.seconds())
-        for answer in waiting:
-            answer.callback((result, 0.0))
+        return result
 
 
 def event_id_of(segment: bytes) -> int | None:
@@ -142,19 +136,7 @@ class EventPulse(Resource):
         self._quiet = Quiet(self._log, clock)  # refusals: a line per address every 10 s
 
     def render_GET(self, request: Request) -> Any:
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(code: int, body: Any, retry_after: int | None = None) -> None:
-            if gone:
-                return
-            request.setResponseCode(code)
-            request.setHeader("content-type", "application/json")
-            request.setHeader("cache-control", "no-store")
-            if retry_after is not None:
-                request.setHeader("retry-after", str(retry_after))
-            request.write(json.dumps(body).encode("utf-8") + b"\n")
-            request.finish()
+        answer = LaterAnswer(request)
 
         event_id = event_id_of(request.prepath[-1]) if request.prepath else None
         if event_id is None or request.postpath != [b"pulse"]:

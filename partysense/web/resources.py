@@ -6,7 +6,6 @@ clients connect to ``ws://host:18854``); without it, the live page.
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import resources
 from typing import Any
@@ -14,17 +13,18 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
 from partysense.core.interfaces import ChangeSource, Link, Queries
+from partysense.core.singleflight import SingleFlight
 from partysense.db.pgservice import NotConnected
 from partysense.dialects.tokens import OPEN, Tokens
 from partysense.web.clientjs import ClientScript
 from partysense.web.headers import SecurityHeaders
 from partysense.web.httpguard import GuardedSite, site_of, token_refusal
+from partysense.web.jsonanswer import LaterAnswer, json_body
 from partysense.web.pulse import EventPulse, Exists, PulseReads, event_id_of
 from partysense.web.sse import EventStreams, Streams
 from partysense.web.sserequest import client_address
@@ -99,10 +99,7 @@ class Health(Resource):
                 "clients": len(self._factory.clients),
                 "pid": os.getpid(),  # which process answered (several with --workers)
             })
-        request.setResponseCode(200 if healthy else 503)
-        request.setHeader("content-type", "application/json")
-        request.setHeader("cache-control", "no-store")
-        return json.dumps(body).encode("utf-8") + b"\n"
+        return json_body(request, 200 if healthy else 503, body)
 
 
 EVENTS_QUERY = "SELECT id, title FROM event_event ORDER BY id DESC LIMIT 500"
@@ -126,12 +123,11 @@ class EventList(Resource):
         self._queries = queries
         self._clock = clock
         self._tokens = tokens
-        self._ttl = ttl
-        self._rows: Any = None
-        self._read_at = -ttl
-        self._reading: Any = None
-        self._waiters: list[defer.Deferred[Any]] = []
-        self.queries = 0
+        self._list: SingleFlight[None, Any] = SingleFlight(clock, keep=ttl)
+
+    @property
+    def queries(self) -> int:
+        return self._list.calls
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         # /api/events/ is the list; /api/events/<id>/pulse an event's pulse.
@@ -142,42 +138,17 @@ class EventList(Resource):
         return NoResource()
 
     def _events(self) -> Any:
-        if self._rows is not None and self._clock.seconds() - self._read_at < self._ttl:
-            return defer.succeed(self._rows)
+        kept = self._list.kept(None)
+        if kept is not None:
+            return defer.succeed(kept.value)
         if not self._queries.connected:
             # The picker can say "try again"; no need to hold the request.
             return defer.fail(NotConnected("the database is unreachable"))
-        done: defer.Deferred[Any] = defer.Deferred()
-        self._waiters.append(done)  # first: the read may fail at once
-        if self._reading is None:
-            self.queries += 1
-            self._reading = self._queries.runQuery(EVENTS_QUERY)
-            self._reading.addBoth(self._read)
-        return done
-
-    def _read(self, result: Any) -> None:
-        self._reading = None
-        if not isinstance(result, Failure):
-            self._rows, self._read_at = result, self._clock.seconds()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        return self._list.ask(None, lambda: defer.maybeDeferred(self._queries.runQuery,
+                                                                 EVENTS_QUERY))
 
     def render_GET(self, request: Request) -> Any:
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(code: int, body: Any) -> None:
-            if gone:
-                return
-            request.setResponseCode(code)
-            request.setHeader("content-type", "application/json")
-            request.setHeader("cache-control", "no-store")
-            request.write(json.dumps(body).encode("utf-8") + b"\n")
-            request.finish()
+        answer = LaterAnswer(request)
 
         def failed(failure: Any) -> None:
             if not failure.check(NotConnected):

@@ -405,7 +405,7 @@ class EventStreams(Resource):
         factory = streams.factory
         address = client_address(request, int(getattr(factory, "trustXForwardedFor", 0)))
         try:
-            allow_origin(request, factory.limits.allowed_origins)
+            allow_origin(request, factory.origins)
             event_id = event_of(request.postpath or [])
             since = last_event_id(request)
             grant = granted(request, streams.shared.tokens, streams.shared.clock.seconds(),

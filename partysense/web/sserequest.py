@@ -10,7 +10,6 @@ each checked strictly; a refusal is a status and a JSON body
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 from typing import Any
 
 from twisted.web.server import Request
@@ -21,6 +20,8 @@ from partysense.core.errors import ClientError
 from partysense.dialects.dialect import Shared
 from partysense.dialects.subscription import parse_event_id
 from partysense.dialects.tokens import Grant, TokenError, Tokens, bearer_token
+from partysense.web.jsonanswer import write_json
+from partysense.wire.origins import AllowedOrigins
 from partysense.wire.querytoken import query_token
 
 MAX_ID_DIGITS = 19    # Last-Event-ID: a seq, at most 2^63 - 1
@@ -43,32 +44,26 @@ def compact(body: Any) -> bytes:
 
 def answer(request: Request, refusal: Refused) -> None:
     """The refusal as a response; an EventSource does not retry these."""
-    # Twisted knows no reason phrase for some statuses (429): the standard one.
-    request.setResponseCode(refusal.status, HTTPStatus(refusal.status).phrase.encode("ascii"))
-    request.setHeader("content-type", "application/json")
-    request.setHeader("cache-control", "no-store")
-    if refusal.status in (429, 503):
-        request.setHeader("retry-after", "5")
-    request.write(compact({"error": refusal.kind, "message": refusal.message}) + b"\n")
-    request.finish()
+    write_json(request, refusal.status, {"error": refusal.kind, "message": refusal.message},
+               retry_after=5 if refusal.status in (429, 503) else None)
 
 
-def allow_origin(request: Request, allowed: tuple[str, ...]) -> None:
-    """CORS for pages on other origins (an overlay): any, or --allowed-origins only.
+def allow_origin(request: Request, origins: AllowedOrigins) -> None:
+    """CORS for pages on other origins (an overlay): any, or --allowed-origins only,
+    matched as the WebSocket matches them (partysense/wire/origins.py: the port
+    filled in, ``*`` for anything).
 
     Browsers send an EventSource's Last-Event-ID without a preflight; the
     response needs only Access-Control-Allow-Origin. No Origin: not a browser.
     """
-    origin = request.getHeader("origin")
-    if not allowed:
+    if not origins.allowed:
         request.setHeader("access-control-allow-origin", "*")
         return
     request.setHeader("vary", "origin")
+    origin = request.getHeader("origin")
     if origin is None:
         return
-    scheme, _, rest = origin.partition("://")
-    port = {"http": ":80", "https": ":443"}.get(scheme.lower(), "")
-    if origin in allowed or (rest and ":" not in rest and origin + port in allowed):
+    if origins.allows(origin):
         request.setHeader("access-control-allow-origin", origin)
         return
     raise Refused(403, "origin_not_allowed", f"Origin {origin[:100]} is not allowed")

@@ -15,7 +15,6 @@ the daemon's objects when the page asks, as /metrics does.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from twisted.web.server import Request
 
 from partysense.core.change import Change
 from partysense.core.interfaces import ChangeSource, Link
+from partysense.web.jsonanswer import json_body
 
 # Seconds between samples, and how far back the charts go.
 STEP = 2.0
@@ -206,7 +206,7 @@ class _Data(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         _secure(request, "application/json")
-        return json.dumps(self._read()).encode("utf-8") + b"\n"
+        return json_body(request, 200, self._read())
 
 
 class StatusPage(Resource):
