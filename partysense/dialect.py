@@ -21,6 +21,7 @@ from partysense.adapters.autobahn_adapter import Frame
 from partysense.budgets import Budgets, budgets_for
 from partysense.changelog import MAX_REPLAY
 from partysense.hub import Hub
+from partysense.notice import Notice
 from partysense.tokens import OPEN, Tokens
 
 
@@ -82,6 +83,12 @@ class Events(Protocol):
     def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]: ...
 
 
+class Presence(Protocol):
+    """How many watch an event (partysense/presence.py)."""
+
+    def current(self, event_id: int) -> Notice: ...
+
+
 @dataclass
 class ClientCounters:
     """What clients did wrong, counted for /metrics (docs/operations.md)."""
@@ -107,6 +114,7 @@ class Shared:
     max_subscriptions: int = 32
     tokens: Tokens = OPEN
     budgets: Budgets = field(default_factory=budgets_for)
+    presence: Presence | None = None  # None: --presence-interval 0, nobody is told
 
     def event_exists(self, address: str, event_id: int) -> defer.Deferred[bool]:
         """Whether the event exists (no query: partysense/events.py). An address's

@@ -45,6 +45,7 @@ from partysense.dialect import Shared
 from partysense.errors import first_line
 from partysense.httpguard import site_of
 from partysense.hub import Delivery
+from partysense.notice import Notice
 from partysense.outbox import Outbox
 from partysense.pgservice import NotConnected, Overloaded
 from partysense.protocol import LiveFactory
@@ -85,6 +86,11 @@ def sse_frame(delivery: Delivery) -> bytes:
 
 def sse_chunked_frame(delivery: Delivery) -> bytes:
     return chunk(delivery.frame("sse", sse_frame))
+
+
+def presence_bytes(notice: Notice) -> bytes:
+    """``event: presence``, no ``id:``: a count is not a place to resume from."""
+    return b"event: presence\ndata: %s\n\n" % notice.json
 
 
 KEEPALIVE_LINE = b": keepalive\n\n"
@@ -199,6 +205,7 @@ class Stream:
         if self._gone:
             return
         self._begin(cursor, reset)
+        self._tell_presence()
         replayed = [change for change in replayed if change.seq > cursor]
         last = replayed[-1].seq if replayed else cursor
         yield self.outbox.stream(self._replay(replayed))
@@ -254,6 +261,19 @@ class Stream:
         elif delivery.seq > self._cursor:
             self._cursor = delivery.seq
             self.outbox.send(frame)
+
+    def encode_notice(self, notice: Notice) -> bytes:
+        """A presence event's bytes for every stream of this format (partysense/hub.py)."""
+        return self._wrap(presence_bytes(notice))
+
+    def notice(self, frame: bytes) -> None:
+        if self.is_live:  # before the stream starts, the count it gets then is fresher
+            self.outbox.send(frame)
+
+    def _tell_presence(self) -> None:
+        presence = self._shared.presence
+        if presence is not None and self.event_id is not None:
+            self.outbox.send(self.encode_notice(presence.current(self.event_id)))
 
     def keepalive(self) -> None:
         if self.is_live:

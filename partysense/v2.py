@@ -35,6 +35,7 @@ from partysense.channels import channel_event, channel_for
 from partysense.dialect import Client, Shared
 from partysense.errors import ClientError, first_line, is_utf8
 from partysense.hub import Delivery
+from partysense.notice import Notice
 from partysense.pgservice import NotConnected, Overloaded
 from partysense.subscription import parse_event_id, parse_json
 from partysense.tokens import Grant, TokenError
@@ -95,6 +96,7 @@ class Subscription:
         self.event_id = event_id
         self.cursor: int | None = None
         self.active = True
+        self.told = False  # its snapshot (or "subscribed") is out: presence may follow
         self._pending: list[tuple[Delivery, Frame]] = []
 
     def stop(self) -> None:
@@ -123,6 +125,17 @@ class Subscription:
                 self._session.client.too_slow()
         elif delivery.seq > self.cursor:
             self.cursor = delivery.seq
+            self._session.client.send_frame(frame)
+
+    @staticmethod
+    def encode_notice(notice: Notice) -> Frame:
+        """A presence message's frame, made once for every v2 subscriber."""
+        return prepare(notice.json)
+
+    def notice(self, frame: Frame) -> None:
+        # Before its snapshot it is dropped: the count follows the snapshot,
+        # fresher than this one (V2Session._tell_presence).
+        if self.active and self.told:
             self._session.client.send_frame(frame)
 
     def start(self, cursor: int, replayed: list[Change]) -> defer.Deferred[None]:
@@ -289,6 +302,7 @@ class V2Session:
                 elif self._subs.get(channel) is subscription:
                     self.send({"type": "subscribed", "event": _event_name(event_id),
                                "cursor": since, "id": request_id})
+                    self._tell_presence(subscription)
                     yield subscription.start(since, replay.changes)
                 return len(replay.changes) or 1
         except Overloaded:
@@ -357,7 +371,16 @@ class V2Session:
         if self._subs.get(subscription.channel) is not subscription:
             return  # unsubscribed (or closed) while the snapshot was taken
         self.send(snapshot.message(subscription.event_id, request_id, reset=reset))
+        self._tell_presence(subscription)
         subscription.start(snapshot.cursor, replayed or [])
+
+    def _tell_presence(self, subscription: Subscription) -> None:
+        """The event's count right after its snapshot; then each change of it."""
+        presence = self._shared.presence
+        if presence is None or subscription.event_id is None:
+            return  # off, or the firehose: no count
+        subscription.told = True
+        self.client.send_frame(Subscription.encode_notice(presence.current(subscription.event_id)))
 
     def _drop(self, channel: str) -> None:
         subscription = self._subs.pop(channel, None)
