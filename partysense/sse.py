@@ -59,6 +59,7 @@ from partysense.sserequest import (
     granted,
     last_event_id,
     spend_budgets,
+    wants_presence,
 )
 from partysense.tokens import Grant
 from partysense.v2 import MAX_PENDING, change_json
@@ -140,6 +141,7 @@ class Stream:
         self._since = since
         self._grant = grant
         self.address = address
+        self.wants_presence = False  # ?presence=1
         self.session = self  # what the factory counts clients by (clients_by_dialect)
         self.bytes_sent = 0
         self._reserved = reserved  # replay rows taken from the address's budget
@@ -267,12 +269,13 @@ class Stream:
         return self._wrap(presence_bytes(notice))
 
     def notice(self, frame: bytes) -> None:
-        if self.is_live:  # before the stream starts, the count it gets then is fresher
+        # Before the stream starts it is dropped: the count it gets then is fresher.
+        if self.is_live and self.wants_presence:
             self.outbox.send(frame)
 
     def _tell_presence(self) -> None:
         presence = self._shared.presence
-        if presence is not None and self.event_id is not None:
+        if presence is not None and self.event_id is not None and self.wants_presence:
             self.outbox.send(self.encode_notice(presence.current(self.event_id)))
 
     def keepalive(self) -> None:
@@ -431,7 +434,9 @@ class EventStreams(Resource):
                                peer=address, kind=refusal.kind, reason=refusal.message)
             answer(request, refusal)
             return NOT_DONE_YET
-        Stream(streams, request, event_id, since, grant, address, reserved).open()
+        stream = Stream(streams, request, event_id, since, grant, address, reserved)
+        stream.wants_presence = wants_presence(request)
+        stream.open()
         return NOT_DONE_YET
 
     def render_HEAD(self, request: Request) -> bytes:

@@ -96,6 +96,9 @@ class Subscription:
         self.event_id = event_id
         self.cursor: int | None = None
         self.active = True
+        # Presence is asked for ("presence": true): clients written before it
+        # read every message after a snapshot as a change.
+        self.wants_presence = False
         self.told = False  # its snapshot (or "subscribed") is out: presence may follow
         self._pending: list[tuple[Delivery, Frame]] = []
 
@@ -254,6 +257,9 @@ class V2Session:
     def _subscribe(self, request_id: Any, message: dict) -> Any:
         event_id = _event(message)
         since = message.get("cursor")
+        wants_presence = message.get("presence", False)
+        if type(wants_presence) is not bool:
+            raise BadRequest("bad_request", '"presence" must be true or false')
         if since is not None and (type(since) is not int or since < 0):
             raise BadRequest("bad_request", '"cursor" must be a non-negative integer')
         channel = channel_for(event_id)
@@ -270,7 +276,8 @@ class V2Session:
         reserved = 0 if since is None else self._reserve_replay(since)
         replayed = 0
         try:
-            replayed = (yield self._subscribe_to(request_id, event_id, channel, since)) or 0
+            replayed = (yield self._subscribe_to(request_id, event_id, channel, since,
+                                                 wants_presence)) or 0
         finally:
             if reserved:  # what the replay did not send goes back to the address
                 budgets.replayed(self._shared.budgets, self._address, self._now(), reserved,
@@ -278,7 +285,7 @@ class V2Session:
 
     @defer.inlineCallbacks
     def _subscribe_to(self, request_id: Any, event_id: int | None, channel: str,
-                      since: int | None) -> Any:
+                      since: int | None, wants_presence: bool = False) -> Any:
         """Subscribed, its snapshot or replay sent; returns the rows replayed."""
         try:
             if event_id is not None and not (
@@ -287,6 +294,7 @@ class V2Session:
             if self._closed:
                 return  # gone while we asked: subscribed now, it would never be dropped
             subscription = Subscription(self, channel, event_id)
+            subscription.wants_presence = wants_presence
             self._subs[channel] = subscription
             self._shared.hub.subscribe(channel, subscription)
             yield self._shared.listener.whenListening(channel)
@@ -377,8 +385,8 @@ class V2Session:
     def _tell_presence(self, subscription: Subscription) -> None:
         """The event's count right after its snapshot; then each change of it."""
         presence = self._shared.presence
-        if presence is None or subscription.event_id is None:
-            return  # off, or the firehose: no count
+        if presence is None or subscription.event_id is None or not subscription.wants_presence:
+            return  # off, the firehose (no count), or not asked for
         subscription.told = True
         self.client.send_frame(Subscription.encode_notice(presence.current(subscription.event_id)))
 
