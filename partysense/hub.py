@@ -193,5 +193,4 @@ class Hub:
                 except Exception:
                     self.log.failure("Noticing {subscriber} failed", subscriber=subscriber)
             reached += len(subscribers)
-        self.frames_sent += reached
-        return reached
+        return reached  # counted apart from change frames (partysense_presence_notices)

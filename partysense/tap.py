@@ -313,6 +313,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
     queue = metrics.watch(factory, hub, listener, queries, retention)
     queue.setServiceParent(top)
+    if presence is not None:
+        metrics.watch_presence(presence)
     admin_port = options["admin-port"]
     waiting = waiting_for(options, limits, factory, open_files)
     site = make_site(factory, listener, queries,

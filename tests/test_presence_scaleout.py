@@ -16,15 +16,17 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import ClientConnection, connect
 
 from harness.balancer import Cluster
-from harness.daemon import wait_for
+from harness.daemon import Daemon, wait_for
 from partysense.presence import LIFETIME
 from tests.sse import Stream
 from tests.support import Party
@@ -111,6 +113,18 @@ def test_every_client_sees_the_total_and_a_killed_daemon_drops_out(
         first = watchers[0].messages
         assert first[0]["type"] == "snapshot" and first[1]["type"] == "presence", first[:2]
 
+        # The cost on PostgreSQL: one statement per daemon per interval, measured
+        # by each daemon's own counter over a stretch of seconds, whatever its clients.
+        counted_at = time.monotonic()
+        reports = [_reports(d) for d in cluster.daemons]
+        wait_for(lambda: time.monotonic() - counted_at >= 4 * INTERVAL, 10, "4 intervals")
+        elapsed = time.monotonic() - counted_at
+        made = [_reports(d) - before for d, before in zip(cluster.daemons, reports,
+                                                             strict=True)]
+        print(f"presence statements in {elapsed:.1f} s, per daemon: {made}")
+        assert all(1 <= n <= elapsed / INTERVAL + 1 for n in made), (made, elapsed)
+        assert sum(_failures(d) for d in cluster.daemons) == 0
+
         on_victim = cluster.clients()[0]
         assert on_victim >= PINNED  # its pinned ones, and those HAProxy sent it
         left = total - on_victim
@@ -140,3 +154,20 @@ def test_every_client_sees_the_total_and_a_killed_daemon_drops_out(
         for seed in seeds:
             seed.close()
 
+
+
+def _metric(daemon: Daemon, name: str) -> float:
+    with urllib.request.urlopen(daemon.admin_url + "/metrics", timeout=5) as response:
+        for family in text_string_to_metric_families(response.read().decode()):
+            for sample in family.samples:
+                if sample.name == name:
+                    return float(sample.value)
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def _reports(daemon: Daemon) -> float:
+    return _metric(daemon, "partysense_presence_reports_total")
+
+
+def _failures(daemon: Daemon) -> float:
+    return _metric(daemon, "partysense_presence_report_failures_total")
