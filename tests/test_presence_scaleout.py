@@ -150,7 +150,7 @@ def test_every_client_sees_the_total_and_a_killed_daemon_drops_out(
         for watcher in watchers:
             watcher.close()
         for stream in streams:
-            stream.sock.close()
+            stream.close()
         for seed in seeds:
             seed.close()
 
