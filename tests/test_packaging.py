@@ -177,7 +177,7 @@ def test_the_django_app_works_from_the_wheel(installed: Path, tmp_path: Path) ->
     run(installed / "bin" / "pip", "install", "--quiet", "django>=4.2")
     shown = run(installed / "bin" / "python", "-c", DJANGO_APP, cwd=outside(tmp_path))
     assert 'class="partysense-live"' in shown and "log in" in shown
-    assert "['0001_install']" in shown
+    assert "['0001_install', '0002_presence']" in shown
 
 
 def twistd_lists_plugin(venv: Path, cwd: Path) -> bool:
