@@ -136,7 +136,8 @@ class PresenceService(Service):
                   self.interval * LIFETIME)
         self._running = True
         self.statements += 1
-        d = self._queries.runQuery(REPORT_QUERY, params)
+        # maybeDeferred: a synchronous raise would stop the loop for good.
+        d = defer.maybeDeferred(self._queries.runQuery, REPORT_QUERY, params)
         d.addCallback(self._answered, local, told)
         d.addErrback(self._failed, told)
         return d.addBoth(self._done)

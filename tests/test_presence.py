@@ -217,3 +217,17 @@ def test_the_messages() -> None:
     assert presence_bytes(notice) == (b'event: presence\ndata: '
                                       b'{"type":"presence","event":3,"watchers":12}\n\n')
     assert event_counts({"firehose": 4, "event_2": 3, "event_5": 0, "bogus": 1}) == {2: 3}
+
+
+def test_a_statement_that_raises_does_not_stop_the_reports() -> None:
+    clock, queries, hub, presence = made()
+    hub.subscribe("event_1", Watcher())
+    calls = []
+
+    def broken(query: Any, params: Any = None) -> Any:
+        calls.append(params)
+        raise RuntimeError("a bug below")
+
+    queries.runQuery = broken  # type: ignore[method-assign]
+    clock.pump([INTERVAL] * 3)
+    assert len(calls) == 3 and presence.failures == 3
