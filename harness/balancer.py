@@ -192,8 +192,9 @@ class Cluster:
     HAProxy does.
     """
 
-    def __init__(self, dsn: str, workdir: Path, count: int = 3) -> None:
-        self.daemons = [Daemon(dsn, workdir, "--no-demo", "--trusted-proxies", "1")
+    def __init__(self, dsn: str, workdir: Path, count: int = 3,
+                 extra: Sequence[str] = ()) -> None:
+        self.daemons = [Daemon(dsn, workdir, "--no-demo", "--trusted-proxies", "1", *extra)
                         for _ in range(count)]
         self.names = [f"live{n}" for n in range(1, count + 1)]
         self.balancer: Balancer | None = None

@@ -5,6 +5,7 @@
     ├── ListenerService           the one LISTEN connection, reconnecting
     ├── QueryService              the connection clients' questions use
     ├── RetentionService          trims the change log
+    ├── PresenceService           watchers per event, across daemons (--presence-interval)
     ├── QueueUsagePoller          pg_notification_queue_usage() for /metrics
     ├── StreamServerEndpointService  the web port: WebSocket, page, health
     ├── Rates                     frames and votes a second, for --admin-port's /status
@@ -32,6 +33,8 @@ from partysense.core.hub import LINGER, Hub
 from partysense.db import dsn as dsnlib
 from partysense.db.demo import DemoPartyService
 from partysense.db.embedded import database_for
+from partysense.db.presence import INTERVAL as PRESENCE_INTERVAL
+from partysense.db.presence import PresenceService
 from partysense.db.queries import QueryService
 from partysense.db.retention import RetentionService
 from partysense.db.source import LISTEN, make_source
@@ -163,6 +166,10 @@ class Options(usage.Options):
         ["sse-keepalive", None, KEEPALIVE,
          "Seconds between the comments that keep idle SSE streams open through proxies.",
          float],
+        ["presence-interval", None, PRESENCE_INTERVAL,
+         "Seconds between this daemon's reports of how many watch each event (one "
+         "statement each, whatever the number of clients); clients see the total of "
+         "every daemon within two of them (0: no presence).", float],
         ["workers", None, 1,
          "Processes sharing the port, each with its own LISTEN connection (tcp: ports).",
          int],
@@ -186,6 +193,8 @@ class Options(usage.Options):
             raise usage.UsageError("--sse-keepalive must be positive")
         if self["linger"] < 0:
             raise usage.UsageError("--linger cannot be negative")
+        if self["presence-interval"] != 0 and not 0.1 <= self["presence-interval"] <= 600:
+            raise usage.UsageError("--presence-interval is 0 (off) or 0.1 to 600 seconds")
         if self["grace"] < 0:
             raise usage.UsageError("--grace cannot be negative")
         if not 0 <= self["write-delay"] <= MAX_WRITE_DELAY_MS:
@@ -285,6 +294,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     retention = RetentionService(queries, reactor, options["retention"])
     retention.setServiceParent(top)
     hub = Hub(listener, reactor, linger=options["linger"])
+    presence = None
+    if options["presence-interval"]:
+        presence = PresenceService(queries, hub, reactor, options["presence-interval"])
+        presence.setServiceParent(top)
     metrics = DaemonMetrics(reactor)
 
     limits = limits_from(options)
@@ -296,12 +309,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     shared = Shared(hub=hub, listener=listener, reads=reads, events=events,
                     counters=counters, clock=reactor,
                     max_subscriptions=limits.max_subscriptions, tokens=options["tokens"],
-                    budgets=budgets_for(limits.max_connections_per_ip))
+                    budgets=budgets_for(limits.max_connections_per_ip), presence=presence)
     factory = LiveFactory(dialect_table(shared), reactor, limits, counters)
     # Only the last N addresses of X-Forwarded-For were added by our proxies.
     factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
     queue = metrics.watch(factory, hub, listener, queries, retention)
     queue.setServiceParent(top)
+    if presence is not None:
+        metrics.watch_presence(presence)
     admin_port = options["admin-port"]
     waiting = waiting_for(options, limits, factory, open_files)
     site = make_site(factory, listener, queries,

@@ -210,17 +210,89 @@ RETURNS bigint LANGUAGE sql SECURITY DEFINER AS $$
     ) SELECT count(*) FROM trimmed
 $$;
 
+-- Presence: how many clients watch each event, across every daemon of this
+-- database. Each daemon, once per --presence-interval, reports its own count
+-- per event and reads back the sums in one call (docs/protocol.md,
+-- "presence"). A row counts until its `expires`, set by the daemon that wrote
+-- it (a few of its intervals): a daemon killed without a goodbye drops out by
+-- itself, and daemons with different intervals do not age each other's rows.
+-- Counts only, never who: no address, no user, no token is stored.
+CREATE TABLE IF NOT EXISTS partysense_presence (
+    daemon uuid NOT NULL,
+    event_id bigint NOT NULL,
+    watchers integer NOT NULL CHECK (watchers > 0),
+    seen timestamptz NOT NULL DEFAULT now(),
+    expires timestamptz NOT NULL,
+    PRIMARY KEY (daemon, event_id)
+);
+-- Nobody but the function below (it runs as its owner) writes or reads it:
+-- a role that can connect must not be able to inflate or read the counts.
+REVOKE ALL ON partysense_presence FROM PUBLIC;
+
+-- One daemon's report, and the totals of its events, in one statement:
+-- upsert its counts, delete its rows of events it no longer reports, delete
+-- expired rows of other daemons (SKIP LOCKED: a collector never waits, so two
+-- daemons collecting at once cannot deadlock), then return, for each event it
+-- reported, its own count plus every other daemon's unexpired one. The
+-- statement's snapshot does not see its own writes: its count comes from the
+-- arguments, the others' from the table. Only positive counts are taken (an
+-- event given twice counts once), and a row lives at most an hour.
+CREATE OR REPLACE FUNCTION partysense_presence_report(
+    p_daemon uuid, p_events bigint[], p_watchers integer[], p_lifetime double precision
+) RETURNS TABLE (event bigint, total bigint) LANGUAGE sql SECURITY DEFINER AS $$
+    WITH mine AS (
+        SELECT m.e AS event_id, max(m.w) AS watchers
+        FROM unnest(p_events, p_watchers) AS m(e, w)
+        WHERE m.e IS NOT NULL AND m.w IS NOT NULL AND m.w > 0
+        GROUP BY m.e
+    ), reported AS (
+        INSERT INTO partysense_presence (daemon, event_id, watchers, seen, expires)
+        SELECT p_daemon, mine.event_id, mine.watchers, now(),
+               now() + least(greatest(p_lifetime, 0), 3600) * interval '1 second'
+        FROM mine
+        ON CONFLICT (daemon, event_id) DO UPDATE
+            SET watchers = excluded.watchers, seen = excluded.seen, expires = excluded.expires
+        RETURNING 1
+    ), gone AS (
+        DELETE FROM partysense_presence p
+        WHERE p.daemon = p_daemon
+          AND p.event_id NOT IN (SELECT mine.event_id FROM mine)
+        RETURNING 1
+    ), expired AS (
+        DELETE FROM partysense_presence p
+        WHERE (p.daemon, p.event_id) IN (
+            SELECT x.daemon, x.event_id FROM partysense_presence x
+            WHERE x.expires < now() AND x.daemon <> p_daemon
+            FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT t.event_id, sum(t.watchers)::bigint
+    FROM (
+        SELECT mine.event_id, mine.watchers FROM mine
+        UNION ALL
+        SELECT o.event_id, o.watchers FROM partysense_presence o
+        WHERE o.daemon <> p_daemon AND o.expires >= now()
+          AND o.event_id IN (SELECT mine.event_id FROM mine)
+    ) t
+    GROUP BY t.event_id
+$$;
+
 -- Functions that run as their owner are called by whom we say, and find
 -- our tables, and pg_catalog's functions, whatever the caller's search_path.
 REVOKE ALL ON FUNCTION partysense_record(text, bigint, bigint, bigint, boolean, boolean)
     FROM PUBLIC;
 REVOKE ALL ON FUNCTION partysense_trim(double precision, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION partysense_presence_report(uuid, bigint[], integer[], double precision)
+    FROM PUBLIC;
 DO $$
 BEGIN
     EXECUTE format('ALTER FUNCTION partysense_record(text, bigint, bigint, bigint, boolean, '
                    'boolean) SET search_path = pg_catalog, %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION partysense_trim(double precision, integer) '
                    'SET search_path = pg_catalog, %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION partysense_presence_report(uuid, bigint[], integer[], '
+                   'double precision) SET search_path = pg_catalog, %I, pg_temp',
+                   current_schema());
     EXECUTE format('ALTER FUNCTION partysense_vote_changed() '
                    'SET search_path = pg_catalog, %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION partysense_vote_truncated() '

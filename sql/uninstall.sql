@@ -13,6 +13,7 @@ DROP TRIGGER IF EXISTS partysense_vote_truncate ON event_vote;
 DROP FUNCTION IF EXISTS partysense_vote_changed();
 DROP FUNCTION IF EXISTS partysense_vote_truncated();
 DROP FUNCTION IF EXISTS partysense_trim(double precision, integer);
+DROP FUNCTION IF EXISTS partysense_presence_report(uuid, bigint[], integer[], double precision);
 DROP FUNCTION IF EXISTS partysense_record(text, bigint, bigint, bigint, boolean, boolean);
 DROP FUNCTION IF EXISTS partysense_notified_payload(
     bigint, text, bigint, bigint, text, bigint, text, text, boolean, boolean, timestamptz);
@@ -21,3 +22,4 @@ DROP FUNCTION IF EXISTS partysense_payload(
     timestamptz);
 
 DROP TABLE IF EXISTS partysense_change;
+DROP TABLE IF EXISTS partysense_presence;

@@ -141,6 +141,7 @@ def test_the_daemon_runs_on_the_documented_grants(
     # that keeps recent changes), and it cannot record a change.
     for forbidden in ("SELECT user_id FROM event_vote",
                       "DELETE FROM partysense_change",
+                      "DELETE FROM partysense_presence",
                       "SELECT partysense_record('insert', 1, 1, 1, true, NULL)"):
         with daemon_role.connect() as probe, probe.cursor() as cursor:
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
@@ -152,7 +153,9 @@ def test_the_daemon_runs_on_the_documented_grants(
                            " VALUES ('insert', 1, %s, %s, true)", (event_id, track_id))
 
     # --retention 1: the trim runs every second, as this role.
-    with Daemon(daemon_role.dsn, tmp_path, "--retention", "1", env=daemon_role.env()) as daemon:
+    # --presence-interval 1: presence reports every second, as this role.
+    with Daemon(daemon_role.dsn, tmp_path, "--retention", "1", "--presence-interval", "1",
+                env=daemon_role.env()) as daemon:
         with urllib.request.urlopen(daemon.url + "/api/events", timeout=5) as response:
             assert {"id": event_id, "title": "Least privilege"} in json.loads(response.read())
         with connect(daemon.ws_url, open_timeout=10) as seed, \
@@ -194,6 +197,9 @@ def test_the_daemon_runs_on_the_documented_grants(
         assert wait_for(lambda: metric(daemon, "partysense_notification_queue_usage")
                         is not None, 15, "the queue usage")
         assert metric(daemon, "partysense_listener_up") == 1
+        assert wait_for(lambda: (metric(daemon, "partysense_presence_reports_total") or 0) >= 2,
+                        10, "presence to report")
+        assert metric(daemon, "partysense_presence_report_failures_total") == 0
         assert wait_for(lambda: (metric(daemon, "partysense_changes_trimmed_total") or 0) >= 2,
                         10, "the trim to be counted")
     log = daemon.log()

@@ -9,13 +9,16 @@ one frame, held, of a track climbing from 10th to the top.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
+from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
 from tests.browser import FULL_HD, PHONE, SCREENSHOTS, SECONDS, Screen, screenshot
@@ -426,4 +429,35 @@ def test_a_long_remix_title_leaves_its_artist_in_view(
     assert parts["artist"][2] - parts["artist"][0] >= 0.3 * (parts["what"][2] - parts["what"][0])
     saved = screenshot(screen.page, "screen-long-title")
     assert all(path.stat().st_size > 10_000 for path in saved)
+    assert screen.problems == []
+
+
+# -- "N here" ---------------------------------------------------------------------
+
+
+def test_the_page_and_the_projector_show_how_many_are_here(
+        db_dsn: str, tmp_path: Path, party: Party, screen: Screen) -> None:
+    event_id = party.event("Crowded")
+    party.vote(event_id, party.track("Only"), user_id=1)
+    with Daemon(db_dsn, tmp_path, "--presence-interval", "1") as daemon:
+        screen.page.goto(f"{daemon.url}/?event={event_id}")
+        screen.expect_state("live")
+        here = screen.page.locator("#here")
+        expect(here).to_have_text("1 here")  # itself, right after the tallies
+        # Another watcher (a script, no presence asked): counted all the same.
+        with connect(daemon.ws_url, subprotocols=["partysense.v2"], open_timeout=10) as other:
+            other.send(json.dumps({"type": "subscribe", "event": event_id}))
+            assert json.loads(other.recv(timeout=10))["type"] == "snapshot"
+            expect(here).to_have_text("2 here", timeout=15 * SECONDS)
+            projector = screen.page.context.new_page()
+            projector.goto(f"{daemon.url}/?event={event_id}&view=screen")
+            expect(projector.locator("#here")).to_have_text("3 here", timeout=15 * SECONDS)
+            expect(here).to_have_text("3 here", timeout=15 * SECONDS)
+            assert projector.locator("#here").is_visible()
+            projector.close()
+        expect(here).to_have_text("1 here", timeout=15 * SECONDS)
+        # Every event at once watches no one event: no count.
+        screen.page.goto(f"{daemon.url}/?event=ALL")
+        screen.expect_state("live")
+        expect(here).to_be_hidden()
     assert screen.problems == []

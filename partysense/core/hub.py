@@ -16,13 +16,14 @@ an UNLISTEN each time (issue 15).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from partysense.core.change import Change
 from partysense.core.interfaces import ChangeSource
+from partysense.core.notice import Notice
 
 LINGER = 30.0          # seconds a channel stays LISTENed after its last subscriber left
 MAX_LINGERING = 1_000  # channels LISTENed that way at once
@@ -63,6 +64,18 @@ class Subscriber(Protocol):
     def encode(self, delivery: Delivery) -> Any: ...
 
     def deliver(self, delivery: Delivery, frame: Any) -> None: ...
+
+
+class Noticed(Protocol):
+    """A subscriber that takes notices (presence) besides changes: v2 and SSE.
+
+    Optional: a group whose subscribers have no ``encode_notice`` (the seed
+    dialect, which promises its clients vote payloads only) gets none.
+    """
+
+    def encode_notice(self, notice: Notice) -> Any: ...
+
+    def notice(self, frame: Any) -> None: ...
 
 
 class Hub:
@@ -132,6 +145,11 @@ class Hub:
         return {channel: sum(len(group) for group in groups.values())
                 for channel, groups in self._subscribers.items()}
 
+    def subscriber_count(self, channel: str) -> int:
+        """The number of subscribers of one channel (presence: a new subscriber's count)."""
+        groups = self._subscribers.get(channel)
+        return sum(len(group) for group in groups.values()) if groups else 0
+
     def publish(self, channel: str, change: Change) -> None:
         """Hand one change to every subscriber of ``channel``."""
         groups = self._subscribers.get(channel)
@@ -148,3 +166,24 @@ class Hub:
                 except Exception:
                     self.log.failure("Delivering to {subscriber} failed", subscriber=subscriber)
             self.frames_sent += len(subscribers)
+
+    def notify(self, channel: str, notice: Notice) -> int:
+        """Hand a notice to every subscriber of ``channel`` that takes notices,
+        encoded once per group; returns how many it reached."""
+        groups = self._subscribers.get(channel)
+        if not groups:
+            return 0
+        reached = 0
+        for group in list(groups.values()):
+            subscribers = list(group)
+            if getattr(subscribers[0], "encode_notice", None) is None:
+                continue
+            frame = notice.frame(subscribers[0].wire_format,
+                                 cast(Noticed, subscribers[0]).encode_notice)
+            for subscriber in subscribers:
+                try:
+                    cast(Noticed, subscriber).notice(frame)
+                except Exception:
+                    self.log.failure("Noticing {subscriber} failed", subscriber=subscriber)
+            reached += len(subscribers)
+        return reached  # counted apart from change frames (partysense_presence_notices)

@@ -21,6 +21,7 @@ from partysense.adapters.autobahn_adapter import Frame
 from partysense.core.budgets import Budgets, budgets_for
 from partysense.core.hub import Hub
 from partysense.core.interfaces import ChangeSource
+from partysense.core.notice import Notice
 from partysense.db.changelog import MAX_REPLAY
 from partysense.dialects.tokens import OPEN, Tokens
 
@@ -72,6 +73,12 @@ class Events(Protocol):
     def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]: ...
 
 
+class Presence(Protocol):
+    """How many watch an event (partysense/presence.py)."""
+
+    def current(self, event_id: int) -> Notice: ...
+
+
 @dataclass
 class ClientCounters:
     """What clients did wrong, counted for /metrics (docs/operations.md)."""
@@ -97,6 +104,7 @@ class Shared:
     max_subscriptions: int = 32
     tokens: Tokens = OPEN
     budgets: Budgets = field(default_factory=budgets_for)
+    presence: Presence | None = None  # None: --presence-interval 0, nobody is told
 
     def event_exists(self, address: str, event_id: int) -> defer.Deferred[bool]:
         """Whether the event exists (no query: partysense/reads/events.py). An address's

@@ -31,6 +31,7 @@ from partysense.core.change import Change
 from partysense.core.channels import channel_event, channel_for
 from partysense.core.errors import ClientError, is_utf8
 from partysense.core.hub import Delivery
+from partysense.core.notice import Notice
 from partysense.db.changelog import Replay, Snapshot
 from partysense.db.errors import NotConnected, Overloaded, QueryRefused
 from partysense.dialects.access import Access
@@ -94,6 +95,10 @@ class Subscription:
         self.event_id = event_id
         self.cursor: int | None = None
         self.active = True
+        # Presence is asked for ("presence": true): clients written before it
+        # read every message after a snapshot as a change.
+        self.wants_presence = False
+        self.told = False  # its snapshot (or "subscribed") is out: presence may follow
         self._pending: list[tuple[Delivery, Frame]] = []
 
     def stop(self) -> None:
@@ -122,6 +127,17 @@ class Subscription:
                 self._session.client.too_slow()
         elif delivery.seq > self.cursor:
             self.cursor = delivery.seq
+            self._session.client.send_frame(frame)
+
+    @staticmethod
+    def encode_notice(notice: Notice) -> Frame:
+        """A presence message's frame, made once for every v2 subscriber."""
+        return prepare(notice.json)
+
+    def notice(self, frame: Frame) -> None:
+        # Before its snapshot it is dropped: the count follows the snapshot,
+        # fresher than this one (V2Session._tell_presence).
+        if self.active and self.told:
             self._session.client.send_frame(frame)
 
     def start(self, cursor: int, replayed: list[Change]) -> defer.Deferred[None]:
@@ -240,6 +256,9 @@ class V2Session:
     def _subscribe(self, request_id: Any, message: dict) -> Any:
         event_id = _event(message)
         since = message.get("cursor")
+        wants_presence = message.get("presence", False)
+        if type(wants_presence) is not bool:
+            raise BadRequest("bad_request", '"presence" must be true or false')
         if since is not None and (type(since) is not int or since < 0):
             raise BadRequest("bad_request", '"cursor" must be a non-negative integer')
         channel = channel_for(event_id)
@@ -256,7 +275,8 @@ class V2Session:
         reserved = 0 if since is None else self._reserve_replay(since)
         replayed = 0
         try:
-            replayed = (yield self._subscribe_to(request_id, event_id, channel, since)) or 0
+            replayed = (yield self._subscribe_to(request_id, event_id, channel, since,
+                                                 wants_presence)) or 0
         finally:
             if reserved:  # what the replay did not send goes back to the address
                 budgets.replayed(self._shared.budgets, self._address, self._now(), reserved,
@@ -264,7 +284,7 @@ class V2Session:
 
     @defer.inlineCallbacks
     def _subscribe_to(self, request_id: Any, event_id: int | None, channel: str,
-                      since: int | None) -> Any:
+                      since: int | None, wants_presence: bool = False) -> Any:
         """Subscribed, its snapshot or replay sent; returns the rows replayed."""
         try:
             if event_id is not None and not (
@@ -273,6 +293,7 @@ class V2Session:
             if self._closed:
                 return  # gone while we asked: subscribed now, it would never be dropped
             subscription = Subscription(self, channel, event_id)
+            subscription.wants_presence = wants_presence
             self._subs[channel] = subscription
             self._shared.hub.subscribe(channel, subscription)
             yield self._shared.listener.whenListening(channel)
@@ -288,6 +309,7 @@ class V2Session:
                 elif self._subs.get(channel) is subscription:
                     self.send({"type": "subscribed", "event": _event_name(event_id),
                                "cursor": since, "id": request_id})
+                    self._tell_presence(subscription)
                     yield subscription.start(since, replay.changes)
                 return len(replay.changes) or 1
         except Overloaded:
@@ -356,7 +378,16 @@ class V2Session:
         if self._subs.get(subscription.channel) is not subscription:
             return  # unsubscribed (or closed) while the snapshot was taken
         self.send(snapshot.message(subscription.event_id, request_id, reset=reset))
+        self._tell_presence(subscription)
         subscription.start(snapshot.cursor, replayed or [])
+
+    def _tell_presence(self, subscription: Subscription) -> None:
+        """The event's count right after its snapshot; then each change of it."""
+        presence = self._shared.presence
+        if presence is None or subscription.event_id is None or not subscription.wants_presence:
+            return  # off, the firehose (no count), or not asked for
+        subscription.told = True
+        self.client.send_frame(Subscription.encode_notice(presence.current(subscription.event_id)))
 
     def _drop(self, channel: str) -> None:
         subscription = self._subs.pop(channel, None)

@@ -69,6 +69,12 @@ class Retention(Protocol):
     trimmed: int
 
 
+class Presence(Protocol):
+    statements: int
+    failures: int
+    notices_sent: int
+
+
 class Factory(Protocol):
     clients: Any  # a set of LiveProtocols
     counters: ClientCounters
@@ -347,9 +353,38 @@ class DaemonMetrics:
             LiveCollector(factory, hub, listener, queries, retention, poller))
         return poller
 
+    def watch_presence(self, presence: Presence) -> None:
+        """Collect presence's statements (one per --presence-interval) and notices."""
+        self.registry.register(PresenceCollector(presence))
+
     def watch_site(self, site: Site) -> None:
         """Collect the public port's connections waiting to upgrade, and its refusals."""
         self.registry.register(SiteCollector(site))
 
     def resource(self) -> Resource:
         return MetricsPage(self.registry)
+
+
+class PresenceCollector(Collector):
+    """Presence (partysense/presence.py): its reports, and the counts it sent."""
+
+    def __init__(self, presence: Presence) -> None:
+        self._presence = presence
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        presence = self._presence
+        yield CounterMetricFamily(
+            "partysense_presence_reports",
+            "Presence statements run (one per --presence-interval at most).",
+            value=presence.statements)
+        yield CounterMetricFamily(
+            "partysense_presence_report_failures",
+            "Presence statements that failed (counts not updated).",
+            value=presence.failures)
+        yield CounterMetricFamily(
+            "partysense_presence_notices",
+            "Presence messages handed to clients (a count changed, one per subscriber).",
+            value=presence.notices_sent)

@@ -42,6 +42,7 @@ from partysense.core.change import Change
 from partysense.core.channels import channel_for
 from partysense.core.errors import TOO_SLOW
 from partysense.core.hub import Delivery
+from partysense.core.notice import Notice
 from partysense.db.errors import NotConnected, Overloaded, QueryRefused
 from partysense.dialects.dialect import Shared
 from partysense.dialects.tokens import Grant
@@ -58,6 +59,7 @@ from partysense.web.sserequest import (
     head_bytes,
     last_event_id,
     spend_budgets,
+    wants_presence,
 )
 from partysense.wire.outbox import Outbox
 from partysense.wire.protocol import LiveFactory
@@ -85,6 +87,11 @@ def sse_frame(delivery: Delivery) -> bytes:
 
 def sse_chunked_frame(delivery: Delivery) -> bytes:
     return chunk(delivery.frame("sse", sse_frame))
+
+
+def presence_bytes(notice: Notice) -> bytes:
+    """``event: presence``, no ``id:``: a count is not a place to resume from."""
+    return b"event: presence\ndata: %s\n\n" % notice.json
 
 
 KEEPALIVE_LINE = b": keepalive\n\n"
@@ -134,6 +141,7 @@ class Stream:
         self._since = since
         self._grant = grant
         self.address = address
+        self.wants_presence = False  # ?presence=1
         self.session = self  # what the factory counts clients by (clients_by_dialect)
         self.bytes_sent = 0
         self._reserved = reserved  # replay rows taken from the address's budget
@@ -202,6 +210,7 @@ class Stream:
         if self._gone:
             return
         self._begin(cursor, reset)
+        self._tell_presence()
         replayed = [change for change in replayed if change.seq > cursor]
         last = replayed[-1].seq if replayed else cursor
         yield self.outbox.stream(self._replay(replayed))
@@ -257,6 +266,20 @@ class Stream:
         elif delivery.seq > self._cursor:
             self._cursor = delivery.seq
             self.outbox.send(frame)
+
+    def encode_notice(self, notice: Notice) -> bytes:
+        """A presence event's bytes for every stream of this format (partysense/hub.py)."""
+        return self._wrap(presence_bytes(notice))
+
+    def notice(self, frame: bytes) -> None:
+        # Before the stream starts it is dropped: the count it gets then is fresher.
+        if self.is_live and self.wants_presence:
+            self.outbox.send(frame)
+
+    def _tell_presence(self) -> None:
+        presence = self._shared.presence
+        if presence is not None and self.event_id is not None and self.wants_presence:
+            self.outbox.send(self.encode_notice(presence.current(self.event_id)))
 
     def keepalive(self) -> None:
         if self.is_live:
@@ -422,7 +445,9 @@ class EventStreams(Resource):
                                peer=address, kind=refusal.kind, reason=refusal.message)
             answer(request, refusal)
             return NOT_DONE_YET
-        Stream(streams, request, event_id, since, grant, address, reserved).open()
+        stream = Stream(streams, request, event_id, since, grant, address, reserved)
+        stream.wants_presence = wants_presence(request)
+        stream.open()
         return NOT_DONE_YET
 
     def render_HEAD(self, request: Request) -> bytes:

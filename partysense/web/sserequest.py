@@ -80,6 +80,12 @@ def event_of(postpath: list[bytes]) -> int | None:
                                            f"{MAX_EVENT_ID} or ALL") from None
 
 
+def wants_presence(request: Request) -> bool:
+    """``?presence=1``: the stream also carries ``event: presence`` (the count
+    of watchers), asked for so that consumers written before it see no new event."""
+    return (request.args.get(b"presence") or [b""])[0] in (b"1", b"true")
+
+
 def last_event_id(request: Request) -> int | None:
     """The seq to resume after: the Last-Event-ID header (a browser's newest),
     else ?last_event_id= (a new EventSource carrying an old stream's place)."""

@@ -12,7 +12,7 @@ from django.db import migrations
 from partysense.db.sqlfiles import INSTALL_LOCK, INSTALL_SCRIPT, UNINSTALL_SCRIPT, read_sql
 from partysense.djangoapp.conf import migrate_after
 
-INSTALL_SHA256 = "b9eb115a9cc6e7b9ebce6975e342db66c886e1dcc6cd7cc118c284b5c6904c14"
+INSTALL_SHA256 = "e51b9ef67154d9b4a1e269fa8c2bdc07431f297ac1952671f54b855770448ae8"
 
 
 class Migration(migrations.Migration):

@@ -28,6 +28,7 @@ const byId = (id) => document.getElementById(id);
 const ui = {
   title: byId("title"),
   subtitle: byId("subtitle"),
+  here: byId("here"),
   picker: byId("picker"),
   input: byId("event"),
   choices: byId("events"),
@@ -74,6 +75,7 @@ const live = connect({
     countInPulse(change);
     render();
   },
+  onPresence: () => render(),  // "N here": every daemon's watchers of the event
   onStatus: (status) => {
     setState(status.state, status.text);
     render();
@@ -155,6 +157,9 @@ function drawHeader() {
   }
   ui.title.textContent = title;
   ui.subtitle.textContent = subtitle;
+  const here = typeof live.event === "number" && live.ready && live.watchers !== null;
+  ui.here.hidden = !here;
+  ui.here.textContent = here ? `${live.watchers} here` : "";
   document.title = `${title} · PartySense live`;
 }
 

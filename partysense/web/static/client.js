@@ -106,6 +106,8 @@ class Live {
     this._getToken = options.getToken || null;
     this._onSnapshot = options.onSnapshot || nothing;
     this._onChange = options.onChange || nothing;
+    // Presence is asked for only by a page that shows it (docs/protocol.md).
+    this._onPresence = options.onPresence || null;
     this._onStatus = options.onStatus || nothing;
     this._onError = options.onError || nothing;
     this._reset();
@@ -192,6 +194,7 @@ class Live {
     this.tracks = new Map();
     this.cursor = null;      // highest seq applied (or the snapshot's cursor)
     this.ready = false;      // a snapshot (or "subscribed") has arrived
+    this.watchers = null;    // how many watch the event, every daemon (onPresence)
     this._backfill = false;  // the firehose asked again from a little before now
   }
 
@@ -346,6 +349,7 @@ class Live {
     const request = {type: "subscribe", event: this.event, id};
     if (this.ready && this.cursor !== null) request.cursor = this.cursor;
     if (this.token) request.token = this.token;
+    if (this._onPresence && typeof this.event === "number") request.presence = true;
     this._pending = id;
     this._subscribed = true;
     this._send(request);
@@ -359,6 +363,7 @@ class Live {
       case "snapshot": this._snapshot(message); break;
       case "subscribed": this._subscribedTo(message); break;
       case "change": this._change(message); break;
+      case "presence": this._presence(message); break;
       case "error": this._error(message); break;
       case "token_expired": this._tokenExpired(); break;
       case "unsubscribed": this._unsubscribed(message); break;
@@ -420,6 +425,14 @@ class Live {
     this.cursor = change.seq;
     const row = typeof this.event === "number" ? applyChange(this.tracks, change) : null;
     this._onChange(change, this, row);
+  }
+
+  _presence(message) {
+    // One of an event we have left, or before our subscription's reply: not ours.
+    if (this._pending !== null || message.event !== this.event) return;
+    if (typeof message.watchers !== "number" || message.watchers < 0) return;
+    this.watchers = message.watchers;
+    if (this._onPresence) this._onPresence(message.watchers, this);
   }
 
   _error(message) {
@@ -518,11 +531,14 @@ class Live {
 //   options.onSnapshot  (live, {reset}) the tallies, first and after a reset
 //   options.onChange    (change, live, row) each change once, in order, after
 //                       the tallies took it in (row: the track's new counts)
+//   options.onPresence  (watchers, live) how many watch the event now, across every
+//                       daemon (this page included): after the tallies, then
+//                       whenever it changes (within --presence-interval, 5 s)
 //   options.onStatus    ({state, seconds, reason, text}, live)
 //   options.onError     ({error, message}, live) a refusal from the daemon
 //
 // Returns the live object: .tracks (Map tid -> {tid, track, artist, up, down}),
-// .title, .cursor, .status, .ranking(limit), .select(event), .setToken(token),
+// .title, .cursor, .watchers, .status, .ranking(limit), .select(event), .setToken(token),
 // .close(). docs/client.md has the details and a Django example.
 export function connect(options = {}) {
   return new Live(options);
