@@ -21,6 +21,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from harness.faults import SilentProxy, committed, event_with_track, terminate_listener
 from partysense.adapters.txpostgres_adapter import needs_resolving, with_resolved_host
+from partysense.db.deadline import before_deadline
 from partysense.db.listener import ListenerService
 from partysense.db.pgservice import NotConnected, default_backoff
 from partysense.db.queries import QueryService
@@ -136,7 +137,7 @@ def test_a_connect_that_never_answers_times_out(silent_server: int) -> None:
     assert service.state == "disconnected"
     assert service.reason == "no answer from the database within 5 s"
     assert not reactor.getReaders() and not reactor.getWriters(), "the socket was closed"
-    [retry] = [c for c in reactor.getDelayedCalls() if c.func == service._connect]
+    [retry] = [c for c in reactor.getDelayedCalls() if c.func == service._keeper._connect]
     assert retry.getTime() == pytest.approx(reactor.seconds() + 1.0, abs=0.01)
     service.stopService()
     reactor.advance(0)
@@ -183,7 +184,7 @@ def test_when_connected_can_be_cancelled_and_is_forgotten() -> None:
     waiter = service.whenConnected()
     waiter.cancel()
     assert _failure_of(waiter).check(defer.CancelledError)
-    assert not service._waiting
+    assert not service._keeper._waiting
     service.stopService()
 
 
@@ -501,10 +502,9 @@ def fire_late(clock: task.Clock) -> None:
 @pytest.mark.logic
 def test_a_deadline_waits_one_more_io_round_before_dropping() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, clock)
     connection = _DroppableConnection()
     answer: defer.Deferred[None] = defer.Deferred()
-    service._before_deadline(connection, answer, 4.0, "silent")  # type: ignore[arg-type]
+    before_deadline(clock, connection, answer, 4.0, "silent")
     clock.advance(3.9)
     fire_late(clock)  # the deadline's timer fires, late after a busy reactor...
     assert connection.dropped == []
@@ -517,10 +517,9 @@ def test_a_deadline_waits_one_more_io_round_before_dropping() -> None:
 @pytest.mark.logic
 def test_a_deadline_drops_a_connection_that_really_is_silent() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, clock)
     connection = _DroppableConnection()
     answer: defer.Deferred[None] = defer.Deferred()
-    service._before_deadline(connection, answer, 4.0, "silent")  # type: ignore[arg-type]
+    before_deadline(clock, connection, answer, 4.0, "silent")
     clock.advance(4.0)
     clock.advance(0)
     assert connection.dropped == ["silent"]

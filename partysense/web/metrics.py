@@ -60,11 +60,13 @@ SLOW = "too_slow"
 
 
 class Listener(Protocol):
-    state: str
-    reconnects: int
     notifications: int
     bad_notifications: int
 
+    @property
+    def state(self) -> str: ...
+    @property
+    def reconnects(self) -> int: ...
     @property
     def connected(self) -> bool: ...
     @property

@@ -36,9 +36,10 @@ ADMIN_WAITING = 16
 
 
 class Connection(Protocol):
-    state: str
-    reason: str
-
+    @property
+    def state(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
     @property
     def connected(self) -> bool: ...
 

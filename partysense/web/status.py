@@ -48,18 +48,20 @@ ASSETS = {
 
 
 class Connection(Protocol):
-    state: str
-    reason: str
-
+    @property
+    def state(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
     @property
     def connected(self) -> bool: ...
 
 
 class Listener(Connection, Protocol):
-    reconnects: int
     notifications: int
     bad_notifications: int
 
+    @property
+    def reconnects(self) -> int: ...
     @property
     def channels(self) -> frozenset[str]: ...
     def observe(self, observer: Callable[[str, Change], None]) -> None: ...
