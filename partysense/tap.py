@@ -1,7 +1,7 @@
 """``twistd partysense-live``: its options and the tree of services it runs.
 
     InOrder                       stops its children one at a time, from the bottom up
-    ├── CollectorService          freezes what the assembly made
+    ├── CollectorService          gc.freeze() of what startup made
     ├── EmbeddedPostgresService   only when no database is named
     ├── ListenerService           the one LISTEN connection, reconnecting
     ├── QueryService              the connection clients' questions use
@@ -15,7 +15,7 @@
     ├── DemoPartyService          with --demo (the default on the embedded DB)
     └── SystemdNotifier           READY=1 / STOPPING=1 under systemd (Type=notify)
 
-Everything is wired here, at construction: no object is patched later.
+Everything is wired here, before anything starts (docs/architecture.md says how).
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = InOrder()
     CollectorService().setServiceParent(top)
 
-    dsn, where = database_for(options["dsn"], options["data-dir"], top)
+    dsn, where = database_for(options["dsn"], options["data-dir"], top, reactor)
 
     listener = ListenerService(dsn, reactor, grace=options["grace"])
     listener.setServiceParent(top)

@@ -1,7 +1,7 @@
 """``--workers N``: N processes serve one port, to use every core.
 
     twistd partysense-live --workers 2             the parent: no clients of its own
-    MultiService
+    InOrder                       stops its children one at a time, from the bottom up
     ├── EmbeddedPostgresService   only when no database is named: started once, here
     ├── WorkersService            the listening socket, and N children kept alive
     │     child i: python -m partysense.process.workerproc PARENT_PID -- twistd -n partysense-live
@@ -298,7 +298,7 @@ def make_supervisor(options: usage.Options, reactor: Any) -> service.MultiServic
     from partysense.db.embedded import database_for
 
     top = InOrder()
-    dsn, _ = database_for(options["dsn"], options["data-dir"], top)
+    dsn, _ = database_for(options["dsn"], options["data-dir"], top, reactor)
     WorkersService(options["workers"], options["port"], child_arguments(options), dsn,
                    reactor).setServiceParent(top)
     if options["run-demo"]:
