@@ -23,7 +23,7 @@ from harness.faults import SilentProxy, committed, event_with_track, terminate_l
 from partysense.adapters.txpostgres_adapter import needs_resolving, with_resolved_host
 from partysense.db.deadline import before_deadline
 from partysense.db.listener import ListenerService
-from partysense.db.pgservice import NotConnected, default_backoff
+from partysense.db.pgservice import NotConnected, PostgresService, default_backoff
 from partysense.db.queries import QueryService
 from partysense.db.retention import RetentionService
 from tests.support import Party, eventually
@@ -82,6 +82,22 @@ def test_failed_connects_are_retried_with_the_backoff() -> None:
         clock.advance(2.0 + attempt)
     assert attempts == [0, 1, 2, 3, 4]
     service.stopService()
+
+
+@pytest.mark.logic
+def test_the_keeper_tells_what_it_was_handed_when_a_connection_is_gone() -> None:
+    """Composed, not inherited: ``on_down`` hears every loss, the stop included."""
+    clock = task.Clock()
+    downs: list[str] = []
+    keeper = PostgresService(no_database, clock, role="test connection",
+                             application_name="partysense-live tests",
+                             on_connected=lambda: downs.append("connected?!"),
+                             on_down=downs.append, backoff=lambda attempt: 1.0)
+    keeper.startService()
+    clock.advance(1.0)
+    assert len(downs) == 2 and all("nobody home" in why for why in downs)
+    keeper.stopService()
+    assert downs[-1] == "service stopped" and keeper.state == "stopped"
 
 
 # -- stopping -----------------------------------------------------------------------
