@@ -1,11 +1,13 @@
 """``twistd partysense-live``: its options and the tree of services it runs.
 
-    MultiService
+    InOrder                       stops its children one at a time, from the bottom up
+    ├── CollectorService          gc.freeze() of what startup made
     ├── EmbeddedPostgresService   only when no database is named
     ├── ListenerService           the one LISTEN connection, reconnecting
     ├── QueryService              the connection clients' questions use
     ├── RetentionService          trims the change log
     ├── PresenceService           watchers per event, across daemons (--presence-interval)
+    ├── EventDirectory            the ids of every event
     ├── QueueUsagePoller          pg_notification_queue_usage() for /metrics
     ├── StreamServerEndpointService  the web port: WebSocket, page, health
     ├── Rates                     frames and votes a second, for --admin-port's /status
@@ -14,7 +16,7 @@
     ├── DemoPartyService          with --demo (the default on the embedded DB)
     └── SystemdNotifier           READY=1 / STOPPING=1 under systemd (Type=notify)
 
-Everything is wired here, at construction: no object is patched later.
+Everything is wired here, before anything starts (docs/architecture.md says how).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
-from partysense.core import errors
 from partysense.core.budgets import budgets_for
 from partysense.core.hub import LINGER, Hub
 from partysense.db import dsn as dsnlib
@@ -45,6 +46,7 @@ from partysense.dialects.v2 import SUBPROTOCOL, V2Session
 from partysense.process import workers
 from partysense.process.collector import CollectorService
 from partysense.process.limits import clients_that_fit, raise_open_files_limit, waiting_budget
+from partysense.process.ordered import InOrder
 from partysense.process.systemd import SystemdNotifier
 from partysense.reads.events import EventDirectory
 from partysense.reads.sharedreads import SharedReads
@@ -53,6 +55,7 @@ from partysense.web.metrics import DaemonMetrics
 from partysense.web.resources import make_admin_site, make_site
 from partysense.web.sse import KEEPALIVE, Streams
 from partysense.web.status import Rates, status_page
+from partysense.wire.goodbye import ClientsService
 from partysense.wire.protocol import Limits, LiveFactory
 from partysense.wire.waiting import Waiting
 
@@ -281,11 +284,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     open_files = raise_open_files_limit()  # every client is an open file
     if options["workers"] > 1:
         return workers.make_supervisor(options, reactor)
-    top = service.MultiService()
-    # First: what the assembly made is frozen before anything else starts.
+    # Stopped one at a time, last added first (process/ordered.py). First in:
+    # what the assembly made is frozen before anything else starts.
+    top = InOrder()
     CollectorService().setServiceParent(top)
 
-    dsn, where = database_for(options["dsn"], options["data-dir"], top)
+    dsn, where = database_for(options["dsn"], options["data-dir"], top, reactor)
 
     listener = make_source(LISTEN, dsn, reactor, grace=options["grace"])
     listener.setServiceParent(top)
@@ -337,7 +341,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     ClientsService(factory, reactor).setServiceParent(top)
 
     if options["run-demo"]:
-        DemoPartyService(dsn, options["demo-rate"]).setServiceParent(top)
+        DemoPartyService(dsn, options["demo-rate"], reactor).setServiceParent(top)
     # Last: started once the port listens, stopped first (STOPPING=1).
     SystemdNotifier(lambda: defer.gatherResults(
         [listener.whenConnected(), queries.whenConnected()], consumeErrors=True)
@@ -371,44 +375,3 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         admin=admin_port or "on the public port (no --admin-port)",
     )
     return top
-
-
-class ClientsService(service.Service):
-    """Closes every client with 1001 when the daemon stops.
-
-    Stopped before the web port and the listener (services stop in reverse
-    order of start), and never waits longer than ``grace`` seconds: a client
-    that does not answer its close frame is dropped.
-    """
-
-    def __init__(self, factory: LiveFactory, clock: Any, grace: float = 2.0) -> None:
-        self._factory = factory
-        self._clock = clock
-        self._grace = grace
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        clients = list(self._factory.clients)
-        for client in clients:
-            self._quietly(client.close_with, errors.GOING_AWAY, "server shutting down")
-        done: defer.Deferred[None] = defer.Deferred()
-
-        def check(deadline: float) -> None:
-            if not self._factory.clients or self._clock.seconds() >= deadline:
-                for client in list(self._factory.clients):
-                    self._quietly(client.dropConnection, abort=True)
-                self._factory.stop_logs()  # their summaries now, no timer left behind
-                done.callback(None)
-            else:
-                self._clock.callLater(0.05, check, deadline)
-
-        check(self._clock.seconds() + self._grace)
-        return done
-
-    def _quietly(self, call: Any, *args: Any, **kwargs: Any) -> None:
-        # One client failing to close must not leave the shutdown waiting
-        # forever (twistd waits for this Deferred) nor spare the others.
-        try:
-            call(*args, **kwargs)
-        except Exception:
-            log.failure("Closing a client at shutdown failed")

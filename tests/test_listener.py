@@ -21,8 +21,9 @@ from twisted.internet.testing import MemoryReactorClock
 
 from harness.faults import SilentProxy, committed, event_with_track, terminate_listener
 from partysense.adapters.txpostgres_adapter import needs_resolving, with_resolved_host
+from partysense.db.deadline import before_deadline
 from partysense.db.listener import ListenerService
-from partysense.db.pgservice import NotConnected, default_backoff
+from partysense.db.pgservice import NotConnected, PostgresService, default_backoff
 from partysense.db.queries import QueryService
 from partysense.db.retention import RetentionService
 from tests.support import Party, eventually
@@ -83,6 +84,22 @@ def test_failed_connects_are_retried_with_the_backoff() -> None:
     service.stopService()
 
 
+@pytest.mark.logic
+def test_the_keeper_tells_what_it_was_handed_when_a_connection_is_gone() -> None:
+    """Composed, not inherited: ``on_down`` hears every loss, the stop included."""
+    clock = task.Clock()
+    downs: list[str] = []
+    keeper = PostgresService(no_database, clock, role="test connection",
+                             application_name="partysense-live tests",
+                             on_connected=lambda: downs.append("connected?!"),
+                             on_down=downs.append, backoff=lambda attempt: 1.0)
+    keeper.startService()
+    clock.advance(1.0)
+    assert len(downs) == 2 and all("nobody home" in why for why in downs)
+    keeper.stopService()
+    assert downs[-1] == "service stopped" and keeper.state == "stopped"
+
+
 # -- stopping -----------------------------------------------------------------------
 
 
@@ -136,7 +153,7 @@ def test_a_connect_that_never_answers_times_out(silent_server: int) -> None:
     assert service.state == "disconnected"
     assert service.reason == "no answer from the database within 5 s"
     assert not reactor.getReaders() and not reactor.getWriters(), "the socket was closed"
-    [retry] = [c for c in reactor.getDelayedCalls() if c.func == service._connect]
+    [retry] = [c for c in reactor.getDelayedCalls() if c.func == service._keeper._connect]
     assert retry.getTime() == pytest.approx(reactor.seconds() + 1.0, abs=0.01)
     service.stopService()
     reactor.advance(0)
@@ -183,7 +200,7 @@ def test_when_connected_can_be_cancelled_and_is_forgotten() -> None:
     waiter = service.whenConnected()
     waiter.cancel()
     assert _failure_of(waiter).check(defer.CancelledError)
-    assert not service._waiting
+    assert not service._keeper._waiting
     service.stopService()
 
 
@@ -501,10 +518,9 @@ def fire_late(clock: task.Clock) -> None:
 @pytest.mark.logic
 def test_a_deadline_waits_one_more_io_round_before_dropping() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, clock)
     connection = _DroppableConnection()
     answer: defer.Deferred[None] = defer.Deferred()
-    service._before_deadline(connection, answer, 4.0, "silent")  # type: ignore[arg-type]
+    before_deadline(clock, connection, answer, 4.0, "silent")
     clock.advance(3.9)
     fire_late(clock)  # the deadline's timer fires, late after a busy reactor...
     assert connection.dropped == []
@@ -517,10 +533,9 @@ def test_a_deadline_waits_one_more_io_round_before_dropping() -> None:
 @pytest.mark.logic
 def test_a_deadline_drops_a_connection_that_really_is_silent() -> None:
     clock = task.Clock()
-    service = ListenerService(no_database, clock)
     connection = _DroppableConnection()
     answer: defer.Deferred[None] = defer.Deferred()
-    service._before_deadline(connection, answer, 4.0, "silent")  # type: ignore[arg-type]
+    before_deadline(clock, connection, answer, 4.0, "silent")
     clock.advance(4.0)
     clock.advance(0)
     assert connection.dropped == ["silent"]

@@ -70,8 +70,7 @@ def site_and_page() -> tuple[GuardedSite, Page, Any]:
     page = Page()
     root = Resource()
     root.putChild(b"", PageOrWebSocket(WebSocketResource(factory), page))
-    site = GuardedSite(root, clock, handshake_timeout=10.0)
-    site.websocket = factory
+    site = GuardedSite(root, clock, handshake_timeout=10.0, websocket=factory)
     return site, page, factory
 
 

@@ -49,8 +49,8 @@ def a_site(waiting: Waiting, factory: LiveFactory | None = None) -> tuple[Guarde
         root.putChild(b"", PageOrWebSocket(WebSocketResource(factory),
                                            Data(b"page", "text/plain")))
     root.putChild(b"slow", slow)
-    site = GuardedSite(root, Clock(), handshake_timeout=10.0, waiting=waiting)
-    site.websocket = factory
+    site = GuardedSite(root, Clock(), handshake_timeout=10.0, waiting=waiting,
+                       websocket=factory)
     return site, slow
 
 

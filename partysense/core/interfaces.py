@@ -29,9 +29,14 @@ Observer = Callable[[str, Change], None]
 class Link(Protocol):
     """A reconnecting link to the database, as /healthz, /metrics and /status see it."""
 
-    state: str    # "connecting", "connected", "disconnected" or "stopped"
-    reason: str   # why not connected ("" when connected)
-    reconnects: int
+    @property
+    def state(self) -> str:
+        """"connecting", "connected", "disconnected" or "stopped"."""
+    @property
+    def reason(self) -> str:
+        """Why not connected ("" when connected)."""
+    @property
+    def reconnects(self) -> int: ...
 
     @property
     def connected(self) -> bool: ...

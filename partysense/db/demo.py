@@ -94,10 +94,10 @@ class DemoPartyService(Service):
 
     log = Logger()
 
-    def __init__(self, dsn: dsnlib.DSNSource, rate: float, clock: Any = None) -> None:
+    def __init__(self, dsn: dsnlib.DSNSource, rate: float, reactor: Any) -> None:
         self._dsn = dsn
         self._rate = rate
-        self._clock = clock
+        self._reactor = reactor
         self._pool: adbapi.ConnectionPool | None = None
         self._loop: LoopingCall | None = None
         self._rng = random.Random()
@@ -115,13 +115,13 @@ class DemoPartyService(Service):
         if not self.running:
             return
         self._pool = adbapi.ConnectionPool(
-            "psycopg2", dsn, cp_min=1, cp_max=1, cp_reconnect=True, cp_noisy=False)
+            "psycopg2", dsn, cp_min=1, cp_max=1, cp_reconnect=True, cp_noisy=False,
+            cp_reactor=self._reactor)
         self._events, self._tracks = yield self._pool.runInteraction(seed)
         self.log.info("Demo party: {count} guests' votes a second on events {events}.",
                       count=self._rate, events=self._events)
         self._loop = LoopingCall(self._vote)
-        if self._clock is not None:
-            self._loop.clock = self._clock
+        self._loop.clock = self._reactor
         self._loop.start(1.0 / self._rate, now=True)
 
     def _vote(self) -> defer.Deferred[Any]:

@@ -28,8 +28,8 @@ def default_data_dir() -> Path:
     return Path("/var/tmp") / f"partysense-live-{os.getuid()}" / "pgdata"
 
 
-def database_for(dsn: str | None, data_dir: str | None,
-                 parent: MultiService) -> tuple[str | Callable[[], defer.Deferred[str]], str]:
+def database_for(dsn: str | None, data_dir: str | None, parent: MultiService,
+                 reactor: Any) -> tuple[str | Callable[[], defer.Deferred[str]], str]:
     """The daemon's database: the DSN given, or an embedded server started under ``parent``.
 
     Returns what the listener connects to (a DSN, or a callable that gives
@@ -38,7 +38,7 @@ def database_for(dsn: str | None, data_dir: str | None,
     if dsn is not None:
         return dsn, redact(dsn)  # the DSN with any password as ***
     folder = Path(data_dir) if data_dir else default_data_dir()
-    embedded = EmbeddedPostgresService(folder)
+    embedded = EmbeddedPostgresService(folder, reactor)
     embedded.setServiceParent(parent)
     return embedded.dsn, f"the EMBEDDED PostgreSQL in {folder}"
 
@@ -63,8 +63,10 @@ class EmbeddedPostgresService(Service):
 
     log = Logger()
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, reactor: Any) -> None:
+        """``reactor``: whose thread pool starts and stops the server (it blocks)."""
         self.data_dir = data_dir
+        self._reactor = reactor
         self._server: Any = None
         self._ready: defer.Deferred[str] | None = None
         self._waiting: list[defer.Deferred[str]] = []
@@ -77,7 +79,7 @@ class EmbeddedPostgresService(Service):
             "in {data_dir}, with the demo schema. Not for production.",
             data_dir=str(self.data_dir),
         )
-        self._ready = threads.deferToThread(self._start)
+        self._ready = self._in_thread(self._start)
         self._ready.addCallbacks(self._started, self._failed)
 
     def _start(self) -> str:
@@ -113,4 +115,8 @@ class EmbeddedPostgresService(Service):
         if server is None:
             return defer.succeed(None)
         self.log.info("Stopping the embedded PostgreSQL.")
-        return threads.deferToThread(stop_server, server)
+        return self._in_thread(stop_server, server)
+
+    def _in_thread(self, work: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                         work, *args)

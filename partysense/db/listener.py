@@ -2,8 +2,9 @@
 
 The service keeps the set of channels that have subscribers and makes its
 connection LISTEN to exactly those. Keeping the connection alive (deadlines,
-probe, backoff) is :class:`~partysense.db.pgservice.PostgresService`'s job;
-this module adds the LISTEN lifecycle and how changes are read.
+probe, backoff) is the job of the :class:`~partysense.db.pgservice.PostgresService`
+it holds, handed what a new connection must do first (LISTEN, catch up); this
+module is the LISTEN lifecycle and how changes are read.
 
 A notification is a doorbell, not a message. Any role that can connect may
 NOTIFY on any channel (PostgreSQL has no permission for it), so what a
@@ -28,8 +29,10 @@ from functools import partial
 from typing import Any
 
 from psycopg2 import sql
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from partysense.adapters.txpostgres_adapter import PgConnection
 from partysense.core.change import Change
@@ -56,16 +59,20 @@ RECENT = 20_000
 MAX_CLAIMS = 10_000
 
 
-class ListenerService(PostgresService):
+class ListenerService(Service):
     """Keeps one LISTEN connection alive and hands each logged change to its observers.
 
     The first :class:`~partysense.core.interfaces.ChangeSource`: the doorbell
     (LISTEN/NOTIFY) and the change log.
     """
 
+    log = Logger()
+
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
-        super().__init__(dsn, reactor, role="listener", application_name="partysense-live",
-                         **options)
+        self._keeper = PostgresService(
+            dsn, reactor, role="listener", application_name="partysense-live",
+            prepare=self._prepare, on_connected=self._ready, on_down=self._forget,
+            log=self.log, **options)
         self._observers: list[Observer] = []
         self._wanted: set[str] = set()
         self._listening: set[str] = set()
@@ -83,6 +90,44 @@ class ListenerService(PostgresService):
         self.replayed = 0
         self.bad_notifications = 0
         self.reads = 0
+
+    # -- the connection ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._keeper.startService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self._keeper.stopService()
+
+    @property
+    def connected(self) -> bool:
+        return self._keeper.connected
+
+    @property
+    def state(self) -> str:
+        return self._keeper.state
+
+    @property
+    def reason(self) -> str:
+        return self._keeper.reason
+
+    @property
+    def reconnects(self) -> int:
+        return self._keeper.reconnects
+
+    def whenConnected(self) -> defer.Deferred[None]:
+        """Fires once connected and LISTENing (see PostgresService.whenConnected)."""
+        return self._keeper.whenConnected()
+
+    def whenAvailable(self) -> defer.Deferred[None]:
+        """Fires once connected, within --grace (see PostgresService.whenAvailable)."""
+        return self._keeper.whenAvailable()
+
+    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]:
+        """One query on the LISTEN connection itself (PostgresService.runQuery)."""
+        return self._keeper.runQuery(query, params)
 
     def observe(self, observer: Observer) -> None:
         """Hand every change to ``observer`` too, after those registered before."""
@@ -146,7 +191,7 @@ class ListenerService(PostgresService):
         self._work()
         return waiter
 
-    # -- a new connection -----------------------------------------------------
+    # -- what a new connection does first, and when it is gone ------------------
 
     def _prepare(self, connection: PgConnection) -> defer.Deferred[None]:
         connection.addNotifyObserver(partial(self._on_notify, connection))
@@ -174,7 +219,7 @@ class ListenerService(PostgresService):
         for channel in list(self._floor):
             if channel not in self._wanted:
                 del self._floor[channel]
-        rows = yield self._step(connection, connection.runQuery(changelog.BOUNDS_QUERY))
+        rows = yield self._keeper.step(connection, connection.runQuery(changelog.BOUNDS_QUERY))
         oldest, newest = rows[0]
         if self.last_seq is None:
             self.last_seq = newest  # a first start: nothing to replay
@@ -190,10 +235,10 @@ class ListenerService(PostgresService):
             # A channel listened before keeps its floor: what it missed is read
             # below. A new one starts at the log's end before its LISTEN.
             self._floor.setdefault(channel, newest)
-            yield self._step(connection, connection.runOperation(_listen(channel)))
+            yield self._keeper.step(connection, connection.runOperation(_listen(channel)))
             self._listened(channel)
         handed_on = self.notifications
-        while (yield self._step(connection, self._read(connection))):
+        while (yield self._keeper.step(connection, self._read(connection))):
             pass
         self.replayed += self.notifications - handed_on
 
@@ -227,19 +272,20 @@ class ListenerService(PostgresService):
             return
         self._syncing = True
         try:
-            while self.connected and self._connection is not None:
-                connection = self._connection
+            while self.connected and self._keeper.connection is not None:
+                connection = self._keeper.connection
                 to_listen = sorted(self._wanted - self._listening)
                 to_unlisten = sorted(self._listening - self._wanted)
                 if to_listen:
                     # The log's end before the LISTENs: what commits after them
                     # is past it. (A change that commits in between is handed
                     # on too: early, never missing.)
-                    rows = yield self._watch(
+                    rows = yield self._keeper.watch(
                         connection.runQuery(changelog.BOUNDS_QUERY), connection)
                     for channel in to_listen:
                         self._floor[channel] = rows[0][1]
-                        yield self._watch(connection.runOperation(_listen(channel)), connection)
+                        yield self._keeper.watch(
+                            connection.runOperation(_listen(channel)), connection)
                         self._listened(channel)
                 elif to_unlisten:
                     for channel in to_unlisten:
@@ -247,13 +293,13 @@ class ListenerService(PostgresService):
                         # must wait for the LISTEN that follows, not snapshot
                         # between this UNLISTEN and that LISTEN.
                         self._listening.discard(channel)
-                        yield self._watch(connection.runOperation(
+                        yield self._keeper.watch(connection.runOperation(
                             sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))), connection)
                         if channel not in self._wanted:
                             self._floor.pop(channel, None)
                 elif self._rung:
                     self._rung = False
-                    if (yield self._watch(self._read(connection), connection)):
+                    if (yield self._keeper.watch(self._read(connection), connection)):
                         self._rung = True  # a full page: there is more
                 else:
                     break
@@ -324,7 +370,7 @@ class ListenerService(PostgresService):
     # -- notifications --------------------------------------------------------
 
     def _on_notify(self, connection: PgConnection, notify: Any) -> None:
-        if connection is not self._connection or notify.channel not in self._floor:
+        if connection is not self._keeper.connection or notify.channel not in self._floor:
             return  # a late read from a connection given up, or a channel we dropped
         if len(self._claims) < MAX_CLAIMS:
             self._claims.append((notify.channel, _fingerprint(notify.payload),

@@ -8,9 +8,11 @@ seconds, and TCP keepalives (partysense/db/dsn.py) where packets stop being
 acknowledged. A killed backend or a restarted server closes the socket and
 is seen at once.
 
-Two services are built on it: the listener (partysense/db/listener.py), whose
-connection only LISTENs, and the query connection (partysense/db/queries.py)
-that clients' questions use, so that no client load can delay the
+What a new connection must do before it counts as connected is handed in,
+as with Twisted's ``ClientService(prepareConnection=...)``: the listener
+(partysense/db/listener.py) keeps one whose ``prepare`` LISTENs and catches
+up; the query connection (partysense/db/queries.py) that clients' questions
+use needs nothing, and is apart so that no client load can delay the
 listener's notifications or starve its probe.
 """
 
@@ -40,6 +42,7 @@ from partysense.adapters.txpostgres_adapter import (
 )
 from partysense.core.errors import first_line
 from partysense.db import dsn as dsnlib
+from partysense.db.deadline import before_deadline
 from partysense.db.errors import NotConnected, Overloaded, QueryRefused
 
 
@@ -62,11 +65,16 @@ def describe_error(error: BaseException) -> str:
 
 
 class PostgresService(Service):
-    """Keeps one connection to PostgreSQL; subclasses say what a new one must do first.
+    """Keeps one connection to PostgreSQL, made ready by what it is handed.
 
     ``dsn`` is a DSN string or a callable returning a Deferred that fires
     with one. ``role`` names the connection in log lines,
     ``application_name`` in pg_stat_activity (unless the DSN names one).
+    ``prepare(connection)`` makes a new connection ready before it counts
+    as connected (each statement under :meth:`step`); ``on_connected()`` is
+    called once it is; ``on_down(why)`` whenever a connection is gone (lost,
+    failed or stopped), to drop what belonged to it. ``log`` says in whose
+    name (its namespace) the connection's life is logged.
     """
 
     log = Logger()
@@ -85,6 +93,10 @@ class PostgresService(Service):
         resolve: Resolve | None = None,
         max_waiting: int | None = None,
         grace: float = 0.0,
+        prepare: Callable[[PgConnection], defer.Deferred[None]] | None = None,
+        on_connected: Callable[[], None] | None = None,
+        on_down: Callable[[str], None] | None = None,
+        log: Logger | None = None,
     ) -> None:
         self._dsn = dsn
         self._reactor = reactor
@@ -95,6 +107,11 @@ class PostgresService(Service):
         self._probe_timeout = probe_timeout
         self._backoff = backoff or default_backoff()
         self._resolve = resolve or resolve_in_thread(reactor)
+        self._prepare = prepare or (lambda connection: defer.succeed(None))
+        self._on_connected = on_connected or (lambda: None)
+        self._on_down = on_down or (lambda why: None)
+        if log is not None:
+            self.log = log
         self._connection: PgConnection | None = None
         self._max_waiting = max_waiting
         # While connecting for the first time, or for this long after losing
@@ -113,23 +130,16 @@ class PostgresService(Service):
         self.reason = "not started"
         self.reconnects = 0
 
-    # -- what subclasses fill in ----------------------------------------------
-
-    def _prepare(self, connection: PgConnection) -> defer.Deferred[None]:
-        """Make a new connection ready (LISTEN, catch up); each step under _step()."""
-        return defer.succeed(None)
-
-    def _ready(self) -> None:
-        """The connection is ready and the state says so."""
-
-    def _forget(self, why: str) -> None:
-        """The connection is gone (lost, failed or stopped): drop what belonged to it."""
-
     # -- public ---------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         return self.state == "connected"
+
+    @property
+    def connection(self) -> PgConnection | None:
+        """The current connection (being prepared, or connected), if any."""
+        return self._connection
 
     def whenConnected(self) -> defer.Deferred[None]:
         """Fires once connected (and ready).
@@ -190,7 +200,7 @@ class PostgresService(Service):
                 return self._counted(self.whenAvailable()).addCallback(
                     lambda _: self._run(start))
             return defer.fail(NotConnected(self.reason))
-        return self._counted(self._watch(start(connection), connection))
+        return self._counted(self.watch(start(connection), connection))
 
     def _counted(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """``d``, counted in ``waiting`` until it fires."""
@@ -224,7 +234,7 @@ class PostgresService(Service):
             connection.close()
             self.log.info("{Role} stopped; its PostgreSQL connection is closed.",
                           Role=self.role.capitalize())
-        self._forget("service stopped")
+        self._on_down("service stopped")
         waiting, self._waiting = list(self._waiting), {}
         for waiter in waiting:
             waiter.errback(NotConnected("service stopped"))
@@ -267,7 +277,7 @@ class PostgresService(Service):
         self._down_since = None
         self._set_state("connected", "")
         self._start_probe()
-        self._ready()
+        self._on_connected()
         waiting, self._waiting = list(self._waiting), {}
         for waiter in waiting:
             waiter.callback(None)
@@ -275,39 +285,11 @@ class PostgresService(Service):
     def _before_deadline(self, connection: PgConnection, d: defer.Deferred[Any],
                          seconds: float, why: str,
                          alive: Callable[[], bool] | None = None) -> defer.Deferred[Any]:
-        """``d``, but the connection is dropped if it has not fired within ``seconds``.
+        """``d``, or the connection dropped past ``seconds`` (db/deadline.py)."""
+        return before_deadline(self._reactor, connection, d, seconds, why, alive)
 
-        A timer can fire late, after the reactor was busy for seconds (a storm
-        of connecting clients); the answer may then be sitting unread in the
-        socket. So the deadline only drops the connection after the reactor
-        has polled its sockets once more (``callLater(0)`` runs after the
-        next I/O round) and the answer still has not come. If ``alive()``
-        says the connection is answering other questions meanwhile, ``d`` is
-        only waiting its turn: the deadline starts again.
-        """
-        timers: list[Any] = []
-
-        def confirm() -> None:
-            timers.append(self._reactor.callLater(0, expire))
-
-        def expire() -> None:
-            if alive is not None and alive():
-                timers.append(self._reactor.callLater(seconds, confirm))
-            else:
-                connection.drop(why)
-
-        timers.append(self._reactor.callLater(seconds, confirm))
-
-        def disarm(result: Any) -> Any:
-            for timer in timers:
-                if timer.active():
-                    timer.cancel()
-            return result
-
-        return d.addBoth(disarm)
-
-    def _step(self, connection: PgConnection, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
-        """One statement of _prepare(), with a deadline (no probe runs yet)."""
+    def step(self, connection: PgConnection, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """One statement of ``prepare``, with a deadline (no probe runs yet)."""
         return self._before_deadline(
             connection, d, self._connect_timeout,
             f"the database did not answer within {self._connect_timeout:g} s while resuming")
@@ -322,7 +304,7 @@ class PostgresService(Service):
         if self._down_since is None:
             self._down_since = self._reactor.seconds()
         self._stop_probe()
-        self._forget(why)
+        self._on_down(why)
         if not self.running:
             return
         delay = self._backoff(self._attempt)
@@ -340,7 +322,7 @@ class PostgresService(Service):
         self.log.warn("Lost the {role}'s PostgreSQL connection: {why}", role=self.role, why=why)
         self._failed(None, why)
 
-    def _watch(self, d: defer.Deferred[Any], connection: PgConnection) -> defer.Deferred[Any]:
+    def watch(self, d: defer.Deferred[Any], connection: PgConnection) -> defer.Deferred[Any]:
         """Treat a broken connection seen by a query as a lost connection.
 
         The caller gets NotConnected whatever shape the loss took: psycopg2's
@@ -391,7 +373,7 @@ class PostgresService(Service):
             # Queued behind other queries (a storm of subscribes), the probe
             # may wait long; silent means nothing answered at all.
             yield self._before_deadline(
-                connection, self._watch(connection.runQuery("SELECT 1"), connection),
+                connection, self.watch(connection.runQuery("SELECT 1"), connection),
                 self._probe_timeout,
                 f"the database did not answer a probe within {self._probe_timeout:g} s",
                 alive=lambda: (self._reactor.seconds() - connection.answered_at

@@ -23,12 +23,17 @@ MAX_WAITING = 1000
 
 
 class QueryService(PostgresService):
-    """A reconnecting connection for queries and short transactions."""
+    """A reconnecting connection for queries and short transactions.
+
+    A :class:`PostgresService` with its name, its cap on waiting queries and
+    nothing to prepare: only a line in the log once it is ready.
+    """
 
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
         options.setdefault("max_waiting", MAX_WAITING)
         super().__init__(dsn, reactor, role="query connection",
-                         application_name="partysense-live queries", **options)
+                         application_name="partysense-live queries",
+                         on_connected=self._say_ready, **options)
 
-    def _ready(self) -> None:
+    def _say_ready(self) -> None:
         self.log.info("Query connection to PostgreSQL ready.")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from partysense.core.errors import first_line
@@ -20,29 +19,33 @@ from partysense.core.interfaces import Queries
 from partysense.db import changelog
 
 
-class RetentionService(Service):
-    """Deletes changes older than ``retention_seconds``, keeping the newest."""
+class RetentionService(TimerService):
+    """Deletes changes older than ``retention_seconds``, keeping the newest.
+
+    The first pass comes at start, before the query connection is up, and
+    does nothing: the first real trim is a minute later, which is fine.
+    """
 
     log = Logger()
 
     def __init__(self, queries: Queries, clock: IReactorTime, retention_seconds: float,
                  batch: int = changelog.TRIM_BATCH) -> None:
+        super().__init__(min(60.0, retention_seconds), self.trim)
+        self.clock = clock
         self._queries = queries
         self._retention_seconds = retention_seconds
         self._batch = batch
-        self._loop = LoopingCall(self.trim)
-        self._loop.clock = clock
+        self._stopping = False
         self.trimmed = 0
 
     def startService(self) -> None:
+        self._stopping = False
         super().startService()
-        # Not now: the query connection is not up yet; a minute late is fine.
-        self._loop.start(min(60.0, self._retention_seconds), now=False)
 
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+    def stopService(self) -> defer.Deferred[None]:
+        # TimerService waits for a pass under way: it ends after its batch.
+        self._stopping = True
+        return super().stopService()
 
     @defer.inlineCallbacks
     def trim(self) -> Any:
@@ -50,7 +53,7 @@ class RetentionService(Service):
         params = {"keep": self._retention_seconds, "batch": self._batch}
         total = 0
         try:
-            while self._queries.connected:
+            while self._queries.connected and not self._stopping:
                 rows = yield self._queries.runQuery(changelog.TRIM_QUERY, params)
                 total += rows[0][0]
                 if rows[0][0] < self._batch:

@@ -1,7 +1,7 @@
 """``--workers N``: N processes serve one port, to use every core.
 
     twistd partysense-live --workers 2             the parent: no clients of its own
-    MultiService
+    InOrder                       stops its children one at a time, from the bottom up
     ├── EmbeddedPostgresService   only when no database is named: started once, here
     ├── WorkersService            the listening socket, and N children kept alive
     │     child i: python -m partysense.process.workerproc PARENT_PID -- twistd -n partysense-live
@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from partysense.db import dsn as dsnlib
+from partysense.process.ordered import InOrder
 
 log = Logger()
 
@@ -291,33 +292,16 @@ def _signal(worker: _Worker, name: str) -> None:
         pass
 
 
-class InOrder(service.MultiService):
-    """Stops its services one after the other, last started first.
-
-    MultiService stops them all at once; here the embedded database must
-    outlive the workers that use it.
-    """
-
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:
-        service.Service.stopService(self)
-        for child in reversed(list(self)):
-            try:
-                yield defer.maybeDeferred(child.stopService)
-            except Exception:
-                log.failure("Stopping {service} failed", service=child)
-
-
 def make_supervisor(options: usage.Options, reactor: Any) -> service.MultiService:
     """The parent's service tree for ``--workers N`` (N > 1)."""
     from partysense.db.demo import DemoPartyService
     from partysense.db.embedded import database_for
 
     top = InOrder()
-    dsn, _ = database_for(options["dsn"], options["data-dir"], top)
+    dsn, _ = database_for(options["dsn"], options["data-dir"], top, reactor)
     WorkersService(options["workers"], options["port"], child_arguments(options), dsn,
                    reactor).setServiceParent(top)
     if options["run-demo"]:
-        DemoPartyService(dsn, options["demo-rate"]).setServiceParent(top)
+        DemoPartyService(dsn, options["demo-rate"], reactor).setServiceParent(top)
     return top
 

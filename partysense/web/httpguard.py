@@ -142,15 +142,17 @@ class GuardedSite(Site):
     # deadline needs the channel's own transport. Upgrades for / go to
     # ``websocket`` (a protocol factory) unparsed (partysense/wire/upgrade.py).
     protocol = UpgradingChannel  # type: ignore[assignment]
-    websocket: IProtocolFactory | None = None
+    displayTracebacks = False  # whatever Twisted's default: never to a client
     _log = Logger()
 
     def __init__(self, resource: Any, clock: IReactorTime, handshake_timeout: float,
                  waiting: Waiting | None = None, name: str = "Site",
                  headers: SecurityHeaders | None = None,
                  access: AccessLog | None = None,
-                 address_of: Callable[[Any], str] = peer_host, **kwargs: Any) -> None:
+                 address_of: Callable[[Any], str] = peer_host,
+                 websocket: IProtocolFactory | None = None, **kwargs: Any) -> None:
         self._name = name
+        self.websocket = websocket
         self.headers = (headers or SecurityHeaders()).items()
         # No idle timer of Twisted's: it restarts on every byte. The fixed
         # deadline below replaces it.

@@ -27,9 +27,8 @@ from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, P
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -129,7 +128,7 @@ class SiteCollector(Collector):
         yield refused
 
 
-class QueueUsagePoller(Service):
+class QueueUsagePoller(TimerService):
     """Asks PostgreSQL how full its notification queue is, every ``interval`` s.
 
     The queue is shared by the whole cluster; past 50% PostgreSQL warns, at
@@ -140,28 +139,25 @@ class QueueUsagePoller(Service):
     log = Logger()
 
     def __init__(self, queries: Queries, clock: IReactorTime, interval: float = 5.0) -> None:
+        super().__init__(interval, self._poll)
+        self.clock = clock
         self._queries = queries
         self._clock = clock
         self._interval = interval
-        self._loop = LoopingCall(self._poll)
-        self._loop.clock = clock
         self._asked_at: float | None = None
         self._first: Any = None
         self.usage: float | None = None
 
     def startService(self) -> None:
         super().startService()
-        self._loop.start(self._interval, now=False)
-        # Also ask as soon as the listener is up, not a whole interval later.
+        # Also ask as soon as the query connection is up, not a whole interval later.
         self._first = self._queries.whenConnected()
         self._first.addCallbacks(lambda _: self._poll(), lambda _: None)
 
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+    def stopService(self) -> Any:
         if self._first is not None and not self._first.called:
             self._first.cancel()
+        return super().stopService()
 
     def _poll(self) -> None:
         if not self.running:

@@ -222,9 +222,8 @@ def make_site(factory: LiveFactory, listener: ChangeSource, queries: Queries,
     site = GuardedSite(root, clock, handshake_timeout, waiting, headers=headers,
                        access=factory.access_log,
                        address_of=lambda request: client_address(
-                           request, int(getattr(factory, "trustXForwardedFor", 0))))
-    site.websocket = factory  # whole upgrade requests for / skip twisted.web
-    site.displayTracebacks = False
+                           request, int(getattr(factory, "trustXForwardedFor", 0))),
+                       websocket=factory)  # whole upgrade requests for / skip twisted.web
     return site
 
 
@@ -242,5 +241,4 @@ def make_admin_site(factory: LiveFactory, listener: ChangeSource, queries: Queri
     # (limits.RESERVED_FILES): a few at once, the oldest idle one closed for a newcomer.
     site = GuardedSite(root, clock, handshake_timeout=10.0, waiting=Waiting(ADMIN_WAITING),
                        name="AdminSite")
-    site.displayTracebacks = False
     return site

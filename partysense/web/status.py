@@ -21,9 +21,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, Protocol
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -80,7 +79,7 @@ class QueueUsage(Protocol):
     usage: float | None
 
 
-class Rates(Service):
+class Rates(TimerService):
     """Frames and votes per second, one point every ``step`` s for ``span`` s.
 
     Votes are the distinct changes the listener received: a change heard on
@@ -90,30 +89,20 @@ class Rates(Service):
 
     def __init__(self, hub: Hub, listener: ChangeSource, clock: IReactorTime,
                  step: float = STEP, span: float = SPAN) -> None:
+        super().__init__(step, self.sample)
+        self.clock = clock
         self._hub = hub
         self._clock = clock
-        self.step = step
         self._points: deque[tuple[float, float, float]] = deque(maxlen=int(span / step))
         self._last: tuple[float, int, int] | None = None
         self._last_seq = 0
         self.votes = 0
-        self._loop = LoopingCall(self.sample)
-        self._loop.clock = clock
         listener.observe(self._changed)
 
     def _changed(self, channel: str, change: Change) -> None:
         if change.seq > self._last_seq:
             self._last_seq = change.seq
             self.votes += 1
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.step, now=True)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
 
     def sample(self) -> None:
         now, frames, votes = self._clock.seconds(), self._hub.frames_sent, self.votes
