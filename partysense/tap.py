@@ -55,6 +55,7 @@ from partysense.web.metrics import DaemonMetrics
 from partysense.web.resources import make_admin_site, make_site
 from partysense.web.sse import KEEPALIVE, Streams
 from partysense.web.status import Rates, status_page
+from partysense.wire.clients import ClientRegistry
 from partysense.wire.goodbye import ClientsService
 from partysense.wire.protocol import Limits, LiveFactory
 from partysense.wire.waiting import Waiting
@@ -314,9 +315,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                     counters=counters, clock=reactor,
                     max_subscriptions=limits.max_subscriptions, tokens=options["tokens"],
                     budgets=budgets_for(limits.max_connections_per_ip), presence=presence)
-    factory = LiveFactory(dialect_table(shared), reactor, limits, counters)
-    # Only the last N addresses of X-Forwarded-For were added by our proxies.
-    factory.setProtocolOptions(trustXForwardedFor=options["trusted-proxies"])
+    # Every client, WebSocket or SSE stream; behind --trusted-proxies, by forwarded address.
+    registry = ClientRegistry(reactor, limits, counters, options["trusted-proxies"])
+    factory = LiveFactory(dialect_table(shared), reactor, registry=registry)
     queue = metrics.watch(factory, hub, listener, queries, retention)
     queue.setServiceParent(top)
     if presence is not None:
@@ -327,7 +328,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                      metrics=None if admin_port else metrics.resource(), clock=reactor,
                      handshake_timeout=options["handshake-timeout"], tokens=options["tokens"],
                      headers=options["security-headers"],
-                     streams=Streams(factory, shared, keepalive=options["sse-keepalive"]),
+                     streams=Streams(registry, shared, keepalive=options["sse-keepalive"]),
                      waiting=waiting, exists=shared.event_exists)
     metrics.watch_site(site)
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)

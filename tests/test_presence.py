@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from partysense.core.hub import Delivery, Hub
 from partysense.core.notice import Notice
 from partysense.db.presence import LIFETIME, REPORT_QUERY, PresenceService, event_counts
-from partysense.web.sse import presence_bytes
+from partysense.web.sseframes import presence_bytes
 from tests.test_hub import Channels
 
 pytestmark = pytest.mark.logic

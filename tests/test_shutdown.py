@@ -127,8 +127,8 @@ class _Client:
         if self._answers:
             self._clients.discard(self)
 
-    def dropConnection(self, abort: bool = False) -> None:
-        self.dropped = abort
+    def abort(self) -> None:
+        self.dropped = True
         if self._fails:
             raise RuntimeError("transport already gone")
 

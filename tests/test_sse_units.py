@@ -146,3 +146,15 @@ def test_an_expired_token_is_refused_as_token_expired(exp: int, kind: str | None
     with pytest.raises(Refused) as refused:
         granted(with_token, tokens, now, 1)
     assert (refused.value.status, refused.value.kind) == (401, kind)
+
+
+def test_the_v2_frame_and_the_sse_event_share_one_json_encoding_of_the_change() -> None:
+    from partysense.dialects.v2 import delivery_json, v2_frame
+
+    delivery = Delivery("event_3", parse_change(RECORDED))
+    frame = v2_frame(delivery)
+    event = sse_frame(delivery)
+    encoded = delivery.frame("json", lambda _: pytest.fail("encoded twice"))
+    assert encoded is delivery_json(delivery)
+    assert event == b"id: 9007\nevent: change\ndata: %s\n\n" % encoded
+    assert frame.endswith(encoded)  # the v2 frame: a header, then the very same bytes

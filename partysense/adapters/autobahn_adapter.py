@@ -171,27 +171,22 @@ class ServerProtocol(WebSocketServerProtocol):
         if not self.reading_stopped:
             super().dataReceived(data)
 
-    @property
-    def autobahn_frames_waiting(self) -> bool:
-        """Autobahn has frames of its own queued: ours must wait behind them."""
-        return bool(self.send_queue)
-
-    def send_behind_autobahn(self, frame: bytes) -> None:
-        """Queue a ready frame behind Autobahn's own (it counts the bytes)."""
+    def queued_behind_autobahn(self, frame: bytes) -> bool:
+        """If Autobahn has frames of its own queued, queue ``frame`` behind them
+        (Autobahn counts its bytes) and say so: ours must not overtake them."""
+        if not self.send_queue:
+            return False
         self.sendData(frame)
+        return True
 
-    # Bytes we wrote around Autobahn: a plain int on the protocol, added once
-    # per frame on the hot path (Autobahn's own counter is two lookups away).
-    bytes_around_autobahn = 0
-
-    def count_sent(self, size: int) -> None:
-        """Count bytes we wrote around Autobahn."""
-        self.bytes_around_autobahn += size
+    def bytes_around_autobahn(self) -> int:
+        """Bytes we wrote around Autobahn (partysense/wire/sink.py counts them)."""
+        return 0
 
     @property
     def bytes_sent(self) -> int:
         """WebSocket bytes (frame headers included) written to this client."""
-        return int(self.trafficStats.outgoingOctetsWireLevel) + self.bytes_around_autobahn
+        return int(self.trafficStats.outgoingOctetsWireLevel) + self.bytes_around_autobahn()
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         self.before_autobahn_writes()

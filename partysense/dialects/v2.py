@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -35,14 +36,12 @@ from partysense.core.notice import Notice
 from partysense.db.changelog import Replay, Snapshot
 from partysense.db.errors import NotConnected, Overloaded, QueryRefused
 from partysense.dialects.access import Access
+from partysense.dialects.catchup import CatchUp, past
 from partysense.dialects.dialect import Client, Shared
 from partysense.dialects.subscription import parse_event_id, parse_json
 from partysense.dialects.tokens import Grant, TokenError
 
 SUBPROTOCOL = "partysense.v2"
-# Live changes held for a subscription while its snapshot or replay is being
-# sent; a client that needs more than this is not keeping up.
-MAX_PENDING = 20000
 MAX_ID_LENGTH = 64
 # Each subscribe costs a snapshot or a replay, subscribing again to the same
 # event too: a burst of --max-subscriptions and a few more (a page opening its
@@ -68,8 +67,18 @@ def change_frame(channel: str, change: Change) -> Frame:
     return prepare(change_json(channel, change))
 
 
+def delivery_json(delivery: Delivery) -> bytes:
+    """A change's JSON, made once per change for the v2 frame and the SSE event
+    alike (``Delivery.frame("json", ...)``): the same bytes, encoded once."""
+    return delivery.frame("json", _json_of)
+
+
+def _json_of(delivery: Delivery) -> bytes:
+    return change_json(delivery.channel, delivery.change)
+
+
 def v2_frame(delivery: Delivery) -> Frame:
-    return change_frame(delivery.channel, delivery.change)
+    return prepare(delivery_json(delivery))
 
 
 class BadRequest(Exception):
@@ -82,24 +91,27 @@ class BadRequest(Exception):
 
 
 class Subscription:
-    """One event (or the firehose) on one v2 connection.
+    """One event (or the firehose) on one v2 connection, a hub subscriber.
 
-    Until its snapshot or replay has been sent, live changes wait in
-    ``_pending``; afterwards a change is sent only if its seq is past the
-    cursor, which is what makes snapshot + changes exact.
+    Until its snapshot or replay has been sent, live changes wait; afterwards
+    a change is sent only if its seq is past the cursor, which is what makes
+    snapshot + changes exact (partysense/dialects/catchup.py).
     """
+
+    wire_format = "v2"
 
     def __init__(self, session: V2Session, channel: str, event_id: int | None) -> None:
         self._session = session
         self.channel = channel
         self.event_id = event_id
-        self.cursor: int | None = None
-        self.active = True
+        client = session.client
+        self._gate = CatchUp(client.send_frame, client.too_slow)
+        # The hub calls the gate itself: no call in between on the hot path.
+        self.deliver: Callable[[Delivery, Frame], None] = self._gate.deliver
         # Presence is asked for ("presence": true): clients written before it
         # read every message after a snapshot as a change.
         self.wants_presence = False
         self.told = False  # its snapshot (or "subscribed") is out: presence may follow
-        self._pending: list[tuple[Delivery, Frame]] = []
 
     def stop(self) -> None:
         """Unsubscribed, subscribed again or closed: nothing more is sent for it.
@@ -108,26 +120,12 @@ class Subscription:
         changes held for it would follow once the snapshot is out, after an
         "unsubscribed" or a newer snapshot.
         """
-        self.active = False
-        self._pending = []
-
-    wire_format = "v2"
+        self._gate.stop()
 
     @staticmethod
     def encode(delivery: Delivery) -> Frame:
         """The frame of a change, made once for every subscriber (partysense/core/hub.py)."""
         return v2_frame(delivery)
-
-    def deliver(self, delivery: Delivery, frame: Frame) -> None:
-        if not self.active:
-            return
-        if self.cursor is None:
-            self._pending.append((delivery, frame))
-            if len(self._pending) > MAX_PENDING:
-                self._session.client.too_slow()
-        elif delivery.seq > self.cursor:
-            self.cursor = delivery.seq
-            self._session.client.send_frame(frame)
 
     @staticmethod
     def encode_notice(notice: Notice) -> Frame:
@@ -137,21 +135,15 @@ class Subscription:
     def notice(self, frame: Frame) -> None:
         # Before its snapshot it is dropped: the count follows the snapshot,
         # fresher than this one (V2Session._tell_presence).
-        if self.active and self.told:
+        if self._gate.active and self.told:
             self._session.client.send_frame(frame)
 
     def start(self, cursor: int, replayed: list[Change]) -> defer.Deferred[None]:
         """Send the replayed changes after ``cursor`` at the client's pace, then go live."""
-        replayed = [change for change in replayed if change.seq > cursor]
-        last = replayed[-1].seq if replayed else cursor
+        replayed, last = past(cursor, replayed)
         frames = (change_frame(self.channel, change) for change in replayed)
-        return self._session.client.stream(frames).addCallback(lambda _: self._go_live(last))
-
-    def _go_live(self, cursor: int) -> None:
-        self.cursor = cursor
-        pending, self._pending = self._pending, []
-        for delivery, frame in pending:
-            self.deliver(delivery, frame)
+        return self._session.client.stream(frames).addCallback(
+            lambda _: self._gate.caught_up(last))
 
 
 class V2Session:

@@ -23,12 +23,13 @@ from partysense.db.pgservice import NotConnected
 from partysense.dialects.tokens import OPEN, Tokens
 from partysense.web.clientjs import ClientScript
 from partysense.web.headers import SecurityHeaders
-from partysense.web.httpguard import GuardedSite, site_of, token_refusal
+from partysense.web.httpguard import GuardedSite, token_refusal
 from partysense.web.jsonanswer import LaterAnswer, json_body
 from partysense.web.pulse import EventPulse, Exists, PulseReads, event_id_of
 from partysense.web.sse import EventStreams, Streams
 from partysense.web.sserequest import client_address
 from partysense.wire.protocol import LiveFactory
+from partysense.wire.upgrade import taken_over
 from partysense.wire.waiting import Waiting
 
 # Connections to --admin-port at once (scrapers, a health check): the oldest
@@ -57,10 +58,7 @@ class PageOrWebSocket(Resource):
     def render(self, request: Request) -> Any:
         upgrade = (request.getHeader("upgrade") or "").lower()
         if upgrade == "websocket":
-            # The WebSocket takes the socket over: neither the HTTP channel's
-            # idle timer nor the handshake deadline may fire on it later.
-            request.channel.setTimeout(None)
-            site_of(request).upgraded(request.channel)
+            taken_over(request.channel)
             return self._websocket.render(request)
         return self._page.render(request)
 

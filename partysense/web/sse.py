@@ -16,12 +16,15 @@ Without it, the stream starts now, at the log's newest ``seq``, which it
 sends as ``id:`` at once, so that even a client that saw no change can
 resume exactly.
 
-Streams are clients like the WebSocket ones (``LiveFactory.clients``): the
-same --max-clients and --max-connections-per-ip, the same outbox bounded by
---max-queue-bytes, the same per-turn writer, closed at shutdown. Events are
+Streams are clients like the WebSocket ones, in the same registry
+(partysense/wire/clients.py): the same --max-clients and
+--max-connections-per-ip, the same sink (outbox bounded by --max-queue-bytes,
+per-turn writer: partysense/wire/sink.py), closed at shutdown. Events are
 encoded once per change for every stream (``Delivery.frame``), chunk framing
-of HTTP/1.1 included, and written around twisted.web's Request (which would
-copy and frame each write again): docs/protocol.md, "Server-Sent Events".
+of HTTP/1.1 included, their JSON shared with the v2 frame, and written around
+twisted.web's Request (which would copy and frame each write again;
+partysense/adapters/twisted_web_adapter.py): docs/protocol.md, "Server-Sent
+Events".
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from partysense.adapters.twisted_adapter import write_now
+from partysense.adapters.twisted_web_adapter import (
+    is_chunked,
+    last_response,
+    raw_transport,
+    written_around,
+)
 from partysense.core import budgets
 from partysense.core.change import Change
 from partysense.core.channels import channel_for
@@ -44,10 +52,20 @@ from partysense.core.errors import TOO_SLOW
 from partysense.core.hub import Delivery
 from partysense.core.notice import Notice
 from partysense.db.errors import NotConnected, Overloaded, QueryRefused
+from partysense.dialects.catchup import CatchUp, past
 from partysense.dialects.dialect import Shared
 from partysense.dialects.tokens import Grant
-from partysense.dialects.v2 import MAX_PENDING, change_json
-from partysense.web.httpguard import site_of
+from partysense.dialects.v2 import change_json
+from partysense.web.sseframes import (
+    KEEPALIVE_LINE,
+    TOKEN_EXPIRED,
+    chunk,
+    event_bytes,
+    plain,
+    presence_bytes,
+    sse_chunked_frame,
+    sse_frame,
+)
 from partysense.web.sserequest import (
     Refused,
     allow_origin,
@@ -61,48 +79,20 @@ from partysense.web.sserequest import (
     spend_budgets,
     wants_presence,
 )
-from partysense.wire.outbox import Outbox
-from partysense.wire.protocol import LiveFactory
+from partysense.wire.clients import ClientRegistry
+from partysense.wire.sink import Sink
+from partysense.wire.upgrade import taken_over
 
 KEEPALIVE = 15.0      # seconds between ": keepalive" comments (proxies close idle streams)
 RETRY_MS = 2000       # how long browsers wait before reconnecting
 
 
-def chunk(data: bytes) -> bytes:
-    """``data`` as one HTTP/1.1 chunk (RFC 9112 7.1)."""
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def _json(delivery: Delivery) -> bytes:
-    return change_json(delivery.channel, delivery.change)
-
-
-def event_bytes(seq: int, data: bytes) -> bytes:
-    return b"id: %d\nevent: change\ndata: %s\n\n" % (seq, data)
-
-
-def sse_frame(delivery: Delivery) -> bytes:
-    return event_bytes(delivery.seq, delivery.frame("json", _json))
-
-
-def sse_chunked_frame(delivery: Delivery) -> bytes:
-    return chunk(delivery.frame("sse", sse_frame))
-
-
-def presence_bytes(notice: Notice) -> bytes:
-    """``event: presence``, no ``id:``: a count is not a place to resume from."""
-    return b"event: presence\ndata: %s\n\n" % notice.json
-
-
-KEEPALIVE_LINE = b": keepalive\n\n"
-TOKEN_EXPIRED = b'event: token_expired\ndata: {"type":"token_expired"}\n\n'
-
-
 class Streams:
     """Every SSE stream of the port: the shared daemon, and one keepalive for all."""
 
-    def __init__(self, factory: LiveFactory, shared: Shared, keepalive: float = KEEPALIVE) -> None:
-        self.factory = factory
+    def __init__(self, clients: ClientRegistry, shared: Shared,
+                 keepalive: float = KEEPALIVE) -> None:
+        self.clients = clients
         self.shared = shared
         self.open: set[Stream] = set()
         self._interval = keepalive
@@ -125,7 +115,7 @@ class Streams:
 
 
 class Stream:
-    """One client's event stream; a hub subscriber and one of the factory's clients."""
+    """One client's event stream; a hub subscriber and one of the registry's clients."""
 
     dialect = "sse"
     _log = Logger()
@@ -134,7 +124,7 @@ class Stream:
                  since: int | None, grant: Grant, address: str, reserved: int = 0) -> None:
         self._streams = streams
         self._shared = streams.shared
-        self._factory = streams.factory
+        self._clients = streams.clients
         self._request = request
         self.event_id = event_id
         self.channel = channel_for(event_id)
@@ -142,16 +132,12 @@ class Stream:
         self._grant = grant
         self.address = address
         self.wants_presence = False  # ?presence=1
-        self.session = self  # what the factory counts clients by (clients_by_dialect)
-        self.bytes_sent = 0
         self._reserved = reserved  # replay rows taken from the address's budget
         self._replayed = 0         # and those the replay sent
-        self._cursor: int | None = None   # None: the replay is not out yet
-        self._pending: list[tuple[Delivery, bytes]] = []
         self._started = False             # the 200 and its headers are out
         self._gone = False
         self._expiry: Any = None
-        self._transport: Any = request.channel.transport
+        self._transport: Any = raw_transport(request)
         self._opened_at = streams.shared.clock.seconds()
         self._ended_by: tuple[int, str] = (200, "the client went away")  # for the access log
         # Twisted chunks a response of unknown length to an HTTP/1.1 client;
@@ -160,10 +146,19 @@ class Stream:
         if request.clientproto == b"HTTP/1.1":
             self.wire_format, self._encode, self._wrap = "sse/chunked", sse_chunked_frame, chunk
         else:
-            self.wire_format, self._encode, self._wrap = "sse", sse_frame, _plain
-        limits = self._factory.limits
-        self.outbox = Outbox(self._write, lambda: self.is_live, limits.max_queue_bytes,
-                             self.too_slow)
+            self.wire_format, self._encode, self._wrap = "sse", sse_frame, plain
+        self._sink = Sink(self._transport, self._clients.writer,
+                          self._clients.limits.max_queue_bytes, lambda: self.is_live,
+                          self.too_slow)
+        self.outbox = self._sink.outbox
+        # Live changes wait until the replay is out (partysense/dialects/catchup.py);
+        # the hub calls the gate itself.
+        self._gate = CatchUp(self.outbox.send, self.too_slow)
+        self.deliver = self._gate.deliver
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._sink.bytes_sent
 
     @property
     def is_live(self) -> bool:
@@ -171,13 +166,11 @@ class Stream:
 
     def open(self) -> None:
         """Counted from now on; the stream starts once the database has answered."""
-        self._factory.enter(self, self.address)
+        self._clients.enter(self, self.address)
         self._streams.entered(self)
         self._request.streamed = True  # type: ignore[attr-defined]  # one line, at the end
         self._request.notifyFinish().addBoth(self._closed)
-        # A stream lives on: neither the handshake deadline nor an idle timer may cut it.
-        self._request.channel.setTimeout(None)
-        site_of(self._request).upgraded(self._request.channel)
+        taken_over(self._request.channel)
         if self._grant.expires != math.inf:
             clock = self._shared.clock
             self._expiry = clock.callLater(max(0.0, self._grant.expires - clock.seconds()),
@@ -193,7 +186,7 @@ class Stream:
             raise Refused(404, "unknown_event", f"event {self.event_id} does not exist")
         if self._gone:
             return
-        shared.hub.subscribe(self.channel, self)  # first: live changes wait in _pending
+        shared.hub.subscribe(self.channel, self)  # first: live changes wait in the gate
         yield shared.listener.whenListening(self.channel)
         reset = None
         replayed: list[Change] = []
@@ -211,11 +204,10 @@ class Stream:
             return
         self._begin(cursor, reset)
         self._tell_presence()
-        replayed = [change for change in replayed if change.seq > cursor]
-        last = replayed[-1].seq if replayed else cursor
+        replayed, last = past(cursor, replayed)
         yield self.outbox.stream(self._replay(replayed))
         self._settle()
-        self._go_live(last)
+        self._gate.caught_up(last)
 
     def _begin(self, cursor: int, reset: Any) -> None:
         request = self._request
@@ -225,8 +217,7 @@ class Stream:
         request.setHeader("x-accel-buffering", "no")  # nginx: pass each event at once
         # The connection ends with the stream: idle keep-alive connections would
         # outlive the handshake deadline with no timer at all.
-        request.setHeader("connection", "close")
-        request.channel.persistent = False
+        last_response(request)
         # The id sets the browser's Last-Event-ID without an event: a client that
         # saw no change yet still resumes from here.
         head = b"retry: %d\nid: %d\n\n" % (RETRY_MS, cursor)
@@ -234,11 +225,11 @@ class Stream:
             body = reset.message(self.event_id, None, reset=True)
             head += b"id: %d\nevent: reset\ndata: %s\n\n" % (cursor, compact(body))
         request.write(head)  # the status line and headers, then this
-        if request.chunked != (self.wire_format == "sse/chunked"):
+        if is_chunked(request) != (self.wire_format == "sse/chunked"):
             # Twisted decided otherwise than __init__ foresaw: a bug, logged by
             # _failed, and the stream ends (the client reconnects and resumes).
             raise RuntimeError(f"stream framed as {self.wire_format!r}, but "
-                               f"Twisted chunked={request.chunked}")
+                               f"Twisted chunked={is_chunked(request)}")
         request.registerProducer(self.outbox, True)  # the channel pauses it when full
         self._started = True
 
@@ -246,26 +237,9 @@ class Stream:
         for change in changes:
             yield self._wrap(event_bytes(change.seq, change_json(self.channel, change)))
 
-    def _go_live(self, cursor: int) -> None:
-        self._cursor = cursor
-        pending, self._pending = self._pending, []
-        for delivery, frame in pending:
-            self.deliver(delivery, frame)
-
     def encode(self, delivery: Delivery) -> bytes:
         """The event's bytes for every stream of this format, made once per change."""
         return self._encode(delivery)
-
-    def deliver(self, delivery: Delivery, frame: bytes) -> None:
-        if self._gone:
-            return
-        if self._cursor is None:
-            self._pending.append((delivery, frame))
-            if len(self._pending) > MAX_PENDING:
-                self.too_slow()
-        elif delivery.seq > self._cursor:
-            self._cursor = delivery.seq
-            self.outbox.send(frame)
 
     def encode_notice(self, notice: Notice) -> bytes:
         """A presence event's bytes for every stream of this format (partysense/hub.py)."""
@@ -285,16 +259,6 @@ class Stream:
         if self.is_live:
             self.outbox.send(self._wrap(KEEPALIVE_LINE))
 
-    def _write(self, data: bytes, now: bool) -> None:
-        """As LiveProtocol._write_frame: into the turn's one send(), or at once."""
-        writer = self._factory.writer
-        if now:
-            writer.flush_one(self._transport)
-            write_now(self._transport, data)
-        else:
-            writer.write(self._transport, data)
-        self.bytes_sent += len(data)
-
     # -- ending -----------------------------------------------------------------
 
     def too_slow(self) -> None:
@@ -303,13 +267,13 @@ class Stream:
             return
         self.outbox.discard()
         self._ended_by = (TOO_SLOW, "too_slow")
-        counters = self._factory.counters
+        counters = self._clients.counters
         counters.slow_closed += 1
         counters.bad_input("too_slow")
-        self._factory.quiet.info(self.address, "Closing SSE stream of {peer} (too_slow): "
+        self._clients.quiet.info(self.address, "Closing SSE stream of {peer} (too_slow): "
                                  "over {limit} bytes queued", peer=self.address,
-                                 limit=self._factory.limits.max_queue_bytes)
-        self.dropConnection(abort=True)
+                                 limit=self._clients.limits.max_queue_bytes)
+        self.abort()
 
     def close_with(self, code: int, reason: str) -> None:
         """Shutdown (1001) and the like: the stream ends; a browser reconnects by itself."""
@@ -321,11 +285,9 @@ class Stream:
             return
         self._end()
 
-    def dropConnection(self, abort: bool = False) -> None:
-        if abort:
-            self._transport.abortConnection()
-        else:
-            self._transport.loseConnection()
+    def abort(self) -> None:
+        """Gone at once, no goodbye (at shutdown, one that did not close in time)."""
+        self._transport.abortConnection()
 
     def _expired(self) -> None:
         self._expiry = None
@@ -339,9 +301,9 @@ class Stream:
 
     def _end(self) -> None:
         request = self._request
-        self._factory.writer.flush_one(self._transport)  # our bytes before the last chunk
+        self._sink.flush()  # our bytes before the last chunk
         request.unregisterProducer()
-        request.sentLength += self.bytes_sent  # for the access log
+        written_around(request, self.bytes_sent)  # for the access log
         self._gone = True
         request.finish()
 
@@ -372,11 +334,10 @@ class Stream:
     def _refuse(self, refusal: Refused) -> None:
         # The handshake deadline no longer watches this connection (open()):
         # it must not stay behind as an idle keep-alive one.
-        self._request.setHeader("connection", "close")
-        self._request.channel.persistent = False
-        self._factory.counters.bad_input(refusal.kind)
+        last_response(self._request)
+        self._clients.counters.bad_input(refusal.kind)
         self._ended_by = (refusal.status, refusal.kind)
-        self._factory.quiet.info(self.address, "Refused an SSE stream from {peer} ({kind}): "
+        self._clients.quiet.info(self.address, "Refused an SSE stream from {peer} ({kind}): "
                                  "{reason}", peer=self.address, kind=refusal.kind,
                                  reason=refusal.message)
         self._gone = True
@@ -394,24 +355,20 @@ class Stream:
         """The response is over (finished, or the connection lost): let go of everything."""
         self._gone = True
         self._settle()
-        self._pending = []
+        self._gate.stop()
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
         self._shared.hub.unsubscribe(self.channel, self)
-        self._factory.leave(self, self.address)
+        self._clients.leave(self, self.address)
         self._streams.left(self)
-        self._factory.counters.closed_client_bytes += self.bytes_sent
+        self._clients.counters.closed_client_bytes += self.bytes_sent
         request = self._request
-        self._factory.access_log.connection_ended(
+        self._clients.access_log.connection_ended(
             "sse", self.address, request.uri, self._shared.clock.seconds() - self._opened_at,
             self.bytes_sent, head_bytes(request), *self._ended_by)
-        self.bytes_sent = 0
+        self._sink.bytes_sent = 0
         self.outbox.close()
-
-
-def _plain(data: bytes) -> bytes:
-    return data
 
 
 class EventStreams(Resource):
@@ -425,23 +382,23 @@ class EventStreams(Resource):
 
     def render_GET(self, request: Request) -> Any:
         streams = self._streams
-        factory = streams.factory
-        address = client_address(request, int(getattr(factory, "trustXForwardedFor", 0)))
+        clients = streams.clients
+        address = client_address(request, clients.trusted_proxies)
         try:
-            allow_origin(request, factory.origins)
+            allow_origin(request, clients.origins)
             event_id = event_of(request.postpath or [])
             since = last_event_id(request)
             grant = granted(request, streams.shared.tokens, streams.shared.clock.seconds(),
                             event_id)
-            refused = factory.admission(address)
+            refused = clients.admission(address)
             if refused is not None:
                 raise Refused(503 if refused.kind == "server_full" else 429, refused.kind,
                               refused.reason)
             reserved = spend_budgets(streams.shared, address, since)
         except Refused as refusal:
             if refusal.kind != "not_found":
-                factory.counters.bad_input(refusal.kind)
-            factory.quiet.info(address, "Refused an SSE stream from {peer} ({kind}): {reason}",
+                clients.counters.bad_input(refusal.kind)
+            clients.quiet.info(address, "Refused an SSE stream from {peer} ({kind}): {reason}",
                                peer=address, kind=refusal.kind, reason=refusal.message)
             answer(request, refusal)
             return NOT_DONE_YET

@@ -21,7 +21,8 @@ class TurnWriter:
     already readable has been handled) and go out together, so the busier
     the daemon, the fewer system calls per frame. Every frame of a protocol
     must go through the same writer, or order is lost; ``flush_one`` sends a
-    client's frames before something written around the writer (a close).
+    client's frames before something written around the writer (a close). The
+    rules of a client's frame order are in partysense/wire/sink.py.
 
     With a ``delay`` (``--write-delay``) the frames wait that long instead of
     one turn, so that even at a party's pace several share a ``send()``.

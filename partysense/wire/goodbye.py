@@ -38,7 +38,7 @@ class ClientsService(service.Service):
         def check(deadline: float) -> None:
             if not self._factory.clients or self._clock.seconds() >= deadline:
                 for client in list(self._factory.clients):
-                    self._quietly(client.dropConnection, abort=True)
+                    self._quietly(client.abort)
                 self._factory.stop_logs()  # their summaries now, no timer left behind
                 done.callback(None)
             else:

@@ -4,7 +4,9 @@ its socket is full.
 Twisted buffers writes without limit. The outbox registers itself as the
 socket's producer, so the transport says when its buffer (64 KiB) is full;
 from then on frames wait here, counted, and a client whose backlog passes
-``max_bytes`` is handed to ``overflow`` (the protocol closes it with 4008).
+``max_bytes`` is handed to ``overflow`` (its owner closes it: 4008 for a
+WebSocket). Its frames' way out, and the rules of their order, are the
+client's sink (partysense/wire/sink.py).
 A replay is streamed: produced one frame at a time, only as fast as the
 client reads, and not counted against the limit.
 """

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -25,44 +24,19 @@ from partysense.adapters.autobahn_adapter import (
     log_as_autobahn,
     prepare,
 )
-from partysense.adapters.twisted_adapter import write_now
 from partysense.core import errors
 from partysense.core.errors import ClientError
-from partysense.core.quietlog import PerAddress, Quiet
+from partysense.core.quietlog import PerAddress
 from partysense.dialects.dialect import ClientCounters, MakeSession, Session
-from partysense.wire.accesslog import AccessLog
-from partysense.wire.fastwrite import TurnWriter
+from partysense.wire.clients import ClientRegistry, Limits
 from partysense.wire.frames import FRAMES_PER_MESSAGE, FloodedAddresses, FrameBudget
-from partysense.wire.origins import AllowedOrigins
 from partysense.wire.outbox import Outbox
 from partysense.wire.querytoken import query_token
+from partysense.wire.sink import Sink
 
 # Autobahn's lines about bad connections, per address every 10 s: one bad
 # handshake's two ("failing ... handshake", "dropping connection"), and one more.
 AUTOBAHN_BURST = 3
-
-
-@dataclass
-class Limits:
-    """What one client may do; the defaults suit a party of thousands of phones."""
-
-    max_clients: int = 100_000
-    max_subscriptions: int = 32
-    max_message_bytes: int = 4096
-    messages_per_second: float = 20.0
-    max_queue_bytes: int = 1024 * 1024
-    ping_interval: float = 30.0
-    allowed_origins: tuple[str, ...] = ()
-    # A venue's guests share one public address behind its NAT: this bounds
-    # one machine opening thousands of sockets, not a party.
-    max_connections_per_ip: int = 1024
-    # Requests read but not yet answered (a subscribe waits for the database):
-    # room for a page subscribing to its 32 events at once, not for a client
-    # that keeps sending while the database is slow.
-    max_pending_requests: int = 40
-    # --write-delay, in seconds: how long a client's frames may wait to
-    # leave together in one send() (partysense/wire/fastwrite.py). 0: one turn.
-    write_delay: float = 0.0
 
 
 def address_of(peer: str | None) -> str:
@@ -91,6 +65,7 @@ class LiveProtocol(ServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
+        self.sink: Sink | None = None  # from onOpen: the outbox, the writer, the bytes
         self.outbox: Outbox | None = None
         self.address: str | None = None  # counted in factory.per_address while open
         self.url_token: str | None = None
@@ -107,6 +82,14 @@ class LiveProtocol(ServerProtocol):
     @property
     def is_live(self) -> bool:
         return bool(self.state == self.STATE_OPEN)
+
+    @property
+    def dialect(self) -> str | None:
+        """Its session's dialect (None: refused before it had one)."""
+        return None if self.session is None else self.session.dialect
+
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
 
     # -- Autobahn callbacks ---------------------------------------------------
 
@@ -139,8 +122,9 @@ class LiveProtocol(ServerProtocol):
             self.refuse(self.refusal)
             return
         limits = self.factory.limits
-        self.outbox = Outbox(self._write_frame, lambda: self.is_live,
-                             limits.max_queue_bytes, self.too_slow)
+        self.sink = Sink(self.transport, self.factory.writer, limits.max_queue_bytes,
+                         lambda: self.is_live, self.too_slow, self.queued_behind_autobahn)
+        self.outbox = self.sink.outbox
         address = address_of(self.peer)
         refused = self.factory.admission(address)
         if refused is not None:
@@ -289,25 +273,14 @@ class LiveProtocol(ServerProtocol):
             return defer.succeed(None)
         return self.outbox.stream(frames)
 
-    def _write_frame(self, frame: bytes, now: bool) -> None:
-        """Autobahn's sendData for a ready frame, minus its per-frame debug-log
-        formatting; a client's frames of one reactor turn leave in one send()
-        (partysense/wire/fastwrite.py). ``now``: into the transport at once, so that
-        its buffer fills and pauses the outbox."""
-        if self.autobahn_frames_waiting:  # keep the order with Autobahn's own frames
-            self.send_behind_autobahn(frame)
-            return
-        if now:
-            self.factory.writer.flush_one(self.transport)
-            write_now(self.transport, frame)
-        else:
-            self.factory.writer.write(self.transport, frame)
-        self.count_sent(len(frame))
+    def bytes_around_autobahn(self) -> int:
+        return 0 if self.sink is None else self.sink.bytes_sent
 
     def before_autobahn_writes(self) -> None:
         # Our frames of this turn go first, or a change could follow the
-        # close frame (a protocol error).
-        self.factory.writer.flush_one(self.transport)
+        # close frame (a protocol error): partysense/wire/sink.py.
+        if self.sink is not None:
+            self.sink.flush()
 
     def too_slow(self) -> None:
         """Close a client that does not read what it is sent (code 4008)."""
@@ -359,49 +332,40 @@ class LiveProtocol(ServerProtocol):
             self.start_closing_handshake(code, reason_utf8)
 
 
-class Named(Protocol):
-    dialect: str
-
-
-class Connected(Protocol):
-    """What the factory needs of every open client: a WebSocket (LiveProtocol)
-    or an SSE stream (partysense/web/sse.py). Both count against the same limits,
-    are counted in /metrics and are closed at shutdown (tap.ClientsService)."""
-
-    @property
-    def session(self) -> Named | None: ...
-    @property
-    def bytes_sent(self) -> int: ...
-    def close_with(self, code: int, reason: str) -> None: ...
-    def dropConnection(self, abort: bool = False) -> None: ...
-
-
 class LiveFactory(ServerFactory):
     protocol = LiveProtocol  # type: ignore[assignment]
 
     def __init__(self, dialects: Mapping[str | None, MakeSession], clock: Any,
                  limits: Limits | None = None, counters: ClientCounters | None = None,
-                 **kwargs: Any) -> None:
-        self.limits = limits or Limits()
+                 registry: ClientRegistry | None = None, **kwargs: Any) -> None:
+        # The clients of the port, SSE streams included (partysense/wire/clients.py).
+        if registry is None:
+            registry = ClientRegistry(clock, limits, counters)
+        self.registry = registry
+        self.limits = registry.limits
         # Autobahn lets every Origin through ("null" too: the seed's example
         # page opened from a file sends it); we check them (origin_refusal),
         # so that a refused page hears why instead of a failed handshake.
         self.allow_null_origin = True
-        self.origins = AllowedOrigins(self.limits.allowed_origins)
+        self.origins = registry.origins
         super().__init__(**kwargs)
         self.dialects = dialects
         self.clock = clock
-        self.writer = TurnWriter(clock, delay=self.limits.write_delay)
-        self.counters = counters if counters is not None else ClientCounters()
-        self.clients: set[Connected] = set()
-        self.per_address: dict[str, int] = {}
+        self.writer = registry.writer
+        self.counters = registry.counters
+        self.clients = registry.clients
+        self.per_address = registry.per_address
+        self.admission = registry.admission
+        self.connected_from = registry.connected_from
+        self.enter = registry.enter
+        self.leave = registry.leave
+        self.clients_by_dialect = registry.clients_by_dialect
+        self.quiet = registry.quiet
+        self.access_log = registry.access_log
         self.flooded = FloodedAddresses(clock)  # addresses whose new clients wait
-        # What clients did wrong, logged per address at a bounded rate; so are
-        # Autobahn's own lines about them, and the access log's.
-        self.quiet = Quiet(LiveProtocol._log, clock)
+        # Autobahn's own lines about bad clients, bounded per address as ours are.
         self.autobahn_limit = PerAddress(Logger(namespace="autobahn"), clock, AUTOBAHN_BURST,
                                          what="Autobahn lines")
-        self.access_log = AccessLog(clock)
         self.setProtocolOptions(
             maxMessagePayloadSize=self.limits.max_message_bytes,
             maxFramePayloadSize=self.limits.max_message_bytes,
@@ -415,6 +379,7 @@ class LiveFactory(ServerFactory):
             openHandshakeTimeout=0,
             closeHandshakeTimeout=3,
             allowedOrigins=["*"],
+            trustXForwardedFor=registry.trusted_proxies,
         )
 
     def origin_refusal(self, origin: str | None) -> ClientError | None:
@@ -426,43 +391,7 @@ class LiveFactory(ServerFactory):
         return ClientError("origin_not_allowed", errors.FORBIDDEN,
                            f"origin_not_allowed: pages of {origin!s:.80} may not connect here")
 
-    def admission(self, address: str) -> ClientError | None:
-        """Why a new client from ``address`` may not stay, or None if it may."""
-        limits = self.limits
-        if len(self.clients) >= limits.max_clients:
-            return ClientError("server_full", errors.TRY_AGAIN_LATER,
-                               f"server full ({limits.max_clients} clients); retry later")
-        if self.per_address.get(address, 0) >= limits.max_connections_per_ip:
-            return ClientError(
-                "too_many_connections", errors.TRY_AGAIN_LATER,
-                f"more than {limits.max_connections_per_ip} connections from your address")
-        return None
-
-    def connected_from(self, address: str) -> int:
-        """Clients (WebSockets and SSE streams) open from ``address``."""
-        return self.per_address.get(address, 0)
-
-    def enter(self, client: Connected, address: str) -> None:
-        """``client`` is open: counted until :meth:`leave`."""
-        self.per_address[address] = self.per_address.get(address, 0) + 1
-        self.clients.add(client)
-
-    def leave(self, client: Connected, address: str | None) -> None:
-        """``client`` is gone (``address``: None if it was never counted)."""
-        self.clients.discard(client)
-        if address is not None:
-            left = self.per_address.pop(address, 1) - 1
-            if left:
-                self.per_address[address] = left
-
     def stop_logs(self) -> None:
         """Log what the per-address limits held back, now (at shutdown)."""
         self.autobahn_limit.stop()
         self.access_log.stop()
-
-    def clients_by_dialect(self) -> dict[str, int]:
-        counts = {"seed": 0, "v2": 0, "sse": 0}
-        for client in self.clients:
-            if client.session is not None:
-                counts[client.session.dialect] = counts.get(client.session.dialect, 0) + 1
-        return counts

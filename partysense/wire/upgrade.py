@@ -123,6 +123,15 @@ def hand_over(transport: Any, factory: IProtocolFactory, data: bytes) -> None:
     protocol.dataReceived(data)
 
 
+def taken_over(channel: Any) -> None:
+    """The connection of ``channel`` is a WebSocket or an SSE stream from now on,
+    counted as a client: neither the HTTP channel's idle timer nor the handshake
+    deadline may fire on it, and it no longer waits to upgrade (its site's
+    ``upgraded``, partysense/web/httpguard.py)."""
+    channel.setTimeout(None)
+    site_of_channel(channel).upgraded(channel)
+
+
 class UpgradingChannel(HTTPChannel):
     """An HTTP/1.1 channel whose site may take WebSocket upgrades straight.
 
@@ -146,8 +155,7 @@ class UpgradingChannel(HTTPChannel):
             site: Any = site_of_channel(self)
             websocket = getattr(site, "websocket", None)
             if websocket is not None and is_websocket_upgrade(data, self.head_limits):
-                site.upgraded(self)
-                self.setTimeout(None)
+                taken_over(self)
                 hand_over(take_over(self), websocket, data)
                 return
         super().dataReceived(data)
