@@ -13,27 +13,24 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon
 from partysense.core.errors import UNAUTHORIZED, ClientError
 from partysense.core.hub import Hub
-from partysense.db.changelog import Snapshot
 from partysense.dialects.access import GRACE, Access
 from partysense.dialects.dialect import ClientCounters, Shared
 from partysense.dialects.seed import SeedSession
 from partysense.dialects.tokens import LEEWAY, TokenError, Tokens
 from partysense.dialects.v2 import V2Session
+from tests.fakes import AtOnce, NoDatabase, RecordingClient
 from tests.support import Party
-from tests.wire import NoDatabase
 
 SECRET = secrets.token_bytes(32)
 START = 1_800_000_000.0  # the Clock's epoch seconds: tokens' exp are on it
@@ -136,68 +133,6 @@ def test_a_valid_token_still_ends_the_grace() -> None:
 
 
 # -- a v2 session, built from its interfaces ----------------------------------------
-
-
-class RecordingClient:
-    """A v2 session's connection: what it is sent, in order."""
-
-    peer = "192.0.2.1"
-    address = "192.0.2.1"
-    is_live = True
-
-    def __init__(self, url_token: str | None = None) -> None:
-        self.url_token = url_token
-        self.sent: list[dict[str, Any]] = []
-        self.refused: list[tuple[str, str]] = []
-
-    def send_frame(self, frame: Any) -> None:
-        self.sent.append({"type": "frame"})
-
-    def send_json(self, body: dict[str, Any]) -> None:
-        self.sent.append(body)
-
-    def stream(self, frames: Iterable[Any]) -> defer.Deferred[None]:
-        for frame in frames:
-            self.send_frame(frame)
-        return defer.succeed(None)
-
-    def too_slow(self) -> None:
-        raise AssertionError("not in these tests")
-
-    def log_refused(self, kind: str, message: str) -> None:
-        self.refused.append((kind, message))
-
-    def close_with(self, code: int, reason: str) -> None:
-        raise AssertionError(f"closed with {code}: {reason}")
-
-    def types(self) -> list[str]:
-        told, self.sent = self.sent, []
-        return [body.get("error", body["type"]) for body in told]
-
-
-class AtOnce:
-    """The listener, the change log and the events: every answer ready at once."""
-
-    connected = True
-    reason = ""
-
-    def whenListening(self, channel: str) -> defer.Deferred[None]:
-        return defer.succeed(None)
-
-    def whenAvailable(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
-
-    def snapshot(self, event_id: int | None) -> defer.Deferred[Any]:
-        return defer.succeed((Snapshot(cursor=7, title="Friday"), []))
-
-    def replay(self, event_id: int | None, since: int) -> defer.Deferred[Any]:
-        raise AssertionError("not in these tests")
-
-    def log_end(self) -> defer.Deferred[int]:
-        return defer.succeed(7)
-
-    def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]:
-        return defer.succeed(True)
 
 
 def shared_at_once(time_: Clock) -> Shared:
