@@ -48,6 +48,24 @@ class NoDatabase:
         pass
 
 
+class ListenedChannels:
+    """The listener as the hub sees it (hub.Channels): which channels are
+    listened, in order; unlistening one that is not listened fails."""
+
+    def __init__(self) -> None:
+        self.listened: list[str] = []
+        self.observer: Observer | None = None
+
+    def listen(self, channel: str) -> None:
+        self.listened.append(channel)
+
+    def unlisten(self, channel: str) -> None:
+        self.listened.remove(channel)
+
+    def observe(self, observer: Observer) -> None:
+        self.observer = observer
+
+
 class AlwaysListening:
     """A listener that is always there (dialect.Listening), its log read up to ``last_seq``."""
 
@@ -367,7 +385,8 @@ if TYPE_CHECKING:  # each fake against its interface: `mypy tests/fakes.py`
     from partysense.web import status
 
     def _conforms() -> None:
-        channels: list[Channels] = [NoDatabase(), HeldListener(), StatusListener()]
+        channels: list[Channels] = [NoDatabase(), ListenedChannels(), HeldListener(),
+                                    StatusListener()]
         listening: list[Listening] = [AlwaysListening(0), HeldListener(), AtOnce()]
         reads: list[Reads] = [HeldReads(), AtOnce()]
         events: list[Events] = [NoEvents(), HeldEvents(), AtOnce()]
