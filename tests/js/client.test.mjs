@@ -1,5 +1,5 @@
 // The pure functions of partysense/web/static/client.js under Node's own test
-// runner (`node --test tests/js/`): no browser, no daemon, no network.
+// runner (`node --test tests/js/*.test.mjs`): no browser, no daemon, no network.
 //
 // The module is loaded as an ES module from a data: URL of its own text, so
 // Node needs no package.json "type" next to it (the file is served as it is).
