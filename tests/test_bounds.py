@@ -21,6 +21,7 @@ from partysense.db.queries import QueryService
 from partysense.reads.events import EventDirectory
 from partysense.web.resources import EventList
 from partysense.wire.protocol import Limits
+from tests.fakes import HeldEvents
 from tests.support import Party
 from tests.wire import (
     Transport,
@@ -31,21 +32,6 @@ from tests.wire import (
     opened,
     send_json,
 )
-
-
-class Events:
-    """An event directory whose answers wait until the test gives them."""
-
-    def __init__(self, answer: bool | None = None) -> None:
-        self.answer = answer
-        self.asked: list[defer.Deferred[bool]] = []
-
-    def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]:
-        if self.answer is not None:
-            return defer.succeed(self.answer)
-        waiting: defer.Deferred[bool] = defer.Deferred()
-        self.asked.append(waiting)
-        return waiting
 
 
 def client(clock: Clock, limits: Limits, events: Any, host: str = "192.0.2.1",
@@ -61,7 +47,7 @@ def client(clock: Clock, limits: Limits, events: Any, host: str = "192.0.2.1",
 def test_requests_waiting_for_the_database_are_capped() -> None:
     clock = Clock()
     limits = Limits(ping_interval=0, max_pending_requests=8)
-    protocol, transport = client(clock, limits, Events())
+    protocol, transport = client(clock, limits, HeldEvents())
     for event in range(1, 9):
         send_json(protocol, {"type": "subscribe", "event": event})
     assert close_code(transport) is None
@@ -74,7 +60,7 @@ def test_requests_waiting_for_the_database_are_capped() -> None:
 def test_subscribing_again_counts_against_the_subscribe_budget() -> None:
     clock = Clock()
     limits = Limits(ping_interval=0, max_subscriptions=4, messages_per_second=1000)
-    protocol, transport = client(clock, limits, Events(answer=False))
+    protocol, transport = client(clock, limits, HeldEvents(answer=False))
     for _ in range(14):  # the same event over and over: a snapshot each, before
         send_json(protocol, {"type": "subscribe", "event": 1})
     clock.advance(0)

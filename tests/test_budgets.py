@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -23,7 +22,7 @@ from partysense.reads import events as events_module
 from partysense.reads.events import LOOKBACK, EventDirectory
 from partysense.web.pulse import MAX_RUNNING_PER_ADDRESS, EventPulse, PulseReads
 from partysense.wire.protocol import Limits
-from tests.test_pulse import Queries as PulseQueries
+from tests.fakes import AlwaysListening, HeldQueries, HeldReplays, IdQueries, NoEvents
 from tests.test_pulse import rows as pulse_rows
 from tests.wire import Transport, factory_without_database, messages, opened, send_json
 
@@ -73,17 +72,6 @@ def test_a_full_bucket_is_forgotten() -> None:
     assert len(bucket) == 0
 
 
-class NoEvents:
-    """A directory that knows no event, and counts the questions."""
-
-    def __init__(self) -> None:
-        self.asked = 0
-
-    def exists(self, event_id: int, look_again: bool = True) -> defer.Deferred[bool]:
-        self.asked += 1
-        return defer.succeed(False)
-
-
 def test_reconnecting_does_not_reset_the_subscribe_budget() -> None:
     """The finding: 16 connections × 40 subscribes, closed, again and again."""
     clock = Clock()
@@ -118,21 +106,6 @@ def test_reconnecting_does_not_reset_the_subscribe_budget() -> None:
     other, other_transport = connect("192.0.2.9")
     send_json(other, {"type": "subscribe", "event": 1})
     assert errors(other_transport) == ["unknown_event"]
-
-
-class IdQueries:
-    """event_event's ids, as IDS_QUERY reads them; the reads are counted."""
-
-    connected = True
-
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-        self.asked: list[Any] = []
-
-    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]:
-        self.asked.append(params)
-        after, limit = params
-        return defer.succeed([(i,) for i in sorted(self.ids) if i > after][:limit])
 
 
 def test_unknown_ids_cost_at_most_one_read_a_second() -> None:
@@ -202,7 +175,7 @@ def pulse_request(resource: EventPulse, event_id: int, host: str) -> DummyReques
 
 
 def test_the_pulse_of_no_event_is_a_404_without_a_query() -> None:
-    clock, queries = Clock(), PulseQueries()
+    clock, queries = Clock(), HeldQueries()
     directory = EventDirectory(IdQueries([7]), clock)
     resource = EventPulse(PulseReads(queries, clock), clock,
                           exists=lambda address, event_id: directory.exists(event_id))
@@ -214,7 +187,7 @@ def test_the_pulse_of_no_event_is_a_404_without_a_query() -> None:
 
 
 def test_one_address_reading_many_pulses_does_not_starve_another() -> None:
-    clock, queries = Clock(), PulseQueries()
+    clock, queries = Clock(), HeldQueries()
     resource = EventPulse(PulseReads(queries, clock), clock)
     hammer = [pulse_request(resource, event_id, "192.0.2.66") for event_id in range(1, 9)]
     assert len(queries.asked) == MAX_RUNNING_PER_ADDRESS
@@ -225,33 +198,6 @@ def test_one_address_reading_many_pulses_does_not_starve_another() -> None:
     assert chart.responseCode == 200
 
 
-class Listening:
-    """A listener that is always there, its log read up to ``last_seq``."""
-
-    connected = True
-    reason = ""
-
-    def __init__(self, last_seq: int) -> None:
-        self.last_seq = last_seq
-
-    def whenListening(self, channel: str) -> defer.Deferred[None]:
-        return defer.succeed(None)
-
-    def whenAvailable(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
-
-
-class HeldReplays:
-    """Replays that wait until the test answers them."""
-
-    def __init__(self) -> None:
-        self.asked: list[defer.Deferred[Any]] = []
-
-    def replay(self, event_id: int | None, since: int) -> defer.Deferred[Any]:
-        self.asked.append(defer.Deferred())
-        return self.asked[-1]
-
-
 def test_a_resume_reserves_its_replay_from_the_address_and_gives_back_the_rest() -> None:
     """Catch-up 10,000 changes back, asked over and over from new connections."""
     from partysense.db.changelog import Replay
@@ -259,7 +205,7 @@ def test_a_resume_reserves_its_replay_from_the_address_and_gives_back_the_rest()
     clock = Clock()
     limits = Limits(ping_interval=0)
     factory = factory_without_database(clock, limits, events=NoEvents(),
-                                       listener=Listening(last_seq=10_000),
+                                       listener=AlwaysListening(last_seq=10_000),
                                        budgets=budgets_for(4))  # 800 rows, then 40/s
     replays = HeldReplays()
     object.__setattr__(factory.dialects[SUBPROTOCOL].keywords["shared"], "reads", replays)

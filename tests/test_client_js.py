@@ -52,7 +52,12 @@ CONNECT = """(options) => {
 
 
 def embedding_page(daemon: Daemon) -> str:
-    return f"""<!DOCTYPE html><meta charset="utf-8"><title>embedded</title>
+    # The icon is inline: else Chromium asks this page's server for /favicon.ico
+    # whenever it gets round to it, and on a loaded machine that came after the
+    # server had stopped (serving() ends once the module is imported): a console
+    # error, "Failed to load resource", that failed the test's "no problems".
+    return f"""<!DOCTYPE html><meta charset="utf-8"><link rel="icon" href="data:,">
+<title>embedded</title>
 <script type="module">
 import {{connect}} from "{daemon.url}/client.js";
 window.partysense = {{connect}};

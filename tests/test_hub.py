@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from partysense.core.change import Change
 from partysense.core.hub import Delivery, Hub
+from tests.fakes import ListenedChannels
 
 pytestmark = pytest.mark.logic
-
-
-class Channels:
-    """The listener, as the hub sees it: which channels are listened."""
-
-    def __init__(self) -> None:
-        self.listened: list[str] = []
-        self.observer: Callable[[str, Change], None] | None = None
-
-    def listen(self, channel: str) -> None:
-        self.listened.append(channel)
-
-    def unlisten(self, channel: str) -> None:
-        self.listened.remove(channel)
-
-    def observe(self, observer: Callable[[str, Change], None]) -> None:
-        self.observer = observer
 
 
 encoded: list[tuple[str, int]] = []
@@ -61,7 +44,7 @@ def change(seq: int) -> Change:
 
 def test_each_change_is_encoded_once_per_wire_format_for_all_subscribers() -> None:
     encoded.clear()
-    channels = Channels()
+    channels = ListenedChannels()
     hub = Hub(channels)
     seeds = [Seed() for _ in range(50)]
     v2s = [V2() for _ in range(20)]
@@ -79,7 +62,7 @@ def test_each_change_is_encoded_once_per_wire_format_for_all_subscribers() -> No
 
 
 def test_the_channel_is_unlistened_only_when_its_last_subscriber_of_any_format_leaves() -> None:
-    channels = Channels()
+    channels = ListenedChannels()
     hub = Hub(channels)
     seed, v2 = Seed(), V2()
     hub.subscribe("event_3", seed)
@@ -92,7 +75,7 @@ def test_the_channel_is_unlistened_only_when_its_last_subscriber_of_any_format_l
 
 
 def test_a_subscriber_leaving_during_fan_out_neither_breaks_nor_misses_the_others() -> None:
-    channels = Channels()
+    channels = ListenedChannels()
     hub = Hub(channels)
     survivors = [Seed() for _ in range(3)]
 
@@ -114,7 +97,7 @@ def test_a_channel_lingers_listened_after_its_last_subscriber_leaves() -> None:
     LISTENed (and the event's kept read still exact): no LISTEN, no snapshot each time."""
     from twisted.internet.task import Clock
 
-    clock, channels = Clock(), Channels()
+    clock, channels = Clock(), ListenedChannels()
     hub = Hub(channels, clock, linger=30.0, max_lingering=2)
     client = Seed()
     for _ in range(100):  # connect, subscribe, close, again

@@ -14,7 +14,6 @@ import urllib.request
 from typing import Any
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -23,6 +22,7 @@ from partysense.db.changelog import PULSE_MINUTES, PULSE_QUERY, parse_pulse, pul
 from partysense.dialects.tokens import Tokens, mint
 from partysense.web.clientjs import LONG, SHORT
 from partysense.web.pulse import MAX_RUNNING, BusyHere, EventPulse, PulseReads
+from tests.fakes import HeldQueries
 from tests.support import Party
 
 SECRET = b"p" * 40  # made here, for these tests only
@@ -60,17 +60,6 @@ def test_the_pulse_counts_votes_cast_per_minute_over_the_last_30(party: Party) -
     assert pulse_of(party, 424242).votes == [0] * PULSE_MINUTES
 
 
-class Queries:
-    connected = True
-
-    def __init__(self) -> None:
-        self.asked: list[tuple[Any, defer.Deferred[list[tuple]]]] = []
-
-    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]:
-        self.asked.append((params, defer.Deferred()))
-        return self.asked[-1][1]
-
-
 def rows(start: int = 1_764_320_400, cursor: int = 77) -> list[tuple]:
     return [(start + 60 * i, i % 3, cursor, start + 1799.5) for i in range(PULSE_MINUTES)]
 
@@ -91,7 +80,7 @@ def body(request: DummyRequest) -> Any:
 
 @pytest.mark.logic
 def test_one_query_per_event_per_interval_whoever_asks() -> None:
-    clock, queries = Clock(), Queries()
+    clock, queries = Clock(), HeldQueries()
     resource = EventPulse(PulseReads(queries, clock, ttl=5.0), clock)
     requests = [get(resource, b"3") for _ in range(50)]
     assert len(queries.asked) == 1 and queries.asked[0][0] == {"event": 3}
@@ -115,7 +104,7 @@ def test_one_query_per_event_per_interval_whoever_asks() -> None:
 
 @pytest.mark.logic
 def test_at_most_a_few_events_are_read_at_once() -> None:
-    clock, queries = Clock(), Queries()
+    clock, queries = Clock(), HeldQueries()
     resource = EventPulse(PulseReads(queries, clock), clock)
     waiting = [get(resource, str(event).encode()) for event in range(1, MAX_RUNNING + 1)]
     refused = get(resource, b"999")
@@ -130,7 +119,7 @@ def test_at_most_a_few_events_are_read_at_once() -> None:
 
 @pytest.mark.logic
 def test_the_limits_hold_back_new_reads_only_never_askers_of_a_running_one() -> None:
-    clock, queries = Clock(), Queries()
+    clock, queries = Clock(), HeldQueries()
     reads = PulseReads(queries, clock)
     mine = [reads.pulse(event, "10.0.0.1") for event in (1, 2)]  # the address's two reads
     joined = reads.pulse(1, "10.0.0.1")   # event 1 is being read: it waits for that read
@@ -147,7 +136,7 @@ def test_the_limits_hold_back_new_reads_only_never_askers_of_a_running_one() -> 
 
 @pytest.mark.logic
 def test_bad_paths_are_404_and_tokens_are_checked() -> None:
-    clock, queries = Clock(), Queries()
+    clock, queries = Clock(), HeldQueries()
     clock.advance(time.time())
     tokens = Tokens(SECRET, "HS256")
     resource = EventPulse(PulseReads(queries, clock), clock, tokens)

@@ -13,19 +13,8 @@ from harness.faults import event_with_track
 from partysense.db.changelog import Replay, Snapshot, replay_since, take_snapshot
 from partysense.db.queries import QueryService
 from partysense.reads.sharedreads import FEW_CHANGES, SharedReads
+from tests.fakes import Following, ManualQueries, ReadUpTo
 from tests.support import Party
-
-
-class ManualQueries:
-    """Interactions that answer when the test says."""
-
-    def __init__(self) -> None:
-        self.running: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
-
-    def runInteraction(self, interaction: Any, *args: Any) -> defer.Deferred[Any]:
-        answer: defer.Deferred[Any] = defer.Deferred()
-        self.running.append((interaction, args, answer))
-        return answer
 
 
 def snapshot(cursor: int) -> Snapshot:
@@ -122,27 +111,11 @@ async def test_concurrent_snapshots_of_a_real_event_agree_with_sql(
         await queries.stopService()
 
 
-class Listener:
-    """Says whether nothing after a seq has been handed on, as the test sets it."""
-
-    def __init__(self) -> None:
-        self.read_up_to = 0
-        self.asked: list[tuple[str, int]] = []
-
-    @property
-    def last_seq(self) -> int:
-        return self.read_up_to
-
-    def complete_after(self, channel: str, seq: int) -> bool:
-        self.asked.append((channel, seq))
-        return self.read_up_to <= seq
-
-
 @pytest.mark.logic
 def test_while_the_listener_has_read_nothing_newer_a_kept_read_needs_no_query() -> None:
     clock = Clock()
     queries = ManualQueries()
-    listener = Listener()
+    listener = ReadUpTo()
     listener.read_up_to = 100
     reads = SharedReads(queries, clock, reuse=1.0, listener=listener)
     first = reads.snapshot(7)
@@ -160,7 +133,7 @@ def test_while_the_listener_has_read_nothing_newer_a_kept_read_needs_no_query() 
 def test_once_the_listener_has_read_past_it_a_kept_read_is_brought_up_to_date() -> None:
     clock = Clock()
     queries = ManualQueries()
-    listener = Listener()
+    listener = ReadUpTo()
     reads = SharedReads(queries, clock, reuse=1.0, listener=listener)
     reads.snapshot(7)
     queries.running[0][2].callback(snapshot(100))
@@ -186,7 +159,7 @@ def test_once_the_listener_has_read_past_it_a_kept_read_is_brought_up_to_date() 
 def test_nothing_kept_holds_once_the_log_went_back() -> None:
     """A restored database: the listener counts again from a lower seq."""
     queries = ManualQueries()
-    listener = Listener()
+    listener = ReadUpTo()
     listener.read_up_to = 100
     reads = SharedReads(queries, Clock(), reuse=1.0, listener=listener)
     reads.snapshot(7)
@@ -200,7 +173,7 @@ def test_nothing_kept_holds_once_the_log_went_back() -> None:
 def test_a_kept_read_that_holds_outlives_its_second_while_it_has_few_changes() -> None:
     clock = Clock()
     queries = ManualQueries()
-    listener = Listener()
+    listener = ReadUpTo()
     listener.read_up_to = 100
     reads = SharedReads(queries, clock, reuse=1.0, listener=listener)
     reads.snapshot(7)
@@ -211,29 +184,6 @@ def test_a_kept_read_that_holds_outlives_its_second_while_it_has_few_changes() -
     listener.read_up_to = 101  # a vote: read from the log again
     reads.snapshot(7)
     assert len(queries.running) == 2 and queries.running[1][0] is take_snapshot
-
-
-class Following(Listener):
-    """A listener that hands changes on to its observers, and says since when
-    each channel has been LISTENed without a break."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.observers: list[Any] = []
-        self.floors: dict[str, int] = {}
-
-    def observe(self, observer: Any) -> None:
-        self.observers.append(observer)
-
-    def listening_from(self, channel: str, seq: int) -> bool:
-        return channel in self.floors and self.floors[channel] <= seq
-
-    def hand_on(self, channel: str, seq: int) -> Any:
-        change = type("Change", (), {"seq": seq})()
-        self.read_up_to = max(self.read_up_to, seq)
-        for observer in self.observers:
-            observer(channel, change)
-        return change
 
 
 @pytest.mark.logic

@@ -12,7 +12,6 @@ import math
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,41 +24,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from harness.daemon import Daemon, wait_for
-from partysense.core.change import Change
 from partysense.core.hub import Hub
 from partysense.dialects.dialect import ClientCounters
 from partysense.web.status import CSP, Rates, snapshot
 from tests.browser import SECONDS, Screen, screenshot
+from tests.fakes import StatusListener
 from tests.support import Party
-
-
-class FakeListener:
-    state = "connected"
-    reason = ""
-    connected = True
-    channels = frozenset({"event_1", "firehose"})
-    reconnects = 2
-    notifications = 7
-    bad_notifications = 1
-
-    def __init__(self) -> None:
-        self.observers: list[Callable[[str, Change], None]] = []
-
-    def observe(self, observer: Callable[[str, Change], None]) -> None:
-        self.observers.append(observer)
-
-    def listen(self, channel: str) -> None:
-        pass
-
-    def unlisten(self, channel: str) -> None:
-        pass
-
-    def hear(self, channel: str, seq: int) -> None:
-        change = Change(event_id=1, seq=seq, committed_at=None, op="insert", vote_id=seq,
-                        track_id=1, up=True, prev=None, event_title=None, track_name=None,
-                        artist=None, truncated=False, payload=b"")
-        for observer in self.observers:
-            observer(channel, change)
 
 
 class FakeSubscriber:
@@ -68,7 +38,7 @@ class FakeSubscriber:
 
 @pytest.mark.logic
 def test_rates_count_frames_and_distinct_changes_per_second() -> None:
-    clock, listener = Clock(), FakeListener()
+    clock, listener = Clock(), StatusListener()
     hub = Hub(listener)
     rates = Rates(hub, listener, clock, step=2.0, span=10.0)
     rates.startService()
@@ -105,7 +75,7 @@ class FakeFactory:
 
 @pytest.mark.logic
 def test_the_snapshot_says_what_the_page_shows() -> None:
-    clock, listener = Clock(), FakeListener()
+    clock, listener = Clock(), StatusListener()
     hub = Hub(listener)
     for channel, count in (("event_1", 2), ("event_2", 1), ("firehose", 1)):
         for _ in range(count):

@@ -2,10 +2,14 @@
 
 A v2 subscribe waits for the database three times (does the event exist,
 is the channel LISTENed, the snapshot); the client may leave, unsubscribe or
-subscribe again while it waits, and the listener's own LISTEN/UNLISTEN
-traffic may be half done. The listener and the database are real; the
-client is a LiveProtocol over a StringTransport (tests/wire.py), so that
-its socket fills exactly when the test says.
+subscribe again while it waits. The session needs only its interfaces
+(partysense/dialects/dialect.py): here each is a fake of tests/fakes.py that
+answers when the test says, and time is a Clock, so every interleaving is
+the test's. The client is a LiveProtocol over a StringTransport
+(tests/wire.py), so that its socket fills exactly when the test says.
+
+The races that need PostgreSQL itself (the listener's LISTEN/UNLISTEN
+traffic, a lost or busy connection) are in tests/test_subscribe_races_db.py.
 """
 
 from __future__ import annotations
@@ -14,61 +18,38 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg2
 import pytest
-import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
-from harness.daemon import Daemon, wait_for
-from harness.faults import QUERIES, terminate_listener
+from partysense.core.change import Change, parse_change
 from partysense.core.hub import Hub
-from partysense.db.listener import ListenerService
-from partysense.db.pgservice import NotConnected
-from partysense.db.queries import QueryService
+from partysense.db.changelog import Snapshot
 from partysense.dialects.dialect import ClientCounters, Shared
 from partysense.reads.events import PAGE, EventDirectory
-from partysense.reads.sharedreads import SharedReads
 from partysense.tap import dialect_table
 from partysense.wire.protocol import Limits, LiveFactory, LiveProtocol
-from tests.support import Party, eventually, nonzero, tally
+from tests.fakes import HeldEvents, HeldListener, HeldQueries, HeldReads
+from tests.support import nonzero, tally
 from tests.wire import Transport, messages, opened, send_json
 
+pytestmark = pytest.mark.logic
 
-async def one_turn() -> None:
-    from twisted.internet import reactor
-
-    await task.deferLater(reactor, 0, lambda: None)
-
-
-class WatchedEvents(EventDirectory):
-    """The real EventDirectory; the test can await each answer it gives."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.asked: list[defer.Deferred[Any]] = []
-
-    def exists(self, event_id: int, look_again: bool = True) -> Any:
-        answer = super().exists(event_id, look_again)
-        seen: defer.Deferred[Any] = defer.Deferred()
-        self.asked.append(seen)
-
-        def tell(result: Any) -> Any:
-            seen.callback(None)
-            return result
-
-        return answer.addBoth(tell)
+EVENT, TRACK = 3, 11
+CHANNEL = f"event_{EVENT}"
 
 
 @dataclass
 class Wired:
+    """The real factory, dialects and hub over fakes of what they ask."""
+
+    clock: Clock
     hub: Hub
-    listener: ListenerService
-    queries: QueryService
-    events: WatchedEvents
+    listener: HeldListener
+    reads: HeldReads
+    events: HeldEvents
     factory: LiveFactory
     clients: list[LiveProtocol] = field(default_factory=list)
 
@@ -79,34 +60,36 @@ class Wired:
         self.clients.append(protocol)
         return protocol, transport
 
+    def snapshot_answered(self, cursor: int, up: int) -> None:
+        """The oldest snapshot still asked for: ``up`` votes for TRACK as of ``cursor``."""
+        asked = [d for _, d in self.reads.snapshots if not d.called]
+        tracks = [{"tid": TRACK, "track": "Hush", "artist": "Anna", "up": up, "down": 0}]
+        asked[0].callback((Snapshot(cursor=cursor, title="Friday", tracks=tracks), []))
+        self.clock.advance(0)
 
-@pytest_twisted.async_yield_fixture
-async def wired(db_dsn: str) -> Any:
-    from twisted.internet import reactor
 
-    listener = ListenerService(db_dsn, reactor)
-    queries = QueryService(db_dsn, reactor)
-    hub = Hub(listener)
-    events = WatchedEvents(queries, reactor)
+@pytest.fixture
+def wired() -> Any:
+    clock, listener = Clock(), HeldListener()
+    hub, reads, events = Hub(listener), HeldReads(), HeldEvents()
     counters = ClientCounters()
-    reads = SharedReads(queries, reactor, listener=listener)
     shared = Shared(hub=hub, listener=listener, reads=reads, events=events,
-                    counters=counters, clock=reactor)
-    factory = LiveFactory(dialect_table(shared), reactor, Limits(ping_interval=0), counters)
+                    counters=counters, clock=clock)
+    factory = LiveFactory(dialect_table(shared), clock, Limits(ping_interval=0), counters)
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
-    listener.startService()
-    queries.startService()
-    try:
-        await listener.whenConnected()
-        await queries.whenConnected()
-        state = Wired(hub, listener, queries, events, factory)
-        yield state
-        for client in state.clients:
-            if client.state != client.STATE_CLOSED:
-                client.connectionLost(Failure(ConnectionDone()))
-    finally:
-        await queries.stopService()
-        await listener.stopService()
+    state = Wired(clock, hub, listener, reads, events, factory)
+    yield state
+    for client in state.clients:
+        if client.state != client.STATE_CLOSED:
+            client.connectionLost(Failure(ConnectionDone()))
+
+
+def up_vote(seq: int) -> Change:
+    """A new up vote for TRACK, as the trigger writes it."""
+    return parse_change(json.dumps({
+        "eid": EVENT, "event": "Friday", "track": "Hush", "artist": "Anna", "tid": TRACK,
+        "up": True, "op": "insert", "vote": 100 + seq, "prev": None, "seq": seq,
+        "truncated": False, "ts": 1_764_320_400.0}))
 
 
 def changes_after_snapshots(answers: list[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -120,325 +103,72 @@ def changes_after_snapshots(answers: list[dict[str, Any]]) -> list[tuple[int, in
     return seen
 
 
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_a_client_gone_while_its_event_is_looked_up_leaves_no_subscription(
-        wired: Wired, party: Party) -> None:
-    event_id = party.event()
-    protocol, _ = wired.v2()
-    send_json(protocol, {"type": "subscribe", "event": event_id})
-    assert len(wired.events.asked) == 1  # the question is out
-    protocol.connectionLost(Failure(ConnectionDone()))
-    await wired.events.asked[0]
-    await one_turn()
-    assert wired.hub.channels == []
-    await eventually(lambda: not wired.listener.channels, "no channel LISTENed")
-
-
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_no_change_of_an_unsubscribed_event_after_unsubscribed(
-        wired: Wired, party: Party) -> None:
-    event_id, track_id = party.event(), party.track()
-    party.vote(event_id, track_id)
+def subscribed_with_its_snapshot_queued(wired: Wired) -> tuple[LiveProtocol, Transport]:
+    """A v2 client whose socket is full: its first snapshot (cursor 5) waits to be sent."""
+    wired.events.answer = True
     protocol, transport = wired.v2()
     transport.producer.pauseProducing()  # its socket is full: the snapshot waits
-    send_json(protocol, {"type": "subscribe", "event": event_id})
-    await eventually(lambda: protocol.outbox.waiting, "the snapshot, queued")
-    seen = wired.listener.notifications
-    party.vote(event_id, track_id)  # held back until the snapshot is out
-    await eventually(lambda: wired.listener.notifications >= seen + 1, "the vote's change")
-    send_json(protocol, {"type": "unsubscribe", "event": event_id})
+    send_json(protocol, {"type": "subscribe", "event": EVENT})
+    wired.listener.answer(CHANNEL)
+    wired.snapshot_answered(cursor=5, up=1)
+    assert protocol.outbox.waiting, "the snapshot, queued"
+    return protocol, transport
+
+
+def test_a_client_gone_while_its_event_is_looked_up_leaves_no_subscription(
+        wired: Wired) -> None:
+    protocol, _ = wired.v2()
+    send_json(protocol, {"type": "subscribe", "event": EVENT})
+    assert len(wired.events.asked) == 1  # the question is out
+    protocol.connectionLost(Failure(ConnectionDone()))
+    wired.events.asked[0].callback(True)
+    wired.clock.advance(0)
+    assert wired.hub.channels == []
+    assert not wired.listener.wanted, "no channel LISTENed"
+
+
+def test_no_change_of_an_unsubscribed_event_after_unsubscribed(wired: Wired) -> None:
+    protocol, transport = subscribed_with_its_snapshot_queued(wired)
+    wired.listener.hand_on(CHANNEL, up_vote(6))  # held back until the snapshot is out
+    send_json(protocol, {"type": "unsubscribe", "event": EVENT})
     transport.producer.resumeProducing()
-    await one_turn()
+    wired.clock.advance(0)
     answers = messages(transport)
     assert [a["type"] for a in answers][:2] == ["snapshot", "unsubscribed"]
     assert "change" not in [a["type"] for a in answers[answers.index(answers[1]):]]
 
 
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_subscribing_again_while_the_first_snapshot_waits_sends_no_old_change(
-        wired: Wired, party: Party) -> None:
-    event_id, track_id = party.event(), party.track()
-    party.vote(event_id, track_id)
-    protocol, transport = wired.v2()
-    transport.producer.pauseProducing()
-    send_json(protocol, {"type": "subscribe", "event": event_id})
-    await eventually(lambda: protocol.outbox.waiting, "the first snapshot, queued")
-    seen = wired.listener.notifications
-    party.vote(event_id, track_id)
-    await eventually(lambda: wired.listener.notifications >= seen + 1, "the vote's change")
-    send_json(protocol, {"type": "subscribe", "event": event_id})  # restarts it
-    await eventually(lambda: protocol.outbox.waiting == 2, "the second snapshot, queued")
+def test_subscribing_again_while_the_first_snapshot_waits_sends_no_old_change(
+        wired: Wired) -> None:
+    protocol, transport = subscribed_with_its_snapshot_queued(wired)
+    wired.listener.hand_on(CHANNEL, up_vote(6))
+    send_json(protocol, {"type": "subscribe", "event": EVENT})  # restarts it
+    wired.listener.answer(CHANNEL)  # LISTENed again (its only subscriber had left)
+    wired.snapshot_answered(cursor=6, up=2)  # it holds the vote of seq 6
+    assert protocol.outbox.waiting == 2, "the second snapshot, queued"
+    wired.listener.hand_on(CHANNEL, up_vote(7))  # after the second snapshot: sent
     transport.producer.resumeProducing()
-    await one_turn()
+    wired.clock.advance(0)
     answers = messages(transport)
     assert [a["type"] for a in answers][:2] == ["snapshot", "snapshot"]
     for cursor, seq in changes_after_snapshots(answers):
         assert seq > cursor, f"change {seq} repeats what snapshot {cursor} holds"
-    # The second snapshot plus the changes after it (a snapshot may be reused for a
-    # second, with the changes since its cursor) are what SQL says.
+    # The second snapshot plus the changes after it are what the log says.
     counts = {t["tid"]: [t["up"], t["down"]] for t in answers[1]["tracks"]}
     for change in answers[2:]:
         if change["type"] == "change":
             tally(counts, change)
-    assert nonzero(counts) == party.tallies(event_id)
+    assert nonzero(counts) == {TRACK: (3, 0)}
 
 
-# -- the listener's half of it -------------------------------------------------
-
-
-def _listener(dsn: str) -> ListenerService:
-    from twisted.internet import reactor
-
-    return ListenerService(dsn, reactor)
-
-
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_when_listening_waits_for_the_listen_after_a_pending_unlisten(
-        db_dsn: str) -> None:
-    service = _listener(db_dsn)
-    service.startService()
-    try:
-        await service.whenConnected()
-        service.listen("event_1")
-        await service.whenListening("event_1")
-        await eventually(lambda: not service._syncing, "the LISTEN round to end")
-        service.unlisten("event_1")  # UNLISTEN sent, not answered yet
-        assert service._syncing
-        service.listen("event_1")    # a new first subscriber, at once
-        listening = service.whenListening("event_1")
-        # Firing now would let a snapshot run between the UNLISTEN and the
-        # LISTEN again, and miss what commits in between.
-        assert not listening.called
-        await listening
-        rows = await service.runQuery("SELECT pg_listening_channels()")
-        assert {row[0] for row in rows} == {"event_1"}
-    finally:
-        service.stopService()
-
-
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_when_listening_gives_up_when_the_channel_is_no_longer_wanted(
-        db_dsn: str) -> None:
-    service = _listener(db_dsn)
-    service.startService()
-    try:
-        await service.whenConnected()
-        service.listen("event_1")  # its LISTEN is out: event_2 waits for the next round
-        service.listen("event_2")
-        waiting = service.whenListening("event_2")
-        service.unlisten("event_2")  # its only subscriber left before the LISTEN
-        await eventually(lambda: "event_1" in service.channels and not service._syncing,
-                         "the LISTENs to settle")
-        assert waiting.called, "a waiter nobody will ever fire holds its client forever"
-        try:
-            await waiting
-        except NotConnected:
-            pass
-        assert service.channels == frozenset({"event_1"})
-    finally:
-        service.stopService()
-
-
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_every_query_queued_on_a_lost_connection_is_answered(db_dsn: str) -> None:
-    """A storm of subscribes queues many lookups; the connection dies under them."""
-    service = _listener(db_dsn)
-    service.startService()
-    try:
-        await service.whenConnected()
-        answers: list[Any] = []
-        for _ in range(1000):
-            service.runQuery("SELECT 1").addBoth(answers.append)
-        assert terminate_listener(db_dsn) == 1  # blocks the reactor: all still queued
-        await eventually(lambda: len(answers) == 1000, "an answer to every query", 15)
-        # The first may have been answered before the kill; none is left hanging.
-        assert {type(answer.value) for answer in answers[1:]} == {NotConnected}
-    finally:
-        service.stopService()
-
-
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_a_storm_of_clients_joining_one_event_asks_the_database_once(
-        db_dsn: str, party: Party) -> None:
+def test_a_storm_of_clients_joining_one_event_asks_the_database_once() -> None:
     """After a restart every phone of the party subscribes at once: 10,000 identical
     lookups queued on the one connection would starve its probe (deadline 4 s)."""
-    from twisted.internet import reactor
-
-    event_id = party.event()
-    service = _listener(db_dsn)
-    service.startService()
-    try:
-        await service.whenConnected()
-        asked: list[Any] = []
-
-        class Counted:
-            connected = True
-
-            def runQuery(self, query: Any, params: Any) -> defer.Deferred[list[tuple]]:
-                asked.append(params)
-                return service.runQuery(query, params)
-
-        events = EventDirectory(Counted(), reactor)
-        answers = await defer.gatherResults([events.exists(event_id) for _ in range(1000)]
-                                            + [events.exists(event_id + 1)])
-        assert answers == [True] * 1000 + [False]
-        assert asked == [(0, PAGE)]  # one read of the ids, for all of them
-    finally:
-        service.stopService()
-
-
-class ProbeWatchedQueries(QueryService):
-    """The real QueryService; counts the deadlines that passed while its
-    connection was still answering other queries (so they started again)."""
-
-    deadlines_passed_while_answering = 0
-
-    def _before_deadline(self, *args: Any, **kwargs: Any) -> Any:
-        answering = kwargs.get("alive")
-        if answering is not None:
-            def alive() -> bool:
-                if answering():
-                    self.deadlines_passed_while_answering += 1
-                    return True
-                return False
-            kwargs["alive"] = alive
-        return super()._before_deadline(*args, **kwargs)
-
-
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_a_busy_connection_is_not_taken_for_a_silent_one(db_dsn: str) -> None:
-    """The probe waits in line behind clients' queries; answers still coming mean alive."""
-    from twisted.internet import reactor
-
-    # No cap on waiting queries here: the point is a long queue.
-    service = ProbeWatchedQueries(db_dsn, reactor, probe_interval=0.3, probe_timeout=1.0,
-                                  max_waiting=None)
-    service.startService()
-    try:
-        await service.whenConnected()
-        # A queue that takes 3 s in all (well past the probe's 0.3 s interval
-        # plus its 1 s deadline) while an answer comes every 20 ms: busy by
-        # construction, not by the machine's speed (20,000 "SELECT 1" were
-        # sometimes all answered before the deadline could pass).
-        answers = await defer.DeferredList(
-            [service.runQuery("SELECT pg_sleep(0.02)") for _ in range(150)],
-            consumeErrors=True)
-        # A probe's deadline did pass behind the queue (else nothing was proven)...
-        assert service.deadlines_passed_while_answering > 0, "not busy enough to prove anything"
-        # ...and did not drop the connection.
-        assert all(ok for ok, _ in answers), "the connection was dropped while answering"
-        assert service.connected and service.reconnects == 0
-    finally:
-        service.stopService()
-
-
-# -- losing the database in the middle of a request ----------------------------
-
-
-def queries_wait_on_a_lock(dsn: str) -> bool:
-    connection = psycopg2.connect(dsn)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                           "current_database() AND application_name = %s "
-                           "AND wait_event_type = 'Lock'", (QUERIES,))
-            return bool(cursor.fetchone()[0])
-    finally:
-        connection.close()
-
-
-class Locked:
-    """A table locked by another transaction until ``release``."""
-
-    def __init__(self, dsn: str, table: str) -> None:
-        self.connection = psycopg2.connect(dsn)
-        with self.connection.cursor() as cursor:
-            cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-
-    def release(self) -> None:
-        self.connection.rollback()
-        self.connection.close()
-
-
-@pytest.mark.daemon
-def test_v2_snapshot_cut_off_by_a_lost_database_is_an_unavailable_error(
-        daemon: Daemon, party: Party) -> None:
-    event_id, track_id = party.event(), party.track()
-    party.vote(event_id, track_id)
-    with connect(daemon.ws_url, subprotocols=["partysense.v2"], open_timeout=10) as client:
-        locked = Locked(party.dsn, "event_vote")  # the snapshot's tally query waits
-        try:
-            client.send(json.dumps({"type": "subscribe", "event": event_id, "id": "s"}))
-            wait_for(lambda: queries_wait_on_a_lock(party.dsn), 10, "the snapshot to wait")
-            assert terminate_listener(party.dsn, QUERIES) == 1
-        finally:
-            locked.release()
-        answer = json.loads(client.recv(timeout=10))
-        assert (answer["type"], answer["id"], answer["error"]) == ("error", "s", "unavailable")
-        daemon.wait_healthy()
-        client.send(json.dumps({"type": "subscribe", "event": event_id, "id": "again"}))
-        snapshot = json.loads(client.recv(timeout=10))
-        assert snapshot["type"] == "snapshot" and snapshot["id"] == "again"
-    log = daemon.log()
-    assert "Unhandled" not in log and "Request from" not in log, log  # not our error
-
-
-@pytest.mark.daemon
-def test_seed_request_cut_off_by_a_lost_database_is_try_later(
-        daemon: Daemon, party: Party) -> None:
-    event_id = party.event()
-    with connect(daemon.ws_url, open_timeout=10) as client:
-        locked = Locked(party.dsn, "event_event")  # "does the event exist?" waits
-        try:
-            client.send(json.dumps({"event": event_id}))
-            wait_for(lambda: queries_wait_on_a_lock(party.dsn), 10, "the lookup to wait")
-            assert terminate_listener(party.dsn, QUERIES) == 1
-        finally:
-            locked.release()
-        try:
-            while True:
-                client.recv(timeout=10)
-        except ConnectionClosed as closed:
-            assert closed.rcvd is not None
-            code, reason = closed.rcvd.code, closed.rcvd.reason
-    assert code == 1013 and "unreachable" in reason, reason
-    assert "Request from" not in daemon.log()  # no traceback: not our error
-
-
-@pytest.mark.database
-@pytest_twisted.ensureDeferred
-async def test_complete_after_holds_until_a_later_change_is_read(
-        db_dsn: str, party: Party) -> None:
-    """What lets a storm of v2 subscribers share one read (partysense/reads/sharedreads.py)."""
-    event_id = party.event()
-    track = party.track()
-    party.vote(event_id, track)
-    channel = f"event_{event_id}"
-    service = _listener(db_dsn)
-    seen: list[int] = []
-    service.observe(lambda _, change: seen.append(change.seq))
-    service.startService()
-    try:
-        await service.whenConnected()
-        assert not service.complete_after(channel, 10**9)  # not listened yet
-        service.listen(channel)
-        await service.whenListening(channel)
-        rows = await service.runQuery("SELECT max(seq) FROM partysense_change")
-        newest = rows[0][0]
-        assert service.complete_after(channel, newest)
-        party.query("INSERT INTO event_vote (event_id, track_id, user_id, is_positive) "
-                    "VALUES (%s, %s, 2, true)", (event_id, track))  # one change
-        await eventually(lambda: seen, "the new change to be read")
-        assert len(seen) == 1 and seen[0] > newest
-        assert not service.complete_after(channel, newest)  # it was handed on already
-        assert service.complete_after(channel, seen[-1])
-    finally:
-        service.stopService()
+    queries = HeldQueries()
+    events = EventDirectory(queries, Clock())
+    answers = defer.gatherResults([events.exists(EVENT) for _ in range(1000)]
+                                  + [events.exists(EVENT + 1)])
+    assert [params for params, _ in queries.asked] == [(0, PAGE)]  # one read, for all
+    queries.asked[0][1].callback([(EVENT,)])
+    assert answers.result == [True] * 1000 + [False]
+    assert [params for params, _ in queries.asked] == [(0, PAGE)]

@@ -19,6 +19,7 @@ from partysense.core.hub import Hub
 from partysense.dialects.dialect import ClientCounters, Shared
 from partysense.tap import dialect_table
 from partysense.wire.protocol import Limits, LiveFactory, LiveProtocol
+from tests.fakes import NoDatabase
 from tests.rawws import frame
 
 TEXT, CLOSE, PING, PONG = 1, 8, 9, 10
@@ -36,22 +37,6 @@ class Transport(StringTransport):
 
     def unregisterProducer(self) -> None:
         self.producer = None
-
-
-class NoDatabase:
-    """A listener stand-in for the hub: LISTENs are only noted."""
-
-    def __init__(self) -> None:
-        self.wanted: set[str] = set()
-
-    def listen(self, channel: str) -> None:
-        self.wanted.add(channel)
-
-    def unlisten(self, channel: str) -> None:
-        self.wanted.discard(channel)
-
-    def observe(self, observer: Any) -> None:
-        pass
 
 
 def factory_without_database(clock: Any, limits: Limits, events: Any = None,
