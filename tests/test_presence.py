@@ -16,7 +16,7 @@ from partysense.core.hub import Delivery, Hub
 from partysense.core.notice import Notice
 from partysense.db.presence import LIFETIME, REPORT_QUERY, PresenceService, event_counts
 from partysense.web.sseframes import presence_bytes
-from tests.test_hub import Channels
+from tests.fakes import ListenedChannels
 
 pytestmark = pytest.mark.logic
 
@@ -77,7 +77,7 @@ class SeedWatcher:
 
 def made(interval: float = INTERVAL) -> tuple[Clock, Queries, Hub, PresenceService]:
     clock, queries = Clock(), Queries()
-    hub = Hub(Channels())
+    hub = Hub(ListenedChannels())
     presence = PresenceService(queries, hub, clock, interval)
     presence.startService()
     return clock, queries, hub, presence
