@@ -1,6 +1,6 @@
 """Presence, the logic: one statement per interval whatever the clients, the
 totals announced only when they change, encoded once, and a new subscriber's
-estimate corrected by the next report (partysense/presence.py)."""
+estimate corrected by the next report (partysense/db/presence.py)."""
 
 from __future__ import annotations
 

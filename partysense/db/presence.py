@@ -57,7 +57,7 @@ class Queries(Protocol):
 
 
 class Subscribers(Protocol):
-    """What presence needs of the hub (partysense/hub.py)."""
+    """What presence needs of the hub (partysense/core/hub.py)."""
 
     def subscriber_counts(self) -> dict[str, int]: ...
     def subscriber_count(self, channel: str) -> int: ...

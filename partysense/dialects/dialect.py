@@ -74,7 +74,7 @@ class Events(Protocol):
 
 
 class Presence(Protocol):
-    """How many watch an event (partysense/presence.py)."""
+    """How many watch an event (partysense/db/presence.py)."""
 
     def current(self, event_id: int) -> Notice: ...
 

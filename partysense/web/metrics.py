@@ -362,7 +362,7 @@ class DaemonMetrics:
 
 
 class PresenceCollector(Collector):
-    """Presence (partysense/presence.py): its reports, and the counts it sent."""
+    """Presence (partysense/db/presence.py): its reports, and the counts it sent."""
 
     def __init__(self, presence: Presence) -> None:
         self._presence = presence
