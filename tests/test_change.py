@@ -13,7 +13,7 @@ from harness.daemon import Daemon, wait_for
 from partysense.core.change import BadChange, Change, parse_change
 from partysense.core.hub import Delivery
 from partysense.dialects.seed import seed_frame
-from partysense.dialects.v2 import change_frame
+from partysense.dialects.v2frames import change_frame
 from tests.support import Party
 from tests.test_metrics import scrape, value
 

@@ -17,7 +17,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from partysense.core.change import parse_change
 from partysense.core.hub import Delivery
 from partysense.dialects.tokens import Tokens
-from partysense.dialects.v2 import change_json
+from partysense.dialects.v2frames import change_json
 from partysense.web.sse import Streams, chunk, sse_chunked_frame, sse_frame
 from partysense.web.sserequest import Refused, allow_origin, answer, granted, last_event_id
 from partysense.wire.origins import AllowedOrigins
@@ -149,7 +149,7 @@ def test_an_expired_token_is_refused_as_token_expired(exp: int, kind: str | None
 
 
 def test_the_v2_frame_and_the_sse_event_share_one_json_encoding_of_the_change() -> None:
-    from partysense.dialects.v2 import delivery_json, v2_frame
+    from partysense.dialects.v2frames import delivery_json, v2_frame
 
     delivery = Delivery("event_3", parse_change(RECORDED))
     frame = v2_frame(delivery)

@@ -13,12 +13,12 @@
     <- {"type": "unsubscribed", "event": 1, "reason": "token_expired"}
 
 Errors are messages ({"type": "error", "error": kind, "message": ...}); the
-connection stays open. The full description is docs/protocol.md.
+connection stays open. The full description is docs/protocol.md; the bytes of
+a change and a presence message are made in partysense/dialects/v2frames.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +26,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from partysense.adapters.autobahn_adapter import Frame, prepare
+from partysense.adapters.autobahn_adapter import Frame
 from partysense.core import budgets, errors
 from partysense.core.change import Change
-from partysense.core.channels import channel_event, channel_for
+from partysense.core.channels import channel_for
 from partysense.core.errors import ClientError, is_utf8
 from partysense.core.hub import Delivery
 from partysense.core.notice import Notice
@@ -40,6 +40,7 @@ from partysense.dialects.catchup import CatchUp, past
 from partysense.dialects.dialect import Client, Shared
 from partysense.dialects.subscription import parse_event_id, parse_json
 from partysense.dialects.tokens import Grant, TokenError
+from partysense.dialects.v2frames import change_frame, notice_frame, v2_frame
 
 SUBPROTOCOL = "partysense.v2"
 MAX_ID_LENGTH = 64
@@ -51,34 +52,6 @@ SUBSCRIBE_SPARE = 8
 # A client told "too_many_subscribes" this many times in a row that keeps on
 # is closed (4029): answering its loop would cost everybody else's CPU.
 MAX_REFUSED_SUBSCRIBES = 4
-
-
-def change_json(channel: str, change: Change) -> bytes:
-    """A change message's JSON: "type" and "sub" (the subscription's event), then
-    the change. One line always (JSON escapes control characters): the SSE
-    stream (partysense/web/sse.py) sends the same bytes as its ``data:``."""
-    event_id = channel_event(channel)
-    body = {"type": "change", "sub": "ALL" if event_id is None else event_id, **change.fields()}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def change_frame(channel: str, change: Change) -> Frame:
-    """A change message, framed."""
-    return prepare(change_json(channel, change))
-
-
-def delivery_json(delivery: Delivery) -> bytes:
-    """A change's JSON, made once per change for the v2 frame and the SSE event
-    alike (``Delivery.frame("json", ...)``): the same bytes, encoded once."""
-    return delivery.frame("json", _json_of)
-
-
-def _json_of(delivery: Delivery) -> bytes:
-    return change_json(delivery.channel, delivery.change)
-
-
-def v2_frame(delivery: Delivery) -> Frame:
-    return prepare(delivery_json(delivery))
 
 
 class BadRequest(Exception):
@@ -130,7 +103,7 @@ class Subscription:
     @staticmethod
     def encode_notice(notice: Notice) -> Frame:
         """A presence message's frame, made once for every v2 subscriber."""
-        return prepare(notice.json)
+        return notice_frame(notice)
 
     def notice(self, frame: Frame) -> None:
         # Before its snapshot it is dropped: the count follows the snapshot,

@@ -26,8 +26,9 @@ from partysense.web.headers import SecurityHeaders
 from partysense.web.httpguard import GuardedSite, token_refusal
 from partysense.web.jsonanswer import LaterAnswer, json_body
 from partysense.web.pulse import EventPulse, Exists, PulseReads, event_id_of
-from partysense.web.sse import EventStreams, Streams
+from partysense.web.sse import Streams
 from partysense.web.sserequest import client_address
+from partysense.web.sseresource import EventStreams
 from partysense.wire.protocol import LiveFactory
 from partysense.wire.upgrade import taken_over
 from partysense.wire.waiting import Waiting

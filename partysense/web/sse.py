@@ -8,7 +8,7 @@ a script, a network whose proxy strips upgrades. Each change is one event::
     data: {"type":"change","sub":1,"eid":1,...,"seq":1240,...}
 
 ``data`` is the v2 dialect's change message, the very bytes
-(``v2.change_json``). A reconnect with ``Last-Event-ID`` (browsers send it
+(``v2frames.change_json``). A reconnect with ``Last-Event-ID`` (browsers send it
 themselves) or ``?last_event_id=`` replays what it missed from the change log,
 then goes live, with no gap and no duplicate: as a v2 resume, the stream is
 subscribed to the hub first and holds live changes until the replay is out.
@@ -24,7 +24,8 @@ encoded once per change for every stream (``Delivery.frame``), chunk framing
 of HTTP/1.1 included, their JSON shared with the v2 frame, and written around
 twisted.web's Request (which would copy and frame each write again;
 partysense/adapters/twisted_web_adapter.py): docs/protocol.md, "Server-Sent
-Events".
+Events". The request is admitted (or refused) before it becomes a stream, by
+the resource in partysense/web/sseresource.py.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from partysense.adapters.twisted_web_adapter import (
     is_chunked,
@@ -55,7 +55,7 @@ from partysense.db.errors import NotConnected, Overloaded, QueryRefused
 from partysense.dialects.catchup import CatchUp, past
 from partysense.dialects.dialect import Shared
 from partysense.dialects.tokens import Grant
-from partysense.dialects.v2 import change_json
+from partysense.dialects.v2frames import change_json
 from partysense.web.sseframes import (
     KEEPALIVE_LINE,
     TOKEN_EXPIRED,
@@ -66,19 +66,7 @@ from partysense.web.sseframes import (
     sse_chunked_frame,
     sse_frame,
 )
-from partysense.web.sserequest import (
-    Refused,
-    allow_origin,
-    answer,
-    client_address,
-    compact,
-    event_of,
-    granted,
-    head_bytes,
-    last_event_id,
-    spend_budgets,
-    wants_presence,
-)
+from partysense.web.sserequest import Refused, answer, compact, head_bytes
 from partysense.wire.clients import ClientRegistry
 from partysense.wire.sink import Sink
 from partysense.wire.upgrade import taken_over
@@ -369,45 +357,3 @@ class Stream:
             self.bytes_sent, head_bytes(request), *self._ended_by)
         self._sink.bytes_sent = 0
         self.outbox.close()
-
-
-class EventStreams(Resource):
-    """``/events/<id>/stream`` and ``/events/ALL/stream``."""
-
-    isLeaf = True
-
-    def __init__(self, streams: Streams) -> None:
-        super().__init__()
-        self._streams = streams
-
-    def render_GET(self, request: Request) -> Any:
-        streams = self._streams
-        clients = streams.clients
-        address = client_address(request, clients.trusted_proxies)
-        try:
-            allow_origin(request, clients.origins)
-            event_id = event_of(request.postpath or [])
-            since = last_event_id(request)
-            grant = granted(request, streams.shared.tokens, streams.shared.clock.seconds(),
-                            event_id)
-            refused = clients.admission(address)
-            if refused is not None:
-                raise Refused(503 if refused.kind == "server_full" else 429, refused.kind,
-                              refused.reason)
-            reserved = spend_budgets(streams.shared, address, since)
-        except Refused as refusal:
-            if refusal.kind != "not_found":
-                clients.counters.bad_input(refusal.kind)
-            clients.quiet.info(address, "Refused an SSE stream from {peer} ({kind}): {reason}",
-                               peer=address, kind=refusal.kind, reason=refusal.message)
-            answer(request, refusal)
-            return NOT_DONE_YET
-        stream = Stream(streams, request, event_id, since, grant, address, reserved)
-        stream.wants_presence = wants_presence(request)
-        stream.open()
-        return NOT_DONE_YET
-
-    def render_HEAD(self, request: Request) -> bytes:
-        request.setResponseCode(405)
-        request.setHeader("allow", "GET")
-        return b""

@@ -2,7 +2,7 @@
 
 A change is one event whose ``data`` is the v2 dialect's change message, the
 very bytes of the v2 frame's payload, encoded once per change for both
-(``v2.delivery_json``). To an HTTP/1.1 client the response is chunked; a
+(``v2frames.delivery_json``). To an HTTP/1.1 client the response is chunked; a
 stream writes around twisted.web's Request, so it frames its chunks itself,
 once per change for every stream of that framing (``Delivery.frame``).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from partysense.core.hub import Delivery
 from partysense.core.notice import Notice
-from partysense.dialects.v2 import delivery_json
+from partysense.dialects.v2frames import delivery_json
 
 
 def chunk(data: bytes) -> bytes:
