@@ -28,7 +28,7 @@ from psycopg2.extensions import make_dsn
 from harness.daemon import Daemon
 from partysense.db import sqlfiles
 from partysense.db.sqlfiles import execute_autocommit
-from tests.support import Party
+from tests.support import Notifications, Party
 
 TEMPLATE = "partysense_test_template"
 
@@ -139,6 +139,21 @@ def party(db_dsn: str) -> Iterator[Party]:
     """Events, tracks and votes in the test database, by plain SQL."""
     with Party(db_dsn) as value:
         yield value
+
+
+@pytest.fixture
+def listen(db_dsn: str) -> Iterator[Any]:
+    """``listen(*channels)``: a LISTENing connection to the test database
+    (tests.support.Notifications), closed after the test."""
+    opened: list[Notifications] = []
+
+    def open_(*channels: str) -> Notifications:
+        opened.append(Notifications(db_dsn, *channels))
+        return opened[-1]
+
+    yield open_
+    for notifications in opened:
+        notifications.close()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers for tests: waiting on the reactor, a party in SQL, tallies.
+"""Helpers for tests: waiting on the reactor, a party in SQL, tallies, LISTEN.
 
 The daemon process and ``wait_for`` are in harness/daemon.py (bench/ uses them too).
 """
@@ -6,10 +6,14 @@ The daemon process and ``wait_for`` are in harness/daemon.py (bench/ uses them t
 from __future__ import annotations
 
 import inspect
+import json
+import select
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg2
+from psycopg2 import sql
 
 
 async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
@@ -86,3 +90,29 @@ class Party:
             "count(*) FILTER (WHERE NOT is_positive) FROM event_vote WHERE event_id = %s "
             "GROUP BY track_id", (event_id,))
         return {track: (up, down) for track, up, down in rows}
+
+
+class Notifications:
+    """A LISTENing psycopg2 connection; ``next()`` waits for one notification."""
+
+    def __init__(self, dsn: str, *channels: str) -> None:
+        self.connection = psycopg2.connect(dsn)
+        self.connection.autocommit = True
+        with self.connection.cursor() as cursor:
+            for channel in channels:
+                cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    def next(self, timeout: float = 10.0) -> tuple[str, dict[str, Any], str]:
+        """(channel, parsed payload, raw payload) of the next notification."""
+        deadline = time.monotonic() + timeout
+        while not self.connection.notifies:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no notification within {timeout} s")
+            select.select([self.connection], [], [], remaining)
+            self.connection.poll()
+        notify = self.connection.notifies.pop(0)
+        return notify.channel, json.loads(notify.payload), notify.payload
+
+    def close(self) -> None:
+        self.connection.close()

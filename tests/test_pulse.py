@@ -2,7 +2,7 @@
 
 The query is checked on a real PostgreSQL, its sharing and bounds on a
 Clock, the routes and cache headers on the real daemon. The page that draws
-the pulse is in tests/test_screen.py.
+the pulse is in tests/test_screen_pulse.py.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ Private names used: ``PreparedMessage.payloadHybi``, ``send_queue``,
 ``closedByMe``, ``localCloseCode``, ``localCloseReason``,
 ``trafficStats.incomingOctetsWireLevel`` and its ``preopen`` twins,
 ``sendCloseFrame``. Canaries:
-tests/test_adapters.py.
+tests/test_adapters_autobahn.py.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ site only through the attribute ``Site.buildProtocol`` sets (``channel.site``).
 Private names used: ``tcp.Server._tempDataLen``, ``dataBuffer``,
 ``_writeDisconnected``, ``TLS``; ``HTTPChannel.site``, ``HTTPChannel.transport``
 (set to None), ``tcp.Connection.protocol``, ``ProtocolWrapper.wrappedProtocol``.
-Canaries: tests/test_adapters.py. Another Twisted without the first four takes
+Canaries: tests/test_adapters_twisted.py. Another Twisted without the first four takes
 the ordinary way (``write()``).
 """
 

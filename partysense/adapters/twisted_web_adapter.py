@@ -8,7 +8,7 @@ when it ends, for the access log.
 
 Names used that twisted.web does not document as API: ``Request.channel``'s
 ``transport`` and ``persistent``, ``Request.chunked`` and
-``Request.sentLength``. Canaries: tests/test_adapters.py.
+``Request.sentLength``. Canaries: tests/test_adapters_twisted_web.py.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ block the whole daemon for as long as DNS takes.
 
 Private names used: ``Connection._doit``, ``Connection.lock.waiting``,
 ``Connection._pollingD``, ``Connection._connection``, ``Connection._cursors``,
-``Cursor._connection``. Canaries: tests/test_adapters.py.
+``Cursor._connection``. Canaries: tests/test_adapters_txpostgres.py.
 """
 
 from __future__ import annotations
