@@ -79,6 +79,20 @@ def test_every_repository_path_a_document_names_exists() -> None:
         + "\n".join(missing)
 
 
+TEST_NAMED = re.compile(r"(tests/[\w/]+\.py)::(\w+)")
+
+
+def test_every_test_a_document_names_exists_in_its_file() -> None:
+    """docs/security.md names the test that shows each threat: split or renamed, the
+    reference must follow it."""
+    missing = [f"{name}:{number}: {path}::{test}" for name, number, line in lines()
+               for path, test in TEST_NAMED.findall(line)
+               if not (ROOT / path).is_file()
+               or not re.search(rf"def {test}\b", (ROOT / path).read_text("utf-8"))]
+    assert not missing, "tests the documents name that are not where they say:\n" \
+        + "\n".join(missing)
+
+
 def test_every_module_a_document_runs_exists() -> None:
     missing = [f"{name}:{number}: python -m {module}" for name, number, line in lines()
                for module in MODULE.findall(line) if not module_exists(module)]
