@@ -47,6 +47,7 @@ from partysense.process import workers
 from partysense.process.collector import CollectorService
 from partysense.process.limits import clients_that_fit, raise_open_files_limit, waiting_budget
 from partysense.process.ordered import InOrder
+from partysense.process.signals import handle_signals_on_the_loop
 from partysense.process.systemd import SystemdNotifier
 from partysense.reads.events import EventDirectory
 from partysense.reads.sharedreads import SharedReads
@@ -282,6 +283,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    # Twisted logs inside its SIGTERM handler, which can deadlock with the log
+    # file's lock: ours only queue its handler (process/signals.py).
+    reactor.callWhenRunning(handle_signals_on_the_loop, reactor)
     open_files = raise_open_files_limit()  # every client is an open file
     if options["workers"] > 1:
         return workers.make_supervisor(options, reactor)
