@@ -59,6 +59,9 @@ class Tail:
 def tail(*args: str) -> Iterator[Tail]:
     env = dict(os.environ)
     env.pop("PARTYSENSE_DSN", None)
+    # A tail that will not end can be asked where it is: SIGABRT prints every
+    # thread's stack to stderr (see ended()).
+    env["PYTHONFAULTHANDLER"] = "1"
     process = subprocess.Popen(partysense_db() + ["tail", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                env=env)
@@ -72,6 +75,24 @@ def tail(*args: str) -> Iterator[Tail]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def ended(watching: Tail, timeout: float = 10.0) -> int:
+    """The exit code; a tail still running after ``timeout`` fails the test with its
+    threads' stacks (once one ran past 10 s after a Ctrl-C, one full run in six)."""
+    try:
+        return watching.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        watching.process.send_signal(signal.SIGABRT)
+        watching.process.wait(10)
+        said = []
+        while True:
+            try:
+                said.append(watching.err.get(timeout=1))
+            except queue.Empty:
+                break
+        raise AssertionError(f"tail still running {timeout:g} s after Ctrl-C:\n"
+                             + "\n".join(said)) from None
 
 
 @pytest.mark.daemon
@@ -163,7 +184,7 @@ def test_ctrl_c_ends_a_tail_quietly(daemon: Daemon, db_dsn: str) -> None:
         with tail("--event", "ALL", *args) as watching:
             watching.wait_for_err(ready)
             watching.process.send_signal(signal.SIGINT)
-            assert watching.process.wait(10) == 0
+            assert ended(watching) == 0
             left = []
             while True:
                 try:
