@@ -87,6 +87,75 @@ CREATE OR REPLACE FUNCTION partysense_notified_payload(
                      AS payload) whole
 $$;
 
+-- Signing keys. The trigger signs every notification with the newest key
+-- that is active (HMAC-SHA256, docs/security.md), so that the daemon can
+-- believe a notification without reading the log back: any role may NOTIFY,
+-- but only the owner of these functions and the daemon's role (GRANT SELECT)
+-- can read a key. The pads are the key XORed with HMAC's 0x36 and 0x5c,
+-- stored so that the trigger computes the HMAC with core sha256() alone (no
+-- extension). `partysense-db key rotate` adds a key that signs from a minute
+-- later: every daemon reads the keys again every 15 s, so each knows a key
+-- before the first notification signed with it. The old keys stay valid
+-- until `partysense-db key retire` (docs/operations.md).
+CREATE TABLE IF NOT EXISTS partysense_key (
+    id integer PRIMARY KEY CHECK (id > 0),
+    secret bytea NOT NULL CHECK (octet_length(secret) = 32),
+    inner_pad bytea NOT NULL CHECK (octet_length(inner_pad) = 64),
+    outer_pad bytea NOT NULL CHECK (octet_length(outer_pad) = 64),
+    activates timestamptz NOT NULL,
+    created timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON partysense_key FROM PUBLIC;
+
+-- A new key, signing from p_delay seconds on (at least 30: twice the
+-- daemons' 15 s between reads of the keys). 32 bytes from gen_random_uuid(),
+-- PostgreSQL's strong random source (two UUIDs: 244 random bits). Returns
+-- its id; ids only grow, so "the newest active key" is the one that signs.
+CREATE OR REPLACE FUNCTION partysense_rotate_key(p_delay double precision DEFAULT 60)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    v_secret bytea := uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid());
+    v_inner bytea := decode(repeat('36', 64), 'hex');
+    v_outer bytea := decode(repeat('5c', 64), 'hex');
+    v_id integer;
+BEGIN
+    FOR i IN 0..31 LOOP
+        v_inner := set_byte(v_inner, i, get_byte(v_secret, i) # 54);   -- 0x36
+        v_outer := set_byte(v_outer, i, get_byte(v_secret, i) # 92);   -- 0x5c
+    END LOOP;
+    -- Two rotations at once take turns, so ids stay unique.
+    LOCK TABLE partysense_key IN SHARE ROW EXCLUSIVE MODE;
+    SELECT coalesce(max(id), 0) + 1 INTO v_id FROM partysense_key;
+    INSERT INTO partysense_key (id, secret, inner_pad, outer_pad, activates)
+        VALUES (v_id, v_secret, v_inner, v_outer,
+                now() + greatest(coalesce(p_delay, 60), 30) * interval '1 second');
+    RETURN v_id;
+END;
+$$;
+
+-- Forget the keys older than the one signing now; returns how many went. A
+-- daemon still holding a notification signed with a retired key ignores it,
+-- so retire a minute or more after the new key began to sign.
+CREATE OR REPLACE FUNCTION partysense_retire_keys() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER AS $$
+    WITH signing AS (
+        SELECT max(id) AS id FROM partysense_key WHERE activates <= now()
+    ), gone AS (
+        DELETE FROM partysense_key k USING signing s WHERE k.id < s.id RETURNING 1
+    ) SELECT count(*) FROM gone
+$$;
+
+-- A first install makes the first key, signing at once; an upgrade keeps the
+-- keys it has.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM partysense_key) THEN
+        PERFORM partysense_rotate_key();
+        UPDATE partysense_key SET activates = now();
+    END IF;
+END;
+$$;
+
 -- Record one change and announce it on event_<id> and firehose. SECURITY
 -- DEFINER: it runs as the role that installed it, so the app's role needs
 -- EXECUTE on it and nothing on the change log: only this function writes
@@ -103,6 +172,7 @@ DECLARE
     v_track_name text;
     v_artist text;
     v_payload text;
+    v_key record;
 BEGIN
     INSERT INTO partysense_change (op, vote_id, event_id, track_id, up, prev_up)
         VALUES (p_op, p_vote, p_event, p_track, p_up, p_prev)
@@ -111,6 +181,16 @@ BEGIN
     SELECT title INTO v_title FROM event_event WHERE id = p_event;
     v_payload := partysense_notified_payload(v_seq, p_op, p_vote, p_event, v_title, p_track,
                                              v_track_name, v_artist, p_up, p_prev, v_committed);
+    -- Signed (partysense/core/signature.py): 'ps1 <key id> <hmac hex> <payload>',
+    -- 81 bytes more than the payload, which stays under 7,900.
+    SELECT id, inner_pad, outer_pad INTO v_key FROM partysense_key
+        WHERE activates <= now() ORDER BY id DESC LIMIT 1;
+    IF FOUND THEN
+        v_payload := 'ps1 ' || v_key.id || ' '
+            || encode(sha256(v_key.outer_pad
+                             || sha256(v_key.inner_pad || convert_to(v_payload, 'UTF8'))), 'hex')
+            || ' ' || v_payload;
+    END IF;
     PERFORM pg_notify('event_' || p_event::text, v_payload);
     PERFORM pg_notify('firehose', v_payload);
 END;
@@ -282,6 +362,8 @@ $$;
 REVOKE ALL ON FUNCTION partysense_record(text, bigint, bigint, bigint, boolean, boolean)
     FROM PUBLIC;
 REVOKE ALL ON FUNCTION partysense_trim(double precision, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION partysense_rotate_key(double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION partysense_retire_keys() FROM PUBLIC;
 REVOKE ALL ON FUNCTION partysense_presence_report(uuid, bigint[], integer[], double precision)
     FROM PUBLIC;
 DO $$
@@ -289,6 +371,10 @@ BEGIN
     EXECUTE format('ALTER FUNCTION partysense_record(text, bigint, bigint, bigint, boolean, '
                    'boolean) SET search_path = pg_catalog, %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION partysense_trim(double precision, integer) '
+                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION partysense_rotate_key(double precision) '
+                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION partysense_retire_keys() '
                    'SET search_path = pg_catalog, %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION partysense_presence_report(uuid, bigint[], integer[], '
                    'double precision) SET search_path = pg_catalog, %I, pg_temp',

@@ -13,6 +13,8 @@ DROP TRIGGER IF EXISTS partysense_vote_truncate ON event_vote;
 DROP FUNCTION IF EXISTS partysense_vote_changed();
 DROP FUNCTION IF EXISTS partysense_vote_truncated();
 DROP FUNCTION IF EXISTS partysense_trim(double precision, integer);
+DROP FUNCTION IF EXISTS partysense_rotate_key(double precision);
+DROP FUNCTION IF EXISTS partysense_retire_keys();
 DROP FUNCTION IF EXISTS partysense_presence_report(uuid, bigint[], integer[], double precision);
 DROP FUNCTION IF EXISTS partysense_record(text, bigint, bigint, bigint, boolean, boolean);
 DROP FUNCTION IF EXISTS partysense_notified_payload(
@@ -23,3 +25,4 @@ DROP FUNCTION IF EXISTS partysense_payload(
 
 DROP TABLE IF EXISTS partysense_change;
 DROP TABLE IF EXISTS partysense_presence;
+DROP TABLE IF EXISTS partysense_key;

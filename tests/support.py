@@ -15,6 +15,8 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
+from partysense.core.signature import open_envelope
+
 
 async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
     """For tests on the reactor: await ``condition()`` (a value or an awaitable)
@@ -103,7 +105,10 @@ class Notifications:
                 cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
     def next(self, timeout: float = 10.0) -> tuple[str, dict[str, Any], str]:
-        """(channel, parsed payload, raw payload) of the next notification."""
+        """(channel, parsed payload, payload text) of the next notification.
+
+        The payload is the one in the trigger's signed envelope, which must check
+        out (the whole text is ``last_text``)."""
         deadline = time.monotonic() + timeout
         while not self.connection.notifies:
             remaining = deadline - time.monotonic()
@@ -112,7 +117,16 @@ class Notifications:
             select.select([self.connection], [], [], remaining)
             self.connection.poll()
         notify = self.connection.notifies.pop(0)
-        return notify.channel, json.loads(notify.payload), notify.payload
+        self.last_text = notify.payload
+        payload = open_envelope(notify.payload, self.keys())
+        return notify.channel, json.loads(payload), payload
+
+    def keys(self) -> dict[int, bytes]:
+        """The signing keys (partysense_key): every notification the trigger sends
+        must check out with one of them (partysense/core/signature.py)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT id, secret FROM partysense_key")
+            return {key_id: bytes(secret) for key_id, secret in cursor.fetchall()}
 
     def close(self) -> None:
         self.connection.close()

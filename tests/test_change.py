@@ -12,6 +12,7 @@ from websockets.sync.client import connect
 from harness.daemon import Daemon, wait_for
 from partysense.core.change import BadChange, Change, parse_change
 from partysense.core.hub import Delivery
+from partysense.core.signature import payload_of
 from partysense.dialects.seed import seed_frame
 from partysense.dialects.v2frames import change_frame
 from tests.support import Party
@@ -114,7 +115,7 @@ def test_a_payload_that_is_not_a_change_is_counted_and_never_sent(
         received = client.recv(timeout=10)
         # What the database sent for the real vote, byte for byte.
         wait_for(lambda: raw.poll() or len(raw.notifies) >= 4, 10, "the raw notifications")
-        assert received == raw.notifies[3].payload
+        assert received == payload_of(raw.notifies[3].payload)
         assert json.loads(received)["eid"] == event_id
         raw.close()
     wait_for(lambda: value(scrape(daemon), "partysense_bad_notifications_total") == 3, 10,

@@ -4,23 +4,29 @@ The service keeps the set of channels that have subscribers and makes its
 connection LISTEN to exactly those. Keeping the connection alive (deadlines,
 probe, backoff) is the job of the :class:`~partysense.db.pgservice.PostgresService`
 it holds, handed what a new connection must do first (LISTEN, catch up); this
-module is the LISTEN lifecycle and how changes are read.
+module is the LISTEN lifecycle and how changes come in.
 
-A notification is a doorbell, not a message. Any role that can connect may
-NOTIFY on any channel (PostgreSQL has no permission for it), so what a
-notification says is never passed on: it only makes the listener read the
-change log (``partysense_change``, which only our triggers write) for what
-was committed after the last change it read. Changes go to the observers as
-the log has them, once each, in commit order; ``seq`` follows commit order
-(docs/exactness.md), so "after the last one read" is exact, and the same read
-catches up after a reconnect. A notification whose claimed change is not in
-the log (forged, or not one of ours at all) is counted and logged, at a
-bounded rate, and changes nothing (docs/security.md).
+Any role that can connect may NOTIFY on any channel (PostgreSQL has no
+permission for it), so a notification is believed only when it is signed:
+the trigger wraps each change in an envelope signed with a key that only
+its owner and the daemon's role can read (partysense/core/signature.py,
+partysense/db/keys.py). A notification that checks out, on a channel of its
+event, *is* the change: it is parsed (the only parse of that change) and
+handed on, with no read of the change log. One that does not is counted and
+logged, at a bounded rate, and costs nothing more (docs/security.md).
 
-Each change is parsed once, from the log. A notification is not parsed at
-all: its text is only compared (by a hash of its bytes) with the rows the
-reads fetched, which the same SQL function built (partysense_notified_payload),
-so a genuine one is byte for byte a row of the log.
+The change log (``partysense_change``, which only our triggers write) is read
+only to catch up: after a reconnect, and after the listener had to drop
+notifications it could not hold. Notifications arrive in commit order and
+``seq`` follows commit order (docs/exactness.md), so a signed change past the
+last one handed on is the next one, and "after the last one handed on" is
+exact for the reads. While a statement of the work loop runs (a LISTEN, a
+read), notifications wait in arrival order, so that nothing is handed on
+before what the statement brings.
+
+Without the keys (an older install, or no grant), notifications are a
+doorbell as they were before signatures: each makes the listener read the
+log, and what it said is checked against the rows (partysense/db/doorbell.py).
 """
 
 from __future__ import annotations
@@ -30,33 +36,29 @@ from typing import Any
 
 from psycopg2 import sql
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from partysense.adapters.txpostgres_adapter import PgConnection
-from partysense.core.change import Change
+from partysense.core.change import BadChange, Change, parse_change
 from partysense.core.channels import FIREHOSE, carries, channel_event, event_channel
 from partysense.core.interfaces import Observer
 from partysense.core.quietlog import Quiet
+from partysense.core.signature import Unsigned, open_envelope, payload_of
 from partysense.db import changelog
+from partysense.db.doorbell import Doorbell
 from partysense.db.dsn import DSNSource
+from partysense.db.keys import REFRESH, SigningKeys
 from partysense.db.pgservice import NotConnected, PostgresService, describe_error
-
-# What a notification said: its channel, a hash of its payload's bytes, its start.
-Claim = tuple[str, int, str]
 
 # Changes read at a time: a page's changes, their frames and their claims are
 # all in memory at once (a burst of 8,000 votes read as one page once cost
 # 35 MB).
 REPLAY_PAGE = 500
-# Recently read changes, a hash of the payload -> its event: a notification
-# often arrives after the read it rang for has already fetched its change, and
-# must not be taken for forged unless it says something else.
-RECENT = 20_000
-# Claims waiting for the next read: a flood of NOTIFYs while a read is slow
-# must not grow our memory; past this, claims are not checked (still read).
-MAX_CLAIMS = 10_000
+# Signed changes waiting for a statement of the work loop to finish: past
+# this many, they are dropped and the log read instead.
+MAX_HELD = 10_000
 
 
 class ListenerService(Service):
@@ -79,11 +81,21 @@ class ListenerService(Service):
         # Per channel, the newest seq committed before its LISTEN: changes up
         # to it are not the channel's subscribers' business.
         self._floor: dict[str, int] = {}
-        self.last_seq: int | None = None  # the newest change read from the log
+        self.last_seq: int | None = None  # the newest change handed on (or read)
         self._syncing = False   # the work loop (LISTEN/UNLISTEN, reads) is running
-        self._rung = False      # a notification came: read the log
-        self._claims: list[Claim] = []
-        self._recent: dict[int, int] = {}  # insertion order: oldest first
+        self._resuming = False  # a new connection's first statements are running
+        self._rung = False      # read the log (a doorbell rang, or changes were dropped)
+        self._keys = SigningKeys()
+        self._keys_due = False  # read the keys again at the work loop's next turn
+        self._key_timer = task.LoopingCall(self._refresh_keys)
+        self._key_timer.clock = reactor
+        self._doorbell = Doorbell()
+        # Signed changes that came while a statement ran, in arrival order.
+        self._held: list[Change] = []
+        self._dropping = False  # _held overflowed: drop until the next read starts
+        # The last notification believed: the same change comes next on its other channel.
+        self._last_text = ""
+        self._last_change: Change | None = None
         self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
         self._quiet = Quiet(self.log, reactor)
         self.notifications = 0
@@ -96,10 +108,18 @@ class ListenerService(Service):
     def startService(self) -> None:
         super().startService()
         self._keeper.startService()
+        self._key_timer.start(REFRESH, now=False)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
+        if self._key_timer.running:
+            self._key_timer.stop()
         return self._keeper.stopService()
+
+    @property
+    def signed(self) -> bool:
+        """Signed notifications are believed (False: the doorbell mode, docs/security.md)."""
+        return self._keys.signed
 
     @property
     def connected(self) -> bool:
@@ -206,7 +226,12 @@ class ListenerService(Service):
 
     def _forget(self, why: str) -> None:
         self._listening = set()
-        self._claims = []
+        self._doorbell.forget()
+        # What the lost connection brought and was not handed on yet, the
+        # next connection's catch-up reads from the log.
+        self._held = []
+        self._dropping = False
+        self._last_text, self._last_change = "", None
         waiters, self._listen_waiters = self._listen_waiters, {}
         for channel_waiters in waiters.values():
             for waiter in channel_waiters:
@@ -215,6 +240,22 @@ class ListenerService(Service):
     @defer.inlineCallbacks
     def _resume(self, connection: PgConnection) -> Any:
         """LISTEN again and read what was committed while we were away."""
+        self._resuming = True
+        try:
+            yield self._keys.refresh(partial(self._resume_query, connection))
+            yield self._catch_up(connection)
+        finally:
+            self._resuming = False
+        self._release()
+
+    def _resume_query(self, connection: PgConnection, query: str) -> defer.Deferred[Any]:
+        return self._keeper.step(connection, self._query_on(connection, query))
+
+    def _query_on(self, connection: PgConnection, query: str) -> defer.Deferred[Any]:
+        return self._keeper.watch(connection.runQuery(query), connection)
+
+    @defer.inlineCallbacks
+    def _catch_up(self, connection: PgConnection) -> Any:
         self._listening = set()
         for channel in list(self._floor):
             if channel not in self._wanted:
@@ -256,7 +297,7 @@ class ListenerService(Service):
         self.last_seq = newest
         for channel in self._floor:
             self._floor[channel] = min(self._floor[channel], newest)
-        self._recent.clear()
+        self._doorbell.clear_recent()
 
     # -- the work loop: LISTEN/UNLISTEN and reads, one statement at a time ----
 
@@ -277,15 +318,18 @@ class ListenerService(Service):
                 to_listen = sorted(self._wanted - self._listening)
                 to_unlisten = sorted(self._listening - self._wanted)
                 if to_listen:
-                    # The log's end before the LISTENs: what commits after them
-                    # is past it. (A change that commits in between is handed
-                    # on too: early, never missing.)
+                    # The LISTENs, then the log's end: what commits after that
+                    # read is past it, and notified to us; what committed
+                    # before is in any snapshot taken after it. (Read before
+                    # the LISTENs, a change committed in between would be past
+                    # it and never notified.)
+                    for channel in to_listen:
+                        yield self._keeper.watch(
+                            connection.runOperation(_listen(channel)), connection)
                     rows = yield self._keeper.watch(
                         connection.runQuery(changelog.BOUNDS_QUERY), connection)
                     for channel in to_listen:
                         self._floor[channel] = rows[0][1]
-                        yield self._keeper.watch(
-                            connection.runOperation(_listen(channel)), connection)
                         self._listened(channel)
                 elif to_unlisten:
                     for channel in to_unlisten:
@@ -301,13 +345,22 @@ class ListenerService(Service):
                     self._rung = False
                     if (yield self._keeper.watch(self._read(connection), connection)):
                         self._rung = True  # a full page: there is more
+                elif self._keys_due:
+                    self._keys_due = False
+                    yield self._keys.refresh(partial(self._query_on, connection))
                 else:
                     break
+                self._release()
         except Exception as error:
             self.log.warn("LISTEN/UNLISTEN or reading the change log failed: {why}",
                           why=describe_error(error))
         finally:
             self._syncing = False
+        self._release()
+
+    def _refresh_keys(self) -> None:
+        self._keys_due = True
+        self._work()
 
     def _listened(self, channel: str) -> None:
         self._listening.add(channel)
@@ -317,7 +370,9 @@ class ListenerService(Service):
     @defer.inlineCallbacks
     def _read(self, connection: PgConnection) -> Any:
         """Read one page of changes after ``last_seq`` on our channels; True if full."""
-        claims, self._claims = self._claims, []
+        claims = self._doorbell.take_claims()
+        # What is dropped from now on comes after this read began: held again.
+        self._dropping = False
         if not self._listening:
             return False
         events = None if FIREHOSE in self._listening else [
@@ -326,16 +381,15 @@ class ListenerService(Service):
         rows = yield connection.runQuery(changelog.REPLAY_QUERY, params)
         self.reads += 1
         for change in changelog.parse_rows(rows):
+            self._doorbell.read(change)
             self._hand_on(change)
         full = len(rows) == REPLAY_PAGE
-        self._check(claims, full)
+        for channel, why, start in self._doorbell.forgeries(claims, full, self._listening):
+            self._forged(channel, why, start)
         return full
 
     def _hand_on(self, change: Change) -> None:
         self.last_seq = max(self.last_seq or 0, change.seq)
-        if len(self._recent) >= RECENT:
-            del self._recent[next(iter(self._recent))]  # the oldest
-        self._recent[hash(change.payload)] = change.event_id
         for channel in (event_channel(change.event_id), FIREHOSE):
             if channel in self._listening and change.seq > self._floor.get(channel, 0):
                 self.notifications += 1
@@ -346,50 +400,66 @@ class ListenerService(Service):
                         self.log.failure("Delivering change {seq} on {channel} failed",
                                          seq=change.seq, channel=channel)
 
-    def _check(self, claims: list[Claim], full: bool) -> None:
-        """A claim rang before the read: its change must now have been read.
-
-        PostgreSQL delivers a notification only once its transaction is
-        visible, so a read that starts after it arrived, and reaches the
-        log's end (a page that is not ``full``), has read the change. The
-        claim must be that row's text exactly, on a channel of its event.
-        """
-        for claim in claims:
-            channel, said, start = claim
-            event_id = self._recent.get(said)
-            if event_id is None and full:
-                if len(self._claims) < MAX_CLAIMS:  # as many as _on_notify keeps
-                    self._claims.append(claim)  # the next page decides
-            elif event_id is None:
-                if channel in self._listening:
-                    self._forged(channel, "not a change the log has, or it differs from "
-                                 "the log's (or a name changed since)", start)
-            elif not carries(channel, event_id):
-                self._forged(channel, f"a change of event {event_id} on {channel}", start)
-
     # -- notifications --------------------------------------------------------
 
     def _on_notify(self, connection: PgConnection, notify: Any) -> None:
-        if connection is not self._keeper.connection or notify.channel not in self._floor:
+        channel = notify.channel
+        if connection is not self._keeper.connection or (
+                channel not in self._wanted and channel not in self._listening):
             return  # a late read from a connection given up, or a channel we dropped
-        if len(self._claims) < MAX_CLAIMS:
-            self._claims.append((notify.channel, _fingerprint(notify.payload),
-                                 notify.payload[:200]))
-        # Any notification rings, whatever it says: reading the log costs one
-        # query and can only ever find real changes.
+        if self._keys.signed:
+            self._believe(channel, notify.payload)
+            return
+        # Signed or not, what it claims is the payload (checked against the log).
+        self._doorbell.claim(channel, payload_of(notify.payload))
+        # Unsigned, any notification rings, whatever it says: reading the log
+        # costs one query and can only ever find real changes.
         self._rung = True
         self._work()
+
+    def _believe(self, channel: str, text: str) -> None:
+        """A signed change, handed on now, or held while a statement runs."""
+        change = self._last_change
+        if text != self._last_text or change is None:
+            try:
+                change = parse_change(open_envelope(text, self._keys.keys or {}))
+            except (Unsigned, BadChange) as error:
+                self._forged(channel, str(error), text[:200])
+                return
+            self._last_text, self._last_change = text, change
+        if not carries(channel, change.event_id):
+            self._forged(channel, f"a change of event {change.event_id} on {channel}",
+                         text[:200])
+        elif self._syncing or self._resuming:
+            self._hold(change)
+        elif change.seq > (self.last_seq or 0):
+            self._hand_on(change)
+        # else: handed on already (it came on its event's channel first)
+
+    def _hold(self, change: Change) -> None:
+        if self._dropping:
+            return
+        if len(self._held) < MAX_HELD:
+            self._held.append(change)
+            return
+        # Too many to hold: drop them all, and read the log (from the last one
+        # handed on) once the statement running is done.
+        self.log.warn("{count} notifications came during one statement: reading them "
+                      "from the change log instead.", count=len(self._held))
+        self._held, self._dropping, self._rung = [], True, True
+
+    def _release(self) -> None:
+        """Hand on what was held while a statement ran (what it read is not repeated)."""
+        held, self._held = self._held, []
+        for change in held:
+            if change.seq > (self.last_seq or 0):
+                self._hand_on(change)
 
     def _forged(self, channel: str, why: str, payload: Any) -> None:
         self.bad_notifications += 1
         self._quiet.warn(
             channel, "Ignored a notification on {channel} that is not a vote change of ours "
             "({why}): {payload!r}", channel=channel, why=why, payload=payload)
-
-
-def _fingerprint(payload: str) -> int:
-    """A hash of a notification's bytes, to compare with a row's (``Change.payload``)."""
-    return hash(payload.encode("utf-8", "surrogatepass"))
 
 
 def _listen(channel: str) -> sql.Composed:
