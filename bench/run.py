@@ -225,6 +225,8 @@ def summarise(target: str, scenario: Scenario, connected: dict[str, Any], sent: 
         "service_exited": exited,
         "postgres_backends_peak": usage["backends_peak"],
         "postgres_cpu_s": usage["postgres_cpu_s"],
+        "postgres_cpu_us_per_vote": (usage["postgres_cpu_s"] * 1e6 / len(sent.votes)
+                                     if sent.votes else math.nan),
         "loadgen_cpu_s": usage["loadgen_cpu_s"],
         "loadgen_processes": loadgens,
         "generator_cpu_s": usage["generator_cpu_s"],
@@ -310,6 +312,8 @@ ROWS: list[tuple[str, Any]] = [
                f"(from {r['service_rss_before_clients_mb']:.1f} MB without clients)"),
     ("PostgreSQL backends (peak)", lambda r: f"{r['postgres_backends_peak']}"),
     ("PostgreSQL CPU", lambda r: f"{r['postgres_cpu_s']:.2f} s"),
+    ("PostgreSQL CPU per vote (all backends)",
+     lambda r: f"{r['postgres_cpu_us_per_vote']:.1f} µs"),
     ("load generator CPU (processes)",
      lambda r: f"{r['loadgen_cpu_s']:.2f} s ({r['loadgen_processes']})"),
     ("vote generator CPU", lambda r: f"{r['generator_cpu_s']:.2f} s"),
@@ -330,6 +334,7 @@ RATIOS = {
     "PostgreSQL backends (peak)": "postgres_backends_peak",
     "service RSS per connected client": "service_rss_per_client_kb",
     "PostgreSQL CPU": "postgres_cpu_s",
+    "PostgreSQL CPU per vote (all backends)": "postgres_cpu_us_per_vote",
 }
 
 
