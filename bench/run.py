@@ -1,14 +1,16 @@
-"""One command, one scenario (or the whole table), both services, side by side.
+"""One command, one scenario (or the whole table), the services side by side.
 
     python -m bench.run --scenario s200            # 50 clients, 5 events, 200 votes/s
     python -m bench.run --scenario all --markdown results.md
     python -m bench.run --clients 1000 --rate 300 --duration 15 --targets partysense
 
-Each target gets the same fresh database, the same triggers and the same
-scenario: start the service, connect the clients (the Node load generator),
-wait until every client has received a warm-up vote (so every subscription is
-live), then insert votes at the rate for the duration, wait for the frames,
-and stop the service. See docs/performance.md for what the columns mean.
+The targets: partysense-live, the old Node service, and the asyncio reference
+(bench/asyncio_bridge.py), the floor of a plain Python bridge. Each target, in
+turn, gets the same fresh database, the same triggers and the same scenario:
+start the service, connect the clients (the Node load generator), wait until
+every client has received a warm-up vote (so every subscription is live), then
+insert votes at the rate for the duration, wait for the frames, and stop the
+service. See docs/performance.md for what the columns mean.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from bench.monitor import CpuMeter, Monitor
 from bench.votes import Generator
 from partysense.process.limits import raise_open_files_limit
 
-TARGETS = ("node", "partysense")
+TARGETS = ("asyncio", "node", "partysense")
+AVAILABLE: dict[str, Callable[[], bool]] = {
+    "asyncio": services.asyncio_available, "node": services.node_available}
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
     monitor = Monitor(dsn, own_backends)
     if target == "node":
         service = services.start_node(dsn, workdir)
+    elif target == "asyncio":
+        service = services.start_asyncio(dsn, workdir)
     else:
         twistd = str(Path(scenario.tree) / ".venv" / "bin" / "twistd") if scenario.tree else None
         service = services.start_partysense(dsn, workdir, workers=scenario.workers,
@@ -225,6 +231,8 @@ def summarise(target: str, scenario: Scenario, connected: dict[str, Any], sent: 
         "service_exited": exited,
         "postgres_backends_peak": usage["backends_peak"],
         "postgres_cpu_s": usage["postgres_cpu_s"],
+        "postgres_cpu_us_per_vote": (usage["postgres_cpu_s"] * 1e6 / len(sent.votes)
+                                     if sent.votes else math.nan),
         "loadgen_cpu_s": usage["loadgen_cpu_s"],
         "loadgen_processes": loadgens,
         "generator_cpu_s": usage["generator_cpu_s"],
@@ -262,8 +270,7 @@ def run_sides(scenario: Scenario, admin_dsn: str, heading: str,
 
 def run_scenario(scenario: Scenario, admin_dsn: str, workdir: Path,
                  profile: Path | None = None) -> dict[str, Any]:
-    targets = [t for t in scenario.targets
-               if t != "node" or services.node_available()]
+    targets = [t for t in scenario.targets if AVAILABLE.get(t, lambda: True)()]
 
     def side(target: str) -> Side:
         return lambda dsn, party, generator, own: run_target(
@@ -310,6 +317,8 @@ ROWS: list[tuple[str, Any]] = [
                f"(from {r['service_rss_before_clients_mb']:.1f} MB without clients)"),
     ("PostgreSQL backends (peak)", lambda r: f"{r['postgres_backends_peak']}"),
     ("PostgreSQL CPU", lambda r: f"{r['postgres_cpu_s']:.2f} s"),
+    ("PostgreSQL CPU per vote (all backends)",
+     lambda r: f"{r['postgres_cpu_us_per_vote']:.1f} µs"),
     ("load generator CPU (processes)",
      lambda r: f"{r['loadgen_cpu_s']:.2f} s ({r['loadgen_processes']})"),
     ("vote generator CPU", lambda r: f"{r['generator_cpu_s']:.2f} s"),
@@ -330,6 +339,7 @@ RATIOS = {
     "PostgreSQL backends (peak)": "postgres_backends_peak",
     "service RSS per connected client": "service_rss_per_client_kb",
     "PostgreSQL CPU": "postgres_cpu_s",
+    "PostgreSQL CPU per vote (all backends)": "postgres_cpu_us_per_vote",
 }
 
 
@@ -344,28 +354,31 @@ def _cell(result: dict[str, Any] | None, render: Any) -> str:
         return "-"
 
 
-def _ratio(results: dict[str, Any], key: str | None) -> str:
-    node, ours = results.get("node"), results.get("partysense")
-    if key is None or not node or not ours or "error" in node or "error" in ours:
+def _ratio(results: dict[str, Any], key: str | None, base: str) -> str:
+    """partysense-live's figure over ``base``'s (a target's name), or blank."""
+    other, ours = results.get(base), results.get("partysense")
+    if key is None or not other or not ours or "error" in other or "error" in ours:
         return ""
-    a, b = ours.get(key), node.get(key)
+    a, b = ours.get(key), other.get(key)
     if not a or not b or math.isnan(a) or math.isnan(b):
         return ""
     return f"{a / b:.3g}"
 
 
 def table(results: dict[str, Any]) -> str:
-    """A Markdown table: one row per measure, Node | partysense | partysense/Node."""
+    """A Markdown table: one row per measure, a column per target, then
+    partysense-live over Node and over the asyncio reference."""
     lines = [f"**{results['scenario']['name']}**: {results['describe']}", "",
-             "| | Node (seed) | partysense-live | partysense / Node |", "|---|---|---|---|"]
+             "| | asyncio (floor) | Node (seed) | partysense-live | partysense / Node "
+             "| partysense / asyncio |", "|---|---|---|---|---|---|"]
     for target in TARGETS:
         failed = results.get(target) or {}
         if "error" in failed:
             lines.insert(2, f"{target}: FAILED: {failed['error']}\n")
     for label, render in ROWS:
-        lines.append(f"| {label} | {_cell(results.get('node'), render)} | "
-                     f"{_cell(results.get('partysense'), render)} | "
-                     f"{_ratio(results, RATIOS.get(label))} |")
+        cells = [_cell(results.get(target), render) for target in TARGETS]
+        ratios = [_ratio(results, RATIOS.get(label), base) for base in ("node", "asyncio")]
+        lines.append(f"| {label} | {' | '.join(cells + ratios)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -385,7 +398,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        ("write_delay", float)):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
                             help=f"override the scenario's {name}")
-    parser.add_argument("--targets", help="comma-separated: node,partysense")
+    parser.add_argument("--targets", help="comma-separated, of: " + ",".join(TARGETS))
     parser.add_argument("--tree", help="run partysense-live from this checkout's .venv "
                                        "(another version, for before/after in one sitting)")
     parser.add_argument("--json", type=Path, help="write every figure here")

@@ -1,13 +1,16 @@
-"""The two services under test, started as their operators start them.
+"""The services under test, started as their operators start them.
 
 - partysense-live: ``twistd -n partysense-live --port ... --dsn ...``
 - the old Node service: ``node --unhandled-rejections=warn main.js`` with PG*
   variables and PORT (without the flag it exits when a client disconnects).
+- the asyncio reference (bench/asyncio_bridge.py): ``python -m
+  bench.asyncio_bridge --port ...`` with the same PG* variables.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -159,19 +162,40 @@ def node_available() -> bool:
         and (SEED_NODE / "main.js").is_file()
 
 
-def start_node(dsn: str, workdir: Path) -> Running:
-    checkout = node_checkout()
+def _start_on_free_port(name: str, args: list[str], cwd: Path, dsn: str, workdir: Path,
+                        port_variable: str | None = None) -> Running:
+    """A service that reads the database from PG* variables and cannot say which
+    port it got: given a free one (on ``--port``, or in ``port_variable``)."""
     port = free_port()
-    log_path = workdir / f"seed-node-{port}.log"
-    env = dict(os.environ, PORT=str(port), **libpq_environment(dsn))
-    with open(log_path, "wb") as log:  # it logs every message, as the original did
-        process = subprocess.Popen(
-            ["node", "--unhandled-rejections=warn", "main.js"], cwd=checkout, env=env,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    running = Running("node", process, port, log_path)
+    log_path = workdir / f"{name}-{port}.log"
+    env = dict(os.environ, **libpq_environment(dsn))
+    if port_variable:
+        env[port_variable] = str(port)
+    else:
+        args = [*args, "--port", str(port)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    running = Running(name, process, port, log_path)
     try:
-        _wait(lambda: _port_open(port), 30, "the Node service", process)
+        _wait(lambda: _port_open(port), 30, f"the {name} service", process)
     except RuntimeError:
         running.stop()
         raise
     return running
+
+
+def start_node(dsn: str, workdir: Path) -> Running:
+    # It logs every message, as the original did.
+    return _start_on_free_port("node", ["node", "--unhandled-rejections=warn", "main.js"],
+                               node_checkout(), dsn, workdir, port_variable="PORT")
+
+
+def start_asyncio(dsn: str, workdir: Path) -> Running:
+    return _start_on_free_port("asyncio", [sys.executable, "-m", "bench.asyncio_bridge"],
+                               CHECKOUT, dsn, workdir)
+
+
+def asyncio_available() -> bool:
+    """The asyncio reference's libraries: pip install -e '.[bench]' (or '.[test]')."""
+    return all(importlib.util.find_spec(name) for name in ("asyncpg", "websockets"))

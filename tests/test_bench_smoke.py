@@ -1,8 +1,9 @@
 """A few seconds of the benchmark, so that it cannot rot.
 
 Speed is not asserted here (bench/ measures it); exactness is: every frame
-the benchmark expects arrives once, through partysense-live and, when Node is
-on the machine, through the old Node service too.
+the benchmark expects arrives once, through partysense-live, through the
+asyncio reference (bench/asyncio_bridge.py) and, when the Node service is on
+the machine, through it too.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ pytestmark = [pytest.mark.daemon,
 
 
 def test_smoke_run_delivers_every_frame_once(admin_dsn: str, tmp_path: Path) -> None:
-    targets = "node,partysense" if services.node_available() else "partysense"
+    targets = ["asyncio", *(["node"] if services.node_available() else []), "partysense"]
     output = tmp_path / "smoke.json"
-    run.main(["--scenario", "smoke", "--dsn", admin_dsn, "--targets", targets,
+    run.main(["--scenario", "smoke", "--dsn", admin_dsn, "--targets", ",".join(targets),
               "--json", str(output)])
     [results] = json.loads(output.read_text())
-    for target in targets.split(","):
+    # The reference's one LISTEN connection serves every client (Node opens one each).
+    assert results["asyncio"].get("postgres_backends_peak") == 1, results["asyncio"]
+    for target in targets:
         result = results[target]
         assert "error" not in result, result
         assert result["clients_connected"] == run.SCENARIOS["smoke"].clients
