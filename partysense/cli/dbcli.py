@@ -2,6 +2,7 @@
 
     partysense-db install --dsn DSN [--demo-schema]
     partysense-db tail --event ID|ALL [--dsn DSN | --url ws://host:18854/]
+    partysense-db key rotate|retire|list --dsn DSN
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from partysense.cli import tail, tokencli
+from partysense.cli import keycli, tail, tokencli
 from partysense.db import dsn as dsnlib
 from partysense.db import sqlfiles
 from partysense.db.errors import QueryRefused
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also create the stand-in PartySense tables (not on the real DB)")
     tail.add_parser(commands)
     tokencli.add_parser(commands)
+    keycli.add_parser(commands)
     return parser
 
 
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "install":
         return install(dsn, args.demo_schema)
+    if args.command == "key":
+        return keycli.run(args, dsn, sys.stdout, sys.stderr)
     return 2
 
 

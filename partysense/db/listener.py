@@ -70,7 +70,8 @@ class ListenerService(Service):
 
     log = Logger()
 
-    def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
+    def __init__(self, dsn: DSNSource, reactor: IReactorTime, key_refresh: float = REFRESH,
+                 **options: Any) -> None:
         self._keeper = PostgresService(
             dsn, reactor, role="listener", application_name="partysense-live",
             prepare=self._prepare, on_connected=self._ready, on_down=self._forget,
@@ -89,6 +90,7 @@ class ListenerService(Service):
         self._keys_due = False  # read the keys again at the work loop's next turn
         self._key_timer = task.LoopingCall(self._refresh_keys)
         self._key_timer.clock = reactor
+        self._key_refresh = key_refresh
         self._doorbell = Doorbell()
         # Signed changes that came while a statement ran, in arrival order.
         self._held: list[Change] = []
@@ -108,7 +110,7 @@ class ListenerService(Service):
     def startService(self) -> None:
         super().startService()
         self._keeper.startService()
-        self._key_timer.start(REFRESH, now=False)
+        self._key_timer.start(self._key_refresh, now=False)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
