@@ -40,7 +40,7 @@ def retire(dsn: str) -> int:
 
 def listed(dsn: str) -> list[KeyRow]:
     """Every key, oldest first (never the secrets)."""
-    return [tuple(row) for row in _run(dsn, LIST)]  # type: ignore[misc]
+    return [(row[0], row[1], row[2], row[3], row[4]) for row in _run(dsn, LIST)]
 
 
 def _run(dsn: str, query: str, params: tuple[object, ...] | None = None) -> list[tuple]:
