@@ -140,6 +140,8 @@ class StatusListener:
     reconnects = 2
     notifications = 7
     bad_notifications = 1
+    reads = 3
+    signed = True
 
     def __init__(self) -> None:
         self.observers: list[Observer] = []

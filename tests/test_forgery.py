@@ -6,7 +6,7 @@ permission for it. Here a role with no grant at all forges changes, on
 with a real seq but other content, with a key twice. Seed and v2 clients must
 see exactly what SQL says was committed, before and after, on the forged
 event and on one subscribed after the forgery; the listener's watermark must
-not move; every forgery is counted.
+not move; every forgery is counted, and none costs a read of the change log.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def test_forged_notifications_reach_nobody_and_move_nothing(
     snapshot = json.loads(v2.recv(timeout=10))
     wait_for(lambda: len(daemon.health()[1]["channels"]) == 2, 10, "both channels listened")
     real_seq = committed(party.dsn, event_id)[-1][0]
+    assert daemon.health()[1]["signed"] is True
+    reads = value(scrape(daemon), "partysense_change_log_reads_total")
 
     forge(party.dsn, [
         (f"event_{event_id}", payload(event_id, 9 * 10**18)),
@@ -82,6 +84,8 @@ def test_forged_notifications_reach_nobody_and_move_nothing(
     ])
     wait_for(lambda: value(scrape(daemon), "partysense_bad_notifications_total") == 5, 10,
              "the five forgeries to be counted")
+    assert value(scrape(daemon), "partysense_change_log_reads_total") == reads, (
+        "a forged notification costs no query")
 
     # Real votes after the forgery: on the forged event, and on one subscribed later.
     for up in (False, True):

@@ -64,7 +64,13 @@ class ChangeSource(Link, Protocol):
     # goes back when the database's log did (a restore).
     last_seq: int | None
     notifications: int      # changes handed on, per channel
-    bad_notifications: int  # announcements of changes the log does not have
+    bad_notifications: int  # announcements that are not one of our changes
+    reads: int              # reads of the change log (catch-up; per ring without keys)
+
+    @property
+    def signed(self) -> bool:
+        """Changes are believed as they come, with no read of the log for each
+        (False: the LISTEN source's doorbell mode, docs/security.md)."""
 
     @property
     def channels(self) -> frozenset[str]:

@@ -225,9 +225,19 @@ class LiveCollector(Collector):
         yield CounterMetricFamily(
             "partysense_bad_notifications",
             "Notifications on listened channels that were not one of our vote changes "
-            "(not JSON, a field missing or of the wrong type, another event's change); "
-            "dropped and logged.",
+            "(not signed with one of our keys, not JSON, a field missing or of the wrong "
+            "type, another event's change); dropped and logged, no query.",
             value=listener.bad_notifications)
+        yield CounterMetricFamily(
+            "partysense_change_log_reads",
+            "Reads of the change log by the listener: catch-up after a reconnect, or "
+            "notifications it could not hold; one per notification without the signing keys.",
+            value=listener.reads)
+        yield GaugeMetricFamily(
+            "partysense_notifications_signed",
+            "1 when notifications are believed by their signature, 0 when the listener "
+            "cannot read the signing keys and reads the change log for each (docs/security.md).",
+            value=int(listener.signed))
         yield CounterMetricFamily(
             "partysense_frames_sent", "Changes handed to clients (WebSocket frames, SSE events).",
             value=hub.frames_sent)

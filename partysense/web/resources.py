@@ -95,6 +95,8 @@ class Health(Resource):
                     "" if self._queries.connected
                     else f"query connection: {self._queries.reason}"),
                 "channels": sorted(self._listener.channels),
+                # False: no signing keys, a read of the log per notification (docs/security.md)
+                "signed": self._listener.signed,
                 "clients": len(self._factory.clients),
                 "pid": os.getpid(),  # which process answered (several with --workers)
             })
