@@ -39,13 +39,14 @@ def test_txpostgres_lock_keeps_its_waiters_in_a_list(connection: txpostgres.Conn
            "a DeferredLock with a .waiting list")
 
 
-@pytest.mark.parametrize("name", ["_pollingD", "_connection", "_cursors"])
+@pytest.mark.parametrize("name", ["_pollingD", "_connection", "_cursors", "_notifyObservers"])
 def test_txpostgres_connection_state(connection: txpostgres.Connection, name: str) -> None:
     canary("txpostgres", f"Connection.{name}", hasattr(connection, name),
            "an attribute set by __init__")
 
 
-@pytest.mark.parametrize("name", ["doRead", "connectionLost", "cursorFinished", "close"])
+@pytest.mark.parametrize("name", ["doRead", "connectionLost", "cursorFinished", "close",
+                                  "checkForNotifies"])
 def test_txpostgres_connection_methods_we_override(name: str) -> None:
     canary("txpostgres", f"Connection.{name}", callable(getattr(txpostgres.Connection, name, None)),
            "a method")

@@ -1,7 +1,7 @@
 """txpostgres, as the daemon needs it: a connection that reports its loss once.
 
 txpostgres (last released 2019) runs psycopg2's asynchronous connections on
-the reactor. Used as it is, it leaves four gaps, closed here with the only
+the reactor. Used as it is, it leaves five gaps, closed here with the only
 means it offers, overriding its methods and touching its private state:
 
 - a lost connection is not reported to its owner (``connectionLost`` and
@@ -13,14 +13,17 @@ means it offers, overriding its methods and touching its private state:
 - an interaction cut off by the loss tries a ROLLBACK on the dead
   connection and logs "Unhandled Error" (``Cursor.execute``);
 - closing leaves a running query's cursor registered with the select
-  reactor (``_cursors``).
+  reactor (``_cursors``);
+- notifications go through a Cooperator, which can reorder batches, and a
+  Deferred each (``checkForNotifies``, ``_notifyObservers``).
 
 It also resolves host names itself, off the reactor thread: libpq would
 block the whole daemon for as long as DNS takes.
 
 Private names used: ``Connection._doit``, ``Connection.lock.waiting``,
 ``Connection._pollingD``, ``Connection._connection``, ``Connection._cursors``,
-``Cursor._connection``. Canaries: tests/test_adapters_txpostgres.py.
+``Connection._notifyObservers``, ``Cursor._connection``.
+Canaries: tests/test_adapters_txpostgres.py.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.internet import defer, threads
 from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
 from txpostgres import txpostgres
 
 from partysense.core.errors import first_line
+
+log = Logger()
 
 # Resolves a host name to its addresses without blocking the reactor.
 Resolve = Callable[[str, int], defer.Deferred[list[str]]]
@@ -45,18 +51,6 @@ Resolve = Callable[[str, int], defer.Deferred[list[str]]]
 # Twisted's ConnectionDone when it was closed under the query, txpostgres'
 # RollbackFailed when an interaction could not even be rolled back.
 RollbackFailed = txpostgres.RollbackFailed
-
-
-class _Immediately:
-    """A stand-in for txpostgres' Cooperator that runs observers at once.
-
-    The default Cooperator interleaves notification batches, which can
-    reorder them; commit order is the one thing we must keep.
-    """
-
-    def cooperate(self, iterator: Any) -> None:
-        for _ in iterator:
-            pass
 
 
 class _Cursor(txpostgres.Cursor):
@@ -80,7 +74,7 @@ class PgConnection(txpostgres.Connection):
     cursorFactory = _Cursor
 
     def __init__(self, reactor: Any, on_lost: Callable[[str], None]) -> None:
-        super().__init__(reactor=reactor, cooperator=_Immediately())
+        super().__init__(reactor=reactor)
         self._on_lost: Callable[[str], None] | None = on_lost
         self._closing = False
         self.answered_at = 0.0  # when a query last got its answer (the probe's sign of life)
@@ -88,6 +82,28 @@ class PgConnection(txpostgres.Connection):
     def cursorFinished(self, cursor: Any) -> None:
         self.answered_at = self.reactor.seconds()
         super().cursorFinished(cursor)
+
+    def checkForNotifies(self) -> None:
+        """Hand each notification to each observer, at once, in arrival order.
+
+        txpostgres runs them through a Cooperator, which can interleave and so
+        reorder batches (commit order is the one thing we must keep), and
+        wraps every call in a Deferred: at a few thousand notifications a
+        second that wrapping was a tenth of the listener's CPU.
+        """
+        notifies = self._connection.notifies
+        if not notifies:
+            return
+        batch = notifies[:]
+        del notifies[:]
+        observers = list(self._notifyObservers)
+        for notify in batch:
+            for observer in observers:
+                try:
+                    observer(notify)
+                except Exception:
+                    log.failure("A notification observer failed on {channel}",
+                                channel=notify.channel)
 
     def doRead(self) -> None:
         try:
