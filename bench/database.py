@@ -50,6 +50,20 @@ def bench_database(admin_dsn: str) -> Iterator[str]:
             sql.Identifier(name)))
 
 
+SEED_TRIGGERS = Path(__file__).resolve().parent / "seed_triggers.sql"
+
+
+@contextmanager
+def seed_triggers(dsn: str) -> Iterator[None]:
+    """The old service's triggers instead of ours for a while (the asyncio reference's
+    side), then ours again (install.sql drops the seed's)."""
+    execute_autocommit(dsn, SEED_TRIGGERS.read_text("utf-8"))
+    try:
+        yield
+    finally:
+        sqlfiles.install(dsn)
+
+
 def create_party(dsn: str, events: int, tracks: int = 20) -> tuple[list[int], list[int]]:
     """``events`` events and ``tracks`` tracks; returns their ids."""
     connection = psycopg2.connect(dsn)

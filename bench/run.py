@@ -93,6 +93,18 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
                profile: Path | None = None, mode: str = "websocket") -> dict[str, Any]:
     """One service under one scenario; ``mode``: its clients are WebSockets or
     SSE streams (bench/sse.py)."""
+    if target == "asyncio":
+        # The floor of a Python bridge runs on the seed's triggers (bench/seed_triggers.sql).
+        with database.seed_triggers(dsn):
+            return _run_target(target, scenario, dsn, party, generator, own_backends,
+                               workdir, profile, mode)
+    return _run_target(target, scenario, dsn, party, generator, own_backends, workdir,
+                       profile, mode)
+
+
+def _run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int], list[int]],
+                generator: Generator, own_backends: list[int], workdir: Path,
+                profile: Path | None, mode: str) -> dict[str, Any]:
     events, _tracks = party
     monitor = Monitor(dsn, own_backends)
     if target == "node":
