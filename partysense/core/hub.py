@@ -32,16 +32,13 @@ MAX_LINGERING = 1_000  # channels LISTENed that way at once
 class Delivery:
     """One change on one channel, with its frames encoded at most once per wire format."""
 
-    __slots__ = ("channel", "change", "_frames")
+    __slots__ = ("channel", "change", "seq", "_frames")
 
     def __init__(self, channel: str, change: Change) -> None:
         self.channel = channel
         self.change = change
+        self.seq = change.seq  # read once per subscriber: an attribute, not a property
         self._frames: dict[str, Any] = {}
-
-    @property
-    def seq(self) -> int:
-        return self.change.seq
 
     def frame(self, wire_format: str, encode: Callable[[Delivery], Any]) -> Any:
         """The frame for ``wire_format``, encoding it on first use."""
