@@ -18,6 +18,7 @@ from harness.faults import event_with_track
 from partysense.core.signature import sign
 from partysense.db.listener import ListenerService
 from partysense.db.source import KINDS, LISTEN, make_source
+from partysense.db.sqlfiles import execute_autocommit
 from tests.support import Notifications, Party, eventually
 
 
@@ -53,12 +54,7 @@ async def test_a_signed_notification_is_believed_without_a_read_and_nothing_else
     event_id, track_id = event_with_track(db_dsn)
     other = party.event("Elsewhere")
     delivered: list[tuple[str, int, str]] = []
-    service = ListenerService(db_dsn, reactor)
-    service.observe(lambda channel, change: delivered.append(
-        (channel, change.seq, change.payload.decode("utf-8"))))
-    service.listen(f"event_{event_id}")
-    service.listen(f"event_{other}")
-    service.startService()
+    service = listening_to(ListenerService(db_dsn, reactor), delivered, event_id, other)
     try:
         await service.whenConnected()
         await eventually(lambda: len(service.channels) == 2, "both LISTENs")
@@ -98,14 +94,9 @@ async def test_without_the_keys_a_notification_is_a_doorbell_checked_against_the
 
     event_id, track_id = event_with_track(db_dsn)
     other = party.event("Elsewhere")
-    role = keyless_role(db_dsn)
+    role = KeylessRole(db_dsn)
     delivered: list[tuple[str, int, str]] = []
-    service = ListenerService(role.dsn, reactor)
-    service.observe(lambda channel, change: delivered.append(
-        (channel, change.seq, change.payload.decode("utf-8"))))
-    service.listen(f"event_{event_id}")
-    service.listen(f"event_{other}")
-    service.startService()
+    service = listening_to(ListenerService(role.dsn, reactor), delivered, event_id, other)
     try:
         await service.whenConnected()
         await eventually(lambda: len(service.channels) == 2, "both LISTENs")
@@ -142,7 +133,7 @@ class KeylessRole:
         params.update(user=self.name, password=password)
         self.dsn = make_dsn(**params)
         database = params["dbname"]
-        execute(db_dsn, sql.SQL(
+        execute_autocommit(db_dsn, sql.SQL(
             "CREATE ROLE {role} LOGIN PASSWORD {password}; "
             "GRANT CONNECT ON DATABASE {database} TO {role}; "
             "GRANT SELECT ON event_event, music_view, partysense_change TO {role}; "
@@ -151,19 +142,16 @@ class KeylessRole:
                 database=sql.Identifier(database)))
 
     def drop(self) -> None:
-        execute(self._db_dsn, sql.SQL("DROP OWNED BY {role}; DROP ROLE {role}").format(
+        execute_autocommit(self._db_dsn, sql.SQL("DROP OWNED BY {role}; DROP ROLE {role}").format(
             role=sql.Identifier(self.name)))
 
 
-def keyless_role(db_dsn: str) -> KeylessRole:
-    return KeylessRole(db_dsn)
-
-
-def execute(dsn: str, statement: sql.Composable) -> None:
-    connection = psycopg2.connect(dsn)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
+def listening_to(service: ListenerService, delivered: list[tuple[str, int, str]],
+                 *events: int) -> ListenerService:
+    """``service`` started, LISTENing to ``events``, noting what it hands on."""
+    service.observe(lambda channel, change: delivered.append(
+        (channel, change.seq, change.payload.decode("utf-8"))))
+    for event_id in events:
+        service.listen(f"event_{event_id}")
+    service.startService()
+    return service
