@@ -9,7 +9,8 @@ forged notifications a second (a role with no grants, on ``event_N`` and
 ``firehose``) cost the daemon <= 2x its idle CPU and no query; real votes' p99
 stays within 1.5x."
 
-On a fresh database (bench/database.py) one daemon is started as operators
+On a fresh database (bench/database.py; with ``--tree``, that tree's own triggers)
+one daemon is started as operators
 start it (bench/services.py) and ``--clients`` seed clients subscribe to one
 event, and one more to the firehose (``{"event": "ALL"}``), in child processes
 (query_load.InnocentSeeds: each vote's delay is its arrival minus the
@@ -65,7 +66,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from bench import database, services
+from bench import database, services, statements
 from bench.query_load import (
     CpuSeconds,
     InnocentSeeds,
@@ -282,6 +283,9 @@ class Round:
     reads: int | None = None           # partysense_change_log_reads_total, window + drain
     bad: int | None = None             # partysense_bad_notifications_total, idem
     notifications: int | None = None   # partysense_notifications_total, idem
+    # pg_stat_statements: the daemon's statements (its own role), window + drain
+    statements: dict[str, int] | None = None
+    statement_texts: dict[str, int] | None = None
     forged: FloodStats | None = None
     votes_sent: int = 0
     vote_ids: list[int] = field(default_factory=list)
@@ -299,9 +303,10 @@ class Round:
 
 async def _round(result: Round, service: services.Running, dsn: str, event: int,
                  voter: Voter, role: str, args: argparse.Namespace, pg_pid: int,
-                 first: int) -> None:
+                 first: int, counts: statements.Statements) -> None:
     votes, flooding = "votes" in result.name, "flood" in result.name
     before = await asyncio.to_thread(counters, service.port)
+    calls = await asyncio.to_thread(counts.read)
     # The flood's child process imports for a second or so before its first statement.
     start = time.time() + (2.0 if flooding else 0.5)
     end = start + args.duration
@@ -327,6 +332,8 @@ async def _round(result: Round, service: services.Running, dsn: str, event: int,
     result.drain_cpu_s = daemon_cpu.seconds() - result.daemon_cpu_s
     for key in COUNTERS:
         setattr(result, key, _delta(after, before, key))
+    result.statement_texts = statements.difference(calls, await asyncio.to_thread(counts.read))
+    result.statements = statements.by_kind(result.statement_texts)
     result.vote_ids = voter.sent[sent:]
     result.votes_sent = len(result.vote_ids)
     result.vote_errors = voter.errors - errors
@@ -335,7 +342,7 @@ async def _round(result: Round, service: services.Running, dsn: str, event: int,
 
 async def _sitting(rounds: list[Round], service: services.Running, dsn: str, event: int,
                    tracks: list[int], role: str, args: argparse.Namespace,
-                   pg_pid: int) -> None:
+                   pg_pid: int, counts: statements.Statements) -> None:
     voter = Voter(dsn, event, tracks)
     lifetime = len(ROUNDS) * (args.duration + args.grace + 5) + args.grace + 60
     groups = [InnocentSeeds(service.port, args.clients, event, lifetime),
@@ -346,7 +353,8 @@ async def _sitting(rounds: list[Round], service: services.Running, dsn: str, eve
         first = 0
         for result in rounds:
             log(f"== {result.name} (load average {os.getloadavg()[0]:.2f} before)")
-            await _round(result, service, dsn, event, voter, role, args, pg_pid, first)
+            await _round(result, service, dsn, event, voter, role, args, pg_pid, first,
+                         counts)
             first += int(args.rate * args.duration) + args.batch
             log(f"  daemon {result.daemon_cpu_s:.2f} s CPU (+{result.drain_cpu_s:.2f} s in "
                 f"{result.drain_s:.1f} s after), reads {result.reads}, bad {result.bad}, "
@@ -371,22 +379,25 @@ async def _sitting(rounds: list[Round], service: services.Running, dsn: str, eve
 def run(args: argparse.Namespace) -> list[Round]:
     rounds = [Round(name) for name in ROUNDS]
     with tempfile.TemporaryDirectory(prefix="partysense-forged-flood-") as scratch, \
-            database.server(args.dsn) as admin_dsn, \
-            database.bench_database(admin_dsn) as dsn:
+            statements.server(args.dsn) as admin_dsn, \
+            database.bench_database(admin_dsn, args.tree) as dsn:
         workdir = args.keep_logs or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         [event], tracks = database.create_party(dsn, 1)
         role = create_forger(dsn)
-        service = services.start_partysense(dsn, workdir, twistd=args.twistd)
+        counts = statements.Statements(dsn)
+        service = services.start_partysense(counts.daemon_dsn, workdir, twistd=args.twistd)
         try:
             asyncio.run(asyncio.wait_for(
-                _sitting(rounds, service, dsn, event, tracks, role, args, postmaster_pid(dsn)),
+                _sitting(rounds, service, dsn, event, tracks, role, args, postmaster_pid(dsn),
+                         counts),
                 timeout=len(ROUNDS) * (args.duration + args.grace + 30) + 300))
         except Exception:
             log(service.log_tail())
             raise
         finally:
             service.stop()
+            counts.close()
             drop_forger(dsn, role)
     return rounds
 
@@ -394,13 +405,18 @@ def run(args: argparse.Namespace) -> list[Round]:
 # -- printing ----------------------------------------------------------------------------
 
 HEADER = ("| round | daemon CPU s | % of a core | × idle | × votes "
-          "| then draining: s / CPU s | change-log reads | bad notifications "
+          "| then draining: s / CPU s | change-log reads: /metrics / pg_stat_statements "
+          "| daemon statements | bad notifications "
           "| forged sent (achieved /s) | vote delay p50 / p99 (ms) | votes received/expected "
           "| votes lost | PostgreSQL CPU s | flood CPU s | load avg |")
 
 
 def _count(value: int | None) -> str:
     return "n/a" if value is None else f"{value:,}"
+
+
+def _kind(r: Round, kind: str) -> str:
+    return "n/a" if r.statements is None else f"{r.statements[kind]:,}"
 
 
 def _ratio(value: float, base: float) -> str:
@@ -418,7 +434,9 @@ def row(r: Round, idle: Round, votes: Round) -> str:
     return (f"| {r.name} | {r.daemon_cpu_s:.3f} | {r.core_percent:.2f} "
             f"| {_ratio(r.daemon_cpu_s, idle.daemon_cpu_s)} "
             f"| {_ratio(r.daemon_cpu_s, votes.daemon_cpu_s)} "
-            f"| {r.drain_s:.1f} / {r.drain_cpu_s:.3f} | {_count(r.reads)} | {_count(r.bad)} "
+            f"| {r.drain_s:.1f} / {r.drain_cpu_s:.3f} "
+            f"| {_count(r.reads)} / {_kind(r, 'change-log reads')} "
+            f"| {_kind(r, 'all')} | {_count(r.bad)} "
             f"| {forged} | {_delays(r)} | {r.votes_received}/{r.votes_expected} "
             f"| {r.votes_expected - r.votes_received} | {r.postgres_cpu_s:.2f} "
             f"| {r.flood_cpu_s:.2f} | {r.load_average:.2f} |")
@@ -433,9 +451,14 @@ def verdicts(rounds: list[Round]) -> list[str]:
                  f"{idle.daemon_cpu_s:.3f} s = {ratio:.1f}× (target <= 2×): "
                  f"{'PASS' if ratio <= 2 else 'FAIL'}")
     reads = [r.reads for r in (flood_only, both)]
-    lines.append(f"change-log reads in the flood rounds: {', '.join(map(_count, reads))} "
-                 f"(target 0): " + ("n/a" if None in reads else
-                                    'PASS' if not any(reads) else 'FAIL'))
+    lines.append(f"change-log reads in the flood rounds (/metrics): "
+                 f"{', '.join(map(_count, reads))} (target 0): "
+                 + ("n/a" if None in reads else 'PASS' if not any(reads) else 'FAIL'))
+    if flood_only.statements is not None and both.statements is not None:
+        counted = [r.statements["change-log reads"] for r in (flood_only, both)]
+        lines.append(f"change-log reads in the flood rounds (pg_stat_statements): "
+                     f"{counted[0]}, {counted[1]} (target 0): "
+                     f"{'PASS' if not any(counted) else 'FAIL'}")
     if votes.vote_delays_s and both.vote_delays_s:
         before, after = quantile(votes.vote_delays_s, 0.99), quantile(both.vote_delays_s, 0.99)
         p99 = after / before if before > 0 else math.inf
