@@ -6,6 +6,7 @@ and a party in it: events, artists, tracks. Both services under test share it.
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -37,13 +38,25 @@ def server(admin_dsn: str | None) -> Iterator[str]:
 
 
 @contextmanager
-def bench_database(admin_dsn: str) -> Iterator[str]:
-    """A fresh database with the schema and triggers installed, dropped afterwards."""
+def bench_database(admin_dsn: str, tree: Path | None = None) -> Iterator[str]:
+    """A fresh database with the schema and triggers installed, dropped afterwards.
+
+    ``tree``: another checkout whose daemon will run (``--tree``): its own
+    triggers, installed by its .venv's python, so that its daemon reads the
+    notifications it was written for (a daemon from before signatures reads
+    every signed one as forged).
+    """
     name = f"partysense_bench_{uuid.uuid4().hex[:10]}"
     execute_autocommit(admin_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_dsn(admin_dsn, dbname=name)
     try:
-        sqlfiles.install(dsn, demo_schema=True)
+        if tree is None:
+            sqlfiles.install(dsn, demo_schema=True)
+        else:
+            subprocess.run([str(tree / ".venv" / "bin" / "python"), "-c",
+                            "import sys; from partysense.db import sqlfiles; "
+                            "sqlfiles.install(sys.argv[1], demo_schema=True)", dsn],
+                           cwd=tree, check=True, timeout=120)
         yield dsn
     finally:
         execute_autocommit(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(

@@ -876,6 +876,14 @@ def compare(rounds: list[Round]) -> bool:
     return passed
 
 
+def print_table(header: str, rows: list[str]) -> None:
+    """A markdown table: the header, its rule, the rows."""
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for line in rows:
+        print(line)
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -909,18 +917,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flooders", type=int, default=1,
                         help="flooding connections in a flood round (each reconnects when "
                              "closed)")
-    parser.add_argument("--tree", type=Path,
-                        help="run partysense-live from this checkout's .venv/bin/twistd "
-                             "(the before side of a comparison; default: this tree's)")
     parser.add_argument("--abuse-rate", type=float, default=19.0,
                         help="subscribes per second per abuser (the daemon allows 20)")
     parser.add_argument("--big-votes", type=int, default=BIG_VOTES,
                         help="votes in the abusers' event")
     parser.add_argument("--grace", type=float, default=15.0,
                         help="seconds to wait for late votes and snapshots after a round")
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    parser.add_argument("--keep-logs", type=Path,
-                        help="write the daemon's logs here (default: a temp dir, removed)")
+    services.add_tree_options(parser)
     args = parser.parse_args(argv)
     for name, (default, preset) in PRESETS.items():
         if getattr(args, name) is None:
@@ -929,12 +932,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.flood_kinds = [kind.strip() for kind in args.floods.split(",") if kind.strip()]
     if not set(args.flood_kinds) <= set(FLOODS) or not 1 <= args.flooders <= 100:
         parser.error(f"--floods: some of {', '.join(FLOODS)}; --flooders 1..100")
-    args.twistd = None
-    if args.tree is not None:
-        args.tree = args.tree.resolve()
-        args.twistd = str(args.tree / ".venv" / "bin" / "twistd")
-        if not Path(args.twistd).exists():
-            parser.error(f"--tree: no {args.twistd}")
+    services.resolve_tree(parser, args)
     if not 1 <= args.duration <= 600 or args.rate <= 0 or not 0 < args.abuse_rate <= 20:
         parser.error("--duration 1..600, --rate > 0, --abuse-rate in (0, 20]")
     if not 1 <= args.innocent <= 1000:
@@ -976,10 +974,7 @@ def main(argv: list[str] | None = None) -> list[Round]:
           f"event watched by {args.innocent} seed client{'s' if args.innocent != 1 else ''}, "
           f"{args.abuse_rate:g} subscribes/s per abuser on an event of "
           f"{args.big_votes} votes; {os.cpu_count()} cores\n")
-    print(HEADER)
-    print("|" + "---|" * COLUMNS)
-    for result in rounds:
-        print(row(result))
+    print_table(HEADER, [row(result) for result in rounds])
     if args.abuse:
         compare(rounds)
     sys.stdout.flush()

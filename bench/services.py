@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import os
@@ -138,6 +139,27 @@ def start_partysense(dsn: str, workdir: Path, workers: int = 1,
         running.stop()
         raise
     return running
+
+
+def add_tree_options(parser: argparse.ArgumentParser) -> None:
+    """--tree, --json and --keep-logs, as a one-daemon bench takes them."""
+    parser.add_argument("--tree", type=Path,
+                        help="run partysense-live from this checkout's .venv/bin/twistd "
+                             "(the before side of a comparison; default: this tree's)")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--keep-logs", type=Path,
+                        help="write the daemon's logs here (default: a temp dir, removed)")
+
+
+def resolve_tree(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.twistd``: --tree's .venv/bin/twistd (an error if it has none), or None
+    (this interpreter's, start_partysense's default)."""
+    args.twistd = None
+    if args.tree is not None:
+        args.tree = args.tree.resolve()
+        args.twistd = str(args.tree / ".venv" / "bin" / "twistd")
+        if not Path(args.twistd).exists():
+            parser.error(f"--tree: no {args.twistd}")
 
 
 def node_checkout() -> Path:
