@@ -264,7 +264,9 @@ def run_sides(scenario: Scenario, admin_dsn: str, heading: str,
     party and vote generator; a side that crashes is a result, not the end."""
     results: dict[str, Any] = {"scenario": asdict(scenario), "describe": scenario.describe()}
     log(heading)
-    with database.bench_database(admin_dsn) as dsn:
+    # With --tree, that checkout's own triggers: its daemon reads what it was written for.
+    tree = Path(scenario.tree) if scenario.tree else None
+    with database.bench_database(admin_dsn, tree) as dsn:
         party = database.create_party(dsn, scenario.events)
         generator = Generator(dsn, *party)
         own = generator.connect(Generator.threads_for(scenario.rate))
