@@ -43,6 +43,35 @@ def test_frames_of_one_turn_are_one_write_per_client_in_order() -> None:
     assert (one.value(), one.writes) == (b"abcd", 2)
 
 
+def test_the_end_of_a_batch_sends_its_frames_at_once_and_leaves_no_turn_behind() -> None:
+    clock = Clock()
+    writer = TurnWriter(clock)
+    one, two = CountingTransport(), CountingTransport()
+    for frame in (b"a", b"b"):
+        writer.write(one, frame)
+    writer.write(two, b"x")
+    writer.end_of_batch()
+    assert (one.value(), one.writes, two.value()) == (b"ab", 1, b"x")
+    assert clock.getDelayedCalls() == [], "the turn's timer is cancelled, not left to fire"
+    writer.write(one, b"c")  # the next batch: a timer again, and the same end
+    assert len(clock.getDelayedCalls()) == 1
+    writer.end_of_batch()
+    assert (one.value(), one.writes) == (b"abc", 2)
+    writer.end_of_batch()  # nothing waiting: nothing to do
+    assert one.writes == 2
+
+
+def test_with_a_write_delay_frames_wait_whatever_the_batches() -> None:
+    clock = Clock()
+    writer = TurnWriter(clock, delay=0.005)
+    transport = CountingTransport()
+    writer.write(transport, b"a")
+    writer.end_of_batch()
+    assert transport.value() == b""
+    clock.advance(0.005)
+    assert transport.value() == b"a"
+
+
 def test_flush_one_sends_a_clients_frames_before_what_follows() -> None:
     clock = Clock()
     writer = TurnWriter(clock)

@@ -54,7 +54,10 @@ async def test_a_signed_notification_is_believed_without_a_read_and_nothing_else
     event_id, track_id = event_with_track(db_dsn)
     other = party.event("Elsewhere")
     delivered: list[tuple[str, int, str]] = []
-    service = listening_to(ListenerService(db_dsn, reactor), delivered, event_id, other)
+    service = ListenerService(db_dsn, reactor)
+    batches: list[int] = []  # how many changes were handed on when each batch ended
+    service.after_batch(lambda: batches.append(len(delivered)))
+    listening_to(service, delivered, event_id, other)
     try:
         await service.whenConnected()
         await eventually(lambda: len(service.channels) == 2, "both LISTENs")
@@ -69,6 +72,7 @@ async def test_a_signed_notification_is_believed_without_a_read_and_nothing_else
         [(key_id, key)] = listening.keys().items()
         listening.close()
         assert service.reads == reads, "a signed notification is believed without a read"
+        assert 1 in batches, "the batch that brought the vote ended after it was handed on"
 
         # The genuine envelope again on its event's channel: already handed on.
         notify(db_dsn, f"event_{event_id}", signed)

@@ -78,6 +78,8 @@ class PgConnection(txpostgres.Connection):
         self._on_lost: Callable[[str], None] | None = on_lost
         self._closing = False
         self.answered_at = 0.0  # when a query last got its answer (the probe's sign of life)
+        # Called after each batch of notifications has gone to the observers.
+        self.after_notifications: list[Callable[[], None]] = []
 
     def cursorFinished(self, cursor: Any) -> None:
         self.answered_at = self.reactor.seconds()
@@ -104,6 +106,8 @@ class PgConnection(txpostgres.Connection):
                 except Exception:
                     log.failure("A notification observer failed on {channel}",
                                 channel=notify.channel)
+        for done in self.after_notifications:
+            done()
 
     def doRead(self) -> None:
         try:

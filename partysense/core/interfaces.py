@@ -79,6 +79,10 @@ class ChangeSource(Link, Protocol):
     def observe(self, observer: Observer) -> None:
         """Hand every change to ``observer`` too, after those registered before."""
 
+    def after_batch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each batch of live changes has been handed on
+        (what arrived together): the moment to send the frames they made."""
+
     def listen(self, channel: str) -> None:
         """Follow ``channel`` (now, or as soon as connected)."""
 

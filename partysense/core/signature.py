@@ -20,7 +20,6 @@ beside it, so the trigger needs no extension. See docs/security.md.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 
@@ -69,7 +68,8 @@ def open_envelope(text: str, keys: Mapping[int, bytes]) -> str:
 
 def signature(key: bytes, payload: str) -> str:
     """HMAC-SHA256 of ``payload``'s UTF-8 bytes, as the trigger writes it (hex)."""
-    return hmac.new(key, payload.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    # hmac.digest: one C call (hmac.new builds two hash objects in Python first).
+    return hmac.digest(key, payload.encode("utf-8", "surrogatepass"), "sha256").hex()
 
 
 def sign(key_id: int, key: bytes, payload: str) -> str:

@@ -31,6 +31,7 @@ log, and what it said is checked against the rows (partysense/db/doorbell.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -77,6 +78,7 @@ class ListenerService(Service):
             prepare=self._prepare, on_connected=self._ready, on_down=self._forget,
             log=self.log, **options)
         self._observers: list[Observer] = []
+        self._after_batch: list[Callable[[], None]] = []
         self._wanted: set[str] = set()
         self._listening: set[str] = set()
         # Per channel, the newest seq committed before its LISTEN: changes up
@@ -155,6 +157,10 @@ class ListenerService(Service):
         """Hand every change to ``observer`` too, after those registered before."""
         self._observers.append(observer)
 
+    def after_batch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each batch of notifications has been handed on."""
+        self._after_batch.append(callback)
+
     # -- what the hub asks for ------------------------------------------------
 
     def listen(self, channel: str) -> None:
@@ -217,6 +223,7 @@ class ListenerService(Service):
 
     def _prepare(self, connection: PgConnection) -> defer.Deferred[None]:
         connection.addNotifyObserver(partial(self._on_notify, connection))
+        connection.after_notifications.extend(self._after_batch)
         return self._resume(connection)
 
     def _ready(self) -> None:

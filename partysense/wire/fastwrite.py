@@ -44,23 +44,35 @@ class TurnWriter:
         self._flush_bytes = flush_bytes
         self._pending: dict[Any, list[bytes]] = {}
         self._pending_bytes: dict[Any, int] = {}
-        self._scheduled = False
+        self._scheduled: Any = None  # the DelayedCall of the next flush
         self.sends = 0
 
     def write(self, transport: Any, data: bytes) -> None:
         frames = self._pending.get(transport)
         if frames is None:
             frames = self._pending[transport] = []
-            if not self._scheduled:
-                self._scheduled = True
-                self._clock.callLater(self._delay, self.flush)
+            if self._scheduled is None:
+                self._scheduled = self._clock.callLater(self._delay, self.flush)
         frames.append(data)
         size = self._pending_bytes[transport] = self._pending_bytes.get(transport, 0) + len(data)
         if size >= self._flush_bytes:
             self.flush_one(transport)
 
+    def end_of_batch(self) -> None:
+        """A batch of changes has been handed on (one read of notifications): send
+        what it made now, without waiting for the reactor's next turn.
+
+        At a party's pace each vote is a batch of its own, and the extra turn
+        (a timer, an epoll_wait, the reactor's bookkeeping) cost as much as
+        several frames. Frames of one batch still share a ``send()``. Not
+        with ``--write-delay``: then frames wait on purpose.
+        """
+        if self._delay == 0 and self._scheduled is not None:
+            self._scheduled.cancel()
+            self.flush()
+
     def flush(self) -> None:
-        self._scheduled = False
+        self._scheduled = None
         pending, self._pending = self._pending, {}
         self._pending_bytes = {}
         self.sends += len(pending)
