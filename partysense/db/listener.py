@@ -46,7 +46,7 @@ from partysense.core.change import BadChange, Change, parse_change
 from partysense.core.channels import FIREHOSE, carries, channel_event, event_channel
 from partysense.core.interfaces import Observer
 from partysense.core.quietlog import Quiet
-from partysense.core.signature import Unsigned, open_envelope, payload_of
+from partysense.core.signature import checked, payload_of
 from partysense.db import changelog
 from partysense.db.doorbell import Doorbell
 from partysense.db.dsn import DSNSource
@@ -430,15 +430,18 @@ class ListenerService(Service):
         """A signed change, handed on now, or held while a statement runs."""
         change = self._last_change
         if text != self._last_text or change is None:
+            payload, why = checked(text, self._keys.keys or {})
+            if payload is None:
+                self._forged(channel, why, text)
+                return
             try:
-                change = parse_change(open_envelope(text, self._keys.keys or {}))
-            except (Unsigned, BadChange) as error:
-                self._forged(channel, str(error), text[:200])
+                change = parse_change(payload)
+            except BadChange as error:
+                self._forged(channel, str(error), text)
                 return
             self._last_text, self._last_change = text, change
         if not carries(channel, change.event_id):
-            self._forged(channel, f"a change of event {change.event_id} on {channel}",
-                         text[:200])
+            self._forged(channel, f"a change of event {change.event_id} on {channel}", text)
         elif self._syncing or self._resuming:
             self._hold(change)
         elif change.seq > (self.last_seq or 0):
@@ -464,11 +467,11 @@ class ListenerService(Service):
             if change.seq > (self.last_seq or 0):
                 self._hand_on(change)
 
-    def _forged(self, channel: str, why: str, payload: Any) -> None:
+    def _forged(self, channel: str, why: str, payload: str) -> None:
         self.bad_notifications += 1
         self._quiet.warn(
             channel, "Ignored a notification on {channel} that is not a vote change of ours "
-            "({why}): {payload!r}", channel=channel, why=why, payload=payload)
+            "({why}): {payload!r}", channel=channel, why=why, payload=payload[:200])
 
 
 def _listen(channel: str) -> sql.Composed:
