@@ -145,6 +145,30 @@ LANGUAGE sql SECURITY DEFINER AS $$
     ) SELECT count(*) FROM gone
 $$;
 
+-- A change's payload as notified: in the envelope the daemon checks
+-- (partysense/core/signature.py), 'ps1 <key id> <HMAC-SHA256, hex> <payload>',
+-- 81 bytes more than the payload, which stays under 7,900; signed with the
+-- newest key that has begun to sign (the payload as it is when there is none).
+-- SECURITY DEFINER: it reads the keys as their owner. Whoever may call it can
+-- sign anything, so only the owner may (REVOKE below), and partysense_record
+-- (running as the owner) does.
+CREATE OR REPLACE FUNCTION partysense_sign(p_payload text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER AS $$
+DECLARE
+    v_key record;
+BEGIN
+    SELECT id, inner_pad, outer_pad INTO v_key FROM partysense_key
+        WHERE activates <= now() ORDER BY id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN p_payload;
+    END IF;
+    RETURN 'ps1 ' || v_key.id || ' '
+        || encode(sha256(v_key.outer_pad
+                         || sha256(v_key.inner_pad || convert_to(p_payload, 'UTF8'))), 'hex')
+        || ' ' || p_payload;
+END;
+$$;
+
 -- A first install makes the first key, signing at once; an upgrade keeps the
 -- keys it has.
 DO $$
@@ -172,25 +196,15 @@ DECLARE
     v_track_name text;
     v_artist text;
     v_payload text;
-    v_key record;
 BEGIN
     INSERT INTO partysense_change (op, vote_id, event_id, track_id, up, prev_up)
         VALUES (p_op, p_vote, p_event, p_track, p_up, p_prev)
         RETURNING seq, committed_at INTO v_seq, v_committed;
     SELECT name, artist INTO v_track_name, v_artist FROM music_view WHERE id = p_track;
     SELECT title INTO v_title FROM event_event WHERE id = p_event;
-    v_payload := partysense_notified_payload(v_seq, p_op, p_vote, p_event, v_title, p_track,
-                                             v_track_name, v_artist, p_up, p_prev, v_committed);
-    -- Signed (partysense/core/signature.py): 'ps1 <key id> <hmac hex> <payload>',
-    -- 81 bytes more than the payload, which stays under 7,900.
-    SELECT id, inner_pad, outer_pad INTO v_key FROM partysense_key
-        WHERE activates <= now() ORDER BY id DESC LIMIT 1;
-    IF FOUND THEN
-        v_payload := 'ps1 ' || v_key.id || ' '
-            || encode(sha256(v_key.outer_pad
-                             || sha256(v_key.inner_pad || convert_to(v_payload, 'UTF8'))), 'hex')
-            || ' ' || v_payload;
-    END IF;
+    v_payload := partysense_sign(partysense_notified_payload(
+        v_seq, p_op, p_vote, p_event, v_title, p_track, v_track_name, v_artist, p_up, p_prev,
+        v_committed));
     PERFORM pg_notify('event_' || p_event::text, v_payload);
     PERFORM pg_notify('firehose', v_payload);
 END;
@@ -363,6 +377,7 @@ REVOKE ALL ON FUNCTION partysense_record(text, bigint, bigint, bigint, boolean, 
     FROM PUBLIC;
 REVOKE ALL ON FUNCTION partysense_trim(double precision, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION partysense_rotate_key(double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION partysense_sign(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION partysense_retire_keys() FROM PUBLIC;
 REVOKE ALL ON FUNCTION partysense_presence_report(uuid, bigint[], integer[], double precision)
     FROM PUBLIC;
@@ -375,6 +390,8 @@ BEGIN
     EXECUTE format('ALTER FUNCTION partysense_rotate_key(double precision) '
                    'SET search_path = pg_catalog, %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION partysense_retire_keys() '
+                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION partysense_sign(text) '
                    'SET search_path = pg_catalog, %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION partysense_presence_report(uuid, bigint[], integer[], '
                    'double precision) SET search_path = pg_catalog, %I, pg_temp',

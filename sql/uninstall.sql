@@ -15,6 +15,7 @@ DROP FUNCTION IF EXISTS partysense_vote_truncated();
 DROP FUNCTION IF EXISTS partysense_trim(double precision, integer);
 DROP FUNCTION IF EXISTS partysense_rotate_key(double precision);
 DROP FUNCTION IF EXISTS partysense_retire_keys();
+DROP FUNCTION IF EXISTS partysense_sign(text);
 DROP FUNCTION IF EXISTS partysense_presence_report(uuid, bigint[], integer[], double precision);
 DROP FUNCTION IF EXISTS partysense_record(text, bigint, bigint, bigint, boolean, boolean);
 DROP FUNCTION IF EXISTS partysense_notified_payload(

@@ -52,7 +52,7 @@ def test_rotate_makes_a_key_that_signs_later_and_retire_removes_the_old_ones_aft
     assert query(db_dsn, "SELECT id FROM partysense_key") == [(second,)]
 
 
-def test_a_role_that_did_not_install_cannot_rotate(db_dsn: str,
+def test_a_role_that_did_not_install_cannot_rotate_read_or_sign(db_dsn: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     query(db_dsn, "DROP ROLE IF EXISTS ps_keyless; CREATE ROLE ps_keyless")
     try:
@@ -61,6 +61,8 @@ def test_a_role_that_did_not_install_cannot_rotate(db_dsn: str,
             query(db_dsn, "SET ROLE ps_keyless; SELECT partysense_rotate_key(60)")
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             query(db_dsn, "SET ROLE ps_keyless; SELECT secret FROM partysense_key")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):  # it would sign a forgery
+            query(db_dsn, "SET ROLE ps_keyless; SELECT partysense_sign('{}')")
     finally:
         query(db_dsn, "RESET ROLE; DROP ROLE ps_keyless")
 

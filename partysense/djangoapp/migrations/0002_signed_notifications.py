@@ -9,7 +9,7 @@ from django.db import migrations
 
 from partysense.db.sqlfiles import INSTALL_LOCK, INSTALL_SCRIPT, read_sql
 
-INSTALL_SHA256 = "fc8e2f8151d2d941321392eea954d6f533d6832888d4126db22cc19fabd1d8fc"
+INSTALL_SHA256 = "14b0fb1ebcf5d07f5a79432496a84fe284f560c38bc7b0cf0183d5188fa4b856"
 
 
 class Migration(migrations.Migration):
