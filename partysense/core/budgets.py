@@ -1,4 +1,5 @@
-"""What one client address may cost us, whatever it reconnects: token buckets per address.
+"""What one client address may cost us, whatever it reconnects: token buckets per address
+(an IPv6 address counts as its /64: partysense/core/addresses.py).
 
 A connection's own limits (partysense/dialects/v2.py: a burst of subscribes, then one
 a second) start afresh with every connection, so a client that reconnects in
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from partysense.core.addresses import network_of
 
 MAX_ADDRESSES = 50_000   # addresses whose buckets are remembered at once
 
@@ -57,7 +60,7 @@ class AddressBuckets:
 
     def level(self, address: str, now: float) -> float:
         """The tokens ``address`` has at ``now``."""
-        level, at = self._buckets.get(address, (self.burst, now))
+        level, at = self._buckets.get(network_of(address), (self.burst, now))
         return min(self.burst, level + max(0.0, now - at) * self.rate)
 
     def take(self, address: str, now: float, cost: float = 1.0) -> bool:
@@ -83,6 +86,7 @@ class AddressBuckets:
         return len(self._buckets)
 
     def _set(self, address: str, level: float, now: float) -> None:
+        address = network_of(address)  # an IPv6 client's /64 is one budget
         self._buckets.pop(address, None)  # re-inserted last: the most recently seen
         if level >= self.burst:
             return  # full: as good as never seen

@@ -15,6 +15,8 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from partysense.core.addresses import network_of
+
 MAX_KEYS = 10_000  # one entry per key: bounded too
 
 
@@ -99,6 +101,7 @@ class PerAddress:
 
     def allow(self, address: str, kind: str) -> bool:
         """May a line of ``kind`` about ``address`` be logged now? False: it was counted."""
+        address = network_of(address)  # an IPv6 client's /64 is one address here
         now = self._clock.seconds()
         if now >= self._window_ends:
             self._window_ends = now + self._interval

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from partysense.core.addresses import network_of
 from partysense.core.channels import MAX_EVENT_ID
 from partysense.core.interfaces import Queries
 from partysense.core.quietlog import Quiet
@@ -160,7 +161,7 @@ class EventPulse(Resource):
                              "message": f"event {event_id} does not exist"})
                 return
             if failure.check(BusyHere):
-                self._quiet.info(address, "Refused a pulse to {peer}: more than {most} "
+                self._quiet.info(network_of(address), "Refused a pulse to {peer}: more than {most} "
                                  "read at once for one address", peer=address,
                                  most=MAX_RUNNING_PER_ADDRESS)
                 answer(429, {"error": "too_many_requests",

@@ -46,6 +46,7 @@ from partysense.adapters.twisted_web_adapter import (
     written_around,
 )
 from partysense.core import budgets
+from partysense.core.addresses import network_of
 from partysense.core.change import Change
 from partysense.core.channels import channel_for
 from partysense.core.errors import TOO_SLOW
@@ -258,9 +259,9 @@ class Stream:
         counters = self._clients.counters
         counters.slow_closed += 1
         counters.bad_input("too_slow")
-        self._clients.quiet.info(self.address, "Closing SSE stream of {peer} (too_slow): "
-                                 "over {limit} bytes queued", peer=self.address,
-                                 limit=self._clients.limits.max_queue_bytes)
+        self._clients.quiet.info(
+            network_of(self.address), "Closing SSE stream of {peer} (too_slow): over {limit} "
+            "bytes queued", peer=self.address, limit=self._clients.limits.max_queue_bytes)
         self.abort()
 
     def close_with(self, code: int, reason: str) -> None:
@@ -325,9 +326,9 @@ class Stream:
         last_response(self._request)
         self._clients.counters.bad_input(refusal.kind)
         self._ended_by = (refusal.status, refusal.kind)
-        self._clients.quiet.info(self.address, "Refused an SSE stream from {peer} ({kind}): "
-                                 "{reason}", peer=self.address, kind=refusal.kind,
-                                 reason=refusal.message)
+        self._clients.quiet.info(
+            network_of(self.address), "Refused an SSE stream from {peer} ({kind}): {reason}",
+            peer=self.address, kind=refusal.kind, reason=refusal.message)
         self._gone = True
         answer(self._request, refusal)
 

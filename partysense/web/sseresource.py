@@ -15,6 +15,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from partysense.core.addresses import network_of
 from partysense.web.sse import Stream, Streams
 from partysense.web.sserequest import (
     Refused,
@@ -56,7 +57,8 @@ class EventStreams(Resource):
         except Refused as refusal:
             if refusal.kind != "not_found":
                 clients.counters.bad_input(refusal.kind)
-            clients.quiet.info(address, "Refused an SSE stream from {peer} ({kind}): {reason}",
+            clients.quiet.info(network_of(address),
+                               "Refused an SSE stream from {peer} ({kind}): {reason}",
                                peer=address, kind=refusal.kind, reason=refusal.message)
             answer(request, refusal)
             return NOT_DONE_YET

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from partysense.core import errors
+from partysense.core.addresses import network_of
 from partysense.core.errors import ClientError
 from partysense.core.quietlog import Quiet
 from partysense.dialects.dialect import ClientCounters
@@ -88,18 +89,19 @@ class ClientRegistry:
         if len(self.clients) >= limits.max_clients:
             return ClientError("server_full", errors.TRY_AGAIN_LATER,
                                f"server full ({limits.max_clients} clients); retry later")
-        if self.per_address.get(address, 0) >= limits.max_connections_per_ip:
+        if self.per_address.get(network_of(address), 0) >= limits.max_connections_per_ip:
             return ClientError(
                 "too_many_connections", errors.TRY_AGAIN_LATER,
                 f"more than {limits.max_connections_per_ip} connections from your address")
         return None
 
     def connected_from(self, address: str) -> int:
-        """Clients (WebSockets and SSE streams) open from ``address``."""
-        return self.per_address.get(address, 0)
+        """Clients (WebSockets and SSE streams) open from ``address`` (its /64 for IPv6)."""
+        return self.per_address.get(network_of(address), 0)
 
     def enter(self, client: Connected, address: str) -> None:
         """``client`` is open: counted until :meth:`leave`."""
+        address = network_of(address)
         self.per_address[address] = self.per_address.get(address, 0) + 1
         self.clients.add(client)
 
@@ -107,6 +109,7 @@ class ClientRegistry:
         """``client`` is gone (``address``: None if it was never counted)."""
         self.clients.discard(client)
         if address is not None:
+            address = network_of(address)
             left = self.per_address.pop(address, 1) - 1
             if left:
                 self.per_address[address] = left

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from partysense.core import errors
+from partysense.core.addresses import network_of
 from partysense.core.errors import ClientError
 
 # A budget of frames a second for each message a second the client may send.
@@ -114,6 +115,7 @@ class FloodedAddresses:
 
     def flooded(self, address: str) -> None:
         """A client from ``address`` was closed for a frame flood."""
+        address = network_of(address)  # an IPv6 client's /64 is one address here
         self._until.pop(address, None)  # to the end: the order stays oldest first
         self._until[address] = self._clock.seconds() + self.memory
         if len(self._until) > self._most:
@@ -121,6 +123,7 @@ class FloodedAddresses:
 
     def hold_for(self, address: str) -> float:
         """Seconds a new connection from ``address`` waits before it is read (0: none)."""
+        address = network_of(address)
         until = self._until.get(address)
         if until is None:
             return 0.0

@@ -25,6 +25,7 @@ from partysense.adapters.autobahn_adapter import (
     prepare,
 )
 from partysense.core import errors
+from partysense.core.addresses import network_of
 from partysense.core.errors import ClientError
 from partysense.core.quietlog import PerAddress
 from partysense.dialects.dialect import ClientCounters, MakeSession, Session
@@ -301,7 +302,7 @@ class LiveProtocol(ServerProtocol):
         """Close this client with the error's code and reason, logged once
         (at most one line per address every 10 s: partysense/core/quietlog.py)."""
         self.factory.quiet.info(
-            address_of(self.peer), "Closing {peer} ({kind}, code {code}): {reason}",
+            network_of(address_of(self.peer)), "Closing {peer} ({kind}, code {code}): {reason}",
             peer=self.peer, kind=error.kind, code=error.code, reason=error.reason,
         )
         self.factory.counters.bad_input(error.kind)
@@ -312,7 +313,7 @@ class LiveProtocol(ServerProtocol):
     def log_refused(self, kind: str, message: str) -> None:
         """A request refused with an error message (the connection stays)."""
         self.factory.quiet.info(
-            address_of(self.peer), "Refused a request from {peer} ({kind}): {message}",
+            network_of(address_of(self.peer)), "Refused a request from {peer} ({kind}): {message}",
             peer=self.peer, kind=kind, message=message)
 
     def refused_by_autobahn(self, code: int, reason: str) -> None:

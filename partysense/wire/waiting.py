@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+from partysense.core.addresses import network_of
+
 
 def nothing_upgraded(address: str) -> int:
     return 0
@@ -57,8 +59,8 @@ class Waiting:
         return connection in self._order
 
     def from_address(self, address: str) -> int:
-        """Connections from ``address``, waiting and upgraded."""
-        return self._per_address.get(address, 0) + self._upgraded_from(address)
+        """Connections from ``address`` (its /64 for IPv6), waiting and upgraded."""
+        return self._per_address.get(network_of(address), 0) + self._upgraded_from(address)
 
     def too_many_from(self, address: str | None) -> bool:
         """Would one more connection from ``address`` pass --max-connections-per-ip?"""
@@ -70,6 +72,7 @@ class Waiting:
         return len(self._order) >= self.budget
 
     def enter(self, connection: Hashable, address: str | None) -> None:
+        address = None if address is None else network_of(address)
         self._order[connection] = address
         if address is not None:
             self._per_address[address] = self._per_address.get(address, 0) + 1
