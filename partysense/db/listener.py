@@ -90,8 +90,10 @@ class ListenerService(Service):
         self._rung = False      # read the log (a doorbell rang, or changes were dropped)
         self._keys = SigningKeys()
         self._keys_due = False  # read the keys again at the work loop's next turn
-        self._key_timer = task.LoopingCall(self._refresh_keys)
-        self._key_timer.clock = reactor
+        # Reads the keys every key_refresh seconds while connected (a new one
+        # for every connection, so that nothing is scheduled while down).
+        self._key_timer: task.LoopingCall | None = None
+        self._reactor = reactor
         self._key_refresh = key_refresh
         self._doorbell = Doorbell()
         # Signed changes that came while a statement ran, in arrival order.
@@ -112,12 +114,10 @@ class ListenerService(Service):
     def startService(self) -> None:
         super().startService()
         self._keeper.startService()
-        self._key_timer.start(self._key_refresh, now=False)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        if self._key_timer.running:
-            self._key_timer.stop()
+        self._stop_key_timer()
         return self._keeper.stopService()
 
     @property
@@ -231,9 +231,19 @@ class ListenerService(Service):
             "Listener connected; {count} channels listened, caught up to seq {seq}.",
             count=len(self._listening), seq=self.last_seq,
         )
+        self._stop_key_timer()
+        self._key_timer = task.LoopingCall(self._refresh_keys)
+        self._key_timer.clock = self._reactor
+        self._key_timer.start(self._key_refresh, now=False)
         self._work()
 
+    def _stop_key_timer(self) -> None:
+        if self._key_timer is not None and self._key_timer.running:
+            self._key_timer.stop()
+        self._key_timer = None
+
     def _forget(self, why: str) -> None:
+        self._stop_key_timer()
         self._listening = set()
         self._doorbell.forget()
         # What the lost connection brought and was not handed on yet, the
