@@ -21,5 +21,8 @@ DROP FUNCTION IF EXISTS partysense_payload(
     bigint, text, bigint, bigint, text, bigint, text, text, boolean, boolean, boolean,
     timestamptz);
 
+-- WAL mode's publication (sql/wal.sql); event_vote keeps REPLICA IDENTITY FULL.
+DROP PUBLICATION IF EXISTS partysense;
+
 DROP TABLE IF EXISTS partysense_change;
 DROP TABLE IF EXISTS partysense_presence;
