@@ -14,26 +14,41 @@ LISTENing connection draining in the background as the daemon would:
   the commit's WAL flush, so these commits cannot share a flush;
 - ``vote``: an INSERT into event_vote, so our triggers (change log, advisory
   lock for commit order, two NOTIFYs) run as in production;
+- ``vote-wal``: the same INSERT on a second database installed for
+  ``--source wal`` (sql/wal.sql: no triggers, a publication), with
+  ``--wal-streams`` WAL readers (bench/wal_consumer.py: one replication
+  connection each, decoding every transaction with the pgoutput parser and
+  acknowledging it, as the daemons' WAL sources would) running throughout;
+  needs wal_level = logical (the embedded server has it);
 
 each with synchronous_commit on (as configured) and off (which takes the disk
-flush out and leaves the locks). Prints a Markdown table of commits/s.
+flush out and leaves the locks). Prints a Markdown table of commits/s, and
+what the WAL readers decoded and the CPU they spent.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
 
 from bench import database
+from partysense.db import sqlfiles, walsetup
 
 SCRIPTS = {
     "plain": "INSERT INTO bench_plain (v) VALUES (1);\n",
@@ -43,6 +58,8 @@ SCRIPTS = {
     "vote": ("\\set e random(:emin, :emax)\n\\set t random(:tmin, :tmax)\n"
              "INSERT INTO event_vote (event_id, track_id, user_id) VALUES (:e, :t, 1);\n"),
 }
+SCRIPTS["vote-wal"] = SCRIPTS["vote"]  # the same INSERT, on the WAL mode's database
+
 
 
 def pgbench_binary() -> str:
@@ -106,18 +123,150 @@ def run_pgbench(dsn: str, script: Path, clients: int, seconds: float, synchronou
     return float(match.group(1))
 
 
-def main(argv: list[str] | None = None) -> None:
+class WalReaders:
+    """bench/wal_consumer.py running on a database: ``counts()`` asks it what it
+    decoded so far, ``stop()`` for its last report."""
+
+    def __init__(self, dsn: str, streams: int) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.wal_consumer", "--dsn", dsn,
+             "--streams", str(streams)], stdout=subprocess.PIPE, text=True)
+        line = self._line()
+        if line.strip() != "ready":
+            self.close()
+            raise SystemExit(f"the WAL readers did not start: {line!r}")
+
+    def _line(self) -> str:
+        assert self._process.stdout is not None
+        return self._process.stdout.readline()
+
+    def counts(self) -> dict[str, Any]:
+        self._process.send_signal(signal.SIGUSR1)
+        return dict(json.loads(self._line()))
+
+    def caught_up(self, changes: int, timeout: float = 60.0) -> dict[str, Any]:
+        """The report once every stream decoded ``changes`` (or at the deadline)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = self.counts()
+            done = all(s["changes"] >= changes for s in report["streams"])
+            if done or time.monotonic() > deadline:
+                return report
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+@contextmanager
+def wal_readers(dsn: str, streams: int) -> Iterator[WalReaders]:
+    readers = WalReaders(dsn, streams)
+    try:
+        yield readers
+    finally:
+        readers.close()
+
+
+def votes_in(dsn: str) -> int:
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM event_vote")
+            return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
+@contextmanager
+def wal_database(admin_dsn: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """A second bench database in WAL mode (sql/wal.sql), with a party."""
+    problems = walsetup.read_settings(admin_dsn).problems()
+    if problems:
+        raise SystemExit("vote-wal: " + "; ".join(problems))
+    with database.bench_database(admin_dsn) as dsn:
+        sqlfiles.install(dsn, wal=True)
+        events, tracks = database.create_party(dsn, 5)
+        yield dsn, {"emin": min(events), "emax": max(events),
+                    "tmin": min(tracks), "tmax": max(tracks)}
+
+
+def measure(name: str, dsn: str, script: Path, args: argparse.Namespace,
+            variables: dict[str, int]) -> list[tuple[str, bool, list[float]]]:
+    rows = []
+    for synchronous in args.synchronous:
+        figures = [run_pgbench(dsn, script, clients, args.seconds, synchronous, variables)
+                   for clients in args.clients]
+        rows.append((name, synchronous, figures))
+        print(f"{name:13} synchronous_commit={'on ' if synchronous else 'off'} "
+              + "  ".join(f"{c} clients: {f:8.0f}/s"
+                          for c, f in zip(args.clients, figures, strict=True)), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> tuple[list[Any], dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m bench.notify_ceiling",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="an admin DSN (may CREATE DATABASE); default: embedded")
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--clients", default="1,8,32",
+                        type=lambda text: [int(n) for n in text.split(",")])
+    parser.add_argument("--scripts", default=",".join(SCRIPTS),
+                        type=lambda text: text.split(","),
+                        help=f"which of {', '.join(SCRIPTS)} (default: all)")
+    parser.add_argument("--synchronous", default="on,off",
+                        type=lambda text: [word == "on" for word in text.split(",")],
+                        help="synchronous_commit on, off or both (default: on,off)")
+    parser.add_argument("--wal-streams", type=int, default=1,
+                        help="WAL readers running during vote-wal (default: 1)")
     args = parser.parse_args(argv)
-    client_counts = [int(n) for n in args.clients.split(",")]
+    unknown = set(args.scripts) - set(SCRIPTS)
+    if unknown:
+        parser.error(f"--scripts: no {', '.join(sorted(unknown))}")
     rows = []
-    with database.server(args.dsn) as admin_dsn, database.bench_database(admin_dsn) as dsn, \
-            tempfile.TemporaryDirectory() as scratch:
+    report: dict[str, Any] = {}
+    drained = 0
+    with database.server(args.dsn) as admin_dsn, tempfile.TemporaryDirectory() as scratch:
+        scripts = {}
+        for name in args.scripts:
+            scripts[name] = Path(scratch) / f"{name.replace('+', '_')}.sql"
+            scripts[name].write_text(SCRIPTS[name])
+        listen_names = [name for name in args.scripts if name != "vote-wal"]
+        if listen_names:
+            drained, listen_rows = listen_mode(admin_dsn, listen_names, scripts, args)
+            rows += listen_rows
+        if "vote-wal" in args.scripts:
+            with wal_database(admin_dsn) as (dsn, variables), \
+                    wal_readers(dsn, args.wal_streams) as readers:
+                rows += measure("vote-wal", dsn, scripts["vote-wal"], args, variables)
+                committed = votes_in(dsn)
+                report = {"votes_committed": committed, **readers.caught_up(committed)}
+    print()
+    print("| script | synchronous_commit | "
+          + " | ".join(f"{c} clients" for c in args.clients) + " |")
+    print("|---|---|" + "---|" * len(args.clients))
+    for name, synchronous, figures in rows:
+        print(f"| {name} | {'on' if synchronous else 'off'} | "
+              + " | ".join(f"{f:,.0f}/s" for f in figures) + " |")
+    if listen_names:
+        print(f"\nnotifications drained by the listener: {drained}")
+    if report:
+        print(f"WAL readers ({args.wal_streams}): {json.dumps(report)}")
+    return rows, report
+
+
+def listen_mode(admin_dsn: str, names: list[str], scripts: dict[str, Path],
+                args: argparse.Namespace) -> tuple[int, list[tuple[str, bool, list[float]]]]:
+    """The scripts of the listen mode's database (triggers installed); notifications
+    drained by a listener throughout."""
+    rows = []
+    with database.bench_database(admin_dsn) as dsn:
         events, tracks = database.create_party(dsn, 5)
         connection = psycopg2.connect(dsn)
         with connection, connection.cursor() as cursor:
@@ -127,27 +276,11 @@ def main(argv: list[str] | None = None) -> None:
                      "tmin": min(tracks), "tmax": max(tracks)}
         drain = Drain(dsn, ["firehose"] + [f"event_{e}" for e in events])
         try:
-            for name, text in SCRIPTS.items():
-                script = Path(scratch) / f"{name.replace('+', '_')}.sql"
-                script.write_text(text)
-                for synchronous in (True, False):
-                    figures = [run_pgbench(dsn, script, clients, args.seconds, synchronous,
-                                           variables) for clients in client_counts]
-                    rows.append((name, synchronous, figures))
-                    print(f"{name:13} synchronous_commit={'on ' if synchronous else 'off'} "
-                          + "  ".join(f"{c} clients: {f:8.0f}/s"
-                                      for c, f in zip(client_counts, figures, strict=True)),
-                          flush=True)
+            for name in names:
+                rows += measure(name, dsn, scripts[name], args, variables)
         finally:
             drain.close()
-    print()
-    print("| script | synchronous_commit | "
-          + " | ".join(f"{c} clients" for c in client_counts) + " |")
-    print("|---|---|" + "---|" * len(client_counts))
-    for name, synchronous, figures in rows:
-        print(f"| {name} | {'on' if synchronous else 'off'} | "
-              + " | ".join(f"{f:,.0f}/s" for f in figures) + " |")
-    print(f"\nnotifications drained by the listener: {drain.received}")
+    return drain.received, rows
 
 
 if __name__ == "__main__":
