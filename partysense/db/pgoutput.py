@@ -301,6 +301,11 @@ class Decoder:
         self._begin: Begin | None = None
         self._changes: list[RowChange] = []
 
+    @property
+    def inside(self) -> bool:
+        """Between a Begin and its Commit."""
+        return self._begin is not None
+
     def feed(self, payload: bytes) -> Transaction | None:
         """Take one message; the transaction it completes, if it is a Commit."""
         message = parse(payload)

@@ -83,6 +83,7 @@ class WalStream:
     def __init__(self, reactor: Any, *, slot: str, publication: str,
                  on_transaction: Callable[[Transaction], None],
                  on_lost: Callable[[str], None], temporary: bool = True,
+                 on_created: Callable[[str, int], defer.Deferred[None]] | None = None,
                  probe_interval: float = 3.0, probe_timeout: float = 7.0) -> None:
         if not SLOT_NAME.fullmatch(slot):
             raise ValueError(f"{slot!r} is not a slot name (a-z, 0-9, _; at most 63)")
@@ -92,6 +93,7 @@ class WalStream:
         self._temporary = temporary
         self._on_transaction = on_transaction
         self._on_lost = on_lost
+        self._on_created = on_created
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._connection: Any = None
@@ -142,8 +144,15 @@ class WalStream:
 
     @defer.inlineCallbacks
     def _create_slot(self) -> Any:
-        """(True, consistent point) for a new slot; (False, 0) when it exists."""
+        """(True, consistent point) for a new slot; (False, 0) when it exists.
+
+        With ``on_created``, the new slot exports its snapshot (exactly what
+        was committed before the slot's first change) and ``on_created(name,
+        lsn)`` runs before streaming starts: the snapshot lasts until the
+        replication connection's next command.
+        """
         words = "TEMPORARY LOGICAL pgoutput" if self._temporary else "LOGICAL pgoutput"
+        words += " EXPORT_SNAPSHOT" if self._on_created else " NOEXPORT_SNAPSHOT"
         try:
             self._cursor.execute(sql.SQL("CREATE_REPLICATION_SLOT {} " + words).format(
                 sql.Identifier(self.slot)))
@@ -153,7 +162,10 @@ class WalStream:
                 raise
             return False, 0
         row = self._cursor.fetchone()
-        return True, parse_lsn(row[1])
+        lsn = parse_lsn(row[1])
+        if self._on_created is not None:
+            yield self._on_created(row[2], lsn)
+        return True, lsn
 
     @defer.inlineCallbacks
     def _confirmed_position(self) -> Any:
@@ -251,6 +263,15 @@ class WalStream:
             self._cursor.send_feedback(flush_lsn=lsn)
         except psycopg2.Error as error:
             self._lose(f"acknowledging failed: {first_line(error)}")
+
+    def acknowledge_received(self) -> None:
+        """Everything received is done with (the caller has handed on every
+        transaction): acknowledge up to the server's last reported position, past
+        WAL that carried nothing of the publication (the database's other
+        writes), which the slot would otherwise keep. Not inside a transaction:
+        its Commit, still to come, is before that position."""
+        if not self._decoder.inside:
+            self.acknowledge(self.received_lsn)
 
     def _probe_once(self) -> None:
         """Ask for an answer; drop a stream that has said nothing for too long."""

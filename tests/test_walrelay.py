@@ -1,0 +1,252 @@
+"""The WAL relay (partysense/db/walrelay.py, sql/wal.sql) on a real PostgreSQL.
+
+Writers vote, change, move and delete votes concurrently on a WAL-mode
+database (no trigger on their transactions); the relay streams them and
+writes the change log and the tallies. Afterwards the log must be, change for
+change, what each writer did (in the order it did it), replaying it must
+give event_vote's GROUP BY, and so must the tallies table: also across a
+relay that takes over from another, and across a slot made again (its
+tallies recounted in the slot's exported snapshot while votes flow).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+import pytest_twisted
+
+from partysense.db import sqlfiles, walsetup
+from partysense.db.walrelay import SLOT, WalRelay
+from partysense.db.walstream import parse_lsn
+from tests.support import Party, eventually
+
+pytestmark = pytest.mark.database
+
+
+@pytest.fixture
+def wal_dsn(db_dsn: str) -> Iterator[str]:
+    if any("wal_level" in p for p in walsetup.read_settings(db_dsn).problems()):
+        pytest.skip("this PostgreSQL runs without wal_level = logical")
+    sqlfiles.install(db_dsn, wal=True)
+    yield db_dsn
+    with Party(db_dsn) as party:  # slots outlive their database's connections
+        party.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name = %s AND database = current_database() AND NOT active",
+                    (SLOT,))
+
+
+@pytest.fixture
+def relays(wal_dsn: str) -> Iterator[Any]:
+    from twisted.internet import reactor
+
+    made: list[WalRelay] = []
+
+    def make() -> WalRelay:
+        relay = WalRelay(wal_dsn, reactor, retry=0.2)
+        made.append(relay)
+        relay.startService()
+        return relay
+
+    yield make
+    for relay in made:
+        if relay.running:
+            pytest_twisted.blockon(relay.stopService())
+
+
+class Writers:
+    """Threads that vote as a party does, each remembering what it did, in order."""
+
+    def __init__(self, dsn: str, events: list[int], tracks: list[int], count: int) -> None:
+        self.dsn, self.events, self.tracks = dsn, events, tracks
+        self.done: list[list[tuple[str, int]]] = [[] for _ in range(count)]
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, number: int) -> None:
+        rng = random.Random(number)
+        connection = psycopg2.connect(self.dsn)
+        connection.autocommit = True
+        mine: list[int] = []
+        with connection.cursor() as cursor:
+            while not self.stop.is_set():
+                action = rng.random()
+                if not mine or action < 0.5:
+                    cursor.execute("INSERT INTO event_vote (event_id, track_id, user_id) "
+                                   "VALUES (%s, %s, %s) RETURNING id",
+                                   (rng.choice(self.events), rng.choice(self.tracks), number))
+                    mine.append(cursor.fetchone()[0])
+                    self.done[number].append(("insert", mine[-1]))
+                elif action < 0.75:
+                    vote = rng.choice(mine)
+                    cursor.execute("UPDATE event_vote SET is_positive = NOT is_positive "
+                                   "WHERE id = %s", (vote,))
+                    self.done[number].append(("update", vote))
+                elif action < 0.85:
+                    vote = rng.choice(mine)
+                    cursor.execute("UPDATE event_vote SET track_id = %s WHERE id = %s "
+                                   "AND track_id <> %s", (self.tracks[0], vote, self.tracks[0]))
+                    if cursor.rowcount:
+                        self.done[number] += [("delete", vote), ("insert", vote)]
+                else:
+                    vote = mine.pop(rng.randrange(len(mine)))
+                    cursor.execute("DELETE FROM event_vote WHERE id = %s", (vote,))
+                    self.done[number].append(("delete", vote))
+        connection.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def party_of(dsn: str) -> tuple[list[int], list[int]]:
+    with Party(dsn) as party:
+        return ([party.event(f"Party {n}") for n in range(3)],
+                [party.track(f"Song {n}", f"Artist {n}") for n in range(4)])
+
+
+def log_of(dsn: str) -> list[tuple]:
+    with Party(dsn) as party:
+        return party.query("SELECT seq, op, vote_id, event_id, track_id, up, prev_up "
+                           "FROM partysense_change ORDER BY seq")
+
+
+def grouped(dsn: str) -> dict[tuple[int, int], tuple[int, int]]:
+    with Party(dsn) as party:
+        return {(e, t): (up, down) for e, t, up, down in party.query(
+            "SELECT event_id, track_id, count(*) FILTER (WHERE is_positive), "
+            "count(*) FILTER (WHERE NOT is_positive) FROM event_vote GROUP BY 1, 2")}
+
+
+def tally_table(dsn: str) -> dict[tuple[int, int], tuple[int, int]]:
+    with Party(dsn) as party:
+        return {(e, t): (up, down) for e, t, up, down in party.query(
+            "SELECT event_id, track_id, up, down FROM partysense_tally "
+            "WHERE up <> 0 OR down <> 0")}
+
+
+def replayed(log: list[tuple], start: dict | None = None) -> dict[tuple[int, int], tuple]:
+    counts: dict[tuple[int, int], list[int]] = {k: list(v) for k, v in (start or {}).items()}
+    for _, op, _, event, track, up, prev in log:
+        side = counts.setdefault((event, track), [0, 0])
+        if op in ("update", "delete"):
+            side[0 if prev else 1] -= 1
+        if op in ("insert", "update"):
+            side[0 if up else 1] += 1
+    return {k: (v[0], v[1]) for k, v in counts.items() if v != [0, 0]}
+
+
+async def caught_up(dsn: str, relay: WalRelay) -> None:
+    """The relay has written everything committed so far."""
+    with Party(dsn) as party:
+        target = parse_lsn(party.query("SELECT pg_current_wal_lsn()::text")[0][0])
+    await eventually(lambda: relay.acknowledged_lsn >= target, "the relay to catch up",
+                     timeout=30)
+
+
+def per_vote(log: list[tuple]) -> dict[int, list[str]]:
+    ops: dict[int, list[str]] = {}
+    for _, op, vote, *_ in log:
+        ops.setdefault(vote, []).append(op)
+    return ops
+
+
+def expected_per_vote(writers: Writers) -> dict[int, list[str]]:
+    ops: dict[int, list[str]] = {}
+    for done in writers.done:
+        for op, vote in done:
+            ops.setdefault(vote, []).append(op)
+    return ops
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_writers_are_logged_exactly_once_in_commit_order(
+        wal_dsn: str, relays: Any) -> None:
+    events, tracks = party_of(wal_dsn)
+    relay = relays()
+    await eventually(lambda: relay.state == "relaying", "the relay to take the slot")
+    writers = Writers(wal_dsn, events, tracks, 6)
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, 2.0, lambda: None)  # let them write meanwhile
+    writers.finish()
+    await caught_up(wal_dsn, relay)
+    log = log_of(wal_dsn)
+    assert len(log) > 100 and relay.relayed == len(log)
+    assert per_vote(log) == expected_per_vote(writers)
+    assert replayed(log) == grouped(wal_dsn) == tally_table(wal_dsn)
+    # Each row's prev is what the vote was at the row before it: commit order.
+    last: dict[int, bool] = {}
+    for _, op, vote, _, _, up, prev in log:
+        if op != "insert":
+            assert last.get(vote) == prev, (vote, op)
+        last[vote] = up
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_standby_takes_over_without_losing_or_doubling(
+        wal_dsn: str, relays: Any) -> None:
+    events, tracks = party_of(wal_dsn)
+    first = relays()
+    await eventually(lambda: first.state == "relaying", "the first relay to take the slot")
+    second = relays()
+    await eventually(lambda: second.state == "standby", "the second to wait")
+    writers = Writers(wal_dsn, events, tracks, 4)
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, 1.0, lambda: None)
+    await first.stopService()  # mid-flow: what it had not written, the next one writes
+    await eventually(lambda: second.state == "relaying", "the standby to take over")
+    await task.deferLater(reactor, 1.0, lambda: None)
+    writers.finish()
+    await caught_up(wal_dsn, second)
+    log = log_of(wal_dsn)
+    assert first.relayed > 0 and second.relayed > 0
+    assert first.relayed + second.relayed == len(log)
+    assert per_vote(log) == expected_per_vote(writers)
+    assert replayed(log) == grouped(wal_dsn) == tally_table(wal_dsn)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slot_made_again_recounts_the_tallies_in_its_own_snapshot(
+        wal_dsn: str, relays: Any) -> None:
+    events, tracks = party_of(wal_dsn)
+    writers = Writers(wal_dsn, events, tracks, 4)  # votes flow throughout
+    try:
+        relay = relays()
+        await eventually(lambda: relay.relayed > 50, "the relay to write some")
+        await relay.stopService()
+        old_log = log_of(wal_dsn)
+        with Party(wal_dsn) as party:
+            party.query("SELECT pg_drop_replication_slot(%s)", (SLOT,))
+        again = relays()
+        await eventually(lambda: again.relayed > 50, "a new slot, and changes written")
+    finally:
+        writers.finish()
+    await caught_up(wal_dsn, again)
+    log = log_of(wal_dsn)
+    assert log[0][0] > old_log[-1][0] + 1  # a gap no cursor crosses unseen
+    assert replayed(log) != grouped(wal_dsn)  # the log alone no longer counts...
+    assert tally_table(wal_dsn) == grouped(wal_dsn)  # ...the tallies do
+
+
+@pytest_twisted.ensureDeferred
+async def test_truncate_is_relayed_as_one_delete_per_vote(wal_dsn: str, relays: Any) -> None:
+    events, tracks = party_of(wal_dsn)
+    relay = relays()
+    await eventually(lambda: relay.state == "relaying", "the relay to take the slot")
+    with Party(wal_dsn) as party:
+        votes = [party.vote(events[0], tracks[n % 4], up=n % 3 != 0) for n in range(7)]
+        party.query("TRUNCATE event_vote")
+    await caught_up(wal_dsn, relay)
+    log = log_of(wal_dsn)
+    deletes = [row for row in log if row[1] == "delete"]
+    assert sorted(row[2] for row in deletes) == votes
+    assert replayed(log) == {} == tally_table(wal_dsn)
