@@ -32,8 +32,10 @@ def default_data_dir() -> Path:
 
 
 def database_for(dsn: str | None, data_dir: str | None, parent: MultiService,
-                 reactor: Any) -> tuple[str | Callable[[], defer.Deferred[str]], str]:
-    """The daemon's database: the DSN given, or an embedded server started under ``parent``.
+                 reactor: Any, wal: bool = False
+                 ) -> tuple[str | Callable[[], defer.Deferred[str]], str]:
+    """The daemon's database: the DSN given, or an embedded server started under ``parent``
+    (installed for the WAL mode with ``wal``).
 
     Returns what the listener connects to (a DSN, or a callable that gives
     one once the embedded server is up) and how to name it in the log.
@@ -41,7 +43,7 @@ def database_for(dsn: str | None, data_dir: str | None, parent: MultiService,
     if dsn is not None:
         return dsn, redact(dsn)  # the DSN with any password as ***
     folder = Path(data_dir) if data_dir else default_data_dir()
-    embedded = EmbeddedPostgresService(folder, reactor)
+    embedded = EmbeddedPostgresService(folder, reactor, wal=wal)
     embedded.setServiceParent(parent)
     return embedded.dsn, f"the EMBEDDED PostgreSQL in {folder}"
 
@@ -96,9 +98,11 @@ class EmbeddedPostgresService(Service):
 
     log = Logger()
 
-    def __init__(self, data_dir: Path, reactor: Any) -> None:
-        """``reactor``: whose thread pool starts and stops the server (it blocks)."""
+    def __init__(self, data_dir: Path, reactor: Any, wal: bool = False) -> None:
+        """``reactor``: whose thread pool starts and stops the server (it blocks);
+        ``wal``: install the WAL mode (sql/wal.sql), else the listen mode."""
         self.data_dir = data_dir
+        self._wal = wal
         self._reactor = reactor
         self._server: Any = None
         self._ready: defer.Deferred[str] | None = None
@@ -118,7 +122,7 @@ class EmbeddedPostgresService(Service):
     def _start(self) -> str:
         self._server = start_server(self.data_dir)
         uri = self._server.get_uri()
-        sqlfiles.install(uri, demo_schema=True)
+        sqlfiles.install(uri, demo_schema=True, wal=self._wal)
         return uri
 
     def _started(self, uri: str) -> None:
