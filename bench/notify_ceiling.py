@@ -15,11 +15,13 @@ LISTENing connection draining in the background as the daemon would:
 - ``vote``: an INSERT into event_vote, so our triggers (change log, advisory
   lock for commit order, two NOTIFYs) run as in production;
 - ``vote-wal``: the same INSERT on a second database installed for
-  ``--source wal`` (sql/wal.sql: no triggers, a publication), with
-  ``--wal-streams`` WAL readers (bench/wal_consumer.py: one replication
-  connection each, decoding every transaction with the pgoutput parser and
-  acknowledging it, as the daemons' WAL sources would) running throughout;
-  needs wal_level = logical (the embedded server has it);
+  ``--source wal`` (sql/wal.sql: no triggers, a publication), needs
+  wal_level = logical (the embedded server has it), with running throughout
+  either (``--wal-reader daemon``, the default) ``twistd partysense-live
+  --source wal``, whose relay writes every vote to the change log and the
+  tallies from the slot, or (``--wal-reader stream``) ``--wal-streams`` bare
+  WAL readers (bench/wal_consumer.py: one replication connection each,
+  decoding every transaction and acknowledging it: the transport's own cost);
 
 each with synchronous_commit on (as configured) and off (which takes the disk
 flush out and leaves the locks). Prints a Markdown table of commits/s, and
@@ -44,6 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg2
 from psycopg2 import sql
 
@@ -173,6 +176,53 @@ def wal_readers(dsn: str, streams: int) -> Iterator[WalReaders]:
         readers.close()
 
 
+class RelayingDaemon:
+    """``twistd partysense-live --source wal`` on the database; ``caught_up`` waits
+    until its relay has logged every vote, and says what the daemon's CPU was."""
+
+    def __init__(self, dsn: str, workdir: Path) -> None:
+        from harness.daemon import Daemon
+
+        self.daemon = Daemon(dsn, workdir, "--source", "wal", "--no-demo").start()
+        self._dsn = dsn
+        self._process = psutil.Process(self.daemon.process.pid)  # type: ignore[union-attr]
+        self._cpu = self._cpu_seconds()
+
+    def _cpu_seconds(self) -> float:
+        times = self._process.cpu_times()
+        return float(times.user + times.system)
+
+    def caught_up(self, changes: int, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (logged := changes_logged(self._dsn)) < changes and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return {"changes_logged": logged,
+                "daemon_cpu_seconds": round(self._cpu_seconds() - self._cpu, 3)}
+
+    def close(self) -> None:
+        self.daemon.stop()
+
+
+@contextmanager
+def wal_daemon(dsn: str, streams: int) -> Iterator[RelayingDaemon]:
+    with tempfile.TemporaryDirectory(prefix="partysense-ceiling-") as workdir:
+        daemon = RelayingDaemon(dsn, Path(workdir))
+        try:
+            yield daemon
+        finally:
+            daemon.close()
+
+
+def changes_logged(dsn: str) -> int:
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM partysense_change")
+            return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
 def votes_in(dsn: str) -> int:
     connection = psycopg2.connect(dsn)
     try:
@@ -223,8 +273,10 @@ def main(argv: list[str] | None = None) -> tuple[list[Any], dict[str, Any]]:
     parser.add_argument("--synchronous", default="on,off",
                         type=lambda text: [word == "on" for word in text.split(",")],
                         help="synchronous_commit on, off or both (default: on,off)")
+    parser.add_argument("--wal-reader", choices=("daemon", "stream"), default="daemon",
+                        help="what reads the WAL during vote-wal (default: daemon)")
     parser.add_argument("--wal-streams", type=int, default=1,
-                        help="WAL readers running during vote-wal (default: 1)")
+                        help="with --wal-reader stream: how many (default: 1)")
     args = parser.parse_args(argv)
     unknown = set(args.scripts) - set(SCRIPTS)
     if unknown:
@@ -242,11 +294,12 @@ def main(argv: list[str] | None = None) -> tuple[list[Any], dict[str, Any]]:
             drained, listen_rows = listen_mode(admin_dsn, listen_names, scripts, args)
             rows += listen_rows
         if "vote-wal" in args.scripts:
-            with wal_database(admin_dsn) as (dsn, variables), \
-                    wal_readers(dsn, args.wal_streams) as readers:
-                rows += measure("vote-wal", dsn, scripts["vote-wal"], args, variables)
-                committed = votes_in(dsn)
-                report = {"votes_committed": committed, **readers.caught_up(committed)}
+            with wal_database(admin_dsn) as (dsn, variables):
+                reader = wal_daemon if args.wal_reader == "daemon" else wal_readers
+                with reader(dsn, args.wal_streams) as readers:
+                    rows += measure("vote-wal", dsn, scripts["vote-wal"], args, variables)
+                    committed = votes_in(dsn)
+                    report = {"votes_committed": committed, **readers.caught_up(committed)}
     print()
     print("| script | synchronous_commit | "
           + " | ".join(f"{c} clients" for c in args.clients) + " |")
@@ -257,7 +310,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Any], dict[str, Any]]:
     if listen_names:
         print(f"\nnotifications drained by the listener: {drained}")
     if report:
-        print(f"WAL readers ({args.wal_streams}): {json.dumps(report)}")
+        print(f"WAL reader ({args.wal_reader}): {json.dumps(report)}")
     return rows, report
 
 
