@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from websockets.sync.client import connect
 from harness.daemon import Daemon, wait_for
 from harness.faults import committed
 from partysense.db import sqlfiles, walsetup
-from partysense.db.walrelay import SLOT
+from partysense.db.walrelay import SLOT_PREFIX
 from tests.sse import Stream
 from tests.support import Party
 from tests.test_exact_tallies import Watcher
@@ -40,8 +41,8 @@ def wal_dsn(db_dsn: str) -> Iterator[str]:
     yield db_dsn
     with Party(db_dsn) as party:
         party.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND database = current_database() AND NOT active",
-                    (SLOT,))
+                    "WHERE slot_name LIKE %s AND database = current_database() AND NOT active",
+                    (SLOT_PREFIX + "%",))
 
 
 def relayed_everything(dsn: str) -> bool:
@@ -78,6 +79,14 @@ def test_two_wal_daemons_serve_seed_v2_and_sse_exactly(wal_dsn: str, tmp_path: P
         (tmp_path / name).mkdir()
     with Daemon(wal_dsn, tmp_path / "a", "--source", "wal") as a, \
             Daemon(wal_dsn, tmp_path / "b", "--source", "wal") as b:
+        # One relays the slot, the other waits; both say so, and the slot's lag.
+        wait_for(lambda: sorted(d.health()[1]["relay"]["state"] for d in (a, b))
+                 == ["relaying", "standby"], 20, "one relay and one standby")
+        wait_for(lambda: all(d.health()[1]["relay"]["slot_lag_bytes"] is not None
+                             for d in (a, b)), 20, "the slot's lag")
+        metrics = {d: metric_lines(d) for d in (a, b)}
+        assert sorted(m["partysense_wal_relay_active"] for m in metrics.values()) == [0, 1]
+        assert all(m["partysense_wal_slot_lag_bytes"] >= 0 for m in metrics.values())
         seed = connect(a.ws_url, open_timeout=10)
         seed.send(json.dumps({"event": event}))
         wait_for(lambda: a.health()[1]["channels"], 10, "the seed subscription")
@@ -118,6 +127,15 @@ def test_two_wal_daemons_serve_seed_v2_and_sse_exactly(wal_dsn: str, tmp_path: P
         again.close()
         for daemon in (a, b):
             assert "Traceback" not in daemon.log()
+
+
+def metric_lines(daemon: Daemon) -> dict[str, float]:
+    """The daemon's unlabelled /metrics values by name."""
+    with urllib.request.urlopen(daemon.admin_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {name: float(value) for name, value in
+            (line.split(" ", 1) for line in text.splitlines()
+             if line and not line.startswith("#") and "{" not in line)}
 
 
 def votes(dsn: str) -> int:

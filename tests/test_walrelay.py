@@ -21,7 +21,7 @@ import pytest
 import pytest_twisted
 
 from partysense.db import sqlfiles, walsetup
-from partysense.db.walrelay import SLOT, WalRelay
+from partysense.db.walrelay import SLOT_PREFIX, WalRelay
 from partysense.db.walstream import parse_lsn
 from tests.support import Party, eventually
 
@@ -36,8 +36,8 @@ def wal_dsn(db_dsn: str) -> Iterator[str]:
     yield db_dsn
     with Party(db_dsn) as party:  # slots outlive their database's connections
         party.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND database = current_database() AND NOT active",
-                    (SLOT,))
+                    "WHERE slot_name LIKE %s AND database = current_database() AND NOT active",
+                    (SLOT_PREFIX + "%",))
 
 
 @pytest.fixture
@@ -225,7 +225,7 @@ async def test_a_slot_made_again_recounts_the_tallies_in_its_own_snapshot(
         await relay.stopService()
         old_log = log_of(wal_dsn)
         with Party(wal_dsn) as party:
-            party.query("SELECT pg_drop_replication_slot(%s)", (SLOT,))
+            party.query("SELECT pg_drop_replication_slot(%s)", (relay.slot,))
         again = relays()
         await eventually(lambda: again.relayed > 50, "a new slot, and changes written")
     finally:

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from partysense.adapters.txpostgres_adapter import PgConnection
 from partysense.core.change import Change
 from partysense.core.channels import FIREHOSE, carries, channel_event, event_channel
-from partysense.core.interfaces import Observer
+from partysense.core.interfaces import Observer, Relay
 from partysense.core.quietlog import Quiet
 from partysense.db import changelog
 from partysense.db.dsn import DSNSource
@@ -90,6 +90,7 @@ class ListenerService(Service):
         self.replayed = 0
         self.bad_notifications = 0
         self.reads = 0
+        self.relay: Relay | None = None  # the listen mode has none
 
     # -- the connection ---------------------------------------------------------
 

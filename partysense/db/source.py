@@ -67,15 +67,16 @@ class WalSource(ListenerService):
 
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
         super().__init__(dsn, reactor, **options)
-        self.relay = WalRelay(dsn, reactor)
+        self._relay = WalRelay(dsn, reactor)
+        self.relay = self._relay
 
     def startService(self) -> None:
-        self.relay.startService()
+        self._relay.startService()
         super().startService()
 
     def stopService(self) -> defer.Deferred[None]:
         stopped = super().stopService()
-        return defer.gatherResults([stopped, self.relay.stopService()]).addCallback(
+        return defer.gatherResults([stopped, self._relay.stopService()]).addCallback(
             lambda _: None)
 
     @defer.inlineCallbacks

@@ -41,8 +41,13 @@ from partysense.db import dsn as dsnlib
 from partysense.db.pgoutput import RowChange, Transaction
 from partysense.db.walstream import SlotInvalidated, WalStream, format_lsn
 
-SLOT = "partysense_relay"
+# The slot's name: slots are the cluster's, so one per database, by its oid.
+SLOT_PREFIX = "partysense_relay_"
+SLOT_QUERY = ("SELECT %s || oid::text FROM pg_database WHERE datname = current_database()")
 PUBLICATIONS = "partysense,partysense_truncated"
+# Seconds between two looks at the slot (its lag, its WAL status), by every
+# candidate, relaying or not.
+SLOT_POLL = 5.0
 # Seconds between acknowledgements of the WAL position while idle.
 IDLE_ACKNOWLEDGE = 1.0
 # Rows written at most per batch (whole transactions: one may exceed it).
@@ -113,6 +118,10 @@ class WalRelay(Service):
         self.relayed = 0       # log rows written
         self.batches = 0
         self.takeovers = 0     # times this relay took the slot
+        self.slot = ""         # known once connected (SLOT_QUERY)
+        self.slot_lag_bytes: int | None = None   # None: not known (yet)
+        self.slot_wal_status: str | None = None
+        self._slot_poll: LoopingCall | None = None
 
     # -- service ----------------------------------------------------------------
 
@@ -122,12 +131,16 @@ class WalRelay(Service):
         self._idle = LoopingCall(self._acknowledge_idle)
         self._idle.clock = self._reactor
         self._idle.start(IDLE_ACKNOWLEDGE, now=False)
+        self._slot_poll = LoopingCall(self._look_at_slot)
+        self._slot_poll.clock = self._reactor
+        self._slot_poll.start(SLOT_POLL, now=False)
         self._attempt()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        if self._idle is not None and self._idle.running:
-            self._idle.stop()
+        for loop in (self._idle, self._slot_poll):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._drop_stream()
@@ -151,6 +164,20 @@ class WalRelay(Service):
         if self._stream is not None and not self._writing and not self._pending:
             self._stream.acknowledge_received()
 
+    @defer.inlineCallbacks
+    def _look_at_slot(self) -> Any:
+        """How much WAL the slot holds that no relay has logged, and its status
+        (``lost``: invalidated by max_slot_wal_keep_size)."""
+        if not self.slot:
+            return
+        try:
+            row = yield self._in_thread(self._slot_blocking)
+        except Exception as error:
+            self.log.debug("Could not look at the relay's slot: {why}", why=first_line(error))
+            self.slot_lag_bytes = self.slot_wal_status = None
+            return
+        self.slot_lag_bytes, self.slot_wal_status = (None, None) if row is None else row
+
     # -- taking the slot ----------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -162,8 +189,10 @@ class WalRelay(Service):
             dsn = yield dsnlib.when_known(self._dsn)
             dsn = dsnlib.for_connection(dsn, "partysense-live relay")
             self._connect_to = dsn
+            if not self.slot:
+                self.slot = yield self._in_thread(self._slot_name_blocking)
             stream = self._stream_factory(
-                self._reactor, slot=SLOT, publication=PUBLICATIONS, temporary=False,
+                self._reactor, slot=self.slot, publication=PUBLICATIONS, temporary=False,
                 on_transaction=self._take, on_lost=self._lost,
                 on_created=lambda snapshot, lsn: self._in_thread(
                     self._reset_blocking, snapshot, lsn))
@@ -188,7 +217,7 @@ class WalRelay(Service):
             return
         self.takeovers += 1
         self._set("relaying", "")
-        self.log.info("Relaying the WAL to the change log (slot {slot}).", slot=SLOT)
+        self.log.info("Relaying the WAL to the change log (slot {slot}).", slot=self.slot)
 
     def _again(self, why: str, at_once: bool = False) -> None:
         self._drop_stream()
@@ -267,7 +296,7 @@ class WalRelay(Service):
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             try:
                 cursor.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-                cursor.execute(RESET, (SLOT, format_lsn(lsn)))
+                cursor.execute(RESET, (self.slot, format_lsn(lsn)))
                 cursor.execute("COMMIT")
             except BaseException:
                 cursor.execute("ROLLBACK")
@@ -287,10 +316,22 @@ class WalRelay(Service):
             cursor.execute(WRITE, columns)
             return int(cursor.fetchone()[0])
 
+    def _slot_name_blocking(self) -> str:
+        with self._cursor() as cursor:
+            cursor.execute(SLOT_QUERY, (SLOT_PREFIX,))
+            return str(cursor.fetchone()[0])
+
+    def _slot_blocking(self) -> tuple[int | None, str | None] | None:
+        with self._cursor() as cursor:
+            cursor.execute(LAG, (self.slot,))
+            row = cursor.fetchone()
+        return None if row is None else (row[0], row[2])
+
     def _drop_slot_blocking(self) -> None:
         with self._cursor() as cursor:
             cursor.execute("SELECT pg_drop_replication_slot(slot_name) FROM "
-                           "pg_replication_slots WHERE slot_name = %s AND NOT active", (SLOT,))
+                           "pg_replication_slots WHERE slot_name = %s AND NOT active",
+                           (self.slot,))
 
     def _close_blocking(self) -> None:
         connection, self._connection = self._connection, None
