@@ -116,65 +116,71 @@ END;
 $$;
 
 -- One batch of changes, in commit order, from the relay: logged (seq in that
--- order: the same lock as the listen mode's trigger, held to the end of the
--- relay's transaction), counted into the tallies, and announced: per event
--- and on the firehose, the payload of its last change of the batch (a
--- doorbell the listener checks against the log, as in the listen mode).
--- Changes of transactions at or before the relay's end_lsn were written
--- already (by this relay before a reconnect, or by another): skipped.
+-- order: the rows are inserted in the batch's order, under the same lock as
+-- the listen mode's trigger, held to the end of the relay's transaction),
+-- counted into the tallies, and announced: per event and on the firehose,
+-- the payload of its last change of the batch (a doorbell the listener checks
+-- against the log, as in the listen mode). Changes of transactions at or
+-- before the relay's end_lsn were written already (by this relay before a
+-- reconnect, or by another): skipped. Set-based: one INSERT, one upsert of
+-- the tallies, a NOTIFY per event, whatever the batch's size.
 CREATE OR REPLACE FUNCTION partysense_relay_write(
     p_end_lsn pg_lsn[], p_committed timestamptz[], p_op text[], p_vote bigint[],
     p_event bigint[], p_track bigint[], p_up boolean[], p_prev boolean[]
 ) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     v_done pg_lsn;
-    v_written bigint := 0;
-    v_seq bigint;
-    v_last_seq bigint;
-    v_last_event bigint;
-    c record;
-    v_events bigint[] := '{}';
-    v_seqs bigint[] := '{}';
+    v_written bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock('partysense_change'::regclass::oid::integer, 0);
     SELECT end_lsn INTO v_done FROM partysense_relay;
     IF v_done IS NULL THEN
         RAISE EXCEPTION 'the relay was never reset (partysense_relay is empty)';
     END IF;
-    FOR c IN SELECT * FROM unnest(p_end_lsn, p_committed, p_op, p_vote, p_event, p_track,
-                                  p_up, p_prev)
-             AS x(end_lsn, committed_at, op, vote_id, event_id, track_id, up, prev_up)
-             WHERE x.end_lsn > v_done LOOP
+    -- nextval() is evaluated row by row in the ORDER BY's order: seq follows
+    -- the batch's order, which is the WAL's commit order. One statement: the
+    -- rows it logs are not visible to itself, so the payloads are built from
+    -- what the INSERT returned, by the function the listener's reads use.
+    WITH logged AS (
         INSERT INTO partysense_change (committed_at, op, vote_id, event_id, track_id, up,
                                        prev_up)
-            VALUES (c.committed_at, c.op, c.vote_id, c.event_id, c.track_id, c.up, c.prev_up)
-            RETURNING seq INTO v_seq;
+        SELECT x.committed_at, x.op, x.vote_id, x.event_id, x.track_id, x.up, x.prev_up
+        FROM unnest(p_end_lsn, p_committed, p_op, p_vote, p_event, p_track, p_up, p_prev)
+             WITH ORDINALITY AS x(end_lsn, committed_at, op, vote_id, event_id, track_id,
+                                  up, prev_up, n)
+        WHERE x.end_lsn > v_done
+        ORDER BY x.n
+        RETURNING *
+    ), tallied AS (
         INSERT INTO partysense_tally AS t (event_id, track_id, up, down)
-            VALUES (c.event_id, c.track_id,
-                    CASE WHEN c.op <> 'delete' AND c.up THEN 1 ELSE 0 END
-                    - CASE WHEN c.op <> 'insert' AND c.prev_up THEN 1 ELSE 0 END,
-                    CASE WHEN c.op <> 'delete' AND NOT c.up THEN 1 ELSE 0 END
-                    - CASE WHEN c.op <> 'insert' AND NOT c.prev_up THEN 1 ELSE 0 END)
-            ON CONFLICT (event_id, track_id)
-            DO UPDATE SET up = t.up + excluded.up, down = t.down + excluded.down;
-        v_written := v_written + 1;
-        v_last_seq := v_seq;
-        v_last_event := c.event_id;
-        IF c.event_id = ANY (v_events) THEN
-            v_seqs[array_position(v_events, c.event_id)] := v_seq;
-        ELSE
-            v_events := v_events || c.event_id;
-            v_seqs := v_seqs || v_seq;
-        END IF;
-    END LOOP;
-    IF v_written = 0 THEN
-        RETURN 0;
+        SELECT l.event_id, l.track_id,
+               sum(CASE WHEN l.op <> 'delete' AND l.up THEN 1 ELSE 0 END
+                   - CASE WHEN l.op <> 'insert' AND l.prev_up THEN 1 ELSE 0 END),
+               sum(CASE WHEN l.op <> 'delete' AND NOT l.up THEN 1 ELSE 0 END
+                   - CASE WHEN l.op <> 'insert' AND NOT l.prev_up THEN 1 ELSE 0 END)
+        FROM logged l GROUP BY l.event_id, l.track_id
+        ON CONFLICT (event_id, track_id)
+        DO UPDATE SET up = t.up + excluded.up, down = t.down + excluded.down
+        RETURNING 1
+    ), last AS (
+        (SELECT DISTINCT ON (l.event_id) 'event_' || l.event_id::text AS channel, l.*
+         FROM logged l ORDER BY l.event_id, l.seq DESC)
+        UNION ALL
+        (SELECT 'firehose', l.* FROM logged l ORDER BY l.seq DESC LIMIT 1)
+    ), rung AS (
+        SELECT pg_notify(last.channel, partysense_notified_payload(
+                   last.seq, last.op, last.vote_id, last.event_id, e.title, last.track_id,
+                   m.name, m.artist, last.up, last.prev_up, last.committed_at))
+        FROM last
+        LEFT JOIN event_event e ON e.id = last.event_id
+        LEFT JOIN music_view m ON m.id = last.track_id
+    )
+    SELECT (SELECT count(*) FROM logged) + 0 * (SELECT count(*) FROM tallied)
+           + 0 * (SELECT count(*) FROM rung)
+    INTO v_written;
+    IF v_written > 0 THEN
+        UPDATE partysense_relay SET end_lsn = (SELECT max(l) FROM unnest(p_end_lsn) l);
     END IF;
-    UPDATE partysense_relay SET end_lsn = (SELECT max(l) FROM unnest(p_end_lsn) l);
-    FOR i IN 1 .. array_length(v_events, 1) LOOP
-        PERFORM pg_notify('event_' || v_events[i]::text, partysense_logged_payload(v_seqs[i]));
-    END LOOP;
-    PERFORM pg_notify('firehose', partysense_logged_payload(v_last_seq));
     RETURN v_written;
 END;
 $$;
