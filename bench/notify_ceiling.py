@@ -21,7 +21,8 @@ LISTENing connection draining in the background as the daemon would:
   --source wal``, whose relay writes every vote to the change log and the
   tallies from the slot, or (``--wal-reader stream``) ``--wal-streams`` bare
   WAL readers (bench/wal_consumer.py: one replication connection each,
-  decoding every transaction and acknowledging it: the transport's own cost);
+  decoding every transaction and acknowledging it: the transport's own cost),
+  or (``none``) nothing: the INSERT's rate without triggers;
 
 each with synchronous_commit on (as configured) and off (which takes the disk
 flush out and leaves the locks). Prints a Markdown table of commits/s, and
@@ -213,6 +214,16 @@ def wal_daemon(dsn: str, streams: int) -> Iterator[RelayingDaemon]:
             daemon.close()
 
 
+class NoReader:
+    def caught_up(self, changes: int) -> dict[str, Any]:
+        return {}
+
+
+@contextmanager
+def no_reader(dsn: str, streams: int) -> Iterator[NoReader]:
+    yield NoReader()
+
+
 def changes_logged(dsn: str) -> int:
     connection = psycopg2.connect(dsn)
     try:
@@ -273,8 +284,10 @@ def main(argv: list[str] | None = None) -> tuple[list[Any], dict[str, Any]]:
     parser.add_argument("--synchronous", default="on,off",
                         type=lambda text: [word == "on" for word in text.split(",")],
                         help="synchronous_commit on, off or both (default: on,off)")
-    parser.add_argument("--wal-reader", choices=("daemon", "stream"), default="daemon",
-                        help="what reads the WAL during vote-wal (default: daemon)")
+    parser.add_argument("--wal-reader", choices=("daemon", "stream", "none"),
+                        default="daemon",
+                        help="what reads the WAL during vote-wal (default: daemon; none: "
+                             "nothing, the INSERT's own rate without triggers)")
     parser.add_argument("--wal-streams", type=int, default=1,
                         help="with --wal-reader stream: how many (default: 1)")
     args = parser.parse_args(argv)
@@ -295,7 +308,8 @@ def main(argv: list[str] | None = None) -> tuple[list[Any], dict[str, Any]]:
             rows += listen_rows
         if "vote-wal" in args.scripts:
             with wal_database(admin_dsn) as (dsn, variables):
-                reader = wal_daemon if args.wal_reader == "daemon" else wal_readers
+                reader = {"daemon": wal_daemon, "stream": wal_readers,
+                          "none": no_reader}[args.wal_reader]
                 with reader(dsn, args.wal_streams) as readers:
                     rows += measure("vote-wal", dsn, scripts["vote-wal"], args, variables)
                     committed = votes_in(dsn)

@@ -116,3 +116,20 @@ class Notifications:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def require_logical_decoding(dsn: str) -> None:
+    """Skip a WAL-mode test on a PostgreSQL without wal_level = logical, or fail it
+    where CI says the server has it (PARTYSENSE_REQUIRE_WAL=1, .ci/run)."""
+    import os
+
+    import pytest
+
+    from partysense.db import walsetup
+
+    problems = walsetup.read_settings(dsn).problems()
+    if not problems:
+        return
+    if os.environ.get("PARTYSENSE_REQUIRE_WAL"):
+        pytest.fail(f"PARTYSENSE_REQUIRE_WAL is set, but: {'; '.join(problems)}")
+    pytest.skip(f"this PostgreSQL cannot stream: {'; '.join(problems)}")

@@ -9,7 +9,7 @@ import pytest
 
 from harness.faults import dedicated_postgres
 from partysense.db.walsetup import Settings
-from tests.support import Party
+from tests.support import Party, require_logical_decoding
 from tests.test_dbcli import OUR_TRIGGERS, partysense_db, triggers
 
 
@@ -26,9 +26,8 @@ def wal_state(dsn: str) -> tuple[list[str], str]:
 
 @pytest.mark.daemon
 def test_wal_mode_drops_the_triggers_and_publishes_event_vote_and_back(db_dsn: str) -> None:
+    require_logical_decoding(db_dsn)
     result = partysense_db("install", "--dsn", db_dsn, "--source", "wal")
-    if "wal_level is" in result.stderr:
-        pytest.skip("this PostgreSQL runs without wal_level = logical")
     assert result.returncode == 0, result.stderr
     assert "install.sql, wal.sql" in result.stdout
     assert "REPLICATION" in result.stdout  # the note on the daemon's role

@@ -10,14 +10,13 @@ from __future__ import annotations
 import pytest
 
 from bench import notify_ceiling
-from partysense.db import walsetup
+from tests.support import require_logical_decoding
 
 pytestmark = pytest.mark.daemon
 
 
 def test_the_wal_readers_decode_every_committed_vote_once(admin_dsn: str) -> None:
-    if walsetup.read_settings(admin_dsn).problems():
-        pytest.skip("this PostgreSQL cannot stream (wal_level, slots)")
+    require_logical_decoding(admin_dsn)
     rows, report = notify_ceiling.main([
         "--dsn", admin_dsn, "--seconds", "1", "--clients", "2", "--scripts", "vote-wal",
         "--synchronous", "on", "--wal-reader", "stream", "--wal-streams", "2"])
@@ -32,8 +31,7 @@ def test_the_wal_readers_decode_every_committed_vote_once(admin_dsn: str) -> Non
 
 
 def test_the_relaying_daemon_logs_every_committed_vote_once(admin_dsn: str) -> None:
-    if walsetup.read_settings(admin_dsn).problems():
-        pytest.skip("this PostgreSQL cannot stream (wal_level, slots)")
+    require_logical_decoding(admin_dsn)
     rows, report = notify_ceiling.main([
         "--dsn", admin_dsn, "--seconds", "1", "--clients", "2", "--scripts", "vote-wal",
         "--synchronous", "on"])

@@ -23,10 +23,10 @@ from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
 from harness.faults import committed
-from partysense.db import sqlfiles, walsetup
+from partysense.db import sqlfiles
 from partysense.db.walrelay import SLOT_PREFIX
 from tests.sse import Stream
-from tests.support import Party
+from tests.support import Party, require_logical_decoding
 from tests.test_exact_tallies import Watcher
 from tests.test_walrelay import Writers
 
@@ -35,8 +35,7 @@ pytestmark = pytest.mark.daemon
 
 @pytest.fixture
 def wal_dsn(db_dsn: str) -> Iterator[str]:
-    if any("wal_level" in p for p in walsetup.read_settings(db_dsn).problems()):
-        pytest.skip("this PostgreSQL runs without wal_level = logical")
+    require_logical_decoding(db_dsn)
     sqlfiles.install(db_dsn, wal=True)
     yield db_dsn
     with Party(db_dsn) as party:

@@ -20,18 +20,17 @@ import psycopg2
 import pytest
 import pytest_twisted
 
-from partysense.db import sqlfiles, walsetup
+from partysense.db import sqlfiles
 from partysense.db.walrelay import SLOT_PREFIX, WalRelay
 from partysense.db.walstream import parse_lsn
-from tests.support import Party, eventually
+from tests.support import Party, eventually, require_logical_decoding
 
 pytestmark = pytest.mark.database
 
 
 @pytest.fixture
 def wal_dsn(db_dsn: str) -> Iterator[str]:
-    if any("wal_level" in p for p in walsetup.read_settings(db_dsn).problems()):
-        pytest.skip("this PostgreSQL runs without wal_level = logical")
+    require_logical_decoding(db_dsn)
     sqlfiles.install(db_dsn, wal=True)
     yield db_dsn
     with Party(db_dsn) as party:  # slots outlive their database's connections

@@ -21,7 +21,7 @@ import pytest_twisted
 from partysense.db import sqlfiles, walsetup
 from partysense.db.pgoutput import Transaction
 from partysense.db.walstream import SLOT_NAME, Started, WalStream, format_lsn, parse_lsn
-from tests.support import Party, eventually
+from tests.support import Party, eventually, require_logical_decoding
 from tests.test_pgoutput import transactions as captured_transactions
 
 pytestmark = pytest.mark.database
@@ -30,9 +30,7 @@ pytestmark = pytest.mark.database
 @pytest.fixture
 def wal_dsn(db_dsn: str) -> str:
     """The test database in WAL mode (sql/wal.sql)."""
-    problems = walsetup.read_settings(db_dsn).problems()
-    if any("wal_level" in problem for problem in problems):
-        pytest.skip("this PostgreSQL runs without wal_level = logical")
+    require_logical_decoding(db_dsn)
     sqlfiles.install(db_dsn, wal=True)
     return db_dsn
 
