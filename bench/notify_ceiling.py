@@ -42,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> tuple[list[Any], dict[str, Any]]:
             rows += listen_rows
         if "vote-wal" in args.scripts:
             with wal_database(admin_dsn) as (dsn, variables):
-                reader = {"daemon": wal_daemon, "stream": wal_readers,
-                          "none": no_reader}[args.wal_reader]
+                readers_by_name: dict[str, Callable[[str, int], Any]] = {
+                    "daemon": wal_daemon, "stream": wal_readers, "none": no_reader}
+                reader = readers_by_name[args.wal_reader]
                 with reader(dsn, args.wal_streams) as readers:
                     rows += measure("vote-wal", dsn, scripts["vote-wal"], args, variables)
                     committed = votes_in(dsn)
