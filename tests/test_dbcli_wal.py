@@ -39,9 +39,15 @@ def test_wal_mode_drops_the_triggers_and_publishes_event_vote_and_back(db_dsn: s
         party.vote(party.event(), party.track())
         # No trigger: the vote's transaction wrote nothing to the change log.
         assert party.query("SELECT count(*) FROM partysense_change") == [(0,)]
+    with Party(db_dsn) as party:  # the slot a relay would have made, not streamed
+        party.query("SELECT pg_create_logical_replication_slot('partysense_relay_' || oid, "
+                    "'pgoutput') FROM pg_database WHERE datname = current_database()")
     back = partysense_db("install", "--dsn", db_dsn)
     assert back.returncode == 0, back.stderr
     assert triggers(db_dsn) == OUR_TRIGGERS
+    with Party(db_dsn) as party:  # it would keep WAL for nobody: gone
+        assert party.query("SELECT count(*) FROM pg_replication_slots "
+                           "WHERE database = current_database()") == [(0,)]
 
 
 @pytest.mark.daemon

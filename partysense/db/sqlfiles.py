@@ -16,6 +16,21 @@ UNINSTALL_SCRIPT = "uninstall.sql"
 DEMO_SCHEMA_SCRIPT = "demo_schema.sql"
 # WAL mode (--source wal): the publication, without the vote triggers.
 WAL_SCRIPT = "wal.sql"
+# Back to the listen mode: the WAL mode's relay slot (partysense/db/walrelay.py)
+# would keep WAL for nobody. Only when nobody streams it; a role that may not
+# drop slots leaves it, with a warning (docs/operations.md §13).
+DROP_RELAY_SLOT = """
+    DO $$
+    BEGIN
+        PERFORM pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+        WHERE slot_name = 'partysense_relay_' || (SELECT oid FROM pg_database
+                                                  WHERE datname = current_database())::text
+          AND NOT active;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE WARNING 'the WAL mode''s slot is left (%): drop it as a superuser', SQLERRM;
+    END;
+    $$
+"""
 # Two installs at once (say, two daemons starting on one embedded database, or
 # a migration beside `partysense-db install`) would race on CREATE OR REPLACE:
 # they take turns on this lock, held until the end of the transaction.
@@ -59,6 +74,8 @@ def install(dsn: str, demo_schema: bool = False, wal: bool = False) -> list[str]
             cursor.execute(INSTALL_LOCK)
             for script in scripts:
                 cursor.execute(read_sql(script))
+            if not wal:
+                cursor.execute(DROP_RELAY_SLOT)
     finally:
         connection.close()
     return scripts
