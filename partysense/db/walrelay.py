@@ -196,6 +196,11 @@ class WalRelay(Service):
             self._connect_to = dsn
             if not self.slot:
                 self.slot = yield self._in_thread(self._slot_name_blocking)
+            if (yield self._in_thread(self._slot_taken_blocking)):
+                # Asked on the SQL connection: a standby opens no replication
+                # connection (one WAL sender, one backend) every few seconds.
+                self._again("standby: another daemon relays the slot")
+                return
             stream = self._stream_factory(
                 self._reactor, slot=self.slot, publication=PUBLICATIONS, temporary=False,
                 on_transaction=self._take, on_lost=self._lost,
@@ -330,6 +335,13 @@ class WalRelay(Service):
         with self._cursor() as cursor:
             cursor.execute(SLOT_QUERY, (SLOT_PREFIX,))
             return str(cursor.fetchone()[0])
+
+    def _slot_taken_blocking(self) -> bool:
+        with self._cursor() as cursor:
+            cursor.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                           (self.slot,))
+            row = cursor.fetchone()
+        return bool(row and row[0])
 
     def _slot_blocking(self) -> tuple[int | None, str | None] | None:
         with self._cursor() as cursor:
