@@ -188,17 +188,23 @@ class RelayingDaemon:
         self._dsn = dsn
         self._process = psutil.Process(self.daemon.process.pid)  # type: ignore[union-attr]
         self._cpu = self._cpu_seconds()
+        # PostgreSQL's side of the relay: its WAL sender (decoding) and the
+        # backend its batches run on (writing the log), once both are there.
+        self._backends = relay_backends(dsn)
+        self._backend_cpu = {pid: process_cpu(pid) for pid in self._backends.values()}
 
     def _cpu_seconds(self) -> float:
-        times = self._process.cpu_times()
-        return float(times.user + times.system)
+        return process_cpu(self._process.pid) or 0.0
 
     def caught_up(self, changes: int, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while (logged := changes_logged(self._dsn)) < changes and time.monotonic() < deadline:
             time.sleep(0.1)
         return {"changes_logged": logged,
-                "daemon_cpu_seconds": round(self._cpu_seconds() - self._cpu, 3)}
+                "daemon_cpu_seconds": round(self._cpu_seconds() - self._cpu, 3),
+                "postgres_cpu_seconds": {
+                    name: round((process_cpu(pid) or 0.0) - (self._backend_cpu[pid] or 0.0), 3)
+                    for name, pid in self._backends.items()}}
 
     def close(self) -> None:
         self.daemon.stop()
@@ -212,6 +218,35 @@ def wal_daemon(dsn: str, streams: int) -> Iterator[RelayingDaemon]:
             yield daemon
         finally:
             daemon.close()
+
+
+def relay_backends(dsn: str, timeout: float = 30.0) -> dict[str, int]:
+    """The relay's WAL sender and SQL backend pids (same machine only)."""
+    deadline = time.monotonic() + timeout
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute(
+                    "SELECT CASE WHEN backend_type = 'walsender' THEN 'wal_sender' "
+                    "ELSE 'relay_writes' END, pid FROM pg_stat_activity "
+                    "WHERE application_name = 'partysense-live relay' "
+                    "AND datname = current_database()")
+                found = dict(cursor.fetchall())
+                if len(found) == 2 or time.monotonic() > deadline:
+                    return found
+                time.sleep(0.1)
+    finally:
+        connection.close()
+
+
+def process_cpu(pid: int) -> float | None:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
 
 
 class NoReader:

@@ -8,8 +8,10 @@ publication with the pgoutput parser and acknowledging it at once, as
 ``--source wal`` daemons would. Prints ``ready`` once every stream runs,
 and on SIGTERM or SIGINT one JSON line: transactions and row changes per
 stream, its lag (the server's WAL end minus what it acknowledged), and the
-process's CPU seconds, so that the cost of decoding can be set against the
-votes it decoded. SIGUSR1 prints the same line and goes on.
+process's CPU seconds and those of each stream's WAL sender (the PostgreSQL
+backend that decodes the WAL for it: same machine only), so that the cost of
+decoding can be set against the votes decoded. SIGUSR1 prints the same line
+and goes on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import signal
 import uuid
 from typing import Any
 
+import psutil
+import psycopg2
 from twisted.internet import defer
 
 from partysense.db.pgoutput import Transaction
@@ -49,6 +53,31 @@ class Counted:
                 "lost": self.lost}
 
 
+def wal_senders(dsn: str, slots: list[str]) -> list[int | None]:
+    """The WAL sender's pid of each slot."""
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT slot_name, active_pid FROM pg_replication_slots "
+                           "WHERE slot_name = ANY(%s)", (slots,))
+            pids = dict(cursor.fetchall())
+    finally:
+        connection.close()
+    return [pids.get(slot) for slot in slots]
+
+
+def sender_cpu(pid: int | None) -> float | None:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.Error, ValueError, TypeError):
+        return None  # another machine's, or gone
+    return float(times.user + times.system)
+
+
+def spent(now: float | None, start: float | None) -> float | None:
+    return None if now is None or start is None else round(now - start, 3)
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -63,10 +92,17 @@ def run(reactor: Any, dsn: str, streams: int, publication: str) -> Any:
                                 on_lost=each.lost.append)
         yield each.stream.start(dsn)
     start_cpu = cpu_seconds()
+    senders = wal_senders(dsn, [each.stream.slot for each in counted if each.stream])
+    sender_start = [sender_cpu(pid) for pid in senders]
 
     def report() -> None:
-        print(json.dumps({"streams": [each.report() for each in counted],
-                          "cpu_seconds": round(cpu_seconds() - start_cpu, 3)}), flush=True)
+        print(json.dumps({
+            "streams": [each.report() for each in counted],
+            "cpu_seconds": round(cpu_seconds() - start_cpu, 3),
+            "wal_sender_cpu_seconds": [
+                spent(sender_cpu(pid), start) for pid, start in zip(senders, sender_start,
+                                                                    strict=True)],
+        }), flush=True)
 
     print("ready", flush=True)
     stopped: defer.Deferred[None] = defer.Deferred()
