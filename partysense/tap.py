@@ -363,7 +363,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     log.info(
         "partysense-live listening on {port}, database: {where}, demo: {demo}, "
-        "change log kept {retention:g} s; limits: "
+        "changes from: {source}, change log kept {retention:g} s; limits: "
         "{max_clients} clients ({per_ip} connections per address, upgraded or not), "
         "{waiting} connections waiting to upgrade, {max_subscriptions} subscriptions "
         "each, messages up to "
@@ -374,7 +374,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "{frame_ancestors}; tokens: {tokens}; "
         "/metrics and detailed health: {admin}.",
         port=options["port"], where=where, embedded=options["embedded"],
-        demo=options["run-demo"], retention=options["retention"],
+        demo=options["run-demo"], source=options["source"], retention=options["retention"],
         max_clients=limits.max_clients, per_ip=limits.max_connections_per_ip,
         waiting=waiting.budget,
         max_subscriptions=limits.max_subscriptions,

@@ -53,7 +53,7 @@ class Relay(Protocol):
     """The WAL mode's relay candidate (partysense/db/walrelay.py), as /healthz
     and /metrics see it."""
 
-    state: str                   # relaying, standby, disconnected or stopped
+    state: str                   # connecting, relaying, standby, disconnected or stopped
     reason: str
     relayed: int                 # log rows this daemon's relay wrote
     takeovers: int               # times it took the slot

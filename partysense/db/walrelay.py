@@ -133,6 +133,7 @@ class WalRelay(Service):
     def startService(self) -> None:
         super().startService()
         self._pool.start()
+        self._set("connecting", "connecting to the database")
         self._idle = LoopingCall(self._acknowledge_idle)
         self._idle.clock = self._reactor
         self._idle.start(IDLE_ACKNOWLEDGE, now=False)
