@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
@@ -100,7 +102,31 @@ def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_server(server)
 
 
+# The WAL mode's slots (tests of --source wal) keep a database from being
+# dropped, even WITH (FORCE): their WAL senders go first, then the slots.
+DROP_SLOTS = """
+    SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+    WHERE database = %(name)s AND active_pid IS NOT NULL;
+    SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+    WHERE database = %(name)s AND NOT active;
+"""
+
+
 def drop_database(admin_dsn: str, name: str) -> None:
+    connection = psycopg2.connect(admin_dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            deadline = time.monotonic() + 10
+            while True:
+                cursor.execute(DROP_SLOTS, {"name": name})
+                cursor.execute("SELECT count(*) FROM pg_replication_slots WHERE database = %s",
+                               (name,))
+                if cursor.fetchone()[0] == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)  # a terminated WAL sender lets its slot go a moment later
+    finally:
+        connection.close()
     execute_autocommit(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
         sql.Identifier(name)))
 
@@ -156,10 +182,19 @@ def listen(db_dsn: str) -> Iterator[Any]:
         notifications.close()
 
 
+# PARTYSENSE_TEST_SOURCE=wal runs the tests that use the ``daemon`` fixture with
+# --source wal, on a database installed for it (docs/exactness.md §8).
+TEST_SOURCE = os.environ.get("PARTYSENSE_TEST_SOURCE", "listen")
+
+
 @pytest.fixture
 def daemon(db_dsn: str, tmp_path: Path) -> Iterator[Daemon]:
     """``twistd -n partysense-live`` as a real process, on a port it bound itself."""
-    with Daemon(db_dsn, tmp_path) as value:
+    extra: list[str] = []
+    if TEST_SOURCE == "wal":
+        sqlfiles.install(db_dsn, wal=True)
+        extra = ["--source", "wal"]
+    with Daemon(db_dsn, tmp_path, *extra) as value:
         yield value
 
 
