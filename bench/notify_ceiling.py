@@ -198,7 +198,8 @@ class RelayingDaemon:
 
     def caught_up(self, changes: int, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        while (logged := changes_logged(self._dsn)) < changes and time.monotonic() < deadline:
+        while ((logged := rows_in(self._dsn, "partysense_change")) < changes
+               and time.monotonic() < deadline):
             time.sleep(0.1)
         return {"changes_logged": logged,
                 "daemon_cpu_seconds": round(self._cpu_seconds() - self._cpu, 3),
@@ -259,21 +260,11 @@ def no_reader(dsn: str, streams: int) -> Iterator[NoReader]:
     yield NoReader()
 
 
-def changes_logged(dsn: str) -> int:
+def rows_in(dsn: str, table: str) -> int:
     connection = psycopg2.connect(dsn)
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM partysense_change")
-            return int(cursor.fetchone()[0])
-    finally:
-        connection.close()
-
-
-def votes_in(dsn: str) -> int:
-    connection = psycopg2.connect(dsn)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM event_vote")
+            cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
             return int(cursor.fetchone()[0])
     finally:
         connection.close()
@@ -348,7 +339,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Any], dict[str, Any]]:
                 reader = readers_by_name[args.wal_reader]
                 with reader(dsn, args.wal_streams) as readers:
                     rows += measure("vote-wal", dsn, scripts["vote-wal"], args, variables)
-                    committed = votes_in(dsn)
+                    committed = rows_in(dsn, "event_vote")
                     report = {"votes_committed": committed, **readers.caught_up(committed)}
     print()
     print("| script | synchronous_commit | "

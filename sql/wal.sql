@@ -185,18 +185,6 @@ BEGIN
 END;
 $$;
 
--- A logged change's payload, built as the daemon's reads of the log build it.
-CREATE OR REPLACE FUNCTION partysense_logged_payload(p_seq bigint)
-RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT partysense_notified_payload(c.seq, c.op, c.vote_id, c.event_id, e.title,
-                                       c.track_id, m.name, m.artist, c.up, c.prev_up,
-                                       c.committed_at)
-    FROM partysense_change c
-    LEFT JOIN event_event e ON e.id = c.event_id
-    LEFT JOIN music_view m ON m.id = c.track_id
-    WHERE c.seq = p_seq
-$$;
-
 REVOKE ALL ON FUNCTION partysense_relay_reset(text, pg_lsn) FROM PUBLIC;
 REVOKE ALL ON FUNCTION partysense_relay_write(pg_lsn[], timestamptz[], text[], bigint[],
     bigint[], bigint[], boolean[], boolean[]) FROM PUBLIC;

@@ -30,15 +30,15 @@ from psycopg2.extensions import make_dsn
 from harness.daemon import Daemon
 from partysense.db import sqlfiles
 from partysense.db.sqlfiles import execute_autocommit
-from tests.support import Notifications, Party
+from tests.support import TEST_SOURCE, Notifications, Party, require_logical_decoding
 
 TEMPLATE = "partysense_test_template"
 
 LAYERS = ("logic", "database", "daemon", "browser")
 # Fixtures that start (or need) PostgreSQL or a daemon process; pytest-django's
 # database fixtures (and its django_db marker) count too.
-DATABASE_FIXTURES = {"admin_dsn", "template_dsn", "db_dsn", "empty_db_dsn", "party", "daemon",
-                     "db", "transactional_db", "django_db_setup", "live_server",
+DATABASE_FIXTURES = {"admin_dsn", "template_dsn", "db_dsn", "empty_db_dsn", "wal_dsn", "party",
+                     "daemon", "db", "transactional_db", "django_db_setup", "live_server",
                      "django_db_reset_sequences", "django_db_serialized_rollback",
                      "admin_user", "admin_client", "django_dsn"}
 PROCESS_FIXTURES = {"daemon"}
@@ -152,6 +152,16 @@ def db_dsn(admin_dsn: str, template_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def wal_dsn(db_dsn: str) -> str:
+    """The fresh database installed for --source wal (sql/wal.sql); skipped, or failed
+    under PARTYSENSE_REQUIRE_WAL, on a PostgreSQL without logical decoding. Its slots
+    go with it (drop_database)."""
+    require_logical_decoding(db_dsn)
+    sqlfiles.install(db_dsn, wal=True)
+    return db_dsn
+
+
+@pytest.fixture
 def empty_db_dsn(admin_dsn: str) -> Iterator[str]:
     """A fresh database with nothing in it."""
     name = f"partysense_empty_{uuid.uuid4().hex[:12]}"
@@ -180,11 +190,6 @@ def listen(db_dsn: str) -> Iterator[Any]:
     yield open_
     for notifications in opened:
         notifications.close()
-
-
-# PARTYSENSE_TEST_SOURCE=wal runs the tests that use the ``daemon`` fixture with
-# --source wal, on a database installed for it (docs/exactness.md §8).
-TEST_SOURCE = os.environ.get("PARTYSENSE_TEST_SOURCE", "listen")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import select
 import time
 from collections.abc import Callable
@@ -14,6 +15,11 @@ from typing import Any
 
 import psycopg2
 from psycopg2 import sql
+
+# PARTYSENSE_TEST_SOURCE=wal runs the tests that use the ``daemon`` fixture
+# (tests/conftest.py) with --source wal, on a database installed for it
+# (docs/exactness.md §8).
+TEST_SOURCE = os.environ.get("PARTYSENSE_TEST_SOURCE", "listen")
 
 
 async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
@@ -82,7 +88,23 @@ class Party:
             "INSERT INTO event_vote (event_id, track_id, user_id) VALUES (%s, %s, %s) "
             "RETURNING id", (event_id, track_id, user_id))[0][0])
         self.query("UPDATE event_vote SET is_positive = %s WHERE id = %s", (up, vote_id))
+        self.wait_relayed(vote_id, 1 if up else 2)
         return vote_id
+
+    def wait_relayed(self, vote_id: int, changes: int, timeout: float = 15.0) -> None:
+        """In WAL mode, once a relay runs (docs/exactness.md §8), the log holds a vote a
+        few milliseconds after its commit: wait for its ``changes``, so that a test
+        reads the log as the listen mode's trigger leaves it, at once."""
+        if not self.query("SELECT to_regclass('partysense_relay') IS NOT NULL")[0][0] or \
+                not self.query("SELECT count(*) FROM partysense_relay")[0][0]:
+            return
+        deadline = time.monotonic() + timeout
+        while self.query("SELECT count(*) FROM partysense_change WHERE vote_id = %s",
+                         (vote_id,))[0][0] < changes:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"vote {vote_id}: not in the change log after "
+                                     f"{timeout} s (is a WAL relay running?)")
+            time.sleep(0.01)
 
     def tallies(self, event_id: int) -> dict[int, tuple[int, int]]:
         rows = self.query(
@@ -121,8 +143,6 @@ class Notifications:
 def require_logical_decoding(dsn: str) -> None:
     """Skip a WAL-mode test on a PostgreSQL without wal_level = logical, or fail it
     where CI says the server has it (PARTYSENSE_REQUIRE_WAL=1, .ci/run)."""
-    import os
-
     import pytest
 
     from partysense.db import walsetup

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import signal
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,13 @@ from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
 from harness.faults import committed
-from partysense.db import sqlfiles
-from partysense.db.walrelay import SLOT_PREFIX
+from partysense.db import changelog
 from tests.sse import Stream
-from tests.support import Party, require_logical_decoding
+from tests.support import Party
 from tests.test_exact_tallies import Watcher
 from tests.test_walrelay import Writers
 
 pytestmark = pytest.mark.daemon
-
-
-@pytest.fixture
-def wal_dsn(db_dsn: str) -> Iterator[str]:
-    require_logical_decoding(db_dsn)
-    sqlfiles.install(db_dsn, wal=True)
-    yield db_dsn
-    with Party(db_dsn) as party:
-        party.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name LIKE %s AND database = current_database() AND NOT active",
-                    (SLOT_PREFIX + "%",))
 
 
 def relayed_everything(dsn: str) -> bool:
@@ -62,11 +49,10 @@ def relayed_everything(dsn: str) -> bool:
 
 
 def payloads(dsn: str, event_id: int) -> list[bytes]:
-    """The log's changes of the event, as the listen mode's reads build them."""
+    """The log's changes of the event, as the daemon's reads of the log build them."""
     with Party(dsn) as party:
         return [text.encode() for (text,) in party.query(
-            "SELECT partysense_logged_payload(seq) FROM partysense_change "
-            "WHERE event_id = %s ORDER BY seq", (event_id,))]
+            changelog.REPLAY_QUERY, changelog.replay_params(0, [event_id], 1_000_000))]
 
 
 def test_two_wal_daemons_serve_seed_v2_and_sse_exactly(wal_dsn: str, tmp_path: Path) -> None:
@@ -108,11 +94,7 @@ def test_two_wal_daemons_serve_seed_v2_and_sse_exactly(wal_dsn: str, tmp_path: P
             wait_for(lambda: len(again.changes()) >= 30, 20, "the replay and live changes")
         finally:
             writers.finish()
-        wait_for(lambda: relayed_everything(wal_dsn), 30, "the relay to catch up")
-        expected = party_tallies(wal_dsn, event)
-        wait_for(lambda: watcher.tallies() == expected, 15,
-                 f"v2 tallies {watcher.tallies()} to equal SQL {expected}")
-        assert watcher.problems == []
+        assert_exact(wal_dsn, watcher, event)
         log = committed(wal_dsn, event)
         last = log[-1][0]
         wait_for(lambda: again.changes() and again.changes()[-1]["seq"] == last, 15,
@@ -142,9 +124,14 @@ def votes(dsn: str) -> int:
         return int(party.query("SELECT count(*) FROM event_vote")[0][0])
 
 
-def party_tallies(dsn: str, event: int) -> dict[int, tuple[int, int]]:
+def assert_exact(dsn: str, watcher: Watcher, event: int) -> None:
+    """Once the relay has logged every vote, the v2 client's tallies are SQL's."""
+    wait_for(lambda: relayed_everything(dsn), 30, "the relay to catch up")
     with Party(dsn) as party:
-        return party.tallies(event)
+        expected = party.tallies(event)
+    wait_for(lambda: watcher.tallies() == expected, 15,
+             f"v2 tallies {watcher.tallies()} to equal SQL {expected}")
+    assert watcher.problems == []
 
 
 def test_the_relaying_daemon_killed_and_back_loses_and_doubles_nothing(
@@ -167,11 +154,7 @@ def test_the_relaying_daemon_killed_and_back_loses_and_doubles_nothing(
             watcher.connect()
         finally:
             writers.finish()
-        wait_for(lambda: relayed_everything(wal_dsn), 30, "the relay to catch up")
-        expected = party_tallies(wal_dsn, event)
-        wait_for(lambda: watcher.tallies() == expected, 15,
-                 f"v2 tallies {watcher.tallies()} to equal SQL {expected}")
-        assert watcher.problems == []
+        assert_exact(wal_dsn, watcher, event)
         watcher.disconnect()
     finally:
         daemon.stop()

@@ -20,23 +20,11 @@ import psycopg2
 import pytest
 import pytest_twisted
 
-from partysense.db import sqlfiles
-from partysense.db.walrelay import SLOT_PREFIX, WalRelay
+from partysense.db.walrelay import WalRelay
 from partysense.db.walstream import parse_lsn
-from tests.support import Party, eventually, require_logical_decoding
+from tests.support import Party, eventually
 
 pytestmark = pytest.mark.database
-
-
-@pytest.fixture
-def wal_dsn(db_dsn: str) -> Iterator[str]:
-    require_logical_decoding(db_dsn)
-    sqlfiles.install(db_dsn, wal=True)
-    yield db_dsn
-    with Party(db_dsn) as party:  # slots outlive their database's connections
-        party.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name LIKE %s AND database = current_database() AND NOT active",
-                    (SLOT_PREFIX + "%",))
 
 
 @pytest.fixture
@@ -165,6 +153,16 @@ def expected_per_vote(writers: Writers) -> dict[int, list[str]]:
     return ops
 
 
+async def logged_exactly(dsn: str, relay: WalRelay, writers: Writers) -> list[tuple]:
+    """Once caught up: the log is, vote by vote, what the writers did, and it and
+    the tallies both count what event_vote holds. Returns the log."""
+    await caught_up(dsn, relay)
+    log = log_of(dsn)
+    assert per_vote(log) == expected_per_vote(writers)
+    assert replayed(log) == grouped(dsn) == tally_table(dsn)
+    return log
+
+
 @pytest_twisted.ensureDeferred
 async def test_concurrent_writers_are_logged_exactly_once_in_commit_order(
         wal_dsn: str, relays: Any) -> None:
@@ -176,11 +174,8 @@ async def test_concurrent_writers_are_logged_exactly_once_in_commit_order(
 
     await task.deferLater(reactor, 2.0, lambda: None)  # let them write meanwhile
     writers.finish()
-    await caught_up(wal_dsn, relay)
-    log = log_of(wal_dsn)
+    log = await logged_exactly(wal_dsn, relay, writers)
     assert len(log) > 100 and relay.relayed == len(log)
-    assert per_vote(log) == expected_per_vote(writers)
-    assert replayed(log) == grouped(wal_dsn) == tally_table(wal_dsn)
     # Each row's prev is what the vote was at the row before it: commit order.
     last: dict[int, bool] = {}
     for _, op, vote, _, _, up, prev in log:
@@ -205,12 +200,9 @@ async def test_a_standby_takes_over_without_losing_or_doubling(
     await eventually(lambda: second.state == "relaying", "the standby to take over")
     await task.deferLater(reactor, 1.0, lambda: None)
     writers.finish()
-    await caught_up(wal_dsn, second)
-    log = log_of(wal_dsn)
+    log = await logged_exactly(wal_dsn, second, writers)
     assert first.relayed > 0 and second.relayed > 0
     assert first.relayed + second.relayed == len(log)
-    assert per_vote(log) == expected_per_vote(writers)
-    assert replayed(log) == grouped(wal_dsn) == tally_table(wal_dsn)
 
 
 @pytest_twisted.ensureDeferred

@@ -18,21 +18,13 @@ import psycopg2
 import pytest
 import pytest_twisted
 
-from partysense.db import sqlfiles, walsetup
+from partysense.db import walsetup
 from partysense.db.pgoutput import Transaction
 from partysense.db.walstream import SLOT_NAME, Started, WalStream, format_lsn, parse_lsn
-from tests.support import Party, eventually, require_logical_decoding
+from tests.support import Party, eventually
 from tests.test_pgoutput import transactions as captured_transactions
 
 pytestmark = pytest.mark.database
-
-
-@pytest.fixture
-def wal_dsn(db_dsn: str) -> str:
-    """The test database in WAL mode (sql/wal.sql)."""
-    require_logical_decoding(db_dsn)
-    sqlfiles.install(db_dsn, wal=True)
-    return db_dsn
 
 
 class Received:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from twisted.application.service import IServiceCollection
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
 from partysense.adapters.txpostgres_adapter import PgConnection
@@ -35,6 +35,7 @@ KINDS = (LISTEN, WAL)
 # Has a relay ever made the slot and counted the tallies? Until then the
 # tallies are not the log's, and no snapshot may be taken from them.
 RELAY_READY_QUERY = "SELECT count(*) FROM partysense_relay"
+RELAY_READY_POLL = 0.25  # seconds
 
 
 class SourceService(ChangeSource, Protocol):
@@ -68,6 +69,7 @@ class WalSource(ListenerService):
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
         super().__init__(dsn, reactor, **options)
         self._relay = WalRelay(dsn, reactor)
+        self._clock = reactor
         self.relay = self._relay
 
     def startService(self) -> None:
@@ -81,11 +83,13 @@ class WalSource(ListenerService):
 
     @defer.inlineCallbacks
     def _resume(self, connection: PgConnection) -> Any:
-        rows = yield self._keeper.step(connection, connection.runQuery(RELAY_READY_QUERY))
-        if not rows[0][0]:
-            raise RelayNotReady("no WAL relay has made its slot yet (starting?)")
+        said = False
+        while not (yield self._keeper.step(connection, connection.runQuery(
+                RELAY_READY_QUERY)))[0][0]:
+            if not said:  # the relay of this daemon or another's is making it
+                self.log.info("Waiting for a WAL relay to make its slot.")
+                said = True
+            yield task.deferLater(self._clock, RELAY_READY_POLL, lambda: None)
+            if connection is not self._keeper.connection:
+                return  # lost or stopped meanwhile: the keeper says so
         yield super()._resume(connection)
-
-
-class RelayNotReady(Exception):
-    """The WAL mode's log is not yet written from the WAL."""
