@@ -36,7 +36,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from harness.daemon import Daemon, wait_for
+from harness.daemon import SOURCE_VARIABLE, Daemon, wait_for
 from partysense.db import sqlfiles
 
 Change = tuple[int, int, str]  # (seq, vote id, op)
@@ -45,11 +45,36 @@ Change = tuple[int, int, str]  # (seq, vote id, op)
 # -- the database's truth ---------------------------------------------------------
 
 
-def committed(dsn: str, event_id: int | None = None) -> list[Change]:
-    """Every change in the change log (of one event, or all), in seq order."""
+# In WAL mode (docs/exactness.md §8) the relay logs a vote a few milliseconds
+# after its commit: the log is complete once the relay's tallies are event_vote's.
+RELAYED_ALL = """
+    SELECT to_regclass('partysense_relay') IS NULL
+        OR NOT EXISTS (SELECT 1 FROM partysense_relay)
+        OR NOT EXISTS (
+            (SELECT event_id, track_id, count(*) FILTER (WHERE is_positive),
+                    count(*) FILTER (WHERE NOT is_positive) FROM event_vote GROUP BY 1, 2
+             EXCEPT SELECT event_id, track_id, up, down FROM partysense_tally
+             WHERE up <> 0 OR down <> 0)
+            UNION ALL
+            (SELECT event_id, track_id, up, down FROM partysense_tally WHERE up <> 0 OR down <> 0
+             EXCEPT SELECT event_id, track_id, count(*) FILTER (WHERE is_positive),
+                    count(*) FILTER (WHERE NOT is_positive) FROM event_vote GROUP BY 1, 2))
+"""
+
+
+def committed(dsn: str, event_id: int | None = None, timeout: float = 60.0) -> list[Change]:
+    """Every change in the change log (of one event, or all), in seq order; in WAL
+    mode once the relay has logged every committed vote (at most ``timeout``)."""
     connection = psycopg2.connect(dsn)
+    connection.autocommit = True
     try:
         with connection.cursor() as cursor:
+            deadline = time.monotonic() + timeout
+            while True:
+                cursor.execute(RELAYED_ALL)
+                if cursor.fetchone()[0] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
             cursor.execute(
                 "SELECT seq, vote_id, op FROM partysense_change "
                 "WHERE %(event)s::integer IS NULL OR event_id = %(event)s ORDER BY seq",
@@ -186,7 +211,9 @@ class DedicatedPostgres:
                user=self.user, timeout=90)
 
     def start(self) -> None:
-        self._pg_ctl("-o", '-h ""', "-o", f"-k {self.socket_dir}", "start")
+        # wal_level = logical, as the embedded server has it: --source wal works on it.
+        self._pg_ctl("-o", '-h ""', "-o", f"-k {self.socket_dir}", "-o", "-c wal_level=logical",
+                     "start")
         self.running = True
 
     def stop(self, mode: str = "fast") -> None:
@@ -208,7 +235,8 @@ class DedicatedPostgres:
         finally:
             connection.close()
         dsn = make_dsn(self.admin_dsn, dbname=name)
-        sqlfiles.install(dsn, demo_schema=True)
+        sqlfiles.install(dsn, demo_schema=True,
+                         wal=os.environ.get(SOURCE_VARIABLE) == "wal")
         return dsn
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from psycopg2.extensions import make_dsn
 from harness.daemon import Daemon
 from partysense.db import sqlfiles
 from partysense.db.sqlfiles import execute_autocommit
-from tests.support import TEST_SOURCE, Notifications, Party, require_logical_decoding
+from tests.support import Notifications, Party, require_logical_decoding
 
 TEMPLATE = "partysense_test_template"
 
@@ -195,11 +195,7 @@ def listen(db_dsn: str) -> Iterator[Any]:
 @pytest.fixture
 def daemon(db_dsn: str, tmp_path: Path) -> Iterator[Daemon]:
     """``twistd -n partysense-live`` as a real process, on a port it bound itself."""
-    extra: list[str] = []
-    if TEST_SOURCE == "wal":
-        sqlfiles.install(db_dsn, wal=True)
-        extra = ["--source", "wal"]
-    with Daemon(db_dsn, tmp_path, *extra) as value:
+    with Daemon(db_dsn, tmp_path) as value:  # with --source wal under TEST_SOURCE=wal
         yield value
 
 

@@ -16,10 +16,12 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
+from harness.daemon import SOURCE_VARIABLE
+
 # PARTYSENSE_TEST_SOURCE=wal runs the tests that use the ``daemon`` fixture
 # (tests/conftest.py) with --source wal, on a database installed for it
 # (docs/exactness.md §8).
-TEST_SOURCE = os.environ.get("PARTYSENSE_TEST_SOURCE", "listen")
+TEST_SOURCE = os.environ.get(SOURCE_VARIABLE, "listen")
 
 
 async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:

@@ -79,7 +79,7 @@ def test_two_wal_daemons_serve_seed_v2_and_sse_exactly(wal_dsn: str, tmp_path: P
         watcher = Watcher(a, event)
         stream = Stream(b.port, f"/events/{event}/stream")
         start = int(wait_for(lambda: stream.ids, 10, "the stream's first id")[0])
-        writers = Writers(wal_dsn, [event], tracks, 4)
+        writers = Writers(wal_dsn, [event], tracks, 4, interval=0.005)  # a replay < 10,000
         try:
             wait_for(lambda: len(stream.changes()) >= 30, 20, "changes on the stream")
             watcher.disconnect()
@@ -142,7 +142,7 @@ def test_the_relaying_daemon_killed_and_back_loses_and_doubles_nothing(
     daemon = Daemon(wal_dsn, tmp_path, "--source", "wal").start()
     try:
         watcher = Watcher(daemon, event)
-        writers = Writers(wal_dsn, [event], tracks, 3)
+        writers = Writers(wal_dsn, [event], tracks, 3, interval=0.005)
         try:
             wait_for(lambda: len(committed(wal_dsn, event)) > 50, 20, "changes logged")
             watcher.disconnect()

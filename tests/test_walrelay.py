@@ -48,8 +48,11 @@ def relays(wal_dsn: str) -> Iterator[Any]:
 class Writers:
     """Threads that vote as a party does, each remembering what it did, in order."""
 
-    def __init__(self, dsn: str, events: list[int], tracks: list[int], count: int) -> None:
+    def __init__(self, dsn: str, events: list[int], tracks: list[int], count: int,
+                 interval: float = 0.0) -> None:
+        """``interval``: seconds each writer waits between two transactions."""
         self.dsn, self.events, self.tracks = dsn, events, tracks
+        self.interval = interval
         self.done: list[list[tuple[str, int]]] = [[] for _ in range(count)]
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(count)]
@@ -62,7 +65,7 @@ class Writers:
         connection.autocommit = True
         mine: list[int] = []
         with connection.cursor() as cursor:
-            while not self.stop.is_set():
+            while not self.stop.wait(self.interval):
                 action = rng.random()
                 if not mine or action < 0.5:
                     cursor.execute("INSERT INTO event_vote (event_id, track_id, user_id) "

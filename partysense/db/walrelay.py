@@ -25,26 +25,32 @@ the relay's statements are few (one per batch) and strictly one at a time.
 from __future__ import annotations
 
 import datetime
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import psycopg2
 import psycopg2.errors
 from twisted.application.service import Service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 
 from partysense.core.errors import first_line
 from partysense.db import dsn as dsnlib
 from partysense.db.pgoutput import RowChange, Transaction
 from partysense.db.walstream import SlotInvalidated, WalStream, format_lsn
+from partysense.db.worker import Worker
 
 # The slot's name: slots are the cluster's, so one per database, by its oid.
 SLOT_PREFIX = "partysense_relay_"
 SLOT_QUERY = ("SELECT %s || oid::text FROM pg_database WHERE datname = current_database()")
 PUBLICATIONS = "partysense,partysense_truncated"
+# Seconds a statement of the relay may take (the reset, which counts every
+# vote, longer) before its connection is given up as silent, with its thread.
+STATEMENT_DEADLINE = 10.0
+RESET_DEADLINE = 300.0
 # Seconds between two looks at the slot (its lag, its WAL status), by every
 # candidate, relaying or not.
 SLOT_POLL = 5.0
@@ -109,8 +115,8 @@ class WalRelay(Service):
         self._reactor = reactor
         self._retry_delay = retry
         self._stream_factory = stream_factory
-        self._pool = ThreadPool(1, 1, "partysense-relay")
-        self._connection: Any = None   # used in the pool's thread only
+        self._worker = Worker(reactor, "partysense-relay")
+        self._local = threading.local()  # the worker thread's connection
         self._connect_to = ""          # the DSN it connects to, once known
         self._stream: WalStream | None = None
         self._retry: Any = None
@@ -132,7 +138,7 @@ class WalRelay(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
+        self._worker.start()
         self._set("connecting", "connecting to the database")
         self._idle = LoopingCall(self._acknowledge_idle)
         self._idle.clock = self._reactor
@@ -151,8 +157,11 @@ class WalRelay(Service):
             self._retry.cancel()
         self._drop_stream()
         self._set("stopped", "service stopped")
-        return threads.deferToThreadPool(self._reactor, self._pool, self._close_blocking) \
-            .addBoth(lambda _: self._pool.stop())
+        # Not waited for: a statement stuck on a silent connection must not hold
+        # the daemon's shutdown (partysense/db/worker.py).
+        self._worker.run(self._close_blocking).addErrback(lambda _: None)
+        self._worker.stop()
+        return defer.succeed(None)
 
     @property
     def acknowledged_lsn(self) -> int:
@@ -206,7 +215,7 @@ class WalRelay(Service):
                 self._reactor, slot=self.slot, publication=PUBLICATIONS, temporary=False,
                 on_transaction=self._take, on_lost=self._lost,
                 on_created=lambda snapshot, lsn: self._in_thread(
-                    self._reset_blocking, snapshot, lsn))
+                    self._reset_blocking, snapshot, lsn, timeout=RESET_DEADLINE))
             self._stream = stream
             yield stream.start(dsn)
         except SlotInvalidated as error:
@@ -296,16 +305,29 @@ class WalRelay(Service):
         batch, self._pending = self._pending[:taken], self._pending[taken:]
         return batch
 
-    def _in_thread(self, work: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        return threads.deferToThreadPool(self._reactor, self._pool, work, *args)
+    def _in_thread(self, work: Callable[..., Any], *args: Any,
+                   timeout: float = STATEMENT_DEADLINE) -> defer.Deferred[Any]:
+        return self._worker.run(work, *args, timeout=timeout).addErrback(self._stuck)
+
+    def _stuck(self, failure: Failure) -> Failure:
+        """A statement past its deadline: its connection is silent. A new thread
+        (with a connection of its own) serves from now on; the stuck one is left."""
+        if failure.check(defer.TimeoutError):
+            self.log.warn("The WAL relay's connection did not answer within its deadline; "
+                          "connecting again.")
+            self._worker.stop()
+            self._worker = Worker(self._reactor, "partysense-relay")
+            self._worker.start()
+        return failure
 
     # -- in the relay's thread ------------------------------------------------------
 
     def _cursor(self) -> Any:
-        if self._connection is None or self._connection.closed:
-            self._connection = psycopg2.connect(self._connect_to)
-            self._connection.autocommit = True
-        return self._connection.cursor()
+        connection = getattr(self._local, "connection", None)
+        if connection is None or connection.closed:
+            connection = self._local.connection = psycopg2.connect(self._connect_to)
+            connection.autocommit = True
+        return connection.cursor()
 
     def _reset_blocking(self, snapshot: str, lsn: int) -> None:
         with self._cursor() as cursor:
@@ -357,6 +379,6 @@ class WalRelay(Service):
                            (self.slot,))
 
     def _close_blocking(self) -> None:
-        connection, self._connection = self._connection, None
+        connection, self._local.connection = getattr(self._local, "connection", None), None
         if connection is not None and not connection.closed:
             connection.close()
