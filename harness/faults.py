@@ -47,9 +47,10 @@ Change = tuple[int, int, str]  # (seq, vote id, op)
 
 # In WAL mode (docs/exactness.md §8) the relay logs a vote a few milliseconds
 # after its commit: the log is complete once the relay's tallies are event_vote's.
+WAL_MODE = ("SELECT to_regclass('partysense_relay') IS NOT NULL "
+            "AND to_regclass('partysense_tally') IS NOT NULL")
 RELAYED_ALL = """
-    SELECT to_regclass('partysense_relay') IS NULL
-        OR NOT EXISTS (SELECT 1 FROM partysense_relay)
+    SELECT NOT EXISTS (SELECT 1 FROM partysense_relay)
         OR NOT EXISTS (
             (SELECT event_id, track_id, count(*) FILTER (WHERE is_positive),
                     count(*) FILTER (WHERE NOT is_positive) FROM event_vote GROUP BY 1, 2
@@ -69,12 +70,9 @@ def committed(dsn: str, event_id: int | None = None, timeout: float = 60.0) -> l
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
-            deadline = time.monotonic() + timeout
-            while True:
-                cursor.execute(RELAYED_ALL)
-                if cursor.fetchone()[0] or time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
+            cursor.execute(WAL_MODE)
+            if cursor.fetchone()[0]:  # a listen mode's log is complete at once
+                _wait_relayed(cursor, timeout)
             cursor.execute(
                 "SELECT seq, vote_id, op FROM partysense_change "
                 "WHERE %(event)s::integer IS NULL OR event_id = %(event)s ORDER BY seq",
@@ -82,6 +80,14 @@ def committed(dsn: str, event_id: int | None = None, timeout: float = 60.0) -> l
             return [(int(s), int(v), str(o)) for s, v, o in cursor.fetchall()]
     finally:
         connection.close()
+
+
+def _wait_relayed(cursor: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    cursor.execute(RELAYED_ALL)
+    while not cursor.fetchone()[0] and time.monotonic() < deadline:
+        time.sleep(0.02)
+        cursor.execute(RELAYED_ALL)
 
 
 def last_seq(dsn: str) -> int:
