@@ -216,10 +216,12 @@ class DedicatedPostgres:
         pg_ctl(["-w", "-t", "60", "-l", str(self.log), *args], pgdata=self.pgdata,
                user=self.user, timeout=90)
 
-    def start(self) -> None:
+    def start(self, *settings: str) -> None:
+        """``settings``: more ``name=value`` for the server's command line."""
         # wal_level = logical, as the embedded server has it: --source wal works on it.
-        self._pg_ctl("-o", '-h ""', "-o", f"-k {self.socket_dir}", "-o", "-c wal_level=logical",
-                     "start")
+        options = [f"-c {setting}" for setting in ("wal_level=logical", *settings)]
+        self._pg_ctl("-o", '-h ""', "-o", f"-k {self.socket_dir}",
+                     *[word for option in options for word in ("-o", option)], "start")
         self.running = True
 
     def stop(self, mode: str = "fast") -> None:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
 import pytest_twisted
 
+from harness.faults import DedicatedPostgres
+from partysense.db import sqlfiles
 from partysense.db.walrelay import WalRelay
 from partysense.db.walstream import parse_lsn
 from tests.support import Party, eventually
@@ -244,3 +247,53 @@ async def test_truncate_is_relayed_as_one_delete_per_vote(wal_dsn: str, relays: 
     deletes = [row for row in log if row[1] == "delete"]
     assert sorted(row[2] for row in deletes) == votes
     assert replayed(log) == {} == tally_table(wal_dsn)
+
+
+@pytest.mark.embedded_only  # a PostgreSQL of its own, from the embedded wheel
+@pytest_twisted.ensureDeferred
+async def test_a_slot_invalidated_by_max_slot_wal_keep_size_is_made_again(
+        tmp_path: Path) -> None:
+    """A relay gone while more WAL than max_slot_wal_keep_size was written: PostgreSQL
+    invalidates its slot instead of keeping the WAL; the next relay makes a new one,
+    the tallies are counted again and the log starts over past a gap."""
+    from twisted.internet import reactor
+
+    server = DedicatedPostgres(tmp_path)
+    server.start("max_slot_wal_keep_size=1MB")
+    relays: list[WalRelay] = []
+    try:
+        dsn = server.database()
+        sqlfiles.install(dsn, wal=True)
+        events, tracks = party_of(dsn)
+        relays.append(WalRelay(dsn, reactor, retry=0.2))
+        relays[0].startService()
+        await eventually(lambda: relays[0].state == "relaying", "the relay to take the slot")
+        with Party(dsn, wait_relayed=False) as party:
+            for n in range(5):
+                party.vote(events[0], tracks[n % 4], up=n % 2 == 0)
+            await caught_up(dsn, relays[0])
+            old_log = log_of(dsn)
+            await relays[0].stopService()
+            party.vote(events[1], tracks[0], up=False)  # while nobody relays
+            party.query("CREATE TABLE ballast (b text)")
+            for _ in range(6):  # past 1 MB and a segment, then a checkpoint
+                party.query("INSERT INTO ballast SELECT repeat('x', 1000) "
+                            "FROM generate_series(1, 3000)")
+                party.query("SELECT pg_switch_wal()")
+            party.query("CHECKPOINT")
+            assert party.query("SELECT wal_status FROM pg_replication_slots "
+                               "WHERE slot_name = %s", (relays[0].slot,)) == [("lost",)]
+        relays.append(WalRelay(dsn, reactor, retry=0.2))
+        relays[1].startService()
+        await eventually(lambda: relays[1].state == "relaying", "a new slot")
+        with Party(dsn, wait_relayed=False) as party:
+            party.vote(events[1], tracks[1])
+        await caught_up(dsn, relays[1])
+        log = log_of(dsn)
+        assert len(old_log) == 7 and log and log[0][0] > old_log[-1][0] + 1  # a gap
+        assert tally_table(dsn) == grouped(dsn)  # the vote made while away included
+    finally:
+        for relay in relays:
+            if relay.running:
+                await relay.stopService()
+        server.close()

@@ -109,12 +109,10 @@ class WalRelay(Service):
 
     log = Logger()
 
-    def __init__(self, dsn: dsnlib.DSNSource, reactor: Any, *, retry: float = 2.0,
-                 stream_factory: Callable[..., WalStream] = WalStream) -> None:
+    def __init__(self, dsn: dsnlib.DSNSource, reactor: Any, *, retry: float = 2.0) -> None:
         self._dsn = dsn
         self._reactor = reactor
         self._retry_delay = retry
-        self._stream_factory = stream_factory
         self._worker = Worker(reactor, "partysense-relay")
         self._local = threading.local()  # the worker thread's connection
         self._connect_to = ""          # the DSN it connects to, once known
@@ -211,7 +209,7 @@ class WalRelay(Service):
                 # connection (one WAL sender, one backend) every few seconds.
                 self._again("standby: another daemon relays the slot")
                 return
-            stream = self._stream_factory(
+            stream = WalStream(
                 self._reactor, slot=self.slot, publication=PUBLICATIONS, temporary=False,
                 on_transaction=self._take, on_lost=self._lost,
                 on_created=lambda snapshot, lsn: self._in_thread(
@@ -223,7 +221,11 @@ class WalRelay(Service):
                            "committed since it was last read are gone. Making a new slot; "
                            "the change log starts over and clients get fresh snapshots.",
                            why=error)
-            yield self._in_thread(self._drop_slot_blocking)
+            try:
+                yield self._in_thread(self._drop_slot_blocking)
+            except Exception as failed:
+                self._again(f"cannot drop the invalidated slot: {first_line(failed)}")
+                return
             self._again("slot invalidated, made again", at_once=True)
             return
         except psycopg2.errors.ObjectInUse:
