@@ -89,12 +89,13 @@ class Daemon:
             # database is installed for it (idempotent) and every daemon reads the WAL.
             import psycopg2
 
+            from partysense.db import dsn as dsnlib
             from partysense.db import sqlfiles
 
-            try:
-                sqlfiles.install(dsn, wal=True)
+            try:  # a DSN through a proxy that holds connections must not hang us
+                sqlfiles.install(dsnlib.with_defaults(dsn, connect_timeout="3"), wal=True)
             except psycopg2.OperationalError:
-                pass  # down at start: whoever made the database installed it
+                pass  # down or held: whoever made the database installed it (conftest)
             self.extra += ["--source", "wal"]
         self.env = env
         name = f"twistd-{next(_numbers)}"

@@ -30,7 +30,7 @@ from psycopg2.extensions import make_dsn
 from harness.daemon import Daemon
 from partysense.db import sqlfiles
 from partysense.db.sqlfiles import execute_autocommit
-from tests.support import Notifications, Party, require_logical_decoding
+from tests.support import TEST_SOURCE, Notifications, Party, require_logical_decoding
 
 TEMPLATE = "partysense_test_template"
 
@@ -147,7 +147,10 @@ def db_dsn(admin_dsn: str, template_dsn: str) -> Iterator[str]:
     name = f"partysense_test_{uuid.uuid4().hex[:12]}"
     execute_autocommit(admin_dsn, sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
         sql.Identifier(name), sql.Identifier(TEMPLATE)))
-    yield make_dsn(admin_dsn, dbname=name)
+    dsn = make_dsn(admin_dsn, dbname=name)
+    if TEST_SOURCE == "wal":  # for daemons that reach it through a proxy (harness/daemon.py)
+        sqlfiles.install(dsn, wal=True)
+    yield dsn
     drop_database(admin_dsn, name)
 
 

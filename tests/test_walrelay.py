@@ -159,6 +159,13 @@ def expected_per_vote(writers: Writers) -> dict[int, list[str]]:
     return ops
 
 
+async def relaying(relays: Any) -> WalRelay:
+    """A new relay, once it holds the slot."""
+    relay: WalRelay = relays()
+    await eventually(lambda: relay.state == "relaying", "the relay to take the slot")
+    return relay
+
+
 async def logged_exactly(dsn: str, relay: WalRelay, writers: Writers) -> list[tuple]:
     """Once caught up: the log is, vote by vote, what the writers did, and it and
     the tallies both count what event_vote holds. Returns the log."""
@@ -173,8 +180,7 @@ async def logged_exactly(dsn: str, relay: WalRelay, writers: Writers) -> list[tu
 async def test_concurrent_writers_are_logged_exactly_once_in_commit_order(
         wal_dsn: str, relays: Any) -> None:
     events, tracks = party_of(wal_dsn)
-    relay = relays()
-    await eventually(lambda: relay.state == "relaying", "the relay to take the slot")
+    relay = await relaying(relays)
     writers = Writers(wal_dsn, events, tracks, 6)
     from twisted.internet import reactor, task
 
@@ -194,8 +200,7 @@ async def test_concurrent_writers_are_logged_exactly_once_in_commit_order(
 async def test_a_standby_takes_over_without_losing_or_doubling(
         wal_dsn: str, relays: Any) -> None:
     events, tracks = party_of(wal_dsn)
-    first = relays()
-    await eventually(lambda: first.state == "relaying", "the first relay to take the slot")
+    first = await relaying(relays)
     second = relays()
     await eventually(lambda: second.state == "standby", "the second to wait")
     writers = Writers(wal_dsn, events, tracks, 4)
@@ -237,8 +242,7 @@ async def test_a_slot_made_again_recounts_the_tallies_in_its_own_snapshot(
 @pytest_twisted.ensureDeferred
 async def test_truncate_is_relayed_as_one_delete_per_vote(wal_dsn: str, relays: Any) -> None:
     events, tracks = party_of(wal_dsn)
-    relay = relays()
-    await eventually(lambda: relay.state == "relaying", "the relay to take the slot")
+    relay = await relaying(relays)
     with Party(wal_dsn, wait_relayed=False) as party:  # the relay runs on our reactor
         votes = [party.vote(events[0], tracks[n % 4], up=n % 3 != 0) for n in range(7)]
         party.query("TRUNCATE event_vote")
