@@ -233,7 +233,7 @@ class DedicatedPostgres:
         self._pg_ctl("-m", "fast", "restart")
         self.running = True
 
-    def database(self, name: str = "party") -> str:
+    def database(self, name: str = "party", wal: bool | None = None) -> str:
         """A new database with the stand-in schema and the triggers; its DSN."""
         connection = psycopg2.connect(self.admin_dsn)
         connection.autocommit = True
@@ -243,8 +243,9 @@ class DedicatedPostgres:
         finally:
             connection.close()
         dsn = make_dsn(self.admin_dsn, dbname=name)
-        sqlfiles.install(dsn, demo_schema=True,
-                         wal=os.environ.get(SOURCE_VARIABLE) == "wal")
+        if wal is None:  # as the tests run (PARTYSENSE_TEST_SOURCE)
+            wal = os.environ.get(SOURCE_VARIABLE) == "wal"
+        sqlfiles.install(dsn, demo_schema=True, wal=wal)
         return dsn
 
     def close(self) -> None:

@@ -24,6 +24,14 @@ from harness.daemon import SOURCE_VARIABLE
 TEST_SOURCE = os.environ.get(SOURCE_VARIABLE, "listen")
 
 
+# A test whose premise is the listen mode (its triggers, its NOTIFYs): skipped
+# under PARTYSENSE_TEST_SOURCE=wal, with the reason (docs/exactness.md §8).
+def listen_mode_only(why: str) -> Any:
+    import pytest
+
+    return pytest.mark.skipif(TEST_SOURCE == "wal", reason=f"listen mode only: {why}")
+
+
 async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
     """For tests on the reactor: await ``condition()`` (a value or an awaitable)
     until it is true, failing at the deadline. The reactor runs meanwhile."""

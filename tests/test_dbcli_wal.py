@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.faults import dedicated_postgres
+from harness.faults import DedicatedPostgres
 from partysense.db.walsetup import Settings
 from tests.support import Party, require_logical_decoding
 from tests.test_dbcli import OUR_TRIGGERS, partysense_db, triggers
@@ -54,8 +54,10 @@ def test_wal_mode_drops_the_triggers_and_publishes_event_vote_and_back(db_dsn: s
 @pytest.mark.embedded_only  # a PostgreSQL of its own, from the embedded wheel
 def test_without_logical_decoding_nothing_changes_and_the_fix_is_named(
         tmp_path: Path) -> None:
-    with dedicated_postgres(tmp_path) as server:  # initdb's default: wal_level = replica
-        dsn = server.database()
+    server = DedicatedPostgres(tmp_path)
+    server.start("wal_level=replica")  # PostgreSQL's default
+    try:
+        dsn = server.database(wal=False)
         result = partysense_db("install", "--dsn", dsn, "--source", "wal")
         assert result.returncode == 1
         assert "nothing was changed" in result.stderr
@@ -64,6 +66,8 @@ def test_without_logical_decoding_nothing_changes_and_the_fix_is_named(
         assert "restart PostgreSQL" in result.stderr and "Traceback" not in result.stderr
         assert triggers(dsn) == OUR_TRIGGERS  # still in listen mode
         assert wal_state(dsn)[0] == []
+    finally:
+        server.close()
 
 
 @pytest.mark.logic

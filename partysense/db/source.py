@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from twisted.application.service import IServiceCollection
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from partysense.adapters.txpostgres_adapter import PgConnection
 from partysense.core.interfaces import ChangeSource
@@ -67,6 +68,10 @@ class WalSource(ListenerService):
     """
 
     def __init__(self, dsn: DSNSource, reactor: IReactorTime, **options: Any) -> None:
+        # Logged as the listener it is, so that log queries and alerts on the
+        # listener's namespace keep working in WAL mode. (An instance attribute:
+        # a class one would be named after this class.)
+        self.log = Logger(namespace="partysense.db.listener.ListenerService", source=self)
         super().__init__(dsn, reactor, **options)
         self._relay = WalRelay(dsn, reactor)
         self._clock = reactor
