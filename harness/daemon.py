@@ -58,6 +58,9 @@ def twistd_command() -> list[str]:
     return [twistd]
 
 
+# PARTYSENSE_TEST_SOURCE=wal: every Daemon runs with --source wal.
+SOURCE_VARIABLE = "PARTYSENSE_TEST_SOURCE"
+
 _numbers = itertools.count(1)  # names the files of each Daemon apart
 
 
@@ -80,6 +83,20 @@ class Daemon:
         self.admin_port = 0  # --admin-port, given unless --workers (or the test) says
         self.admin = admin
         self.extra = list(extra)
+        if os.environ.get(SOURCE_VARIABLE) == "wal" and "--source" not in self.extra \
+                and dsn is not None:
+            # The tests run with --source wal (tests/support.py, TEST_SOURCE): the
+            # database is installed for it (idempotent) and every daemon reads the WAL.
+            import psycopg2
+
+            from partysense.db import dsn as dsnlib
+            from partysense.db import sqlfiles
+
+            try:  # a DSN through a proxy that holds connections must not hang us
+                sqlfiles.install(dsnlib.with_defaults(dsn, connect_timeout="3"), wal=True)
+            except psycopg2.OperationalError:
+                pass  # down or held: whoever made the database installed it (conftest)
+            self.extra += ["--source", "wal"]
         self.env = env
         name = f"twistd-{next(_numbers)}"
         self.log_path = workdir / f"{name}.log"

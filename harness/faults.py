@@ -36,7 +36,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from harness.daemon import Daemon, wait_for
+from harness.daemon import SOURCE_VARIABLE, Daemon, wait_for
 from partysense.db import sqlfiles
 
 Change = tuple[int, int, str]  # (seq, vote id, op)
@@ -45,11 +45,34 @@ Change = tuple[int, int, str]  # (seq, vote id, op)
 # -- the database's truth ---------------------------------------------------------
 
 
-def committed(dsn: str, event_id: int | None = None) -> list[Change]:
-    """Every change in the change log (of one event, or all), in seq order."""
+# In WAL mode (docs/exactness.md §8) the relay logs a vote a few milliseconds
+# after its commit: the log is complete once the relay's tallies are event_vote's.
+WAL_MODE = ("SELECT to_regclass('partysense_relay') IS NOT NULL "
+            "AND to_regclass('partysense_tally') IS NOT NULL")
+RELAYED_ALL = """
+    SELECT NOT EXISTS (SELECT 1 FROM partysense_relay)
+        OR NOT EXISTS (
+            (SELECT event_id, track_id, count(*) FILTER (WHERE is_positive),
+                    count(*) FILTER (WHERE NOT is_positive) FROM event_vote GROUP BY 1, 2
+             EXCEPT SELECT event_id, track_id, up, down FROM partysense_tally
+             WHERE up <> 0 OR down <> 0)
+            UNION ALL
+            (SELECT event_id, track_id, up, down FROM partysense_tally WHERE up <> 0 OR down <> 0
+             EXCEPT SELECT event_id, track_id, count(*) FILTER (WHERE is_positive),
+                    count(*) FILTER (WHERE NOT is_positive) FROM event_vote GROUP BY 1, 2))
+"""
+
+
+def committed(dsn: str, event_id: int | None = None, timeout: float = 60.0) -> list[Change]:
+    """Every change in the change log (of one event, or all), in seq order; in WAL
+    mode once the relay has logged every committed vote (at most ``timeout``)."""
     connection = psycopg2.connect(dsn)
+    connection.autocommit = True
     try:
         with connection.cursor() as cursor:
+            cursor.execute(WAL_MODE)
+            if cursor.fetchone()[0]:  # a listen mode's log is complete at once
+                _wait_relayed(cursor, timeout)
             cursor.execute(
                 "SELECT seq, vote_id, op FROM partysense_change "
                 "WHERE %(event)s::integer IS NULL OR event_id = %(event)s ORDER BY seq",
@@ -57,6 +80,14 @@ def committed(dsn: str, event_id: int | None = None) -> list[Change]:
             return [(int(s), int(v), str(o)) for s, v, o in cursor.fetchall()]
     finally:
         connection.close()
+
+
+def _wait_relayed(cursor: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    cursor.execute(RELAYED_ALL)
+    while not cursor.fetchone()[0] and time.monotonic() < deadline:
+        time.sleep(0.02)
+        cursor.execute(RELAYED_ALL)
 
 
 def last_seq(dsn: str) -> int:
@@ -185,8 +216,12 @@ class DedicatedPostgres:
         pg_ctl(["-w", "-t", "60", "-l", str(self.log), *args], pgdata=self.pgdata,
                user=self.user, timeout=90)
 
-    def start(self) -> None:
-        self._pg_ctl("-o", '-h ""', "-o", f"-k {self.socket_dir}", "start")
+    def start(self, *settings: str) -> None:
+        """``settings``: more ``name=value`` for the server's command line."""
+        # wal_level = logical, as the embedded server has it: --source wal works on it.
+        options = [f"-c {setting}" for setting in ("wal_level=logical", *settings)]
+        self._pg_ctl("-o", '-h ""', "-o", f"-k {self.socket_dir}",
+                     *[word for option in options for word in ("-o", option)], "start")
         self.running = True
 
     def stop(self, mode: str = "fast") -> None:
@@ -198,7 +233,7 @@ class DedicatedPostgres:
         self._pg_ctl("-m", "fast", "restart")
         self.running = True
 
-    def database(self, name: str = "party") -> str:
+    def database(self, name: str = "party", wal: bool | None = None) -> str:
         """A new database with the stand-in schema and the triggers; its DSN."""
         connection = psycopg2.connect(self.admin_dsn)
         connection.autocommit = True
@@ -208,7 +243,9 @@ class DedicatedPostgres:
         finally:
             connection.close()
         dsn = make_dsn(self.admin_dsn, dbname=name)
-        sqlfiles.install(dsn, demo_schema=True)
+        if wal is None:  # as the tests run (PARTYSENSE_TEST_SOURCE)
+            wal = os.environ.get(SOURCE_VARIABLE) == "wal"
+        sqlfiles.install(dsn, demo_schema=True, wal=wal)
         return dsn
 
     def close(self) -> None:

@@ -32,13 +32,14 @@ from twisted.python import usage
 from partysense.core.budgets import budgets_for
 from partysense.core.hub import LINGER, Hub
 from partysense.db import dsn as dsnlib
+from partysense.db.changelog import TALLY_QUERY, WAL_TALLY_QUERY
 from partysense.db.demo import DemoPartyService
 from partysense.db.embedded import database_for
 from partysense.db.presence import INTERVAL as PRESENCE_INTERVAL
 from partysense.db.presence import PresenceService
 from partysense.db.queries import QueryService
 from partysense.db.retention import RetentionService
-from partysense.db.source import LISTEN, make_source
+from partysense.db.source import KINDS, WAL, make_source
 from partysense.dialects import tokens
 from partysense.dialects.dialect import ClientCounters, MakeSession, Shared
 from partysense.dialects.seed import SeedSession
@@ -109,6 +110,10 @@ class Options(usage.Options):
         ["dsn", None, None,
          "PostgreSQL to listen to, as a libpq URI or key=value words "
          f"(default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE}; none: the embedded database)."],
+        ["source", None, "listen",
+         "Where changes come from: listen (the voters' triggers log and NOTIFY each change; "
+         "the default) or wal (logical decoding: no trigger on the voters' commits; run "
+         "`partysense-db install --source wal` first)."],
         ["data-dir", None, None,
          "Data directory of the embedded PostgreSQL "
          "(default: /var/tmp/partysense-live-UID/pgdata)."],
@@ -202,6 +207,8 @@ class Options(usage.Options):
             raise usage.UsageError("--presence-interval is 0 (off) or 0.1 to 600 seconds")
         if self["grace"] < 0:
             raise usage.UsageError("--grace cannot be negative")
+        if self["source"] not in KINDS:
+            raise usage.UsageError(f"--source is one of {', '.join(KINDS)}")
         if not 0 <= self["write-delay"] <= MAX_WRITE_DELAY_MS:
             raise usage.UsageError(
                 f"--write-delay must be between 0 and {MAX_WRITE_DELAY_MS} milliseconds")
@@ -294,9 +301,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = InOrder()
     CollectorService().setServiceParent(top)
 
-    dsn, where = database_for(options["dsn"], options["data-dir"], top, reactor)
+    wal = options["source"] == WAL
+    dsn, where = database_for(options["dsn"], options["data-dir"], top, reactor, wal=wal)
 
-    listener = make_source(LISTEN, dsn, reactor, grace=options["grace"])
+    listener = make_source(options["source"], dsn, reactor, grace=options["grace"])
     listener.setServiceParent(top)
     queries = QueryService(dsn, reactor, grace=options["grace"])
     queries.setServiceParent(top)
@@ -312,7 +320,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     limits = limits_from(options)
     limits.max_clients = clients_that_fit(limits.max_clients, open_files)
     counters = ClientCounters()
-    reads = SharedReads(queries, reactor, listener=listener, follow=True)
+    reads = SharedReads(queries, reactor, listener=listener, follow=True,
+                        tally_query=WAL_TALLY_QUERY if wal else TALLY_QUERY)
     events = EventDirectory(queries, reactor)
     events.setServiceParent(top)
     shared = Shared(hub=hub, listener=listener, reads=reads, events=events,
@@ -356,7 +365,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     log.info(
         "partysense-live listening on {port}, database: {where}, demo: {demo}, "
-        "change log kept {retention:g} s; limits: "
+        "changes from: {source}, change log kept {retention:g} s; limits: "
         "{max_clients} clients ({per_ip} connections per address, upgraded or not), "
         "{waiting} connections waiting to upgrade, {max_subscriptions} subscriptions "
         "each, messages up to "
@@ -367,7 +376,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "{frame_ancestors}; tokens: {tokens}; "
         "/metrics and detailed health: {admin}.",
         port=options["port"], where=where, embedded=options["embedded"],
-        demo=options["run-demo"], retention=options["retention"],
+        demo=options["run-demo"], source=options["source"], retention=options["retention"],
         max_clients=limits.max_clients, per_ip=limits.max_connections_per_ip,
         waiting=waiting.budget,
         max_subscriptions=limits.max_subscriptions,

@@ -24,6 +24,18 @@ DROP FUNCTION IF EXISTS partysense_payload(
     bigint, text, bigint, bigint, text, bigint, text, text, boolean, boolean, boolean,
     timestamptz);
 
+-- The WAL mode's (sql/wal.sql); event_vote keeps REPLICA IDENTITY FULL, and a
+-- relay's slot is dropped by `partysense-db install` (listen) or by hand.
+DROP PUBLICATION IF EXISTS partysense;
+DROP PUBLICATION IF EXISTS partysense_truncated;
+DROP FUNCTION IF EXISTS partysense_relay_write(pg_lsn[], timestamptz[], text[], bigint[],
+    bigint[], bigint[], boolean[], boolean[]);
+DROP FUNCTION IF EXISTS partysense_relay_reset(text, pg_lsn);
+DROP FUNCTION IF EXISTS partysense_vote_truncated_wal();
+DROP TABLE IF EXISTS partysense_tally;
+DROP TABLE IF EXISTS partysense_relay;
+DROP TABLE IF EXISTS partysense_truncated;
+
 DROP TABLE IF EXISTS partysense_change;
 DROP TABLE IF EXISTS partysense_presence;
 DROP TABLE IF EXISTS partysense_key;

@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
@@ -28,15 +30,15 @@ from psycopg2.extensions import make_dsn
 from harness.daemon import Daemon
 from partysense.db import sqlfiles
 from partysense.db.sqlfiles import execute_autocommit
-from tests.support import Notifications, Party
+from tests.support import TEST_SOURCE, Notifications, Party, require_logical_decoding
 
 TEMPLATE = "partysense_test_template"
 
 LAYERS = ("logic", "database", "daemon", "browser")
 # Fixtures that start (or need) PostgreSQL or a daemon process; pytest-django's
 # database fixtures (and its django_db marker) count too.
-DATABASE_FIXTURES = {"admin_dsn", "template_dsn", "db_dsn", "empty_db_dsn", "party", "daemon",
-                     "db", "transactional_db", "django_db_setup", "live_server",
+DATABASE_FIXTURES = {"admin_dsn", "template_dsn", "db_dsn", "empty_db_dsn", "wal_dsn", "party",
+                     "daemon", "db", "transactional_db", "django_db_setup", "live_server",
                      "django_db_reset_sequences", "django_db_serialized_rollback",
                      "admin_user", "admin_client", "django_dsn"}
 PROCESS_FIXTURES = {"daemon"}
@@ -100,7 +102,31 @@ def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_server(server)
 
 
+# The WAL mode's slots (tests of --source wal) keep a database from being
+# dropped, even WITH (FORCE): their WAL senders go first, then the slots.
+DROP_SLOTS = """
+    SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+    WHERE database = %(name)s AND active_pid IS NOT NULL;
+    SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+    WHERE database = %(name)s AND NOT active;
+"""
+
+
 def drop_database(admin_dsn: str, name: str) -> None:
+    connection = psycopg2.connect(admin_dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            deadline = time.monotonic() + 10
+            while True:
+                cursor.execute(DROP_SLOTS, {"name": name})
+                cursor.execute("SELECT count(*) FROM pg_replication_slots WHERE database = %s",
+                               (name,))
+                if cursor.fetchone()[0] == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)  # a terminated WAL sender lets its slot go a moment later
+    finally:
+        connection.close()
     execute_autocommit(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
         sql.Identifier(name)))
 
@@ -121,8 +147,21 @@ def db_dsn(admin_dsn: str, template_dsn: str) -> Iterator[str]:
     name = f"partysense_test_{uuid.uuid4().hex[:12]}"
     execute_autocommit(admin_dsn, sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
         sql.Identifier(name), sql.Identifier(TEMPLATE)))
-    yield make_dsn(admin_dsn, dbname=name)
+    dsn = make_dsn(admin_dsn, dbname=name)
+    if TEST_SOURCE == "wal":  # for daemons that reach it through a proxy (harness/daemon.py)
+        sqlfiles.install(dsn, wal=True)
+    yield dsn
     drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def wal_dsn(db_dsn: str) -> str:
+    """The fresh database installed for --source wal (sql/wal.sql); skipped, or failed
+    under PARTYSENSE_REQUIRE_WAL, on a PostgreSQL without logical decoding. Its slots
+    go with it (drop_database)."""
+    require_logical_decoding(db_dsn)
+    sqlfiles.install(db_dsn, wal=True)
+    return db_dsn
 
 
 @pytest.fixture
@@ -159,7 +198,7 @@ def listen(db_dsn: str) -> Iterator[Any]:
 @pytest.fixture
 def daemon(db_dsn: str, tmp_path: Path) -> Iterator[Daemon]:
     """``twistd -n partysense-live`` as a real process, on a port it bound itself."""
-    with Daemon(db_dsn, tmp_path) as value:
+    with Daemon(db_dsn, tmp_path) as value:  # with --source wal under TEST_SOURCE=wal
         yield value
 
 

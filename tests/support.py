@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import select
 import time
 from collections.abc import Callable
@@ -15,7 +16,21 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
+from harness.daemon import SOURCE_VARIABLE
 from partysense.core.signature import open_envelope
+
+# PARTYSENSE_TEST_SOURCE=wal runs the tests that use the ``daemon`` fixture
+# (tests/conftest.py) with --source wal, on a database installed for it
+# (docs/exactness.md §8).
+TEST_SOURCE = os.environ.get(SOURCE_VARIABLE, "listen")
+
+
+# A test whose premise is the listen mode (its triggers, its NOTIFYs): skipped
+# under PARTYSENSE_TEST_SOURCE=wal, with the reason (docs/exactness.md §8).
+def listen_mode_only(why: str) -> Any:
+    import pytest
+
+    return pytest.mark.skipif(TEST_SOURCE == "wal", reason=f"listen mode only: {why}")
 
 
 async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
@@ -52,8 +67,12 @@ def nonzero(counts: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
 class Party:
     """A database with events and tracks, and votes cast the way Django casts them."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, wait_relayed: bool = True) -> None:
+        """``wait_relayed``: in WAL mode, wait for each vote to be logged
+        (:meth:`wait_relayed`); False where the relay runs on this very thread's
+        reactor, which the wait would block."""
         self.dsn = dsn
+        self._wait_relayed = wait_relayed
         self.connection = psycopg2.connect(dsn)
         self.connection.autocommit = True
 
@@ -84,7 +103,24 @@ class Party:
             "INSERT INTO event_vote (event_id, track_id, user_id) VALUES (%s, %s, %s) "
             "RETURNING id", (event_id, track_id, user_id))[0][0])
         self.query("UPDATE event_vote SET is_positive = %s WHERE id = %s", (up, vote_id))
+        self.wait_relayed(vote_id, 1 if up else 2)
         return vote_id
+
+    def wait_relayed(self, vote_id: int, changes: int, timeout: float = 15.0) -> None:
+        """In WAL mode, once a relay runs (docs/exactness.md §8), the log holds a vote a
+        few milliseconds after its commit: wait for its ``changes``, so that a test
+        reads the log as the listen mode's trigger leaves it, at once."""
+        if not self._wait_relayed or \
+                not self.query("SELECT to_regclass('partysense_relay') IS NOT NULL")[0][0] or \
+                not self.query("SELECT count(*) FROM partysense_relay")[0][0]:
+            return
+        deadline = time.monotonic() + timeout
+        while self.query("SELECT count(*) FROM partysense_change WHERE vote_id = %s",
+                         (vote_id,))[0][0] < changes:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"vote {vote_id}: not in the change log after "
+                                     f"{timeout} s (is a WAL relay running?)")
+            time.sleep(0.01)
 
     def tallies(self, event_id: int) -> dict[int, tuple[int, int]]:
         rows = self.query(
@@ -130,3 +166,18 @@ class Notifications:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def require_logical_decoding(dsn: str) -> None:
+    """Skip a WAL-mode test on a PostgreSQL without wal_level = logical, or fail it
+    where CI says the server has it (PARTYSENSE_REQUIRE_WAL=1, .ci/run)."""
+    import pytest
+
+    from partysense.db import walsetup
+
+    problems = walsetup.read_settings(dsn).problems()
+    if not problems:
+        return
+    if os.environ.get("PARTYSENSE_REQUIRE_WAL"):
+        pytest.fail(f"PARTYSENSE_REQUIRE_WAL is set, but: {'; '.join(problems)}")
+    pytest.skip(f"this PostgreSQL cannot stream: {'; '.join(problems)}")

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
+from harness.faults import committed
 from tests.sse import Stream
 from tests.support import Party
 
@@ -114,16 +115,20 @@ def test_a_replay_flood_from_one_address_is_bounded(db_dsn: str, tmp_path: Path,
                                                     party: Party) -> None:
     """Before: every Last-Event-ID far back was a replay, as many as were asked for."""
     event_id, track = party.event(), party.track()
-    party.query("INSERT INTO event_vote (event_id, track_id, user_id) "
-                "SELECT %s, %s, g FROM generate_series(1, 1000) AS g", (event_id, track))
     # A venue of 4 phones: 800 rows replayed at once, then 40 a second.
     with Daemon(db_dsn, tmp_path, "--max-connections-per-ip", "4",
                 "--trusted-proxies", "1") as daemon:
-        flood = {"Last-Event-ID": "0", "X-Forwarded-For": "198.51.100.7"}
+        # Voted once the daemon runs: with --source wal the log begins with its relay.
+        party.query("INSERT INTO event_vote (event_id, track_id, user_id) "
+                    "SELECT %s, %s, g FROM generate_series(1, 1000) AS g", (event_id, track))
+        log = committed(db_dsn, event_id)
+        assert len(log) == 1000
+        before = str(log[0][0] - 1)  # all 1,000 to replay (0 in the listen mode)
+        flood = {"Last-Event-ID": before, "X-Forwarded-For": "198.51.100.7"}
         streams = [Stream(daemon.port, f"/events/{event_id}/stream", flood)
                    for _ in range(3)]  # fewer than --max-connections-per-ip
         other = Stream(daemon.port, f"/events/{event_id}/stream",
-                       {"Last-Event-ID": "0", "X-Forwarded-For": "198.51.100.8"})
+                       {"Last-Event-ID": before, "X-Forwarded-For": "198.51.100.8"})
         try:
             assert [s.status for s in streams] == [200, 429, 429]
             assert streams[1].headers.get("retry-after") == "5"

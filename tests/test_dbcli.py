@@ -15,7 +15,7 @@ import pytest
 from psycopg2.extensions import make_dsn
 
 from partysense.db import sqlfiles
-from tests.support import Party
+from tests.support import Party, listen_mode_only
 
 pytestmark = pytest.mark.daemon
 
@@ -133,6 +133,7 @@ def test_password_in_a_working_dsn_is_not_printed(empty_db_dsn: str) -> None:
     assert "password=***" in result.stdout
 
 
+@listen_mode_only("it installs the listen mode's triggers under votes")
 def test_install_is_safe_while_votes_flow(db_dsn: str) -> None:
     """An upgrade on a live database: votes before and after are all recorded."""
     with Party(db_dsn) as party:

@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
 from partysense.db.sqlfiles import execute_autocommit
-from tests.support import Party
+from tests.support import Party, listen_mode_only
 
 pytestmark = pytest.mark.daemon
 
@@ -123,6 +123,8 @@ def metric(daemon: Daemon, name: str) -> float | None:
     return None
 
 
+@listen_mode_only("the WAL mode's grants (REPLICATION, the relay's functions, "
+                  "docs/operations.md §13) are not exercised yet")
 def test_the_daemon_runs_on_the_documented_grants(
         hardened: tuple[Role, Role], party: Party, tmp_path: Path) -> None:
     daemon_role, writer = hardened

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from harness.faults import event_with_track
-from partysense.db.changelog import Replay, Snapshot, replay_since, take_snapshot
+from partysense.db.changelog import TALLY_QUERY, Replay, Snapshot, replay_since, take_snapshot
 from partysense.db.queries import QueryService
 from partysense.reads.sharedreads import FEW_CHANGES, SharedReads
 from tests.fakes import Following, ManualQueries, ReadUpTo
@@ -29,7 +29,7 @@ def test_a_storm_of_askers_costs_two_queries_per_event() -> None:
     assert len(queries.running) == 1  # the first asker's query runs at once
     later = [reads.snapshot(7) for _ in range(1000)]
     other = reads.snapshot(8)
-    assert [args for _, args, _ in queries.running] == [(7,), (8,)]
+    assert [args for _, args, _ in queries.running] == [(7, TALLY_QUERY), (8, TALLY_QUERY)]
     queries.running[0][2].callback(snapshot(1))
     assert first[0].result == (snapshot(1), [])
     # Those who asked while it ran were not handed it: the next one serves them all.
@@ -53,7 +53,7 @@ def test_for_a_second_an_events_tallies_are_reused_with_the_changes_since() -> N
     again = reads.snapshot(7)
     # No second GROUP BY: the changes after the kept snapshot's cursor instead.
     interaction, args, answer = queries.running[1]
-    assert (interaction, args) == (replay_since, (7, 100))
+    assert (interaction, args) == (replay_since, (7, 100, TALLY_QUERY))
     answer.callback(Replay(changes=["change 101", "change 102"]))  # type: ignore[list-item]
     assert again.result == (snapshot(100), ["change 101", "change 102"])
     clock.advance(0.5)  # a second old: asked afresh
@@ -67,7 +67,8 @@ def test_replays_are_shared_by_askers_of_the_same_cursor_only() -> None:
     reads = SharedReads(queries, Clock())
     same = [reads.replay(7, 100), reads.replay(7, 100)]
     other = reads.replay(7, 90)
-    assert sorted(args for _, args, _ in queries.running) == [(7, 90), (7, 100)]
+    assert sorted(args for _, args, _ in queries.running) == [(7, 90, TALLY_QUERY),
+                                                             (7, 100, TALLY_QUERY)]
     for _, args, answer in queries.running:
         answer.callback(f"after {args[1]}")
     assert [d.result for d in same] == ["after 100", "after 100"]
@@ -140,7 +141,7 @@ def test_once_the_listener_has_read_past_it_a_kept_read_is_brought_up_to_date() 
     listener.read_up_to = 102  # changes 101 and 102 were handed on before these asked
     asked = [reads.snapshot(7) for _ in range(3)]
     interaction, args, answer = queries.running[1]
-    assert (interaction, args) == (replay_since, (7, 100))
+    assert (interaction, args) == (replay_since, (7, 100, TALLY_QUERY))
     answer.callback(Replay(changes=["change 101", "change 102"], newest=102))  # type: ignore[list-item]
     assert all(d.result == (snapshot(100), ["change 101", "change 102"]) for d in asked)
     # The event as of 102 is known now: the next asker needs no query.

@@ -24,7 +24,7 @@ from harness.faults import QUERIES, terminate_listener
 from partysense.db.listener import ListenerService
 from partysense.db.pgservice import NotConnected
 from partysense.db.queries import QueryService
-from tests.support import Party, eventually
+from tests.support import TEST_SOURCE, Party, eventually
 
 # -- the listener's half of it -------------------------------------------------
 
@@ -183,7 +183,8 @@ def test_v2_snapshot_cut_off_by_a_lost_database_is_an_unavailable_error(
     event_id, track_id = party.event(), party.track()
     party.vote(event_id, track_id)
     with connect(daemon.ws_url, subprotocols=["partysense.v2"], open_timeout=10) as client:
-        locked = Locked(party.dsn, "event_vote")  # the snapshot's tally query waits
+        # The snapshot's tally query waits (in WAL mode it counts the relay's tallies).
+        locked = Locked(party.dsn, "partysense_tally" if TEST_SOURCE == "wal" else "event_vote")
         try:
             client.send(json.dumps({"type": "subscribe", "event": event_id, "id": "s"}))
             wait_for(lambda: queries_wait_on_a_lock(party.dsn), 10, "the snapshot to wait")

@@ -17,7 +17,7 @@ import pytest
 
 from harness.daemon import Daemon
 from partysense.cli.tailformat import describe
-from tests.support import Party
+from tests.support import Party, listen_mode_only
 
 HOSTILE = 'Tab\tand\nnewline "quoted" <b>'
 
@@ -105,6 +105,8 @@ def ended(watching: Tail, timeout: float = 10.0) -> int:
 
 
 @pytest.mark.daemon
+@listen_mode_only("tail --dsn hears NOTIFY; in WAL mode only the relay's last change of "
+                  "each batch is notified (docs/operations.md §13): use tail --url")
 def test_tail_from_the_database(party: Party, db_dsn: str) -> None:
     event_id, other = party.event('Friday "Fever"'), party.event("Other")
     track_id = party.track(HOSTILE, "Band")
@@ -124,6 +126,7 @@ def test_tail_from_the_database(party: Party, db_dsn: str) -> None:
 
 
 @pytest.mark.daemon
+@listen_mode_only("tail --dsn hears NOTIFY (see test_tail_from_the_database)")
 def test_tail_prints_raw_json(party: Party, db_dsn: str) -> None:
     event_id, track_id = party.event(), party.track()
     with tail("--event", str(event_id), "--dsn", db_dsn, "--json") as raw:

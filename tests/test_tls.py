@@ -63,7 +63,7 @@ def tls_daemon(db_dsn: str, tmp_path: Path) -> Iterator[tuple[Daemon, ssl.SSLCon
     daemon = Daemon(db_dsn, tmp_path, admin=False)  # /metrics over TLS on the one port
     # A second --port wins over the helper's tcp: one; port 0 here too, and
     # the port it got is logged as "Site (TLS) starting on PORT".
-    daemon.extra = ["--port", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+    daemon.extra += ["--port", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
     trust = ssl.create_default_context(cafile=str(cert))
     daemon.start(wait=False)  # until it listens: /healthz is asked over TLS below
     try:

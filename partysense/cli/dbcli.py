@@ -1,6 +1,6 @@
 """``partysense-db``: the database side, from the command line.
 
-    partysense-db install --dsn DSN [--demo-schema]
+    partysense-db install --dsn DSN [--demo-schema] [--source listen|wal]
     partysense-db tail --event ID|ALL [--dsn DSN | --url ws://host:18854/]
     partysense-db key rotate|retire|list --dsn DSN
 """
@@ -12,7 +12,7 @@ import sys
 
 from partysense.cli import keycli, tail, tokencli
 from partysense.db import dsn as dsnlib
-from partysense.db import sqlfiles
+from partysense.db import sqlfiles, walsetup
 from partysense.db.errors import QueryRefused
 
 
@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"the database (default: ${dsnlib.DSN_ENVIRONMENT_VARIABLE})")
     install.add_argument("--demo-schema", action="store_true",
                          help="also create the stand-in PartySense tables (not on the real DB)")
+    install.add_argument("--source", choices=SOURCES, default="listen",
+                         help="listen (default): triggers log and NOTIFY each vote change; "
+                              "wal: no triggers, a publication for logical decoding "
+                              "(checks wal_level and the slot settings first)")
     tail.add_parser(commands)
     tokencli.add_parser(commands)
     keycli.add_parser(commands)
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if args.command == "install":
-        return install(dsn, args.demo_schema)
+        return install(dsn, args.demo_schema, args.source == "wal")
     if args.command == "key":
         return keycli.run(args, dsn, sys.stdout, sys.stderr)
     return 2
@@ -59,16 +63,30 @@ def main(argv: list[str] | None = None) -> int:
 CONNECT_TIMEOUT_SECONDS = "10"
 
 
-def install(dsn: str, demo_schema: bool) -> int:
+SOURCES = ("listen", "wal")
+
+
+def install(dsn: str, demo_schema: bool, wal: bool = False) -> int:
+    dsn_with_timeout = dsnlib.with_defaults(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     try:
-        scripts = sqlfiles.install_or_refused(
-            dsnlib.with_defaults(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS),
-            demo_schema=demo_schema)
+        # WAL mode is checked before anything changes: a database whose
+        # settings cannot stream keeps its listen mode (and its triggers).
+        settings = walsetup.read_settings(dsn_with_timeout) if wal else None
+        if settings is not None and settings.problems():
+            print(f"partysense-db: {dsnlib.redact(dsn)} cannot serve --source wal yet, "
+                  "nothing was changed:", file=sys.stderr)
+            for problem in settings.problems():
+                print(f"  - {problem}", file=sys.stderr)
+            return 1
+        scripts = sqlfiles.install_or_refused(dsn_with_timeout, demo_schema=demo_schema,
+                                              wal=wal)
     except QueryRefused as error:
         print(f"partysense-db: install failed on {dsnlib.redact(dsn)}: {error}",
               file=sys.stderr)
         return 1
     print(f"partysense-db: installed {', '.join(scripts)} on {dsnlib.redact(dsn)}")
+    for note in settings.notes() if settings is not None else []:
+        print(f"  note: {note}")
     return 0
 
 

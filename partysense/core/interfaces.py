@@ -49,6 +49,18 @@ class Link(Protocol):
         start; fails with NotConnected past it."""
 
 
+class Relay(Protocol):
+    """The WAL mode's relay candidate (partysense/db/walrelay.py), as /healthz
+    and /metrics see it."""
+
+    state: str                   # connecting, relaying, standby, disconnected or stopped
+    reason: str
+    relayed: int                 # log rows this daemon's relay wrote
+    takeovers: int               # times it took the slot
+    slot_lag_bytes: int | None   # WAL the slot holds that no relay has logged yet
+    slot_wal_status: str | None  # pg_replication_slots.wal_status (lost: invalidated)
+
+
 class ChangeSource(Link, Protocol):
     """Committed changes in commit order (by ``seq``), from a cursor, then live.
 
@@ -71,6 +83,7 @@ class ChangeSource(Link, Protocol):
     def signed(self) -> bool:
         """Changes are believed as they come, with no read of the log for each
         (False: the LISTEN source's doorbell mode, docs/security.md)."""
+    relay: Relay | None     # the WAL mode's relay candidate (None: the listen mode)
 
     @property
     def channels(self) -> frozenset[str]:

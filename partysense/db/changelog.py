@@ -56,6 +56,16 @@ TALLY_QUERY = """
     ORDER BY v.track_id
 """
 
+# In WAL mode (sql/wal.sql) the tallies are the relay's, written with the log
+# rows they count: event_vote may already hold votes the log has not caught up
+# with, so it cannot be the snapshot's (docs/exactness.md §8).
+WAL_TALLY_QUERY = """
+    SELECT t.track_id, m.name, m.artist, t.up, t.down
+    FROM partysense_tally t LEFT JOIN music_view m ON m.id = t.track_id
+    WHERE t.event_id = %s AND (t.up <> 0 OR t.down <> 0)
+    ORDER BY t.track_id
+"""
+
 TITLE_QUERY = "SELECT title FROM event_event WHERE id = %s"
 
 # Trimmed in batches, oldest first, so that one pass never holds a
@@ -123,10 +133,10 @@ class Replay:
 
 
 @defer.inlineCallbacks
-def _tallies(cursor: Any, event_id: int, newest: int) -> Any:
+def _tallies(cursor: Any, event_id: int, newest: int, tally_query: str) -> Any:
     yield cursor.execute(TITLE_QUERY, (event_id,))
     row = cursor.fetchone()
-    yield cursor.execute(TALLY_QUERY, (event_id,))
+    yield cursor.execute(tally_query, (event_id,))
     tracks = [
         {"tid": tid, "track": name, "artist": artist, "up": up, "down": down}
         for tid, name, artist, up, down in cursor.fetchall()
@@ -135,7 +145,7 @@ def _tallies(cursor: Any, event_id: int, newest: int) -> Any:
 
 
 @defer.inlineCallbacks
-def take_snapshot(cursor: Any, event_id: int | None) -> Any:
+def take_snapshot(cursor: Any, event_id: int | None, tally_query: str = TALLY_QUERY) -> Any:
     """txpostgres interaction: the event's tallies and the cursor they are valid at.
 
     For the firehose (``event_id`` None) only the cursor.
@@ -143,11 +153,12 @@ def take_snapshot(cursor: Any, event_id: int | None) -> Any:
     yield cursor.execute(REPEATABLE_READ)
     yield cursor.execute(BOUNDS_QUERY)
     _, newest = cursor.fetchone()
-    return (yield _fresh(cursor, event_id, newest))
+    return (yield _fresh(cursor, event_id, newest, tally_query))
 
 
 @defer.inlineCallbacks
-def replay_since(cursor: Any, event_id: int | None, since: int) -> Any:
+def replay_since(cursor: Any, event_id: int | None, since: int,
+                 tally_query: str = TALLY_QUERY) -> Any:
     """txpostgres interaction: the changes after ``since``, or a fresh snapshot.
 
     A snapshot comes back when the log no longer reaches back to ``since``
@@ -159,19 +170,19 @@ def replay_since(cursor: Any, event_id: int | None, since: int) -> Any:
     oldest, newest = cursor.fetchone()
     trimmed = oldest > since + 1
     if since > newest or (trimmed and newest > since):
-        return Replay([], (yield _fresh(cursor, event_id, newest)))
+        return Replay([], (yield _fresh(cursor, event_id, newest, tally_query)))
     events = None if event_id is None else [event_id]
     yield cursor.execute(REPLAY_QUERY, replay_params(since, events, MAX_REPLAY + 1))
     rows = cursor.fetchall()
     if len(rows) > MAX_REPLAY:
-        return Replay([], (yield _fresh(cursor, event_id, newest)))
+        return Replay([], (yield _fresh(cursor, event_id, newest, tally_query)))
     return Replay(parse_rows(rows), newest=newest)
 
 
-def _fresh(cursor: Any, event_id: int | None, newest: int) -> Any:
+def _fresh(cursor: Any, event_id: int | None, newest: int, tally_query: str) -> Any:
     if event_id is None:
         return defer.succeed(Snapshot(cursor=newest))
-    return _tallies(cursor, event_id, newest)
+    return _tallies(cursor, event_id, newest, tally_query)
 
 
 # Votes cast (inserts) per minute in one event over the last 30 minutes, the

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from partysense.adapters.txpostgres_adapter import PgConnection
 from partysense.core.change import BadChange, Change, parse_change
 from partysense.core.channels import FIREHOSE, carries, channel_event, event_channel
-from partysense.core.interfaces import Observer
+from partysense.core.interfaces import Observer, Relay
 from partysense.core.quietlog import Quiet
 from partysense.core.signature import checked, payload_of
 from partysense.db import changelog
@@ -108,6 +108,7 @@ class ListenerService(Service):
         self.replayed = 0
         self.bad_notifications = 0
         self.reads = 0
+        self.relay: Relay | None = None  # the listen mode has none
 
     # -- the connection ---------------------------------------------------------
 

@@ -298,7 +298,8 @@ def make_supervisor(options: usage.Options, reactor: Any) -> service.MultiServic
     from partysense.db.embedded import database_for
 
     top = InOrder()
-    dsn, _ = database_for(options["dsn"], options["data-dir"], top, reactor)
+    dsn, _ = database_for(options["dsn"], options["data-dir"], top, reactor,
+                          wal=options["source"] == "wal")
     WorkersService(options["workers"], options["port"], child_arguments(options), dsn,
                    reactor).setServiceParent(top)
     if options["run-demo"]:

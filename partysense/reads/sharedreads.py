@@ -55,6 +55,7 @@ from partysense.core.interfaces import ChangeSource, Queries
 from partysense.core.singleflight import SingleFlight
 from partysense.db.changelog import (
     LOG_END_QUERY,
+    TALLY_QUERY,
     Replay,
     Snapshot,
     replay_since,
@@ -93,8 +94,9 @@ class SharedReads:
 
     def __init__(self, queries: Queries, clock: IReactorTime, reuse: float = REUSE,
                  listener: ChangeSource | None = None, floor_age: float = floors.AGE,
-                 follow: bool = False) -> None:
+                 follow: bool = False, tally_query: str = TALLY_QUERY) -> None:
         self._queries = queries
+        self._tally_query = tally_query  # WAL_TALLY_QUERY in WAL mode
         self._clock = clock
         self._reuse = reuse
         self._listener = listener
@@ -194,7 +196,8 @@ class SharedReads:
             self.from_memory += 1
             return defer.succeed((kept.snapshot, list(kept.changes)))
         self.queries += 1
-        return self._queries.runInteraction(take_snapshot, event_id).addCallback(
+        return self._queries.runInteraction(take_snapshot, event_id,
+                                            self._tally_query).addCallback(
             self._keep, event_id)
 
     def _keep(self, snapshot: Snapshot, event_id: int | None) -> tuple[Snapshot, list[Change]]:
@@ -214,7 +217,8 @@ class SharedReads:
             self.from_memory += 1
             return defer.succeed(Replay(list(kept.changes), newest=kept.newest))
         self.queries += 1
-        return self._queries.runInteraction(replay_since, event_id, since)
+        return self._queries.runInteraction(replay_since, event_id, since,
+                                            self._tally_query)
 
     def _replayed(self, replay: Replay, event_id: int | None,
                   kept: Kept) -> tuple[Snapshot, list[Change]]:

@@ -36,6 +36,7 @@ from twisted.web.server import Request
 from partysense.core.change import Change
 from partysense.core.interfaces import ChangeSource, Queries
 from partysense.dialects.dialect import ClientCounters
+from partysense.web.walmetrics import relay_families
 
 QUEUE_USAGE_QUERY = "SELECT pg_notification_queue_usage()"
 
@@ -284,6 +285,8 @@ class LiveCollector(Collector):
                 "pg_notification_queue_usage(): the fraction (0 to 1) of PostgreSQL's "
                 "notification queue in use, polled every few seconds.",
                 value=self._queue.usage)
+        if listener.relay is not None:
+            yield from relay_families(listener.relay)
 
 
 def _version() -> str:

@@ -100,6 +100,11 @@ class Health(Resource):
                 "clients": len(self._factory.clients),
                 "pid": os.getpid(),  # which process answered (several with --workers)
             })
+            relay = self._listener.relay
+            if relay is not None:  # --source wal
+                body["relay"] = {"state": relay.state, "reason": relay.reason,
+                                 "slot_lag_bytes": relay.slot_lag_bytes,
+                                 "slot_wal_status": relay.slot_wal_status}
         return json_body(request, 200 if healthy else 503, body)
 
 

@@ -1,0 +1,386 @@
+"""The WAL relay: the change log written from the WAL, in commit order, by one daemon.
+
+In WAL mode (``--source wal``, docs/exactness.md §8) the voter's transaction
+carries no trigger: every daemon runs a :class:`WalRelay`, and the one that
+holds the database's permanent slot (``partysense_relay``; PostgreSQL lets
+one connection stream a slot at a time, so the others wait as standbys and
+take over when it is free) streams event_vote's changes with pgoutput and
+writes them, in commit order, to the change log and the tallies
+(``partysense_relay_write``, sql/wal.sql), which also rings the listeners'
+doorbells. Everything above, in every daemon, then reads the log exactly as in
+the listen mode: the same ListenerService, snapshot, resume, SSE and seed.
+
+Exactly once: a batch is written in one transaction, and only then
+acknowledged to the slot; a relay that reconnects, or takes over, replays
+from the slot's acknowledged position and the SQL function skips every
+transaction at or before the log's recorded ``end_lsn``. A batch never splits
+a transaction. A new slot (or one that lost its WAL to
+``max_slot_wal_keep_size``) resets the log and counts the tallies again from
+event_vote in the slot's exported snapshot (``partysense_relay_reset``).
+
+The SQL runs on a blocking psycopg2 connection in one thread of its own:
+the relay's statements are few (one per batch) and strictly one at a time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from partysense.core.errors import first_line
+from partysense.db import dsn as dsnlib
+from partysense.db.pgoutput import RowChange, Transaction
+from partysense.db.walstream import SlotInvalidated, WalStream, format_lsn
+from partysense.db.worker import Worker
+
+# The slot's name: slots are the cluster's, so one per database, by its oid.
+SLOT_PREFIX = "partysense_relay_"
+SLOT_QUERY = ("SELECT %s || oid::text FROM pg_database WHERE datname = current_database()")
+PUBLICATIONS = "partysense,partysense_truncated"
+# Seconds a statement of the relay may take (the reset, which counts every
+# vote, longer) before its connection is given up as silent, with its thread.
+STATEMENT_DEADLINE = 10.0
+RESET_DEADLINE = 300.0
+# Seconds between two looks at the slot (its lag, its WAL status), by every
+# candidate, relaying or not.
+SLOT_POLL = 5.0
+# Seconds between acknowledgements of the WAL position while idle.
+IDLE_ACKNOWLEDGE = 1.0
+# Seconds a transaction may wait for others to share its batch: one relay
+# commit (one WAL flush) for every vote would halve a lone voter's rate, as
+# both flushes queue on the disk; 5 ms of latency buys batches of dozens.
+BATCH_DELAY = 0.005
+# Rows written at most per batch (whole transactions: one may exceed it).
+BATCH = 500
+# One log row: op, vote, event, track, up, prev.
+Row = tuple[str, int, int, int, bool, bool | None]
+
+WRITE = ("SELECT partysense_relay_write(%s::pg_lsn[], %s::timestamptz[], %s::text[], "
+         "%s::bigint[], %s::bigint[], %s::bigint[], %s::boolean[], %s::boolean[])")
+RESET = "SELECT partysense_relay_reset(%s, %s::pg_lsn)"
+LAG = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active, "
+       "wal_status FROM pg_replication_slots WHERE slot_name = %s")
+
+
+def log_rows(change: RowChange) -> list[Row]:
+    """A streamed row change as the listen mode's triggers would have logged it."""
+    table, old, new = change.relation.name, change.old, change.new
+    if table == "partysense_truncated" and change.op == "insert" and new is not None:
+        up = new["up"] == "t"  # a vote TRUNCATE removed: announced as its delete
+        return [("delete", _id(new["vote_id"]), _id(new["event_id"]), _id(new["track_id"]),
+                 up, up)]
+    if table != "event_vote" or change.op == "truncate":
+        return []  # a truncate's votes come as partysense_truncated rows
+    if change.op == "insert" and new is not None:
+        return [("insert", *_vote(new), None)]
+    if change.op == "delete" and old is not None:
+        vote = _vote(old)
+        return [("delete", *vote, vote[3])]
+    assert old is not None and new is not None
+    before, after = _vote(old), _vote(new)
+    if before[1:3] != after[1:3]:  # moved to another event or track
+        return [("delete", *before, before[3]), ("insert", *after, None)]
+    if before[3] != after[3]:
+        return [("update", *after, before[3])]
+    return []  # another column (user_id): no change of any tally
+
+
+def _id(value: Any) -> int:
+    return int(value)
+
+
+def _vote(row: dict[str, Any]) -> tuple[int, int, int, bool]:
+    return (_id(row["id"]), _id(row["event_id"]), _id(row["track_id"]),
+            row["is_positive"] == "t")
+
+
+class WalRelay(Service):
+    """Relays the slot to the change log while it holds the slot; a standby otherwise."""
+
+    log = Logger()
+
+    def __init__(self, dsn: dsnlib.DSNSource, reactor: Any, *, retry: float = 2.0) -> None:
+        self._dsn = dsn
+        self._reactor = reactor
+        self._retry_delay = retry
+        self._worker = Worker(reactor, "partysense-relay")
+        self._local = threading.local()  # the worker thread's connection
+        self._connect_to = ""          # the DSN it connects to, once known
+        self._stream: WalStream | None = None
+        self._retry: Any = None
+        self._pending: list[tuple[int, float, list[Row]]] = []  # end_lsn, time, rows
+        self._writing = False
+        self._soon: Any = None         # the delayed call of the next write
+        self._idle: LoopingCall | None = None
+        self.state = "stopped"
+        self.reason = "not started"
+        self.relayed = 0       # log rows written
+        self.batches = 0
+        self.takeovers = 0     # times this relay took the slot
+        self.slot = ""         # known once connected (SLOT_QUERY)
+        self.slot_lag_bytes: int | None = None   # None: not known (yet)
+        self.slot_wal_status: str | None = None
+        self._slot_poll: LoopingCall | None = None
+
+    # -- service ----------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._worker.start()
+        self._set("connecting", "connecting to the database")
+        self._idle = LoopingCall(self._acknowledge_idle)
+        self._idle.clock = self._reactor
+        self._idle.start(IDLE_ACKNOWLEDGE, now=False)
+        self._slot_poll = LoopingCall(self._look_at_slot)
+        self._slot_poll.clock = self._reactor
+        self._slot_poll.start(SLOT_POLL, now=False)
+        self._attempt()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        for loop in (self._idle, self._slot_poll):
+            if loop is not None and loop.running:
+                loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._drop_stream()
+        self._set("stopped", "service stopped")
+        # Not waited for: a statement stuck on a silent connection must not hold
+        # the daemon's shutdown (partysense/db/worker.py).
+        self._worker.run(self._close_blocking).addErrback(lambda _: None)
+        self._worker.stop()
+        return defer.succeed(None)
+
+    @property
+    def acknowledged_lsn(self) -> int:
+        """Where the slot may move to: every change before it is in the log."""
+        return 0 if self._stream is None else self._stream.acknowledged_lsn
+
+    @property
+    def lag_bytes(self) -> int:
+        """WAL streamed to this relay and not yet written to the log."""
+        stream = self._stream
+        return 0 if stream is None else max(0, stream.received_lsn - stream.acknowledged_lsn)
+
+    def _acknowledge_idle(self) -> None:
+        """Nothing to write: let the slot move past the database's other WAL too."""
+        if self._stream is not None and not self._writing and not self._pending:
+            self._stream.acknowledge_received()
+
+    @defer.inlineCallbacks
+    def _look_at_slot(self) -> Any:
+        """How much WAL the slot holds that no relay has logged, and its status
+        (``lost``: invalidated by max_slot_wal_keep_size)."""
+        if not self.slot:
+            return
+        try:
+            row = yield self._in_thread(self._slot_blocking)
+        except Exception as error:
+            self.log.debug("Could not look at the relay's slot: {why}", why=first_line(error))
+            self.slot_lag_bytes = self.slot_wal_status = None
+            return
+        self.slot_lag_bytes, self.slot_wal_status = (None, None) if row is None else row
+
+    # -- taking the slot ----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _attempt(self) -> Any:
+        self._retry = None
+        if not self.running:
+            return
+        try:
+            dsn = yield dsnlib.when_known(self._dsn)
+            dsn = dsnlib.for_connection(dsn, "partysense-live relay")
+            self._connect_to = dsn
+            if not self.slot:
+                self.slot = yield self._in_thread(self._slot_name_blocking)
+            if (yield self._in_thread(self._slot_taken_blocking)):
+                # Asked on the SQL connection: a standby opens no replication
+                # connection (one WAL sender, one backend) every few seconds.
+                self._again("standby: another daemon relays the slot")
+                return
+            stream = WalStream(
+                self._reactor, slot=self.slot, publication=PUBLICATIONS, temporary=False,
+                on_transaction=self._take, on_lost=self._lost,
+                on_created=lambda snapshot, lsn: self._in_thread(
+                    self._reset_blocking, snapshot, lsn, timeout=RESET_DEADLINE))
+            self._stream = stream
+            yield stream.start(dsn)
+        except SlotInvalidated as error:
+            self.log.error("The relay's slot lost the WAL it needed ({why}): changes "
+                           "committed since it was last read are gone. Making a new slot; "
+                           "the change log starts over and clients get fresh snapshots.",
+                           why=error)
+            try:
+                yield self._in_thread(self._drop_slot_blocking)
+            except Exception as failed:
+                self._again(f"cannot drop the invalidated slot: {first_line(failed)}")
+                return
+            self._again("slot invalidated, made again", at_once=True)
+            return
+        except psycopg2.errors.ObjectInUse:
+            self._again("standby: another daemon relays the slot")
+            return
+        except Exception as error:
+            self._again(f"cannot relay: {first_line(error)}")
+            return
+        if not self.running:
+            self._drop_stream()
+            return
+        self.takeovers += 1
+        self._set("relaying", "")
+        self.log.info("Relaying the WAL to the change log (slot {slot}).", slot=self.slot)
+
+    def _again(self, why: str, at_once: bool = False) -> None:
+        self._drop_stream()
+        if why != self.reason:
+            self.log.info("WAL relay: {why}", why=why)
+        self._set("standby" if why.startswith("standby") else "disconnected", why)
+        if self.running:
+            self._retry = self._reactor.callLater(0 if at_once else self._retry_delay,
+                                                  self._attempt)
+
+    def _lost(self, why: str) -> None:
+        self.log.warn("The WAL relay lost its stream: {why}", why=why)
+        self._again(f"stream lost: {why}")
+
+    def _drop_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        self._pending = []
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
+        if stream is not None:
+            stream.close()
+
+    def _set(self, state: str, reason: str) -> None:
+        self.state, self.reason = state, reason
+
+    # -- writing ------------------------------------------------------------------
+
+    def _take(self, transaction: Transaction) -> None:
+        rows = [row for change in transaction.changes for row in log_rows(change)]
+        self._pending.append((transaction.end_lsn, transaction.commit_time, rows))
+        if not self._writing and self._soon is None:
+            self._soon = self._reactor.callLater(BATCH_DELAY, self._write)
+
+    @defer.inlineCallbacks
+    def _write(self) -> Any:
+        """Write pending transactions, a batch at a time; acknowledge each batch."""
+        self._soon = None
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            while self._pending and self._stream is not None:
+                stream, batch = self._stream, self._next_batch()
+                rows = sum(len(entry[2]) for entry in batch)
+                if rows:
+                    # Counted as the database wrote them: after a takeover, the
+                    # first batches may be skipped as written already.
+                    self.relayed += yield self._in_thread(self._write_blocking, batch)
+                    self.batches += 1
+                if stream is self._stream:
+                    stream.acknowledge(batch[-1][0])
+        except Exception as error:
+            self.log.warn("The WAL relay could not write to the change log: {why}",
+                          why=first_line(error))
+            self._again(f"writing failed: {first_line(error)}")
+        finally:
+            self._writing = False
+
+    def _next_batch(self) -> list[tuple[int, float, list[Row]]]:
+        taken, rows = 0, 0
+        while taken < len(self._pending) and (taken == 0 or rows < BATCH):
+            rows += len(self._pending[taken][2])
+            taken += 1
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        return batch
+
+    def _in_thread(self, work: Callable[..., Any], *args: Any,
+                   timeout: float = STATEMENT_DEADLINE) -> defer.Deferred[Any]:
+        return self._worker.run(work, *args, timeout=timeout).addErrback(self._stuck)
+
+    def _stuck(self, failure: Failure) -> Failure:
+        """A statement past its deadline: its connection is silent. A new thread
+        (with a connection of its own) serves from now on; the stuck one is left."""
+        if failure.check(defer.TimeoutError):
+            self.log.warn("The WAL relay's connection did not answer within its deadline; "
+                          "connecting again.")
+            self._worker.stop()
+            self._worker = Worker(self._reactor, "partysense-relay")
+            self._worker.start()
+        return failure
+
+    # -- in the relay's thread ------------------------------------------------------
+
+    def _cursor(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or connection.closed:
+            connection = self._local.connection = psycopg2.connect(self._connect_to)
+            connection.autocommit = True
+        return connection.cursor()
+
+    def _reset_blocking(self, snapshot: str, lsn: int) -> None:
+        with self._cursor() as cursor:
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            try:
+                cursor.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+                cursor.execute(RESET, (self.slot, format_lsn(lsn)))
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+        self.log.warn("The WAL relay made its slot at {lsn}: tallies counted again from "
+                      "event_vote, change log emptied.", lsn=format_lsn(lsn))
+
+    def _write_blocking(self, batch: list[tuple[int, float, list[Row]]]) -> int:
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        for end_lsn, commit_time, rows in batch:
+            when = datetime.datetime.fromtimestamp(commit_time, datetime.UTC)
+            for row in rows:
+                for column, value in zip(columns, (format_lsn(end_lsn), when, *row),
+                                         strict=True):
+                    column.append(value)
+        with self._cursor() as cursor:
+            cursor.execute(WRITE, columns)
+            return int(cursor.fetchone()[0])
+
+    def _slot_name_blocking(self) -> str:
+        with self._cursor() as cursor:
+            cursor.execute(SLOT_QUERY, (SLOT_PREFIX,))
+            return str(cursor.fetchone()[0])
+
+    def _slot_taken_blocking(self) -> bool:
+        with self._cursor() as cursor:
+            cursor.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                           (self.slot,))
+            row = cursor.fetchone()
+        return bool(row and row[0])
+
+    def _slot_blocking(self) -> tuple[int | None, str | None] | None:
+        with self._cursor() as cursor:
+            cursor.execute(LAG, (self.slot,))
+            row = cursor.fetchone()
+        return None if row is None else (row[0], row[2])
+
+    def _drop_slot_blocking(self) -> None:
+        with self._cursor() as cursor:
+            cursor.execute("SELECT pg_drop_replication_slot(slot_name) FROM "
+                           "pg_replication_slots WHERE slot_name = %s AND NOT active",
+                           (self.slot,))
+
+    def _close_blocking(self) -> None:
+        connection, self._local.connection = getattr(self._local, "connection", None), None
+        if connection is not None and not connection.closed:
+            connection.close()
