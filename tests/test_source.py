@@ -17,7 +17,7 @@ from twisted.internet import task
 from harness.faults import event_with_track
 from partysense.core.signature import sign
 from partysense.db.listener import ListenerService
-from partysense.db.source import KINDS, LISTEN, make_source
+from partysense.db.source import KINDS, LISTEN, WAL, make_source
 from partysense.db.sqlfiles import execute_autocommit
 from tests.support import Notifications, Party, eventually
 
@@ -26,13 +26,13 @@ from tests.support import Notifications, Party, eventually
 def test_the_listen_source_is_the_listener_service() -> None:
     source = make_source(LISTEN, "postgresql:///nowhere", task.Clock(), grace=0.0)
     assert isinstance(source, ListenerService)
-    assert KINDS == (LISTEN,)
+    assert KINDS == (LISTEN, WAL)
 
 
 @pytest.mark.logic
 def test_an_unknown_source_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="'wal'"):
-        make_source("wal", "postgresql:///nowhere", task.Clock(), grace=0.0)
+    with pytest.raises(ValueError, match="'kafka'"):
+        make_source("kafka", "postgresql:///nowhere", task.Clock(), grace=0.0)
 
 
 def notify(dsn: str, channel: str, text: str) -> None:

@@ -5,8 +5,8 @@ Every layer above db/ sees the source only as a
 tap.py (``--source``):
 
 - ``listen`` (the default): the voters' triggers write the change log and
-  NOTIFY; LISTEN is a doorbell and the log is read on each ring
-  (partysense/db/listener.py).
+  NOTIFY each change signed; the listener believes what checks out and reads
+  the log to catch up (partysense/db/listener.py).
 - ``wal``: no trigger on the voters' transactions; the daemon holding the
   database's replication slot writes the change log (and the tallies) from
   the WAL (partysense/db/walrelay.py), and every daemon reads the log with

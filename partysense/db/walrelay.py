@@ -6,9 +6,10 @@ holds the database's permanent slot (``partysense_relay``; PostgreSQL lets
 one connection stream a slot at a time, so the others wait as standbys and
 take over when it is free) streams event_vote's changes with pgoutput and
 writes them, in commit order, to the change log and the tallies
-(``partysense_relay_write``, sql/wal.sql), which also rings the listeners'
-doorbells. Everything above, in every daemon, then reads the log exactly as in
-the listen mode: the same ListenerService, snapshot, resume, SSE and seed.
+(``partysense_relay_write``, sql/wal.sql), which also announces each change,
+signed, as the listen mode's trigger does. Everything above, in every daemon,
+then hears and reads them exactly as in the listen mode: the same
+ListenerService, snapshot, resume, SSE and seed.
 
 Exactly once: a batch is written in one transaction, and only then
 acknowledged to the slot; a relay that reconnects, or takes over, replays
