@@ -29,9 +29,18 @@ from tests.support import Party
 
 
 def workers_of(daemon: Daemon) -> list[psutil.Process]:
+    """The live workers: a killed one is a zombie until the parent reaps it, and one
+    may be gone between the listing and the look at its command line."""
     assert daemon.process is not None
-    return [child for child in psutil.Process(daemon.process.pid).children()
-            if "partysense.process.workerproc" in " ".join(child.cmdline())]
+    workers = []
+    for child in psutil.Process(daemon.process.pid).children():
+        try:
+            if (child.status() != psutil.STATUS_ZOMBIE
+                    and "partysense.process.workerproc" in " ".join(child.cmdline())):
+                workers.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return workers
 
 
 def received(client: ClientConnection, vote_id: int | None = None) -> bool:
