@@ -162,6 +162,12 @@ class ListenerService(Service):
         """Call ``callback`` after each batch of notifications has been handed on."""
         self._after_batch.append(callback)
 
+    def _batch_done(self) -> None:
+        # Read at each batch, not copied at connect: a callback registered
+        # while connected is called from the next batch on.
+        for callback in self._after_batch:
+            callback()
+
     # -- what the hub asks for ------------------------------------------------
 
     def listen(self, channel: str) -> None:
@@ -224,7 +230,7 @@ class ListenerService(Service):
 
     def _prepare(self, connection: PgConnection) -> defer.Deferred[None]:
         connection.addNotifyObserver(partial(self._on_notify, connection))
-        connection.after_notifications.extend(self._after_batch)
+        connection.after_notifications.append(self._batch_done)
         return self._resume(connection)
 
     def _ready(self) -> None:
