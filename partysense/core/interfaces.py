@@ -76,8 +76,11 @@ class ChangeSource(Link, Protocol):
     # goes back when the database's log did (a restore).
     last_seq: int | None
     notifications: int      # changes handed on, per channel
-    bad_notifications: int  # announcements that are not one of our changes
     reads: int              # reads of the change log (catch-up; per ring without keys)
+
+    @property
+    def bad_notifications(self) -> int:
+        """Announcements that are not one of our changes."""
 
     @property
     def signed(self) -> bool:

@@ -6,14 +6,9 @@ probe, backoff) is the job of the :class:`~partysense.db.pgservice.PostgresServi
 it holds, handed what a new connection must do first (LISTEN, catch up); this
 module is the LISTEN lifecycle and how changes come in.
 
-Any role that can connect may NOTIFY on any channel (PostgreSQL has no
-permission for it), so a notification is believed only when it is signed:
-the trigger wraps each change in an envelope signed with a key that only
-its owner and the daemon's role can read (partysense/core/signature.py,
-partysense/db/keys.py). A notification that checks out, on a channel of its
-event, *is* the change: it is parsed (the only parse of that change) and
-handed on, with no read of the change log. One that does not is counted and
-logged, at a bounded rate, and costs nothing more (docs/security.md).
+A notification is believed only when it is signed (any role may NOTIFY):
+one that checks out *is* the change, handed on with no read of the change
+log; partysense/db/arrivals.py decides, and counts the forgeries.
 
 The change log (``partysense_change``, which only our triggers write) is read
 only to catch up: after a reconnect, and after the listener had to drop
@@ -42,12 +37,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from partysense.adapters.txpostgres_adapter import PgConnection
-from partysense.core.change import BadChange, Change, parse_change
-from partysense.core.channels import FIREHOSE, carries, channel_event, event_channel
+from partysense.core.change import Change
+from partysense.core.channels import FIREHOSE, channel_event, event_channel
 from partysense.core.interfaces import Observer, Relay
-from partysense.core.quietlog import Quiet
-from partysense.core.signature import checked, payload_of
 from partysense.db import changelog
+from partysense.db.arrivals import Arrivals
 from partysense.db.doorbell import Doorbell
 from partysense.db.dsn import DSNSource
 from partysense.db.keys import REFRESH, SigningKeys
@@ -57,9 +51,6 @@ from partysense.db.pgservice import NotConnected, PostgresService, describe_erro
 # all in memory at once (a burst of 8,000 votes read as one page once cost
 # 35 MB).
 REPLAY_PAGE = 500
-# Signed changes waiting for a statement of the work loop to finish: past
-# this many, they are dropped and the log read instead.
-MAX_HELD = 10_000
 
 
 class ListenerService(Service):
@@ -96,17 +87,13 @@ class ListenerService(Service):
         self._reactor = reactor
         self._key_refresh = key_refresh
         self._doorbell = Doorbell()
-        # Signed changes that came while a statement ran, in arrival order.
-        self._held: list[Change] = []
-        self._dropping = False  # _held overflowed: drop until the next read starts
-        # The last notification believed: the same change comes next on its other channel.
-        self._last_text = ""
-        self._last_change: Change | None = None
+        self._arrivals = Arrivals(
+            self._keys, self._doorbell, self.log, reactor, hand_on=self._hand_on,
+            ring=self._ring, holding=lambda: self._syncing or self._resuming,
+            last_seq=lambda: self.last_seq)
         self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
-        self._quiet = Quiet(self.log, reactor)
         self.notifications = 0
         self.replayed = 0
-        self.bad_notifications = 0
         self.reads = 0
         self.relay: Relay | None = None  # the listen mode has none
 
@@ -120,6 +107,11 @@ class ListenerService(Service):
         super().stopService()
         self._stop_key_timer()
         return self._keeper.stopService()
+
+    @property
+    def bad_notifications(self) -> int:
+        """Notifications that were not a change of ours (forged, unsigned, misplaced)."""
+        return self._arrivals.bad
 
     @property
     def signed(self) -> bool:
@@ -253,11 +245,7 @@ class ListenerService(Service):
         self._stop_key_timer()
         self._listening = set()
         self._doorbell.forget()
-        # What the lost connection brought and was not handed on yet, the
-        # next connection's catch-up reads from the log.
-        self._held = []
-        self._dropping = False
-        self._last_text, self._last_change = "", None
+        self._arrivals.forget()
         waiters, self._listen_waiters = self._listen_waiters, {}
         for channel_waiters in waiters.values():
             for waiter in channel_waiters:
@@ -272,7 +260,7 @@ class ListenerService(Service):
             yield self._catch_up(connection)
         finally:
             self._resuming = False
-        self._release()
+        self._arrivals.release()
 
     def _resume_query(self, connection: PgConnection, query: str) -> defer.Deferred[Any]:
         return self._keeper.step(connection, self._query_on(connection, query))
@@ -352,8 +340,7 @@ class ListenerService(Service):
                     for channel in to_listen:
                         yield self._keeper.watch(
                             connection.runOperation(_listen(channel)), connection)
-                    rows = yield self._keeper.watch(
-                        connection.runQuery(changelog.BOUNDS_QUERY), connection)
+                    rows = yield self._query_on(connection, changelog.BOUNDS_QUERY)
                     for channel in to_listen:
                         self._floor[channel] = rows[0][1]
                         self._listened(channel)
@@ -376,13 +363,13 @@ class ListenerService(Service):
                     yield self._keys.refresh(partial(self._query_on, connection))
                 else:
                     break
-                self._release()
+                self._arrivals.release()
         except Exception as error:
             self.log.warn("LISTEN/UNLISTEN or reading the change log failed: {why}",
                           why=describe_error(error))
         finally:
             self._syncing = False
-        self._release()
+        self._arrivals.release()
 
     def _refresh_keys(self) -> None:
         self._keys_due = True
@@ -397,8 +384,7 @@ class ListenerService(Service):
     def _read(self, connection: PgConnection) -> Any:
         """Read one page of changes after ``last_seq`` on our channels; True if full."""
         claims = self._doorbell.take_claims()
-        # What is dropped from now on comes after this read began: held again.
-        self._dropping = False
+        self._arrivals.reading()
         if not self._listening:
             return False
         events = None if FIREHOSE in self._listening else [
@@ -411,7 +397,7 @@ class ListenerService(Service):
             self._hand_on(change)
         full = len(rows) == REPLAY_PAGE
         for channel, why, start in self._doorbell.forgeries(claims, full, self._listening):
-            self._forged(channel, why, start)
+            self._arrivals.forged(channel, why, start)
         return full
 
     def _hand_on(self, change: Change) -> None:
@@ -433,62 +419,12 @@ class ListenerService(Service):
         if connection is not self._keeper.connection or (
                 channel not in self._wanted and channel not in self._listening):
             return  # a late read from a connection given up, or a channel we dropped
-        if self._keys.signed:
-            self._believe(channel, notify.payload)
-            return
-        # Signed or not, what it claims is the payload (checked against the log).
-        self._doorbell.claim(channel, payload_of(notify.payload))
-        # Unsigned, any notification rings, whatever it says: reading the log
-        # costs one query and can only ever find real changes.
+        self._arrivals.arrive(channel, notify.payload)
+
+    def _ring(self) -> None:
+        """Read the log at the work loop's next turn."""
         self._rung = True
         self._work()
-
-    def _believe(self, channel: str, text: str) -> None:
-        """A signed change, handed on now, or held while a statement runs."""
-        change = self._last_change
-        if text != self._last_text or change is None:
-            payload, why = checked(text, self._keys.keys or {})
-            if payload is None:
-                self._forged(channel, why, text)
-                return
-            try:
-                change = parse_change(payload)
-            except BadChange as error:
-                self._forged(channel, str(error), text)
-                return
-            self._last_text, self._last_change = text, change
-        if not carries(channel, change.event_id):
-            self._forged(channel, f"a change of event {change.event_id} on {channel}", text)
-        elif self._syncing or self._resuming:
-            self._hold(change)
-        elif change.seq > (self.last_seq or 0):
-            self._hand_on(change)
-        # else: handed on already (it came on its event's channel first)
-
-    def _hold(self, change: Change) -> None:
-        if self._dropping:
-            return
-        if len(self._held) < MAX_HELD:
-            self._held.append(change)
-            return
-        # Too many to hold: drop them all, and read the log (from the last one
-        # handed on) once the statement running is done.
-        self.log.warn("{count} notifications came during one statement: reading them "
-                      "from the change log instead.", count=len(self._held))
-        self._held, self._dropping, self._rung = [], True, True
-
-    def _release(self) -> None:
-        """Hand on what was held while a statement ran (what it read is not repeated)."""
-        held, self._held = self._held, []
-        for change in held:
-            if change.seq > (self.last_seq or 0):
-                self._hand_on(change)
-
-    def _forged(self, channel: str, why: str, payload: str) -> None:
-        self.bad_notifications += 1
-        self._quiet.warn(
-            channel, "Ignored a notification on {channel} that is not a vote change of ours "
-            "({why}): {payload!r}", channel=channel, why=why, payload=payload[:200])
 
 
 def _listen(channel: str) -> sql.Composed:
