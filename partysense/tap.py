@@ -331,6 +331,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # Every client, WebSocket or SSE stream; behind --trusted-proxies, by forwarded address.
     registry = ClientRegistry(reactor, limits, counters, options["trusted-proxies"])
     # Each batch of notifications is sent as soon as it is handed on, not a turn later.
+    listener.before_batch(registry.writer.begin_batch)
     listener.after_batch(registry.writer.end_of_batch)
     factory = LiveFactory(dialect_table(shared), reactor, registry=registry)
     queue = metrics.watch(factory, hub, listener, queries, retention)

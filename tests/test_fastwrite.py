@@ -61,10 +61,47 @@ def test_the_end_of_a_batch_sends_its_frames_at_once_and_leaves_no_turn_behind()
     assert one.writes == 2
 
 
+def test_in_a_batch_of_one_vote_each_frame_goes_out_as_it_is_made() -> None:
+    clock = Clock()
+    writer = TurnWriter(clock)
+    one, two = CountingTransport(), CountingTransport()
+    writer.begin_batch(2)  # one vote: its event's channel and the firehose
+    writer.write(one, b"a")
+    assert (one.value(), one.writes) == (b"a", 1), "sent before the fan-out goes on"
+    writer.write(two, b"x")
+    writer.write(one, b"b")  # a client on both channels: its second frame, at once too
+    assert (one.value(), two.value(), writer.sends) == (b"ab", b"x", 3)
+    assert clock.getDelayedCalls() == [], "nothing held, so no turn to wait for"
+    writer.end_of_batch()
+    writer.write(one, b"c")  # after the batch: held for the turn again
+    assert one.value() == b"ab"
+    clock.advance(0)
+    assert one.value() == b"abc"
+
+
+def test_a_bigger_batch_is_coalesced_and_a_held_client_keeps_its_order() -> None:
+    clock = Clock()
+    writer = TurnWriter(clock)
+    one = CountingTransport()
+    writer.begin_batch(3)  # the daemon is behind: frames share a send()
+    for frame in (b"a", b"b", b"c"):
+        writer.write(one, frame)
+    assert one.value() == b""
+    writer.end_of_batch()
+    assert (one.value(), one.writes) == (b"abc", 1)
+    writer.write(one, b"d")  # held (outside any batch) when the next batch begins
+    writer.begin_batch(1)
+    writer.write(one, b"e")
+    assert one.value() == b"abc", "not ahead of the frame it holds for the client"
+    writer.end_of_batch()
+    assert (one.value(), one.writes) == (b"abcde", 2)
+
+
 def test_with_a_write_delay_frames_wait_whatever_the_batches() -> None:
     clock = Clock()
     writer = TurnWriter(clock, delay=0.005)
     transport = CountingTransport()
+    writer.begin_batch(1)  # even a batch of one vote
     writer.write(transport, b"a")
     writer.end_of_batch()
     assert transport.value() == b""

@@ -78,7 +78,9 @@ class PgConnection(txpostgres.Connection):
         self._on_lost: Callable[[str], None] | None = on_lost
         self._closing = False
         self.answered_at = 0.0  # when a query last got its answer (the probe's sign of life)
-        # Called after each batch of notifications has gone to the observers.
+        # Called with the number of notifications of each batch before it
+        # goes to the observers, and after it has.
+        self.before_notifications: list[Callable[[int], None]] = []
         self.after_notifications: list[Callable[[], None]] = []
 
     def cursorFinished(self, cursor: Any) -> None:
@@ -99,6 +101,8 @@ class PgConnection(txpostgres.Connection):
         batch = notifies[:]
         del notifies[:]
         observers = list(self._notifyObservers)
+        for start in self.before_notifications:
+            start(len(batch))
         for notify in batch:
             for observer in observers:
                 try:

@@ -95,6 +95,10 @@ class ChangeSource(Link, Protocol):
     def observe(self, observer: Observer) -> None:
         """Hand every change to ``observer`` too, after those registered before."""
 
+    def before_batch(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` with the number of notifications of each batch of
+        live changes, before any of them is handed on."""
+
     def after_batch(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each batch of live changes has been handed on
         (what arrived together): the moment to send the frames they made."""

@@ -69,6 +69,7 @@ class ListenerService(Service):
             prepare=self._prepare, on_connected=self._ready, on_down=self._forget,
             log=self.log, **options)
         self._observers: list[Observer] = []
+        self._before_batch: list[Callable[[int], None]] = []
         self._after_batch: list[Callable[[], None]] = []
         self._wanted: set[str] = set()
         self._listening: set[str] = set()
@@ -150,6 +151,15 @@ class ListenerService(Service):
         """Hand every change to ``observer`` too, after those registered before."""
         self._observers.append(observer)
 
+    def before_batch(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` with the number of notifications of each batch,
+        before any of them is handed on."""
+        self._before_batch.append(callback)
+
+    def _batch_starts(self, count: int) -> None:
+        for callback in self._before_batch:
+            callback(count)
+
     def after_batch(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each batch of notifications has been handed on."""
         self._after_batch.append(callback)
@@ -222,6 +232,7 @@ class ListenerService(Service):
 
     def _prepare(self, connection: PgConnection) -> defer.Deferred[None]:
         connection.addNotifyObserver(partial(self._on_notify, connection))
+        connection.before_notifications.append(self._batch_starts)
         connection.after_notifications.append(self._batch_done)
         return self._resume(connection)
 

@@ -45,9 +45,16 @@ class TurnWriter:
         self._pending: dict[Any, list[bytes]] = {}
         self._pending_bytes: dict[Any, int] = {}
         self._scheduled: Any = None  # the DelayedCall of the next flush
+        # Within a batch of one change (begin_batch): each client's frame goes
+        # out at once, with nothing left to share its send().
+        self._through = False
         self.sends = 0
 
     def write(self, transport: Any, data: bytes) -> None:
+        if self._through and transport not in self._pending:
+            self.sends += 1
+            write_now(transport, data)
+            return
         frames = self._pending.get(transport)
         if frames is None:
             frames = self._pending[transport] = []
@@ -58,6 +65,20 @@ class TurnWriter:
         if size >= self._flush_bytes:
             self.flush_one(transport)
 
+    def begin_batch(self, count: int) -> None:
+        """A batch of ``count`` notifications is about to be handed on.
+
+        One vote is two notifications (its event's channel and the firehose)
+        of one change, and a client gets one frame of it per channel it
+        follows: nothing else of the batch would share its ``send()``, so
+        each frame goes out as it is made, without waiting for the rest of
+        the fan-out (the first clients see the vote sooner, and the frames
+        are not held and looked up again). A bigger batch (the daemon is
+        behind) is coalesced as before; so is everything with
+        ``--write-delay``.
+        """
+        self._through = self._delay == 0 and count <= 2
+
     def end_of_batch(self) -> None:
         """A batch of changes has been handed on (one read of notifications): send
         what it made now, without waiting for the reactor's next turn.
@@ -67,6 +88,7 @@ class TurnWriter:
         several frames. Frames of one batch still share a ``send()``. Not
         with ``--write-delay``: then frames wait on purpose.
         """
+        self._through = False
         if self._delay == 0 and self._scheduled is not None:
             self._scheduled.cancel()
             self.flush()
