@@ -222,7 +222,13 @@ def test_cycling_real_events_on_a_busy_daemon_is_answered_from_memory(
             for _ in range(3):
                 fan.recv(timeout=30)  # read by the listener before the next round
         used = settled_transactions(db_dsn) - before
+        log = daemon.log()
     assert snapshots == 320
     # ~100 for the first round (a LISTEN, its floor and a snapshot per event), 60 for the
     # votes, their reads; ~500 when each round after the first read every event again.
-    assert used < 300, f"{used} transactions for 320 snapshots"
+    # (~180 here.) CI once counted 573 while another job loaded the same server: the
+    # daemon's warnings (a reconnect, a slow statement) say why, next time.
+    warnings = [line for line in log.splitlines() if "warn" in line.lower()
+                or "reconnect" in line.lower() or "lost" in line.lower()]
+    assert used < 300, f"{used} transactions for 320 snapshots; the daemon said:\n" + \
+        "\n".join(warnings[-30:])
