@@ -71,20 +71,27 @@ $$;
 -- three of 300 characters stay far below the limit. The trigger
 -- (partysense_record) and the daemon's reads of the log
 -- (partysense/db/changelog.py) both call this one function, so a change read
--- from the log is, byte for byte, the one that was notified.
+-- from the log is, byte for byte, the one that was notified. PL/pgSQL, not
+-- SQL: a SQL function with a subquery is not inlined, and was planned again
+-- in every voter's transaction (~0.1 ms of the trigger's ~0.35 ms), and built
+-- the JSON twice; PL/pgSQL keeps its plan for the session.
 CREATE OR REPLACE FUNCTION partysense_notified_payload(
     p_seq bigint, p_op text, p_vote bigint, p_event bigint, p_title text,
     p_track bigint, p_track_name text, p_artist text, p_up boolean, p_prev boolean,
     p_committed timestamptz
-) RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN octet_length(whole.payload) > 7900
-                THEN partysense_payload(p_seq, p_op, p_vote, p_event, left(p_title, 300),
-                                        p_track, left(p_track_name, 300), left(p_artist, 300),
-                                        p_up, p_prev, true, p_committed)
-                ELSE whole.payload END
-    FROM (SELECT partysense_payload(p_seq, p_op, p_vote, p_event, p_title, p_track,
-                                    p_track_name, p_artist, p_up, p_prev, false, p_committed)
-                     AS payload) whole
+) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_payload text := partysense_payload(p_seq, p_op, p_vote, p_event, p_title, p_track,
+                                         p_track_name, p_artist, p_up, p_prev, false,
+                                         p_committed);
+BEGIN
+    IF octet_length(v_payload) > 7900 THEN
+        v_payload := partysense_payload(p_seq, p_op, p_vote, p_event, left(p_title, 300),
+                                        p_track, left(p_track_name, 300),
+                                        left(p_artist, 300), p_up, p_prev, true, p_committed);
+    END IF;
+    RETURN v_payload;
+END;
 $$;
 
 -- Signing keys. The trigger signs every notification with the newest key
