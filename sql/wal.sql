@@ -128,10 +128,11 @@ $$;
 -- make it (docs/scaling.md, "Past the NOTIFY ceiling"): the log rows are
 -- announced from the INSERT's RETURNING (no read of the log back); the
 -- signing key is read once per batch, not once per change; the payload is
--- partysense_payload's json_build_object written out here, so that the
--- planner evaluates it in line (called, partysense_notified_payload runs
--- two SQL functions per change through the function executor, which cost
--- more than the rest of the change together); the NOTIFYs are sent in the
+-- partysense_payload's JSON written out here as text (called,
+-- partysense_notified_payload runs two SQL functions per change through the
+-- function executor, and json_build_object looks up twelve types' output
+-- functions at each call: together more than the rest of the change); the
+-- NOTIFYs are sent in the
 -- order of a sorted subquery that the aggregate consumes row by row. What it
 -- sends is byte for byte partysense_sign(partysense_notified_payload(...))
 -- of the log row (tests/test_walrelay.py holds it to that).
@@ -192,14 +193,25 @@ BEGIN
         FROM logged l
         LEFT JOIN event_event e ON e.id = l.event_id
         LEFT JOIN music_view m ON m.id = l.track_id
-        CROSS JOIN LATERAL (SELECT json_build_object(
-            'eid', l.event_id, 'event', e.title::text,
-            'track', m.name::text, 'artist', m.artist::text,
-            'tid', l.track_id, 'up', l.up,
-            'op', l.op, 'vote', l.vote_id, 'prev', l.prev_up, 'seq', l.seq,
-            'truncated', false,
-            'ts', round(extract(epoch FROM l.committed_at)::numeric, 3)
-        )::text AS payload) w
+        -- json_build_object's text, written out: it looks up the output
+        -- function of each of its twelve arguments' types at every call;
+        -- here only the three names go through to_json (its escaping).
+        CROSS JOIN LATERAL (SELECT
+            '{"eid" : ' || l.event_id
+            || ', "event" : ' || coalesce(to_json(e.title::text)::text, 'null')
+            || ', "track" : ' || coalesce(to_json(m.name::text)::text, 'null')
+            || ', "artist" : ' || coalesce(to_json(m.artist::text)::text, 'null')
+            || ', "tid" : ' || l.track_id
+            || ', "up" : ' || CASE WHEN l.up THEN 'true' WHEN NOT l.up THEN 'false'
+                                   ELSE 'null' END
+            || ', "op" : "' || l.op
+            || '", "vote" : ' || l.vote_id
+            || ', "prev" : ' || CASE WHEN l.prev_up THEN 'true' WHEN NOT l.prev_up
+                                     THEN 'false' ELSE 'null' END
+            || ', "seq" : ' || l.seq
+            || ', "truncated" : false, "ts" : '
+            || coalesce(round(extract(epoch FROM l.committed_at)::numeric, 3)::text, 'null')
+            || '}' AS payload) w
     ), signed AS (
         SELECT p.seq, p.event_id,
                CASE WHEN v_key_id IS NULL THEN p.payload
