@@ -124,8 +124,8 @@ def metric(daemon: Daemon, name: str) -> float | None:
     return None
 
 
-@listen_mode_only("the WAL mode's grants (REPLICATION, the relay's functions, "
-                  "docs/operations.md §13) are not exercised yet")
+@listen_mode_only("the listen mode's grants and triggers; the WAL mode's grants are "
+                  "test_the_wal_mode_runs_on_the_documented_grants's")
 def test_the_daemon_runs_on_the_documented_grants(
         hardened: tuple[Role, Role], party: Party, tmp_path: Path) -> None:
     daemon_role, writer = hardened
