@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,6 +75,32 @@ def seed_triggers(dsn: str) -> Iterator[None]:
     try:
         yield
     finally:
+        sqlfiles.install(dsn)
+
+
+@contextmanager
+def wal_mode(dsn: str, timeout: float = 30.0) -> Iterator[None]:
+    """The database in WAL mode for a while (sql/wal.sql: the publication, no vote
+    triggers; a daemon with --source wal relays), then in the listen mode again
+    (install.sql puts the triggers back and drops the relay's slot, once no
+    stream holds it: the WAL sender may outlive the stopped daemon a moment)."""
+    sqlfiles.install(dsn, wal=True)
+    try:
+        yield
+    finally:
+        deadline = time.monotonic() + timeout
+        connection = psycopg2.connect(dsn)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                while True:
+                    cursor.execute("SELECT count(*) FROM pg_replication_slots "
+                                   "WHERE database = current_database() AND active")
+                    if not cursor.fetchone()[0] or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+        finally:
+            connection.close()
         sqlfiles.install(dsn)
 
 

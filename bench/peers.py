@@ -2,6 +2,7 @@
 
     python -m bench.peers --runs 3 --scenarios s200,s500 --duration 15
     python -m bench.peers --runs 3 --scenarios max --targets partysense --before ../before
+    python -m bench.peers --runs 3 --scenarios s200,s500 --targets partysense,partysense-wal
 
 Each round runs every scenario once, and in each scenario every target in turn
 (`bench.run`: the asyncio reference, the Node service, partysense-live; with
@@ -9,8 +10,9 @@ Each round runs every scenario once, and in each scenario every target in turn
 noise falls on every side alike. Then, per scenario and side, the median of the
 rounds, and the ratios issue 17 asks about: CPU per delivered frame and p50
 against the asyncio reference's, p99 against the Node service's, PostgreSQL CPU
-per vote against the asyncio reference's (on the seed's triggers). Every
-round's figures go to ``--json``.
+per vote against the asyncio reference's (on the seed's triggers); with the
+``partysense-wal`` target (``--source wal``), the WAL source's figures over the
+listen mode's. Every round's figures go to ``--json``.
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ def table(all_rounds: list[dict[str, dict[str, Any]]]) -> str:
         for name, key, against in RATIOS:
             if against in medians and mine:
                 lines.append(f"| {name} | {mine[key] / medians[against][key]:.2f} |")
+        wal = medians.get("partysense-wal")
+        if wal and mine:
+            for name, key, _, _ in METRICS:
+                lines.append(f"| --source wal ÷ listen, {name.split(' (')[0]} | "
+                             f"{wal[key] / mine[key]:.2f} |")
         if "before" in medians and mine:
             key = "service_cpu_us_per_frame"
             lines.append(f"| CPU/frame ÷ before | {mine[key] / medians['before'][key]:.2f} |")

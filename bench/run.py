@@ -5,7 +5,13 @@
     python -m bench.run --clients 1000 --rate 300 --duration 15 --targets partysense
 
 The targets: partysense-live, the old Node service, and the asyncio reference
-(bench/asyncio_bridge.py), the floor of a plain Python bridge. Each target, in
+(bench/asyncio_bridge.py), the floor of a plain Python bridge; and
+``partysense-wal``, the same daemon with ``--source wal`` (docs/operations.md
+§13) on the same database put in WAL mode for its turn (sql/wal.sql: no
+triggers, a publication; the listen mode's triggers back afterwards), so that
+both sources run side by side. A vote's delay is measured the same way for
+every target: from just before the voter's INSERT (its commit, autocommit) to
+the frame's arrival at the client. Each target, in
 turn, gets the same fresh database, the same triggers and the same scenario:
 start the service, connect the clients (the Node load generator), wait until
 every client has received a warm-up vote (so every subscription is live), then
@@ -35,7 +41,9 @@ from bench.monitor import CpuMeter, Monitor
 from bench.votes import Generator
 from partysense.process.limits import raise_open_files_limit
 
-TARGETS = ("asyncio", "node", "partysense")
+TARGETS = ("asyncio", "node", "partysense", "partysense-wal")
+# The targets that are partysense-live (listen mode, and --source wal).
+DAEMONS = ("partysense", "partysense-wal")
 AVAILABLE: dict[str, Callable[[], bool]] = {
     "asyncio": services.asyncio_available, "node": services.node_available}
 
@@ -98,6 +106,11 @@ def run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int]
         with database.seed_triggers(dsn):
             return _run_target(target, scenario, dsn, party, generator, own_backends,
                                workdir, profile, mode)
+    if target == "partysense-wal":
+        # The WAL source on the same database, put in WAL mode for this turn.
+        with database.wal_mode(dsn):
+            return _run_target(target, scenario, dsn, party, generator, own_backends,
+                               workdir, profile, mode)
     return _run_target(target, scenario, dsn, party, generator, own_backends, workdir,
                        profile, mode)
 
@@ -113,8 +126,9 @@ def _run_target(target: str, scenario: Scenario, dsn: str, party: tuple[list[int
         service = services.start_asyncio(dsn, workdir)
     else:
         twistd = str(Path(scenario.tree) / ".venv" / "bin" / "twistd") if scenario.tree else None
-        service = services.start_partysense(dsn, workdir, workers=scenario.workers,
-                                            write_delay=scenario.write_delay, twistd=twistd)
+        service = services.start_partysense(
+            dsn, workdir, workers=scenario.workers, write_delay=scenario.write_delay,
+            twistd=twistd, source="wal" if target == "partysense-wal" else "listen")
     gens = None
     rss_before = _rss(service.pid)
     try:
@@ -166,10 +180,10 @@ def _rss(pid: int) -> float:
 def start_profiler(directory: Path | None, target: str, scenario: Scenario,
                    pid: int) -> subprocess.Popen[bytes] | None:
     """py-spy on the daemon during the voting (the measured window), if asked for."""
-    if directory is None or target != "partysense":
+    if directory is None or target not in DAEMONS:
         return None
     directory.mkdir(parents=True, exist_ok=True)
-    output = directory / f"partysense-{scenario.name}.txt"
+    output = directory / f"{target}-{scenario.name}.txt"
     # --nonblocking: never pause the daemon; raw (collapsed) stacks for reading.
     return subprocess.Popen(
         ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
@@ -194,7 +208,7 @@ def summarise(target: str, scenario: Scenario, connected: dict[str, Any], sent: 
     seconds = usage["seconds"] or 1.0
     cpu_share = {
         "service": usage["service_cpu_s"] / seconds / max(1, scenario.workers
-                                                          if target == "partysense" else 1),
+                                                          if target in DAEMONS else 1),
         "PostgreSQL": usage["postgres_cpu_s"] / seconds / (os.cpu_count() or 1),
         "load generator": usage["loadgen_cpu_s"] / seconds / loadgens,
         "vote generator": usage["generator_cpu_s"] / seconds,
@@ -383,8 +397,9 @@ def table(results: dict[str, Any]) -> str:
     """A Markdown table: one row per measure, a column per target, then
     partysense-live over Node and over the asyncio reference."""
     lines = [f"**{results['scenario']['name']}**: {results['describe']}", "",
-             "| | asyncio (floor) | Node (seed) | partysense-live | partysense / Node "
-             "| partysense / asyncio |", "|---|---|---|---|---|---|"]
+             "| | asyncio (floor) | Node (seed) | partysense-live | partysense-live "
+             "--source wal | partysense / Node | partysense / asyncio |",
+             "|---|---|---|---|---|---|---|"]
     for target in TARGETS:
         failed = results.get(target) or {}
         if "error" in failed:

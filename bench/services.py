@@ -104,12 +104,14 @@ def _healthy(port: int) -> bool:
 
 def start_partysense(dsn: str, workdir: Path, workers: int = 1,
                      backlog: int = 4096, write_delay: float = 0.0,
-                     twistd: str | None = None) -> Running:
+                     twistd: str | None = None, source: str = "listen") -> Running:
     """twistd on port 0: the kernel picks a free port, and Twisted logs which
     ("Site starting on PORT"; with --workers, relayed from a worker).
 
     ``twistd``: another tree's (its venv's) to compare with, e.g. the code
     before a change (bench/storm.py --tree); default: this interpreter's.
+    ``source``: ``--source`` (``wal``: on a database installed for it,
+    bench.database.wal_mode).
     """
     twistd = twistd or shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
     handle, name = tempfile.mkstemp(prefix="partysense-", suffix=".log", dir=workdir)
@@ -121,6 +123,8 @@ def start_partysense(dsn: str, workdir: Path, workers: int = 1,
         args += ["--workers", str(workers)]
     if write_delay:
         args += ["--write-delay", f"{write_delay:g}"]
+    if source != "listen":
+        args += ["--source", source]
     # The load generators' clients come from a handful of loopback addresses
     # (--sources), thousands each: not one machine opening too many sockets.
     args += ["--max-connections-per-ip", "1000000"]

@@ -119,27 +119,43 @@ $$;
 -- order: the rows are inserted in the batch's order, under the same lock as
 -- the listen mode's trigger, held to the end of the relay's transaction),
 -- counted into the tallies, and announced: each change on its event's
--- channel and on the firehose, signed (partysense_sign), in seq order. Changes of transactions at or
--- before the relay's end_lsn were written already (by this relay before a
--- reconnect, or by another): skipped. Set-based: one INSERT, one upsert of
--- the tallies, then two NOTIFYs a change.
+-- channel, then on the firehose, signed as partysense_sign signs, in seq
+-- order. Changes of transactions at or before the relay's end_lsn were
+-- written already (by this relay before a reconnect, or by another):
+-- skipped.
+--
+-- One set-based statement for all of it, as cheap per change as we could
+-- make it (docs/scaling.md, "Past the NOTIFY ceiling"): the log rows are
+-- announced from the INSERT's RETURNING (no read of the log back); the
+-- signing key is read once per batch, not once per change; the payload is
+-- partysense_payload's JSON written out here as text (called,
+-- partysense_notified_payload runs two SQL functions per change through the
+-- function executor, and json_build_object looks up twelve types' output
+-- functions at each call: together more than the rest of the change); the
+-- NOTIFYs are sent in the
+-- order of a sorted subquery that the aggregate consumes row by row. What it
+-- sends is byte for byte partysense_sign(partysense_notified_payload(...))
+-- of the log row (tests/test_walrelay.py holds it to that).
 CREATE OR REPLACE FUNCTION partysense_relay_write(
     p_end_lsn pg_lsn[], p_committed timestamptz[], p_op text[], p_vote bigint[],
     p_event bigint[], p_track bigint[], p_up boolean[], p_prev boolean[]
 ) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     v_done pg_lsn;
-    v_before bigint;
     v_written bigint;
-    v_payload text;
-    r record;
+    v_key_id integer;
+    v_inner bytea;
+    v_outer bytea;
 BEGIN
     PERFORM pg_advisory_xact_lock('partysense_change'::regclass::oid::integer, 0);
     SELECT end_lsn INTO v_done FROM partysense_relay;
     IF v_done IS NULL THEN
         RAISE EXCEPTION 'the relay was never reset (partysense_relay is empty)';
     END IF;
-    SELECT coalesce(max(seq), 0) INTO v_before FROM partysense_change;
+    -- The key partysense_sign would use (none: the payloads go unsigned, as
+    -- partysense_sign returns them).
+    SELECT id, inner_pad, outer_pad INTO v_key_id, v_inner, v_outer FROM partysense_key
+        WHERE activates <= now() ORDER BY id DESC LIMIT 1;
     -- nextval() is evaluated row by row in the ORDER BY's order: seq follows
     -- the batch's order, which is the WAL's commit order.
     WITH logged AS (
@@ -163,27 +179,54 @@ BEGIN
         ON CONFLICT (event_id, track_id)
         DO UPDATE SET up = t.up + excluded.up, down = t.down + excluded.down
         RETURNING 1
+    ), payloads AS (
+        -- partysense_notified_payload, in line: the whole payload, or past
+        -- 7,900 bytes the shortened one (rare: partysense_payload called).
+        SELECT l.seq, l.event_id,
+               CASE WHEN octet_length(w.payload) > 7900
+                    THEN partysense_payload(l.seq, l.op, l.vote_id, l.event_id,
+                                            left(e.title::text, 300), l.track_id,
+                                            left(m.name::text, 300),
+                                            left(m.artist::text, 300), l.up, l.prev_up,
+                                            true, l.committed_at)
+                    ELSE w.payload END AS payload
+        FROM logged l
+        LEFT JOIN event_event e ON e.id = l.event_id
+        LEFT JOIN music_view m ON m.id = l.track_id
+        -- json_build_object's text, written out: it looks up the output
+        -- function of each of its twelve arguments' types at every call;
+        -- here only the three names go through to_json (its escaping).
+        CROSS JOIN LATERAL (SELECT
+            '{"eid" : ' || l.event_id
+            || ', "event" : ' || coalesce(to_json(e.title::text)::text, 'null')
+            || ', "track" : ' || coalesce(to_json(m.name::text)::text, 'null')
+            || ', "artist" : ' || coalesce(to_json(m.artist::text)::text, 'null')
+            || ', "tid" : ' || l.track_id
+            || ', "up" : ' || CASE WHEN l.up THEN 'true' WHEN NOT l.up THEN 'false'
+                                   ELSE 'null' END
+            || ', "op" : "' || l.op
+            || '", "vote" : ' || l.vote_id
+            || ', "prev" : ' || CASE WHEN l.prev_up THEN 'true' WHEN NOT l.prev_up
+                                     THEN 'false' ELSE 'null' END
+            || ', "seq" : ' || l.seq
+            || ', "truncated" : false, "ts" : '
+            || coalesce(round(extract(epoch FROM l.committed_at)::numeric, 3)::text, 'null')
+            || '}' AS payload) w
+    ), signed AS (
+        SELECT p.seq, p.event_id,
+               CASE WHEN v_key_id IS NULL THEN p.payload
+                    ELSE 'ps1 ' || v_key_id || ' '
+                         || encode(sha256(v_outer || sha256(v_inner
+                                                            || convert_to(p.payload, 'UTF8'))),
+                                   'hex')
+                         || ' ' || p.payload END AS envelope
+        FROM payloads p
     )
-    SELECT count(*) FROM logged INTO v_written;
-    -- Each change announced, in seq order, signed as the listen mode's trigger
-    -- signs it (partysense_sign): the listeners believe each one without a
-    -- read of the log (docs/security.md), as in the listen mode. These
-    -- NOTIFYs are the relay's, once per batch's commit: none is on a voter's.
-    FOR r IN
-        SELECT c.seq, c.op, c.vote_id, c.event_id, e.title, c.track_id, m.name, m.artist,
-               c.up, c.prev_up, c.committed_at
-        FROM partysense_change c
-        LEFT JOIN event_event e ON e.id = c.event_id
-        LEFT JOIN music_view m ON m.id = c.track_id
-        WHERE c.seq > v_before
-        ORDER BY c.seq
-    LOOP
-        v_payload := partysense_sign(partysense_notified_payload(
-            r.seq, r.op, r.vote_id, r.event_id, r.title, r.track_id, r.name, r.artist, r.up,
-            r.prev_up, r.committed_at));
-        PERFORM pg_notify('event_' || r.event_id::text, v_payload);
-        PERFORM pg_notify('firehose', v_payload);
-    END LOOP;
+    SELECT count(pg_notify(a.channel, a.envelope)) / 2 INTO v_written
+    FROM (SELECT CASE WHEN k.k = 0 THEN 'event_' || s.event_id::text ELSE 'firehose' END
+                     AS channel, s.envelope
+          FROM signed s CROSS JOIN (VALUES (0), (1)) AS k(k)
+          ORDER BY s.seq, k.k) a;
     IF v_written > 0 THEN
         UPDATE partysense_relay SET end_lsn = (SELECT max(l) FROM unnest(p_end_lsn) l);
     END IF;

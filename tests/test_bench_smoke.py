@@ -2,19 +2,22 @@
 
 Speed is not asserted here (bench/ measures it); exactness is: every frame
 the benchmark expects arrives once, through partysense-live, through the
-asyncio reference (bench/asyncio_bridge.py) and, when the Node service is on
-the machine, through it too.
+asyncio reference (bench/asyncio_bridge.py), through partysense-live with
+``--source wal`` where the PostgreSQL has logical decoding (the embedded one
+has) and, when the Node service is on the machine, through it too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from bench import run, services
+from partysense.db import walsetup
 
 pytestmark = [pytest.mark.daemon,
               pytest.mark.skipif(shutil.which("node") is None,
@@ -23,6 +26,8 @@ pytestmark = [pytest.mark.daemon,
 
 def test_smoke_run_delivers_every_frame_once(admin_dsn: str, tmp_path: Path) -> None:
     targets = ["asyncio", *(["node"] if services.node_available() else []), "partysense"]
+    if os.environ.get("PARTYSENSE_REQUIRE_WAL") or not walsetup.read_settings(admin_dsn).problems():
+        targets.append("partysense-wal")  # the same daemon, --source wal
     output = tmp_path / "smoke.json"
     run.main(["--scenario", "smoke", "--dsn", admin_dsn, "--targets", ",".join(targets),
               "--json", str(output)])

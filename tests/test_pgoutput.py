@@ -150,3 +150,41 @@ def test_a_row_with_the_wrong_number_of_values_is_refused() -> None:
     relation = struct.unpack(">I", payloads[2][1:5])[0]
     with pytest.raises(BadMessage, match="1 values for the 4 columns"):
         decoder.feed(b"I" + struct.pack(">I", relation) + b"N\0\1n")
+
+
+class _SlowDecoder(Decoder):
+    """The decoder with every message read by parse(): what the short way must equal."""
+
+    def feed(self, payload: bytes) -> pgoutput.Transaction | None:
+        message = pgoutput.parse(payload)
+        if isinstance(message, pgoutput.Relation):
+            self.relations[message.oid] = message
+        elif isinstance(message, pgoutput.Begin):
+            self._begin, self._changes = message, []
+        elif isinstance(message, pgoutput.Commit):
+            return self._commit(message)
+        elif isinstance(message, pgoutput.Insert | pgoutput.Update | pgoutput.Delete
+                        | pgoutput.Truncate):
+            self._changes.extend(self._rows(message))
+        return None
+
+
+def test_the_short_way_for_begin_insert_and_commit_gives_what_parse_gives() -> None:
+    fast, slow = Decoder(), _SlowDecoder()
+    for payload in captured():
+        assert fast.feed(payload) == slow.feed(payload)
+    assert transactions() == [t for t in map(_SlowDecoder().feed, captured()) if t]
+
+
+@pytest.mark.parametrize("cut", [1, 5, 8, 9, 12, -1])
+def test_a_vote_insert_cut_or_lengthened_is_refused_by_the_short_way_too(cut: int) -> None:
+    payloads = captured()
+    decoder = Decoder()
+    for payload in payloads[:2]:  # Begin, Relation
+        decoder.feed(payload)
+    insert = payloads[2]
+    assert insert[:1] == b"I"
+    with pytest.raises(BadMessage):
+        decoder.feed(insert[:cut])
+    with pytest.raises(BadMessage):
+        decoder.feed(insert + b"\0")

@@ -23,8 +23,9 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from websockets.sync.client import connect
 
 from harness.daemon import Daemon, wait_for
+from partysense.db import sqlfiles
 from partysense.db.sqlfiles import execute_autocommit
-from tests.support import Party, listen_mode_only
+from tests.support import Party, listen_mode_only, require_logical_decoding
 
 pytestmark = pytest.mark.daemon
 
@@ -123,8 +124,8 @@ def metric(daemon: Daemon, name: str) -> float | None:
     return None
 
 
-@listen_mode_only("the WAL mode's grants (REPLICATION, the relay's functions, "
-                  "docs/operations.md §13) are not exercised yet")
+@listen_mode_only("the listen mode's grants and triggers; the WAL mode's grants are "
+                  "test_the_wal_mode_runs_on_the_documented_grants's")
 def test_the_daemon_runs_on_the_documented_grants(
         hardened: tuple[Role, Role], party: Party, tmp_path: Path) -> None:
     daemon_role, writer = hardened
@@ -207,3 +208,44 @@ def test_the_daemon_runs_on_the_documented_grants(
     log = daemon.log()
     assert "permission denied" not in log.lower(), log
     assert "Traceback" not in log
+
+
+def test_the_wal_mode_runs_on_the_documented_grants(
+        hardened: tuple[Role, Role], party: Party, tmp_path: Path) -> None:
+    """docs/operations.md §13's grants, after section 3's: a --source wal daemon as
+    that role makes the slot, relays a writer role's votes (partysense_relay_reset,
+    partysense_relay_write) and a client receives them, signed by the relay."""
+    require_logical_decoding(party.dsn)
+    daemon_role, writer = hardened
+    sqlfiles.install(party.dsn, wal=True)  # as the owner, as partysense-db does
+    execute_autocommit(party.dsn, documented_grants("daemon-wal").replace(
+        "partysense_live", daemon_role.name))
+    event_id = party.event("Least privilege, WAL")
+    track_id = party.track("Song", "Band")
+    # No more than documented: the relay's tables are read-only to the role.
+    for forbidden in ("DELETE FROM partysense_tally", "UPDATE partysense_relay SET slot = ''",
+                      "SELECT partysense_record('insert', 1, 1, 1, true, NULL)"):
+        with daemon_role.connect() as probe, probe.cursor() as cursor:
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cursor.execute(forbidden)
+    with Daemon(daemon_role.dsn, tmp_path, "--source", "wal",
+                env=daemon_role.env()) as daemon:
+        wait_for(lambda: daemon.health()[1].get("relay", {}).get("state") == "relaying", 30,
+                 "the relay to make and hold the slot")
+        with connect(daemon.ws_url, open_timeout=10) as seed, \
+                connect(daemon.ws_url, subprotocols=["partysense.v2"], open_timeout=10) as v2:
+            seed.send(json.dumps({"event": event_id}))
+            v2.send(json.dumps({"type": "subscribe", "event": event_id, "id": "s"}))
+            snapshot = json.loads(v2.recv(timeout=10))  # partysense_tally, as the role
+            assert snapshot["type"] == "snapshot", snapshot
+            wait_for(lambda: daemon.health()[1]["channels"] == [f"event_{event_id}"], 10,
+                     "the subscriptions")
+            vote_id = vote_as(writer, event_id, track_id, up=False)
+            received = [json.loads(seed.recv(timeout=20)) for _ in range(2)]
+            assert [(m["vote"], m["op"]) for m in received] == [(vote_id, "insert"),
+                                                                 (vote_id, "update")]
+            changes = [json.loads(v2.recv(timeout=10)) for _ in range(2)]
+            assert [c["seq"] for c in changes] == [m["seq"] for m in received]
+        assert daemon.health()[1]["relay"]["state"] == "relaying"
+    assert party.query("SELECT up, down FROM partysense_tally WHERE event_id = %s",
+                       (event_id,)) == [(0, 1)]

@@ -301,3 +301,57 @@ async def test_a_slot_invalidated_by_max_slot_wal_keep_size_is_made_again(
             if relay.running:
                 await relay.stopService()
         server.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_change_is_announced_signed_in_seq_order_as_the_log_reads_it(
+        wal_dsn: str, relays: Any) -> None:
+    """Every logged change is notified on its event's channel, then on the firehose,
+    in seq order across batches and within one, and each envelope is byte for byte
+    partysense_sign(partysense_notified_payload(...)) of its log row: what the
+    listen mode's trigger sends and what a read of the log gives (a shortened
+    payload past 7,900 bytes, a NULL name, quotes and non-ASCII included)."""
+    with Party(wal_dsn, wait_relayed=False) as party:
+        party.query("ALTER TABLE event_event ALTER COLUMN title TYPE text")
+        events = [party.event('Quotes " and \\ and ünïcödé'), party.event("\x01" * 3000)]
+        tracks = [party.track("Song", "Artist"), party.track(None, "Nobody")]
+    listener = psycopg2.connect(wal_dsn)
+    listener.autocommit = True
+    try:
+        with listener.cursor() as cursor:
+            for channel in ["firehose"] + [f"event_{e}" for e in events]:
+                cursor.execute(f"LISTEN {channel}")
+        relay = await relaying(relays)
+        with Party(wal_dsn, wait_relayed=False) as party:
+            votes = [party.vote(events[n % 2], tracks[n % 3 % 2], up=n % 3 != 0)
+                     for n in range(6)]
+            # Many changes in one transaction: one batch, in one statement.
+            party.query("BEGIN")
+            for n in range(40):
+                party.query("INSERT INTO event_vote (event_id, track_id, user_id) "
+                            "VALUES (%s, %s, 1)", (events[n % 2], tracks[n % 2]))
+            party.query("UPDATE event_vote SET is_positive = NOT is_positive WHERE id = %s",
+                        (votes[0],))
+            party.query("DELETE FROM event_vote WHERE id = %s", (votes[1],))
+            party.query("COMMIT")
+        await caught_up(wal_dsn, relay)
+        with Party(wal_dsn) as party:
+            expected = party.query(
+                "SELECT c.event_id, partysense_sign(partysense_notified_payload("
+                "c.seq, c.op, c.vote_id, c.event_id, e.title, c.track_id, m.name, m.artist, "
+                "c.up, c.prev_up, c.committed_at)) "
+                "FROM partysense_change c LEFT JOIN event_event e ON e.id = c.event_id "
+                "LEFT JOIN music_view m ON m.id = c.track_id ORDER BY c.seq")
+        assert len(expected) == 4 + 2 * 2 + 40 + 2  # a down-vote: its insert, its update
+        heard: list[tuple[str, str]] = []
+        await eventually(lambda: listener.poll() or (
+            heard.extend((n.channel, n.payload) for n in listener.notifies),
+            listener.notifies.clear(), len(heard) >= 2 * len(expected))[-1],
+            "every notification")
+        assert heard == [pair for event, envelope in expected
+                         for pair in ((f"event_{event}", envelope), ("firehose", envelope))]
+        assert all(envelope.startswith("ps1 ") for _, envelope in expected)
+        assert any('"truncated" : true' in envelope for _, envelope in expected)
+        assert any('"track" : null' in envelope for _, envelope in expected)
+    finally:
+        listener.close()

@@ -105,6 +105,45 @@ def _vote(row: dict[str, Any]) -> tuple[int, int, int, bool]:
             row["is_positive"] == "t")
 
 
+_BOOLEAN = {True: "t", False: "f", None: "NULL"}
+
+
+def write_arguments(batch: list[tuple[int, float, list[Row]]]) -> list[str]:
+    """partysense_relay_write's eight arrays, each as one array literal (``{a,b}``).
+
+    psycopg2 would send a list as ``ARRAY[...]`` with one constant (and one
+    cast) per element, eight per change, which PostgreSQL parses and plans at
+    every batch; one literal per column is parsed once. Nothing here needs
+    quoting but the timestamps, quoted whole: an LSN is ``16/B374D848``, an op
+    a word, ids integers, ``up``/``prev`` t, f or NULL. A commit time is the
+    text psycopg2 sends for the same datetime (its isoformat()).
+    """
+    lsns: list[str] = []
+    times: list[str] = []
+    ops: list[str] = []
+    votes: list[str] = []
+    events: list[str] = []
+    tracks: list[str] = []
+    ups: list[str] = []
+    prevs: list[str] = []
+    for end_lsn, commit_time, rows in batch:
+        if not rows:
+            continue
+        lsn = format_lsn(end_lsn)
+        when = '"' + datetime.datetime.fromtimestamp(commit_time, datetime.UTC).isoformat() + '"'
+        for op, vote, event, track, up, prev in rows:
+            lsns.append(lsn)
+            times.append(when)
+            ops.append(op)
+            votes.append(str(vote))
+            events.append(str(event))
+            tracks.append(str(track))
+            ups.append(_BOOLEAN[up])
+            prevs.append(_BOOLEAN[prev])
+    return ["{" + ",".join(column) + "}"
+            for column in (lsns, times, ops, votes, events, tracks, ups, prevs)]
+
+
 class WalRelay(Service):
     """Relays the slot to the change log while it holds the slot; a standby otherwise."""
 
@@ -346,15 +385,8 @@ class WalRelay(Service):
                       "event_vote, change log emptied.", lsn=format_lsn(lsn))
 
     def _write_blocking(self, batch: list[tuple[int, float, list[Row]]]) -> int:
-        columns: list[list[Any]] = [[] for _ in range(8)]
-        for end_lsn, commit_time, rows in batch:
-            when = datetime.datetime.fromtimestamp(commit_time, datetime.UTC)
-            for row in rows:
-                for column, value in zip(columns, (format_lsn(end_lsn), when, *row),
-                                         strict=True):
-                    column.append(value)
         with self._cursor() as cursor:
-            cursor.execute(WRITE, columns)
+            cursor.execute(WRITE, write_arguments(batch))
             return int(cursor.fetchone()[0])
 
     def _slot_name_blocking(self) -> str:
