@@ -105,8 +105,9 @@ def ended(watching: Tail, timeout: float = 10.0) -> int:
 
 
 @pytest.mark.daemon
-@listen_mode_only("tail --dsn hears NOTIFY; in WAL mode only the relay's last change of "
-                  "each batch is notified (docs/operations.md §13): use tail --url")
+@listen_mode_only("tail --dsn hears NOTIFY; in WAL mode nothing is notified until a "
+                  "daemon's relay logs the votes (docs/operations.md §13), and this test "
+                  "runs no daemon")
 def test_tail_from_the_database(party: Party, db_dsn: str) -> None:
     event_id, other = party.event('Friday "Fever"'), party.event("Other")
     track_id = party.track(HOSTILE, "Band")
