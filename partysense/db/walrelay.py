@@ -57,9 +57,12 @@ RESET_DEADLINE = 300.0
 SLOT_POLL = 5.0
 # Seconds between acknowledgements of the WAL position while idle.
 IDLE_ACKNOWLEDGE = 1.0
-# Seconds a transaction may wait for others to share its batch: one relay
-# commit (one WAL flush) for every vote would halve a lone voter's rate, as
-# both flushes queue on the disk; 5 ms of latency buys batches of dozens.
+# The relay commits at most once per this many seconds: one relay commit (one
+# WAL flush) for every vote would halve a lone voter's rate, as both flushes
+# queue on the disk, while 5 ms between commits buys batches of dozens. A
+# transaction that comes when the last commit is older than that is written
+# at once (the next reactor turn): at a party's pace most votes wait for
+# nothing, and only a burst waits, for the rest of those 5 ms.
 BATCH_DELAY = 0.005
 # Rows written at most per batch (whole transactions: one may exceed it).
 BATCH = 500
@@ -161,6 +164,7 @@ class WalRelay(Service):
         self._pending: list[tuple[int, float, list[Row]]] = []  # end_lsn, time, rows
         self._writing = False
         self._soon: Any = None         # the delayed call of the next write
+        self._last_write = float("-inf")  # when the last batch was written (reactor time)
         self._idle: LoopingCall | None = None
         self.state = "stopped"
         self.reason = "not started"
@@ -312,7 +316,8 @@ class WalRelay(Service):
         rows = [row for change in transaction.changes for row in log_rows(change)]
         self._pending.append((transaction.end_lsn, transaction.commit_time, rows))
         if not self._writing and self._soon is None:
-            self._soon = self._reactor.callLater(BATCH_DELAY, self._write)
+            wait = self._last_write + BATCH_DELAY - self._reactor.seconds()
+            self._soon = self._reactor.callLater(max(0.0, wait), self._write)
 
     @defer.inlineCallbacks
     def _write(self) -> Any:
@@ -326,6 +331,7 @@ class WalRelay(Service):
                 stream, batch = self._stream, self._next_batch()
                 rows = sum(len(entry[2]) for entry in batch)
                 if rows:
+                    self._last_write = self._reactor.seconds()
                     # Counted as the database wrote them: after a takeover, the
                     # first batches may be skipped as written already.
                     self.relayed += yield self._in_thread(self._write_blocking, batch)
