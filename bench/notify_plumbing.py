@@ -74,7 +74,7 @@ def listen_asyncpg(dsn: str, seconds: float) -> None:
 
     async def run() -> None:
         heard = [0]
-        connection = await asyncpg.connect(dsn)
+        connection = await asyncpg.connect(**asyncpg_arguments(dsn))
         await connection.add_listener(CHANNEL, lambda *_: heard.__setitem__(0, heard[0] + 1))
         print("ready", flush=True)
         while not heard[0]:
@@ -84,6 +84,16 @@ def listen_asyncpg(dsn: str, seconds: float) -> None:
         print(f"{(cpu() - start) / (heard[0] - first) * 1e6:.2f} {heard[0] - first}", flush=True)
 
     asyncio.run(run())
+
+
+def asyncpg_arguments(dsn: str) -> dict[str, Any]:
+    """libpq's DSN (key=value words or a URI) as asyncpg's keyword arguments."""
+    from psycopg2.extensions import parse_dsn
+
+    words = parse_dsn(dsn)
+    names = {"host": "host", "port": "port", "user": "user", "password": "password",
+             "dbname": "database"}
+    return {names[key]: value for key, value in words.items() if key in names}
 
 
 def notify(dsn: str, rate: float, seconds: float) -> None:
