@@ -946,7 +946,7 @@ def main(argv: list[str] | None = None) -> list[Round]:
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="partysense-query-load-") as scratch, \
             database.server(args.dsn) as admin_dsn, \
-            database.bench_database(admin_dsn) as dsn:
+            database.bench_database(admin_dsn, args.tree) as dsn:
         workdir = args.keep_logs or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
