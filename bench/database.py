@@ -10,9 +10,10 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -88,20 +89,28 @@ def wal_mode(dsn: str, timeout: float = 30.0) -> Iterator[None]:
     try:
         yield
     finally:
-        deadline = time.monotonic() + timeout
-        connection = psycopg2.connect(dsn)
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                while True:
-                    cursor.execute("SELECT count(*) FROM pg_replication_slots "
-                                   "WHERE database = current_database() AND active")
-                    if not cursor.fetchone()[0] or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.1)
-        finally:
-            connection.close()
+        poll(dsn, "SELECT count(*) FROM pg_replication_slots "
+                  "WHERE database = current_database() AND active",
+             lambda rows: not rows[0][0], timeout)
         sqlfiles.install(dsn)
+
+
+def poll(dsn: str, query: str, done: Callable[[list[tuple[Any, ...]]], bool],
+         timeout: float) -> list[tuple[Any, ...]]:
+    """Run ``query`` every 0.1 s until ``done(rows)`` or ``timeout``; its last rows."""
+    deadline = time.monotonic() + timeout
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute(query)
+                rows = cursor.fetchall()
+                if done(rows) or time.monotonic() > deadline:
+                    return rows
+                time.sleep(0.1)
+    finally:
+        connection.close()
 
 
 def create_party(dsn: str, events: int, tracks: int = 20) -> tuple[list[int], list[int]]:

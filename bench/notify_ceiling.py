@@ -223,23 +223,12 @@ def wal_daemon(dsn: str, streams: int) -> Iterator[RelayingDaemon]:
 
 def relay_backends(dsn: str, timeout: float = 30.0) -> dict[str, int]:
     """The relay's WAL sender and SQL backend pids (same machine only)."""
-    deadline = time.monotonic() + timeout
-    connection = psycopg2.connect(dsn)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            while True:
-                cursor.execute(
-                    "SELECT CASE WHEN backend_type = 'walsender' THEN 'wal_sender' "
-                    "ELSE 'relay_writes' END, pid FROM pg_stat_activity "
-                    "WHERE application_name = 'partysense-live relay' "
-                    "AND datname = current_database()")
-                found = dict(cursor.fetchall())
-                if len(found) == 2 or time.monotonic() > deadline:
-                    return found
-                time.sleep(0.1)
-    finally:
-        connection.close()
+    return dict(database.poll(
+        dsn, "SELECT CASE WHEN backend_type = 'walsender' THEN 'wal_sender' "
+             "ELSE 'relay_writes' END, pid FROM pg_stat_activity "
+             "WHERE application_name = 'partysense-live relay' "
+             "AND datname = current_database()",
+        lambda rows: len(dict(rows)) == 2, timeout))
 
 
 def process_cpu(pid: int) -> float | None:

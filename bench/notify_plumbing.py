@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import time
 from typing import Any
 
 from bench.database import server
+from bench.monitor import self_cpu_seconds
 
 CHANNEL = "plumbing"
 PAYLOAD = ("ps1 1 " + "a" * 64 + ' {"eid" : 1, "event" : "Friday", "track" : "One More Time", '
@@ -33,9 +33,9 @@ PAYLOAD = ("ps1 1 " + "a" * 64 + ' {"eid" : 1, "event" : "Friday", "track" : "On
 SIDES = ("twisted", "asyncpg")
 
 
-def cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def report(start_cpu: float, heard: int) -> None:
+    """A listener's answer to its parent: CPU µs per notification, and how many it heard."""
+    print(f"{(self_cpu_seconds() - start_cpu) / heard * 1e6:.2f} {heard}", flush=True)
 
 
 def listen_twisted(dsn: str, seconds: float) -> None:
@@ -54,9 +54,9 @@ def listen_twisted(dsn: str, seconds: float) -> None:
         print("ready", flush=True)
         while not heard[0]:
             yield task.deferLater(reactor, 0.01, lambda: None)
-        start, first = cpu(), heard[0]
+        start, first = self_cpu_seconds(), heard[0]
         yield task.deferLater(reactor, seconds, lambda: None)
-        print(f"{(cpu() - start) / (heard[0] - first) * 1e6:.2f} {heard[0] - first}", flush=True)
+        report(start, heard[0] - first)
         reactor.stop()
 
     reactor.callWhenRunning(run)
@@ -79,9 +79,9 @@ def listen_asyncpg(dsn: str, seconds: float) -> None:
         print("ready", flush=True)
         while not heard[0]:
             await asyncio.sleep(0.01)
-        start, first = cpu(), heard[0]
+        start, first = self_cpu_seconds(), heard[0]
         await asyncio.sleep(seconds)
-        print(f"{(cpu() - start) / (heard[0] - first) * 1e6:.2f} {heard[0] - first}", flush=True)
+        report(start, heard[0] - first)
 
     asyncio.run(run())
 

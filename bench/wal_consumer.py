@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import signal
 import uuid
 from typing import Any
@@ -27,6 +26,7 @@ import psutil
 import psycopg2
 from twisted.internet import defer
 
+from bench.monitor import self_cpu_seconds
 from partysense.db.pgoutput import Transaction
 from partysense.db.walsetup import PUBLICATION
 from partysense.db.walstream import WalStream
@@ -78,11 +78,6 @@ def spent(now: float | None, start: float | None) -> float | None:
     return None if now is None or start is None else round(now - start, 3)
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 @defer.inlineCallbacks
 def run(reactor: Any, dsn: str, streams: int, publication: str) -> Any:
     counted = [Counted() for _ in range(streams)]
@@ -91,14 +86,14 @@ def run(reactor: Any, dsn: str, streams: int, publication: str) -> Any:
                                 publication=publication, on_transaction=each.take,
                                 on_lost=each.lost.append)
         yield each.stream.start(dsn)
-    start_cpu = cpu_seconds()
+    start_cpu = self_cpu_seconds()
     senders = wal_senders(dsn, [each.stream.slot for each in counted if each.stream])
     sender_start = [sender_cpu(pid) for pid in senders]
 
     def report() -> None:
         print(json.dumps({
             "streams": [each.report() for each in counted],
-            "cpu_seconds": round(cpu_seconds() - start_cpu, 3),
+            "cpu_seconds": round(self_cpu_seconds() - start_cpu, 3),
             "wal_sender_cpu_seconds": [
                 spent(sender_cpu(pid), start) for pid, start in zip(senders, sender_start,
                                                                     strict=True)],
