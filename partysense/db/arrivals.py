@@ -20,7 +20,6 @@ reads the log.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -130,7 +129,7 @@ class Arrivals:
         self._dropping = False
         self._last_text, self._last_change = "", None
 
-    def forged(self, channel: str, why: str, payload: Any) -> None:
+    def forged(self, channel: str, why: str, payload: str) -> None:
         """Count and log (at a bounded rate) a notification that is not a change of ours."""
         self.bad += 1
         self._quiet.warn(
