@@ -41,7 +41,7 @@ def report(start_cpu: float, heard: int) -> None:
 def listen_twisted(dsn: str, seconds: float) -> None:
     from twisted.internet import defer, reactor, task
 
-    from partysense.adapters.txpostgres_adapter import PgConnection
+    from partysense.db.txpostgres_adapter import PgConnection
 
     heard = [0]
 

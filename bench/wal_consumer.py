@@ -27,7 +27,7 @@ import psycopg2
 from twisted.internet import defer
 
 from bench.monitor import self_cpu_seconds
-from partysense.db.pgoutput import Transaction
+from partysense.db.waldecoder import Transaction
 from partysense.db.walsetup import PUBLICATION
 from partysense.db.walstream import WalStream
 

@@ -1,5 +1,5 @@
 """Canaries for every private name of txpostgres the daemon uses
-(partysense/adapters/txpostgres_adapter.py); the check is tests/adapters_support.py.
+(partysense/db/txpostgres_adapter.py); the check is tests/adapters_support.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from txpostgres import txpostgres
 
-from partysense.adapters import txpostgres_adapter
+from partysense.db import txpostgres_adapter
 from tests.adapters_support import canary, parameters
 
 pytestmark = pytest.mark.logic

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from partysense.db import pgoutput
-from partysense.db.pgoutput import UNCHANGED, BadMessage, Decoder
+from partysense.db import pgoutput, waldecoder
+from partysense.db.pgoutput import UNCHANGED, BadMessage
+from partysense.db.waldecoder import Decoder
 
 pytestmark = pytest.mark.logic
 
@@ -37,7 +38,7 @@ def captured() -> list[bytes]:
             if line and not line.startswith("#")]
 
 
-def transactions() -> list[pgoutput.Transaction]:
+def transactions() -> list[waldecoder.Transaction]:
     decoder = Decoder()
     return [t for t in map(decoder.feed, captured()) if t is not None]
 
@@ -155,7 +156,7 @@ def test_a_row_with_the_wrong_number_of_values_is_refused() -> None:
 class _SlowDecoder(Decoder):
     """The decoder with every message read by parse(): what the short way must equal."""
 
-    def feed(self, payload: bytes) -> pgoutput.Transaction | None:
+    def feed(self, payload: bytes) -> waldecoder.Transaction | None:
         message = pgoutput.parse(payload)
         if isinstance(message, pgoutput.Relation):
             self.relations[message.oid] = message

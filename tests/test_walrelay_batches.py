@@ -10,7 +10,8 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from partysense.db.pgoutput import Relation, RowChange, Transaction
+from partysense.db.pgoutput import Relation
+from partysense.db.waldecoder import RowChange, Transaction
 from partysense.db.walrelay import BATCH_DELAY, WalRelay
 
 pytestmark = pytest.mark.logic

@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 
 from partysense.db import walsetup
-from partysense.db.pgoutput import Transaction
+from partysense.db.waldecoder import Transaction
 from partysense.db.walstream import SLOT_NAME, Started, WalStream, format_lsn, parse_lsn
 from tests.support import Party, eventually
 from tests.test_pgoutput import transactions as captured_transactions

@@ -4,7 +4,8 @@ The service keeps the set of channels that have subscribers and makes its
 connection LISTEN to exactly those. Keeping the connection alive (deadlines,
 probe, backoff) is the job of the :class:`~partysense.db.pgservice.PostgresService`
 it holds, handed what a new connection must do first (LISTEN, catch up); this
-module is the LISTEN lifecycle and how changes come in.
+module is the LISTEN lifecycle and how changes come in. Which channels are
+listened, and from which seq, is partysense/db/listened.py's bookkeeping.
 
 A notification is believed only when it is signed (any role may NOTIFY):
 one that checks out *is* the change, handed on with no read of the change
@@ -36,7 +37,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from partysense.adapters.txpostgres_adapter import PgConnection
+from partysense.db.txpostgres_adapter import PgConnection
 from partysense.core.change import Change
 from partysense.core.channels import FIREHOSE, channel_event, event_channel
 from partysense.core.interfaces import Observer, Relay
@@ -44,8 +45,10 @@ from partysense.db import changelog
 from partysense.db.arrivals import Arrivals
 from partysense.db.doorbell import Doorbell
 from partysense.db.dsn import DSNSource
+from partysense.db.fanout import Fanout
 from partysense.db.keys import REFRESH, SigningKeys
-from partysense.db.pgservice import NotConnected, PostgresService, describe_error
+from partysense.db.listened import ListenedChannels
+from partysense.db.pgservice import PostgresService, describe_error
 
 # Changes read at a time: a page's changes, their frames and their claims are
 # all in memory at once (a burst of 8,000 votes read as one page once cost
@@ -68,14 +71,8 @@ class ListenerService(Service):
             dsn, reactor, role="listener", application_name="partysense-live",
             prepare=self._prepare, on_connected=self._ready, on_down=self._forget,
             log=self.log, **options)
-        self._observers: list[Observer] = []
-        self._before_batch: list[Callable[[int], None]] = []
-        self._after_batch: list[Callable[[], None]] = []
-        self._wanted: set[str] = set()
-        self._listening: set[str] = set()
-        # Per channel, the newest seq committed before its LISTEN: changes up
-        # to it are not the channel's subscribers' business.
-        self._floor: dict[str, int] = {}
+        self._fanout = Fanout(self.log)
+        self._channels = ListenedChannels()
         self.last_seq: int | None = None  # the newest change handed on (or read)
         self._syncing = False   # the work loop (LISTEN/UNLISTEN, reads) is running
         self._resuming = False  # a new connection's first statements are running
@@ -92,7 +89,6 @@ class ListenerService(Service):
             self._keys, self._doorbell, self.log, reactor, hand_on=self._hand_on,
             ring=self._ring, holding=lambda: self._syncing or self._resuming,
             last_seq=lambda: self.last_seq)
-        self._listen_waiters: dict[str, list[defer.Deferred[None]]] = {}
         self.notifications = 0
         self.replayed = 0
         self.reads = 0
@@ -149,48 +145,33 @@ class ListenerService(Service):
 
     def observe(self, observer: Observer) -> None:
         """Hand every change to ``observer`` too, after those registered before."""
-        self._observers.append(observer)
+        self._fanout.observers.append(observer)
 
     def before_batch(self, callback: Callable[[int], None]) -> None:
         """Call ``callback`` with the number of notifications of each batch,
         before any of them is handed on."""
-        self._before_batch.append(callback)
-
-    def _batch_starts(self, count: int) -> None:
-        for callback in self._before_batch:
-            callback(count)
+        self._fanout.before.append(callback)
 
     def after_batch(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each batch of notifications has been handed on."""
-        self._after_batch.append(callback)
-
-    def _batch_done(self) -> None:
-        # Read at each batch, not copied at connect: a callback registered
-        # while connected is called from the next batch on.
-        for callback in self._after_batch:
-            callback()
+        self._fanout.after.append(callback)
 
     # -- what the hub asks for ------------------------------------------------
 
     def listen(self, channel: str) -> None:
         """Make sure ``channel`` is LISTENed (now, or as soon as connected)."""
-        self._wanted.add(channel)
+        self._channels.want(channel)
         self._work()
 
     def unlisten(self, channel: str) -> None:
         """Stop listening to ``channel`` once its last subscriber has gone."""
-        self._wanted.discard(channel)
-        if channel not in self._listening:
-            # Its last subscriber left before its LISTEN: nobody is waiting
-            # for it any more, and no LISTEN will come to fire the waiters.
-            for waiter in self._listen_waiters.pop(channel, []):
-                waiter.errback(NotConnected(f"{channel} is no longer wanted"))
+        self._channels.unwant(channel)
         self._work()
 
     @property
     def channels(self) -> frozenset[str]:
         """The channels LISTENed on the current connection."""
-        return frozenset(self._listening)
+        return frozenset(self._channels.listening)
 
     def complete_after(self, channel: str, seq: int) -> bool:
         """Every change on ``channel`` after ``seq`` is yet to be handed on.
@@ -201,15 +182,13 @@ class ListenerService(Service):
         whoever subscribes to the channel now. What a client was sent up to
         ``seq`` is then all it needs from the log (partysense/reads/sharedreads.py).
         """
-        return (self.connected and channel in self._listening
-                and self._floor.get(channel, 0) <= seq and (self.last_seq or 0) <= seq)
+        return self.connected and self._channels.from_floor(channel, seq, self.last_seq or 0)
 
     def listening_from(self, channel: str, seq: int) -> bool:
         """``channel`` is LISTENed on the current connection, without a break,
         from a floor at or before ``seq``: each of its changes after ``seq``
         is handed on (in seq order, to every observer), whenever it is read."""
-        return (self.connected and channel in self._listening
-                and self._floor.get(channel, seq + 1) <= seq)
+        return self.connected and self._channels.without_break(channel, seq)
 
     def whenListening(self, channel: str) -> defer.Deferred[None]:
         """Fires once ``channel`` is LISTENed on the current connection.
@@ -221,10 +200,9 @@ class ListenerService(Service):
         if not self.connected:
             # Connecting (within --grace): LISTENed as soon as connected.
             return self.whenAvailable().addCallback(lambda _: self.whenListening(channel))
-        if channel in self._listening:
+        if channel in self._channels.listening:
             return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._listen_waiters.setdefault(channel, []).append(waiter)
+        waiter = self._channels.wait(channel)
         self._work()
         return waiter
 
@@ -232,14 +210,14 @@ class ListenerService(Service):
 
     def _prepare(self, connection: PgConnection) -> defer.Deferred[None]:
         connection.addNotifyObserver(partial(self._on_notify, connection))
-        connection.before_notifications.append(self._batch_starts)
-        connection.after_notifications.append(self._batch_done)
+        connection.before_notifications.append(self._fanout.batch_starts)
+        connection.after_notifications.append(self._fanout.batch_done)
         return self._resume(connection)
 
     def _ready(self) -> None:
         self.log.info(
             "Listener connected; {count} channels listened, caught up to seq {seq}.",
-            count=len(self._listening), seq=self.last_seq,
+            count=len(self._channels.listening), seq=self.last_seq,
         )
         self._stop_key_timer()
         self._key_timer = task.LoopingCall(self._refresh_keys)
@@ -254,13 +232,9 @@ class ListenerService(Service):
 
     def _forget(self, why: str) -> None:
         self._stop_key_timer()
-        self._listening = set()
         self._doorbell.forget()
         self._arrivals.forget()
-        waiters, self._listen_waiters = self._listen_waiters, {}
-        for channel_waiters in waiters.values():
-            for waiter in channel_waiters:
-                waiter.errback(NotConnected(why))
+        self._channels.lost(why)
 
     @defer.inlineCallbacks
     def _resume(self, connection: PgConnection) -> Any:
@@ -281,10 +255,7 @@ class ListenerService(Service):
 
     @defer.inlineCallbacks
     def _catch_up(self, connection: PgConnection) -> Any:
-        self._listening = set()
-        for channel in list(self._floor):
-            if channel not in self._wanted:
-                del self._floor[channel]
+        self._channels.new_connection()
         rows = yield self._keeper.step(connection, connection.runQuery(changelog.BOUNDS_QUERY))
         oldest, newest = rows[0]
         if self.last_seq is None:
@@ -297,12 +268,12 @@ class ListenerService(Service):
                 "listener had reached: changes committed during the outage may have "
                 "been trimmed (an outage longer than --retention?).",
                 oldest=oldest, seq=self.last_seq)
-        for channel in sorted(self._wanted):
+        for channel in sorted(self._channels.wanted):
             # A channel listened before keeps its floor: what it missed is read
             # below. A new one starts at the log's end before its LISTEN.
-            self._floor.setdefault(channel, newest)
+            self._channels.keep_floor(channel, newest)
             yield self._keeper.step(connection, connection.runOperation(_listen(channel)))
-            self._listened(channel)
+            self._channels.listened(channel)
         handed_on = self.notifications
         while (yield self._keeper.step(connection, self._read(connection))):
             pass
@@ -320,8 +291,7 @@ class ListenerService(Service):
             "already seen (database restored or failed over?); nothing can be replayed, "
             "counting again from {newest}.", newest=newest, seq=self.last_seq)
         self.last_seq = newest
-        for channel in self._floor:
-            self._floor[channel] = min(self._floor[channel], newest)
+        self._channels.lower_floors(newest)
         self._doorbell.clear_recent()
 
     # -- the work loop: LISTEN/UNLISTEN and reads, one statement at a time ----
@@ -340,8 +310,8 @@ class ListenerService(Service):
         try:
             while self.connected and self._keeper.connection is not None:
                 connection = self._keeper.connection
-                to_listen = sorted(self._wanted - self._listening)
-                to_unlisten = sorted(self._listening - self._wanted)
+                to_listen = self._channels.to_listen()
+                to_unlisten = self._channels.to_unlisten()
                 if to_listen:
                     # The LISTENs, then the log's end: what commits after that
                     # read is past it, and notified to us; what committed
@@ -353,18 +323,12 @@ class ListenerService(Service):
                             connection.runOperation(_listen(channel)), connection)
                     rows = yield self._query_on(connection, changelog.BOUNDS_QUERY)
                     for channel in to_listen:
-                        self._floor[channel] = rows[0][1]
-                        self._listened(channel)
+                        self._channels.listened(channel, floor=rows[0][1])
                 elif to_unlisten:
                     for channel in to_unlisten:
-                        # Not listening from now: a new subscriber's whenListening
-                        # must wait for the LISTEN that follows, not snapshot
-                        # between this UNLISTEN and that LISTEN.
-                        self._listening.discard(channel)
+                        self._channels.unlistening(channel)
                         yield self._keeper.watch(connection.runOperation(
                             sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))), connection)
-                        if channel not in self._wanted:
-                            self._floor.pop(channel, None)
                 elif self._rung:
                     self._rung = False
                     if (yield self._keeper.watch(self._read(connection), connection)):
@@ -386,20 +350,16 @@ class ListenerService(Service):
         self._keys_due = True
         self._work()
 
-    def _listened(self, channel: str) -> None:
-        self._listening.add(channel)
-        for waiter in self._listen_waiters.pop(channel, []):
-            waiter.callback(None)
-
     @defer.inlineCallbacks
     def _read(self, connection: PgConnection) -> Any:
         """Read one page of changes after ``last_seq`` on our channels; True if full."""
         claims = self._doorbell.take_claims()
         self._arrivals.reading()
-        if not self._listening:
+        listening = self._channels.listening
+        if not listening:
             return False
-        events = None if FIREHOSE in self._listening else [
-            event for event in map(channel_event, self._listening) if event is not None]
+        events = None if FIREHOSE in listening else [
+            event for event in map(channel_event, listening) if event is not None]
         params = changelog.replay_params(self.last_seq or 0, events, REPLAY_PAGE)
         rows = yield connection.runQuery(changelog.REPLAY_QUERY, params)
         self.reads += 1
@@ -407,28 +367,24 @@ class ListenerService(Service):
             self._doorbell.read(change)
             self._hand_on(change)
         full = len(rows) == REPLAY_PAGE
-        for channel, why, start in self._doorbell.forgeries(claims, full, self._listening):
+        for channel, why, start in self._doorbell.forgeries(
+                claims, full, self._channels.listening):
             self._arrivals.forged(channel, why, start)
         return full
 
     def _hand_on(self, change: Change) -> None:
         self.last_seq = max(self.last_seq or 0, change.seq)
         for channel in (event_channel(change.event_id), FIREHOSE):
-            if channel in self._listening and change.seq > self._floor.get(channel, 0):
+            if self._channels.passes(channel, change.seq):
                 self.notifications += 1
-                for observer in self._observers:
-                    try:
-                        observer(channel, change)
-                    except Exception:
-                        self.log.failure("Delivering change {seq} on {channel} failed",
-                                         seq=change.seq, channel=channel)
+                self._fanout.hand(channel, change)
 
     # -- notifications --------------------------------------------------------
 
     def _on_notify(self, connection: PgConnection, notify: Any) -> None:
         channel = notify.channel
         if connection is not self._keeper.connection or (
-                channel not in self._wanted and channel not in self._listening):
+                channel not in self._channels.wanted and channel not in self._channels.listening):
             return  # a late read from a connection given up, or a channel we dropped
         self._arrivals.arrive(channel, notify.payload)
 

@@ -33,7 +33,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from partysense.adapters.txpostgres_adapter import (
+from partysense.db.txpostgres_adapter import (
     PgConnection,
     Resolve,
     RollbackFailed,

@@ -23,7 +23,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from partysense.adapters.txpostgres_adapter import PgConnection
+from partysense.db.txpostgres_adapter import PgConnection
 from partysense.core.interfaces import ChangeSource
 from partysense.db.dsn import DSNSource
 from partysense.db.listener import ListenerService

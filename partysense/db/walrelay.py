@@ -25,7 +25,6 @@ the relay's statements are few (one per batch) and strictly one at a time.
 
 from __future__ import annotations
 
-import datetime
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +39,8 @@ from twisted.python.failure import Failure
 
 from partysense.core.errors import first_line
 from partysense.db import dsn as dsnlib
-from partysense.db.pgoutput import RowChange, Transaction
+from partysense.db.waldecoder import Transaction
+from partysense.db.walrows import WRITE, Row, log_rows, write_arguments
 from partysense.db.walstream import SlotInvalidated, WalStream, format_lsn
 from partysense.db.worker import Worker
 
@@ -66,85 +66,9 @@ IDLE_ACKNOWLEDGE = 1.0
 BATCH_DELAY = 0.005
 # Rows written at most per batch (whole transactions: one may exceed it).
 BATCH = 500
-# One log row: op, vote, event, track, up, prev.
-Row = tuple[str, int, int, int, bool, bool | None]
-
-WRITE = ("SELECT partysense_relay_write(%s::pg_lsn[], %s::timestamptz[], %s::text[], "
-         "%s::bigint[], %s::bigint[], %s::bigint[], %s::boolean[], %s::boolean[])")
 RESET = "SELECT partysense_relay_reset(%s, %s::pg_lsn)"
 LAG = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active, "
        "wal_status FROM pg_replication_slots WHERE slot_name = %s")
-
-
-def log_rows(change: RowChange) -> list[Row]:
-    """A streamed row change as the listen mode's triggers would have logged it."""
-    table, old, new = change.relation.name, change.old, change.new
-    if table == "partysense_truncated" and change.op == "insert" and new is not None:
-        up = new["up"] == "t"  # a vote TRUNCATE removed: announced as its delete
-        return [("delete", _id(new["vote_id"]), _id(new["event_id"]), _id(new["track_id"]),
-                 up, up)]
-    if table != "event_vote" or change.op == "truncate":
-        return []  # a truncate's votes come as partysense_truncated rows
-    if change.op == "insert" and new is not None:
-        return [("insert", *_vote(new), None)]
-    if change.op == "delete" and old is not None:
-        vote = _vote(old)
-        return [("delete", *vote, vote[3])]
-    assert old is not None and new is not None
-    before, after = _vote(old), _vote(new)
-    if before[1:3] != after[1:3]:  # moved to another event or track
-        return [("delete", *before, before[3]), ("insert", *after, None)]
-    if before[3] != after[3]:
-        return [("update", *after, before[3])]
-    return []  # another column (user_id): no change of any tally
-
-
-def _id(value: Any) -> int:
-    return int(value)
-
-
-def _vote(row: dict[str, Any]) -> tuple[int, int, int, bool]:
-    return (_id(row["id"]), _id(row["event_id"]), _id(row["track_id"]),
-            row["is_positive"] == "t")
-
-
-_BOOLEAN = {True: "t", False: "f", None: "NULL"}
-
-
-def write_arguments(batch: list[tuple[int, float, list[Row]]]) -> list[str]:
-    """partysense_relay_write's eight arrays, each as one array literal (``{a,b}``).
-
-    psycopg2 would send a list as ``ARRAY[...]`` with one constant (and one
-    cast) per element, eight per change, which PostgreSQL parses and plans at
-    every batch; one literal per column is parsed once. Nothing here needs
-    quoting but the timestamps, quoted whole: an LSN is ``16/B374D848``, an op
-    a word, ids integers, ``up``/``prev`` t, f or NULL. A commit time is the
-    text psycopg2 sends for the same datetime (its isoformat()).
-    """
-    lsns: list[str] = []
-    times: list[str] = []
-    ops: list[str] = []
-    votes: list[str] = []
-    events: list[str] = []
-    tracks: list[str] = []
-    ups: list[str] = []
-    prevs: list[str] = []
-    for end_lsn, commit_time, rows in batch:
-        if not rows:
-            continue
-        lsn = format_lsn(end_lsn)
-        when = '"' + datetime.datetime.fromtimestamp(commit_time, datetime.UTC).isoformat() + '"'
-        for op, vote, event, track, up, prev in rows:
-            lsns.append(lsn)
-            times.append(when)
-            ops.append(op)
-            votes.append(str(vote))
-            events.append(str(event))
-            tracks.append(str(track))
-            ups.append(_BOOLEAN[up])
-            prevs.append(_BOOLEAN[prev])
-    return ["{" + ",".join(column) + "}"
-            for column in (lsns, times, ops, votes, events, tracks, ups, prevs)]
 
 
 class WalRelay(Service):

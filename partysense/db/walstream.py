@@ -7,7 +7,7 @@ to be readable or writable, and :class:`WalStream` registers itself with the
 reactor for that (it is its own ``IReadDescriptor``/``IWriteDescriptor``);
 once streaming, it stays a reader and drains ``read_message()`` on every
 readable. Each payload goes through the pgoutput
-:class:`~partysense.db.pgoutput.Decoder` and each committed transaction is
+:class:`~partysense.db.waldecoder.Decoder` and each committed transaction is
 handed to ``on_transaction``, in commit order (the order of the WAL's commit
 records: the slot decodes them in that order, whatever order the rows were
 written in).
@@ -44,7 +44,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from partysense.core.errors import first_line
-from partysense.db.pgoutput import BadMessage, Decoder, Transaction
+from partysense.db.pgoutput import BadMessage
+from partysense.db.waldecoder import Decoder, Transaction
 
 # A slot's name: what PostgreSQL accepts (lower-case letters, digits, _), at most 63.
 SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
