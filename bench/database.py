@@ -39,6 +39,18 @@ def server(admin_dsn: str | None) -> Iterator[str]:
             stop_server(handle)
 
 
+# Run by another tree's python: its sqlfiles, where its layout keeps them
+# (partysense/db/ since the redesign, partysense/ before it).
+INSTALL_IN_TREE = """
+import sys
+try:
+    from partysense.db import sqlfiles
+except ImportError:
+    from partysense import sqlfiles
+sqlfiles.install(sys.argv[1], demo_schema=True)
+"""
+
+
 @contextmanager
 def bench_database(admin_dsn: str, tree: Path | None = None) -> Iterator[str]:
     """A fresh database with the schema and triggers installed, dropped afterwards.
@@ -56,8 +68,7 @@ def bench_database(admin_dsn: str, tree: Path | None = None) -> Iterator[str]:
             sqlfiles.install(dsn, demo_schema=True)
         else:
             subprocess.run([str(tree / ".venv" / "bin" / "python"), "-c",
-                            "import sys; from partysense.db import sqlfiles; "
-                            "sqlfiles.install(sys.argv[1], demo_schema=True)", dsn],
+                            INSTALL_IN_TREE, dsn],
                            cwd=tree, check=True, timeout=120)
         yield dsn
     finally:
