@@ -328,6 +328,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                     counters=counters, clock=reactor,
                     max_subscriptions=limits.max_subscriptions, tokens=options["tokens"],
                     budgets=budgets_for(limits.max_connections_per_ip), presence=presence)
+    # The log started over (docs/exactness.md §4): the kept reads go, then every
+    # subscription that can takes a fresh snapshot (read afresh, not kept).
+    listener.on_start_over(reads.start_over)
+    listener.on_start_over(hub.start_over)
     # Every client, WebSocket or SSE stream; behind --trusted-proxies, by forwarded address.
     registry = ClientRegistry(reactor, limits, counters, options["trusted-proxies"])
     # Each batch of notifications is sent as soon as it is handed on, not a turn later.

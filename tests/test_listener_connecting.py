@@ -20,10 +20,10 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 
-from partysense.db.txpostgres_adapter import needs_resolving, with_resolved_host
 from partysense.db.listener import ListenerService
 from partysense.db.pgservice import NotConnected, PostgresService, default_backoff
 from partysense.db.queries import QueryService
+from partysense.db.txpostgres_adapter import needs_resolving, with_resolved_host
 from tests.support import eventually
 
 

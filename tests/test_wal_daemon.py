@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import signal
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,19 @@ def relayed_everything(dsn: str) -> bool:
             """)[0][0])
 
 
+@contextmanager
+def two_wal_daemons(dsn: str, tmp_path: Path) -> Iterator[tuple[Daemon, Daemon]]:
+    """Two --source wal daemons on ``dsn``: one relays the slot, the other waits,
+    and both say so."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with Daemon(dsn, tmp_path / "a", "--source", "wal") as a, \
+            Daemon(dsn, tmp_path / "b", "--source", "wal") as b:
+        wait_for(lambda: sorted(d.health()[1]["relay"]["state"] for d in (a, b))
+                 == ["relaying", "standby"], 20, "one relay and one standby")
+        yield a, b
+
+
 def payloads(dsn: str, event_id: int) -> list[bytes]:
     """The log's changes of the event, as the daemon's reads of the log build them."""
     with Party(dsn) as party:
@@ -60,13 +75,7 @@ def test_two_wal_daemons_serve_seed_v2_and_sse_exactly(wal_dsn: str, tmp_path: P
         event = party.event("WAL party")
         tracks = [party.track(f"Song {n}", f"Artist {n}") for n in range(3)]
         party.vote(event, tracks[0], up=False)  # before anyone: in the snapshot
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-    with Daemon(wal_dsn, tmp_path / "a", "--source", "wal") as a, \
-            Daemon(wal_dsn, tmp_path / "b", "--source", "wal") as b:
-        # One relays the slot, the other waits; both say so, and the slot's lag.
-        wait_for(lambda: sorted(d.health()[1]["relay"]["state"] for d in (a, b))
-                 == ["relaying", "standby"], 20, "one relay and one standby")
+    with two_wal_daemons(wal_dsn, tmp_path) as (a, b):
         wait_for(lambda: all(d.health()[1]["relay"]["slot_lag_bytes"] is not None
                              for d in (a, b)), 20, "the slot's lag")
         metrics = {d: metric_lines(d) for d in (a, b)}

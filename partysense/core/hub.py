@@ -75,6 +75,15 @@ class Noticed(Protocol):
     def notice(self, frame: Any) -> None: ...
 
 
+class StartsOver(Protocol):
+    """A subscriber that can take a fresh snapshot when the log starts over: v2 and SSE.
+
+    Optional, as ``Noticed`` is: the seed dialect's clients cannot be told.
+    """
+
+    def start_over(self) -> None: ...
+
+
 class Hub:
     """Channel name to subscribers, and the fan-out of changes to them.
 
@@ -163,6 +172,22 @@ class Hub:
                 except Exception:
                     self.log.failure("Delivering to {subscriber} failed", subscriber=subscriber)
             self.frames_sent += len(subscribers)
+
+    def start_over(self) -> None:
+        """The log no longer continues what was delivered (the source said so):
+        every subscriber that can takes a fresh snapshot."""
+        subscribers = [subscriber for groups in self._subscribers.values()
+                       for group in groups.values() for subscriber in group]
+        self.log.warn("The change log started over: {count} subscriptions take a fresh "
+                      "snapshot.", count=len(subscribers))
+        for subscriber in subscribers:
+            start_over = getattr(subscriber, "start_over", None)
+            if start_over is None:
+                continue
+            try:
+                start_over()
+            except Exception:
+                self.log.failure("Starting {subscriber} over failed", subscriber=subscriber)
 
     def notify(self, channel: str, notice: Notice) -> int:
         """Hand a notice to every subscriber of ``channel`` that takes notices,

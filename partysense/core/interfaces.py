@@ -103,6 +103,11 @@ class ChangeSource(Link, Protocol):
         """Call ``callback`` after each batch of live changes has been handed on
         (what arrived together): the moment to send the frames they made."""
 
+    def on_start_over(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the log no longer continues what was handed on
+        (restored from a backup; in WAL mode, a slot made again): every tally
+        read and every cursor from before is void (docs/exactness.md §4)."""
+
     def listen(self, channel: str) -> None:
         """Follow ``channel`` (now, or as soon as connected)."""
 

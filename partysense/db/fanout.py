@@ -3,7 +3,8 @@
 The listener's half of :class:`~partysense.core.interfaces.ChangeSource`
 that involves no database: the observers (the hub first), and the callbacks
 around each batch of notifications that the client writer uses to send a
-batch's frames together (partysense/wire/writer.py).
+batch's frames together (partysense/wire/fastwrite.py), and those told when
+the log starts over.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Fanout:
         self.observers: list[Observer] = []
         self.before: list[Callable[[int], None]] = []
         self.after: list[Callable[[], None]] = []
+        self.start_over: list[Callable[[], None]] = []
         self._log = log
 
     def batch_starts(self, count: int) -> None:
@@ -34,6 +36,14 @@ class Fanout:
         # while connected is called from the next batch on.
         for callback in self.after:
             callback()
+
+    def started_over(self) -> None:
+        """The log does not continue what was handed on: tell everyone who asked."""
+        for callback in self.start_over:
+            try:
+                callback()
+            except Exception:
+                self._log.failure("Starting over after the change log's reset failed")
 
     def hand(self, channel: str, change: Change) -> None:
         for observer in self.observers:

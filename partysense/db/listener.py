@@ -37,7 +37,6 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from partysense.db.txpostgres_adapter import PgConnection
 from partysense.core.change import Change
 from partysense.core.channels import FIREHOSE, channel_event, event_channel
 from partysense.core.interfaces import Observer, Relay
@@ -49,6 +48,7 @@ from partysense.db.fanout import Fanout
 from partysense.db.keys import REFRESH, SigningKeys
 from partysense.db.listened import ListenedChannels
 from partysense.db.pgservice import PostgresService, describe_error
+from partysense.db.txpostgres_adapter import PgConnection
 
 # Changes read at a time: a page's changes, their frames and their claims are
 # all in memory at once (a burst of 8,000 votes read as one page once cost
@@ -156,6 +156,10 @@ class ListenerService(Service):
         """Call ``callback`` after each batch of notifications has been handed on."""
         self._fanout.after.append(callback)
 
+    def on_start_over(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the log no longer continues what was handed on."""
+        self._fanout.start_over.append(callback)
+
     # -- what the hub asks for ------------------------------------------------
 
     def listen(self, channel: str) -> None:
@@ -174,14 +178,10 @@ class ListenerService(Service):
         return frozenset(self._channels.listening)
 
     def complete_after(self, channel: str, seq: int) -> bool:
-        """Every change on ``channel`` after ``seq`` is yet to be handed on.
-
-        True when ``channel`` is LISTENed on the current connection from
-        before ``seq`` (its floor) and no change after ``seq`` has been read:
-        the reads go in seq order, so each such change will be handed on to
-        whoever subscribes to the channel now. What a client was sent up to
-        ``seq`` is then all it needs from the log (partysense/reads/sharedreads.py).
-        """
+        """Every change on ``channel`` after ``seq`` is yet to be handed on: LISTENed
+        from a floor at or before ``seq``, nothing after ``seq`` read (reads go in
+        seq order). What a client was sent up to ``seq`` is then all it needs
+        from the log (partysense/reads/sharedreads.py)."""
         return self.connected and self._channels.from_floor(channel, seq, self.last_seq or 0)
 
     def listening_from(self, channel: str, seq: int) -> bool:
@@ -293,6 +293,7 @@ class ListenerService(Service):
         self.last_seq = newest
         self._channels.lower_floors(newest)
         self._doorbell.clear_recent()
+        self._fanout.started_over()
 
     # -- the work loop: LISTEN/UNLISTEN and reads, one statement at a time ----
 

@@ -33,6 +33,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from partysense.core.errors import first_line
+from partysense.db import dsn as dsnlib
+from partysense.db.deadline import before_deadline
+from partysense.db.errors import NotConnected, Overloaded, QueryRefused
 from partysense.db.txpostgres_adapter import (
     PgConnection,
     Resolve,
@@ -40,10 +44,6 @@ from partysense.db.txpostgres_adapter import (
     resolve_in_thread,
     with_resolved_host,
 )
-from partysense.core.errors import first_line
-from partysense.db import dsn as dsnlib
-from partysense.db.deadline import before_deadline
-from partysense.db.errors import NotConnected, Overloaded, QueryRefused
 
 
 def default_backoff() -> Callable[[int], float]:

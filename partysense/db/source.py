@@ -23,10 +23,10 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from partysense.db.txpostgres_adapter import PgConnection
 from partysense.core.interfaces import ChangeSource
 from partysense.db.dsn import DSNSource
 from partysense.db.listener import ListenerService
+from partysense.db.txpostgres_adapter import PgConnection
 from partysense.db.walrelay import WalRelay
 
 LISTEN = "listen"
@@ -76,6 +76,9 @@ class WalSource(ListenerService):
         self._relay = WalRelay(dsn, reactor)
         self._clock = reactor
         self.relay = self._relay
+        # A slot made again empties the log and recounts the tallies: whoever
+        # keeps tallies or cursors from before must read afresh.
+        self._relay.on_reset(self._fanout.started_over)
 
     def startService(self) -> None:
         self._relay.startService()

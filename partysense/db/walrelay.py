@@ -67,8 +67,14 @@ BATCH_DELAY = 0.005
 # Rows written at most per batch (whole transactions: one may exceed it).
 BATCH = 500
 RESET = "SELECT partysense_relay_reset(%s, %s::pg_lsn)"
-LAG = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active, "
-       "wal_status FROM pg_replication_slots WHERE slot_name = %s")
+TAKEN = ("SELECT (SELECT active FROM pg_replication_slots WHERE slot_name = %s), "
+         "(SELECT reset_at FROM partysense_relay)")
+# The slot's lag and WAL status (NULLs without a slot), and when the log last
+# started over (NULL before the first relay made its slot): one row always.
+LOOK = ("SELECT s.lag, s.wal_status, (SELECT reset_at FROM partysense_relay) "
+        "FROM (VALUES (1)) AS one(x) LEFT JOIN ("
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag, "
+        "wal_status FROM pg_replication_slots WHERE slot_name = %s) AS s ON true")
 
 
 class WalRelay(Service):
@@ -99,6 +105,8 @@ class WalRelay(Service):
         self.slot_lag_bytes: int | None = None   # None: not known (yet)
         self.slot_wal_status: str | None = None
         self._slot_poll: LoopingCall | None = None
+        self._reset_at: Any = None      # partysense_relay.reset_at, as last seen
+        self._on_reset: list[Callable[[], None]] = []
 
     # -- service ----------------------------------------------------------------
 
@@ -140,6 +148,22 @@ class WalRelay(Service):
         stream = self._stream
         return 0 if stream is None else max(0, stream.received_lsn - stream.acknowledged_lsn)
 
+    def on_reset(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when a relay (this one or another daemon's) made the
+        slot again: the log started over, every cursor and tally from before is void."""
+        self._on_reset.append(callback)
+
+    def _saw_reset_at(self, reset_at: Any) -> None:
+        """Seen at each look at the slot, and by the relay that reset."""
+        if reset_at is None:
+            return
+        before, self._reset_at = self._reset_at, reset_at
+        if before is not None and reset_at != before:
+            self.log.warn("The WAL relay's slot was made again at {when}: the change log "
+                          "started over.", when=reset_at)
+            for callback in self._on_reset:
+                callback()
+
     def _acknowledge_idle(self) -> None:
         """Nothing to write: let the slot move past the database's other WAL too."""
         if self._stream is not None and not self._writing and not self._pending:
@@ -152,12 +176,13 @@ class WalRelay(Service):
         if not self.slot:
             return
         try:
-            row = yield self._in_thread(self._slot_blocking)
+            self.slot_lag_bytes, self.slot_wal_status, reset_at = yield self._in_thread(
+                self._look_blocking)
         except Exception as error:
             self.log.debug("Could not look at the relay's slot: {why}", why=first_line(error))
             self.slot_lag_bytes = self.slot_wal_status = None
             return
-        self.slot_lag_bytes, self.slot_wal_status = (None, None) if row is None else row
+        self._saw_reset_at(reset_at)
 
     # -- taking the slot ----------------------------------------------------------
 
@@ -172,7 +197,9 @@ class WalRelay(Service):
             self._connect_to = dsn
             if not self.slot:
                 self.slot = yield self._in_thread(self._slot_name_blocking)
-            if (yield self._in_thread(self._slot_taken_blocking)):
+            taken, reset_at = yield self._in_thread(self._slot_taken_blocking)
+            self._saw_reset_at(reset_at)  # known before this relay may make a slot
+            if taken:
                 # Asked on the SQL connection: a standby opens no replication
                 # connection (one WAL sender, one backend) every few seconds.
                 self._again("standby: another daemon relays the slot")
@@ -181,7 +208,8 @@ class WalRelay(Service):
                 self._reactor, slot=self.slot, publication=PUBLICATIONS, temporary=False,
                 on_transaction=self._take, on_lost=self._lost,
                 on_created=lambda snapshot, lsn: self._in_thread(
-                    self._reset_blocking, snapshot, lsn, timeout=RESET_DEADLINE))
+                    self._reset_blocking, snapshot, lsn, timeout=RESET_DEADLINE
+                ).addCallback(self._saw_reset_at))
             self._stream = stream
             yield stream.start(dsn)
         except SlotInvalidated as error:
@@ -301,18 +329,22 @@ class WalRelay(Service):
             connection.autocommit = True
         return connection.cursor()
 
-    def _reset_blocking(self, snapshot: str, lsn: int) -> None:
+    def _reset_blocking(self, snapshot: str, lsn: int) -> Any:
+        """The tallies counted in the slot's snapshot, the log emptied; when (reset_at)."""
         with self._cursor() as cursor:
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             try:
                 cursor.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
                 cursor.execute(RESET, (self.slot, format_lsn(lsn)))
+                cursor.execute("SELECT reset_at FROM partysense_relay")
+                reset_at = cursor.fetchone()[0]
                 cursor.execute("COMMIT")
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
         self.log.warn("The WAL relay made its slot at {lsn}: tallies counted again from "
                       "event_vote, change log emptied.", lsn=format_lsn(lsn))
+        return reset_at
 
     def _write_blocking(self, batch: list[tuple[int, float, list[Row]]]) -> int:
         with self._cursor() as cursor:
@@ -324,18 +356,18 @@ class WalRelay(Service):
             cursor.execute(SLOT_QUERY, (SLOT_PREFIX,))
             return str(cursor.fetchone()[0])
 
-    def _slot_taken_blocking(self) -> bool:
+    def _slot_taken_blocking(self) -> tuple[bool, Any]:
+        """Is the slot streamed by another relay; when did the log last start over?"""
         with self._cursor() as cursor:
-            cursor.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                           (self.slot,))
-            row = cursor.fetchone()
-        return bool(row and row[0])
+            cursor.execute(TAKEN, (self.slot,))
+            active, reset_at = cursor.fetchone()
+        return bool(active), reset_at
 
-    def _slot_blocking(self) -> tuple[int | None, str | None] | None:
+    def _look_blocking(self) -> tuple[int | None, str | None, Any]:
         with self._cursor() as cursor:
-            cursor.execute(LAG, (self.slot,))
-            row = cursor.fetchone()
-        return None if row is None else (row[0], row[2])
+            cursor.execute(LOOK, (self.slot,))
+            lag, wal_status, reset_at = cursor.fetchone()
+        return lag, wal_status, reset_at
 
     def _drop_slot_blocking(self) -> None:
         with self._cursor() as cursor:

@@ -20,27 +20,22 @@ a change and a presence message are made in partysense/dialects/v2frames.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from partysense.adapters.autobahn_adapter import Frame
 from partysense.core import budgets, errors
 from partysense.core.change import Change
 from partysense.core.channels import channel_for
 from partysense.core.errors import ClientError, is_utf8
-from partysense.core.hub import Delivery
-from partysense.core.notice import Notice
 from partysense.db.changelog import Replay, Snapshot
 from partysense.db.errors import NotConnected, Overloaded, QueryRefused
 from partysense.dialects.access import Access
-from partysense.dialects.catchup import CatchUp, past
 from partysense.dialects.dialect import Client, Shared
 from partysense.dialects.subscription import parse_event_id, parse_json
 from partysense.dialects.tokens import Grant, TokenError
-from partysense.dialects.v2frames import change_frame, notice_frame, v2_frame
+from partysense.dialects.v2subscription import Subscription
 
 SUBPROTOCOL = "partysense.v2"
 MAX_ID_LENGTH = 64
@@ -61,62 +56,6 @@ class BadRequest(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
-
-
-class Subscription:
-    """One event (or the firehose) on one v2 connection, a hub subscriber.
-
-    Until its snapshot or replay has been sent, live changes wait; afterwards
-    a change is sent only if its seq is past the cursor, which is what makes
-    snapshot + changes exact (partysense/dialects/catchup.py).
-    """
-
-    wire_format = "v2"
-
-    def __init__(self, session: V2Session, channel: str, event_id: int | None) -> None:
-        self._session = session
-        self.channel = channel
-        self.event_id = event_id
-        client = session.client
-        self._gate = CatchUp(client.send_frame, client.too_slow)
-        # The hub calls the gate itself: no call in between on the hot path.
-        self.deliver: Callable[[Delivery, Frame], None] = self._gate.deliver
-        # Presence is asked for ("presence": true): clients written before it
-        # read every message after a snapshot as a change.
-        self.wants_presence = False
-        self.told = False  # its snapshot (or "subscribed") is out: presence may follow
-
-    def stop(self) -> None:
-        """Unsubscribed, subscribed again or closed: nothing more is sent for it.
-
-        Its snapshot may still wait in the send queue; without this, the
-        changes held for it would follow once the snapshot is out, after an
-        "unsubscribed" or a newer snapshot.
-        """
-        self._gate.stop()
-
-    @staticmethod
-    def encode(delivery: Delivery) -> Frame:
-        """The frame of a change, made once for every subscriber (partysense/core/hub.py)."""
-        return v2_frame(delivery)
-
-    @staticmethod
-    def encode_notice(notice: Notice) -> Frame:
-        """A presence message's frame, made once for every v2 subscriber."""
-        return notice_frame(notice)
-
-    def notice(self, frame: Frame) -> None:
-        # Before its snapshot it is dropped: the count follows the snapshot,
-        # fresher than this one (V2Session._tell_presence).
-        if self._gate.active and self.told:
-            self._session.client.send_frame(frame)
-
-    def start(self, cursor: int, replayed: list[Change]) -> defer.Deferred[None]:
-        """Send the replayed changes after ``cursor`` at the client's pace, then go live."""
-        replayed, last = past(cursor, replayed)
-        frames = (change_frame(self.channel, change) for change in replayed)
-        return self._session.client.stream(frames).addCallback(
-            lambda _: self._gate.caught_up(last))
 
 
 class V2Session:
@@ -259,6 +198,7 @@ class V2Session:
                 return  # gone while we asked: subscribed now, it would never be dropped
             subscription = Subscription(self, channel, event_id)
             subscription.wants_presence = wants_presence
+            subscription.request_id = request_id
             self._subs[channel] = subscription
             self._shared.hub.subscribe(channel, subscription)
             yield self._shared.listener.whenListening(channel)
@@ -274,6 +214,7 @@ class V2Session:
                 elif self._subs.get(channel) is subscription:
                     self.send({"type": "subscribed", "event": _event_name(event_id),
                                "cursor": since, "id": request_id})
+                    subscription.answered = True
                     self._tell_presence(subscription)
                     yield subscription.start(since, replay.changes)
                 return len(replay.changes) or 1
@@ -343,8 +284,39 @@ class V2Session:
         if self._subs.get(subscription.channel) is not subscription:
             return  # unsubscribed (or closed) while the snapshot was taken
         self.send(snapshot.message(subscription.event_id, request_id, reset=reset))
+        subscription.answered = True
         self._tell_presence(subscription)
         subscription.start(snapshot.cursor, replayed or [])
+
+    def start_over(self, old: Subscription) -> None:
+        """``old`` again from a fresh snapshot with "reset": true (docs/protocol.md):
+        the log it was following started over. Sent unasked, or as the answer to
+        its subscribe if that was not out yet (read before the reset, perhaps)."""
+        if self._closed or self._subs.get(old.channel) is not old:
+            return
+        new = Subscription(self, old.channel, old.event_id)
+        new.wants_presence = old.wants_presence
+        new.request_id = old.request_id
+        answer_to = None if old.answered else old.request_id
+        self._subs[old.channel] = new
+        # The new one first: the channel never has no subscriber, so it stays LISTENed.
+        self._shared.hub.subscribe(old.channel, new)
+        old.stop()
+        self._shared.hub.unsubscribe(old.channel, old)
+        self._shared.reads.snapshot(old.event_id).addCallbacks(
+            lambda taken: self._started(new, answer_to, taken[0], reset=True,
+                                        replayed=taken[1]),
+            self._start_over_failed, errbackArgs=(new,))
+
+    def _start_over_failed(self, failure: Any, subscription: Subscription) -> None:
+        if self._closed or self._subs.get(subscription.channel) is not subscription:
+            return
+        # No snapshot now (the database is unreachable?): the client reconnects
+        # and resumes from its cursor, which the log's checks answer with one.
+        self._log.warn("A fresh snapshot after the log started over failed: {why}",
+                       why=failure.getErrorMessage())
+        self.client.close_with(errors.TRY_AGAIN_LATER,
+                               "the change log started over; resubscribe")
 
     def _tell_presence(self, subscription: Subscription) -> None:
         """The event's count right after its snapshot; then each change of it."""

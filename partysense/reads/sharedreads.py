@@ -104,6 +104,8 @@ class SharedReads:
         if listener is not None and self._follow:
             listener.observe(self._observe)
         self._kept: dict[int, Kept] = {}
+        # Bumped when the log starts over: a read that began before is not kept.
+        self._generation = 0
         # Per key, one query at a time; askers during it share the next
         # (never the running one: the module's docstring says why).
         self._snapshots: SingleFlight[int | None, tuple[Snapshot, list[Change]]] = \
@@ -198,10 +200,16 @@ class SharedReads:
         self.queries += 1
         return self._queries.runInteraction(take_snapshot, event_id,
                                             self._tally_query).addCallback(
-            self._keep, event_id)
+            self._keep, event_id, self._generation)
 
-    def _keep(self, snapshot: Snapshot, event_id: int | None) -> tuple[Snapshot, list[Change]]:
-        if event_id is not None:
+    def start_over(self) -> None:
+        """The log started over (ChangeSource.on_start_over): nothing kept holds."""
+        self._kept.clear()
+        self._generation += 1
+
+    def _keep(self, snapshot: Snapshot, event_id: int | None,
+              generation: int) -> tuple[Snapshot, list[Change]]:
+        if event_id is not None and generation == self._generation:
             if len(self._kept) >= MAX_KEPT:
                 del self._kept[next(iter(self._kept))]  # the oldest
             self._kept.pop(event_id, None)

@@ -125,6 +125,7 @@ class Stream:
         self._replayed = 0         # and those the replay sent
         self._started = False             # the 200 and its headers are out
         self._gone = False
+        self._over_when_started = False  # the log started over while it started
         self._expiry: Any = None
         self._transport: Any = raw_transport(request)
         self._opened_at = streams.shared.clock.seconds()
@@ -197,6 +198,8 @@ class Stream:
         yield self.outbox.stream(self._replay(replayed))
         self._settle()
         self._gate.caught_up(last)
+        if self._over_when_started:
+            self.start_over()
 
     def _begin(self, cursor: int, reset: Any) -> None:
         request = self._request
@@ -272,6 +275,18 @@ class Stream:
         if not self._started:
             self._refuse(Refused(503, "unavailable", reason))
             return
+        self._end()
+
+    def start_over(self) -> None:
+        """The log started over (partysense/core/hub.py): the stream ends, and the
+        browser, reconnecting with its Last-Event-ID, gets an ``event: reset`` with a
+        fresh snapshot, as any cursor the log no longer continues does."""
+        if self._gone:
+            return
+        if not self._started:  # its replay may have been read before the reset
+            self._over_when_started = True
+            return
+        self._ended_by = (200, "start_over")
         self._end()
 
     def abort(self) -> None:

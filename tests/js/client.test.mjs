@@ -115,3 +115,54 @@ test("rank does not change the map it reads", () => {
 test("rank of no tracks is empty", () => {
   assert.deepEqual(rank(new Map()), []);
 });
+
+// A WebSocket that the test drives: what the client sends is kept, what the
+// daemon says is handed to the client's onmessage.
+class FakeSocket {
+  static OPEN = 1;
+  static made = [];
+  constructor(url, protocol) {
+    this.url = url;
+    this.protocol = protocol;
+    this.readyState = 0;
+    this.sent = [];
+    FakeSocket.made.push(this);
+  }
+  send(text) { this.sent.push(JSON.parse(text)); }
+  close() { this.readyState = 3; }
+  open() { this.readyState = FakeSocket.OPEN; this.onopen(); }
+  say(body) { this.onmessage({data: JSON.stringify(body)}); }
+}
+
+test("a snapshot sent unasked with reset replaces the tallies; one without reset does not", () => {
+  globalThis.WebSocket = FakeSocket;
+  const resets = [];
+  const live = connect({url: "ws://daemon.test/", event: 3,
+                        onSnapshot: (_, how) => resets.push(how.reset)});
+  try {
+    const socket = FakeSocket.made.at(-1);
+    socket.open();
+    const subscribe = socket.sent.find((body) => body.type === "subscribe");
+    const track = (up) => [{tid: 7, track: "Song", artist: "Artist", up, down: 0}];
+    socket.say({type: "snapshot", event: 3, id: subscribe.id, cursor: 10, title: "Friday",
+                tracks: track(1)});
+    socket.say({type: "change", sub: 3, eid: 3, seq: 11, op: "insert", tid: 7, up: true,
+                track: "Song", artist: "Artist"});
+    assert.equal(live.tracks.get(7).up, 2);
+    socket.say({type: "snapshot", event: 3, cursor: 20, title: "Friday", tracks: track(5)});
+    assert.equal(live.tracks.get(7).up, 2, "unasked without reset: not ours");
+    socket.say({type: "snapshot", event: 4, cursor: 20, reset: true, tracks: track(9)});
+    assert.equal(live.tracks.get(7).up, 2, "another event's: not ours");
+    socket.say({type: "snapshot", event: 3, cursor: 20, reset: true, title: "Friday",
+                tracks: track(5)});
+    assert.equal(live.tracks.get(7).up, 5);
+    assert.equal(live.cursor, 20);
+    assert.deepEqual(resets, [false, true]);
+    socket.say({type: "change", sub: 3, eid: 3, seq: 21, op: "insert", tid: 7, up: true,
+                track: "Song", artist: "Artist"});
+    assert.equal(live.tracks.get(7).up, 6);
+  } finally {
+    live.close();
+    delete globalThis.WebSocket;
+  }
+});

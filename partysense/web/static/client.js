@@ -382,7 +382,11 @@ class Live {
   }
 
   _snapshot(message) {
-    if (message.id !== this._pending) return;
+    // The answer to our subscribe, or one the daemon sends unasked (no id,
+    // "reset": true) when its change log started over: fresh tallies either way.
+    const unasked = message.id === undefined && message.reset === true && this.ready
+      && this._pending === null && message.event === this.event;
+    if (message.id !== this._pending && !unasked) return;
     const tracks = new Map();
     for (const entry of message.tracks || []) {
       tracks.set(entry.tid, {tid: entry.tid, track: entry.track, artist: entry.artist,
