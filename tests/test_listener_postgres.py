@@ -186,6 +186,8 @@ async def test_a_log_that_went_back_is_followed_from_its_new_end(
     event_id, track_id = event_with_track(db_dsn)
     delivered: Delivered = []
     service = _listener(db_dsn, delivered, backoff=lambda attempt: 0.5)
+    started_over: list[int] = []
+    service.on_start_over(lambda: started_over.append(len(delivered)))
     service.listen("firehose")
     service.startService()
     try:
@@ -193,6 +195,7 @@ async def test_a_log_that_went_back_is_followed_from_its_new_end(
         for _ in range(3):
             party.vote(event_id, track_id, up=False)
         await eventually(lambda: len(delivered) == 6, "the first changes")
+        assert started_over == []
 
         def restore_an_older_database() -> None:
             party.query("TRUNCATE partysense_change")
@@ -200,6 +203,7 @@ async def test_a_log_that_went_back_is_followed_from_its_new_end(
 
         await _outage(service, db_dsn, restore_an_older_database)
         assert any("before seq 6 that the listener had already seen" in w for w in warnings)
+        assert started_over == [6]  # said once, before any change of the new log
         party.vote(event_id, track_id)  # seq 1 again: new, not a duplicate
         await eventually(lambda: len(delivered) == 7, "the change after the restore")
         assert delivered[-1][1] == 1
