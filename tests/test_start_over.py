@@ -27,7 +27,7 @@ from partysense.dialects.dialect import ClientCounters, Shared
 from partysense.dialects.seed import SeedSession
 from partysense.dialects.v2 import V2Session
 from partysense.reads.sharedreads import SharedReads
-from tests.fakes import AtOnce, Following, RecordingClient
+from tests.fakes import AtOnce, Following, ManualQueries, RecordingClient
 
 pytestmark = pytest.mark.logic
 
@@ -159,37 +159,20 @@ def test_seed_subscribers_are_left_as_they_are_and_others_still_start_over() -> 
     assert len(seed_client.sent) == 1 and hub.subscriber_count("event_3") == 2
 
 
-class CountingQueries:
-    """The query connection as shared reads use it: each snapshot held until answered."""
-
-    connected = True
-
-    def __init__(self) -> None:
-        self.asked: list[defer.Deferred[Any]] = []
-
-    def runInteraction(self, interaction: Any, *args: Any) -> defer.Deferred[Any]:
-        asked: defer.Deferred[Any] = defer.Deferred()
-        self.asked.append(asked)
-        return asked
-
-    def runQuery(self, query: Any, params: Any = None) -> defer.Deferred[list[tuple]]:
-        raise AssertionError("not in these tests")
-
-
 def test_shared_reads_keep_nothing_from_before_the_start_over() -> None:
-    queries = CountingQueries()
+    queries = ManualQueries()
     listener = Following()
     listener.floors["event_3"] = 0
     reads = SharedReads(queries, Clock(), listener=listener, follow=True)  # type: ignore[arg-type]
     reads.snapshot(3)
-    queries.asked[0].callback(Snapshot(10, "Friday", [{**TRACK, "up": 1}]))
+    queries.running[0][2].callback(Snapshot(10, "Friday", [{**TRACK, "up": 1}]))
     got: list[Any] = []
     reads.snapshot(3).addCallback(got.append)
-    assert len(queries.asked) == 1 and got[0][0].cursor == 10  # kept, from memory
+    assert len(queries.running) == 1 and got[0][0].cursor == 10  # kept, from memory
     reads.snapshot(4)  # a read running across the start over...
     reads.start_over()
-    queries.asked[1].callback(Snapshot(12, "Saturday", [{**TRACK, "up": 2}]))
+    queries.running[1][2].callback(Snapshot(12, "Saturday", [{**TRACK, "up": 2}]))
     reads.snapshot(3)  # what was kept is gone
-    assert len(queries.asked) == 3
+    assert len(queries.running) == 3
     reads.snapshot(4)  # ...was not kept either
-    assert len(queries.asked) == 4
+    assert len(queries.running) == 4

@@ -196,7 +196,7 @@ class V2Session:
                 raise BadRequest("unknown_event", f"event {event_id} does not exist")
             if self._closed:
                 return  # gone while we asked: subscribed now, it would never be dropped
-            subscription = Subscription(self, channel, event_id)
+            subscription = Subscription(self.client, channel, event_id, self.start_over)
             subscription.wants_presence = wants_presence
             subscription.request_id = request_id
             self._subs[channel] = subscription
@@ -294,7 +294,7 @@ class V2Session:
         its subscribe if that was not out yet (read before the reset, perhaps)."""
         if self._closed or self._subs.get(old.channel) is not old:
             return
-        new = Subscription(self, old.channel, old.event_id)
+        new = Subscription(self.client, old.channel, old.event_id, self.start_over)
         new.wants_presence = old.wants_presence
         new.request_id = old.request_id
         answer_to = None if old.answered else old.request_id
@@ -323,7 +323,6 @@ class V2Session:
         presence = self._shared.presence
         if presence is None or subscription.event_id is None or not subscription.wants_presence:
             return  # off, the firehose (no count), or not asked for
-        subscription.told = True
         self.client.send_frame(Subscription.encode_notice(presence.current(subscription.event_id)))
 
     def _drop(self, channel: str) -> None:
